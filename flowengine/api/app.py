@@ -1,0 +1,69 @@
+"""The ASGI application: routes, the engine's lifespan, and turning errors into JSON."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from flowengine.api import flow, upload
+from flowengine.api.http import error_response, json_response
+from flowengine.config import Config
+from flowengine.engine import Engine
+from flowengine.errors import ApiError
+
+log = logging.getLogger("flowengine")
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"Status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    problems = await request.app.state.engine.store_problems()
+    return json_response({"Status": "ready" if not problems else "degraded", "Stores": problems},
+                         200 if not problems else 503)  # fmt: skip
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(ApiError(exc.status_code, code, str(exc.detail), "path"))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(ApiError(500, "internal_error", "the server failed; see its log", ""))
+
+
+def create_app(config: Config, engine: Engine | None = None) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.engine = engine or Engine(config)
+        await app.state.engine.start()
+        try:
+            yield
+        finally:
+            await app.state.engine.stop()
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            *flow.routes,
+            *upload.routes,
+        ],
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected},
+        lifespan=lifespan,
+    )

@@ -1,0 +1,101 @@
+"""The flow API: /api/v1/flow/..."""
+
+from __future__ import annotations
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from flowengine import machine
+from flowengine.api.http import base_url, json_response, query_int, read_json
+from flowengine.documents import RunPage, run_document, run_summary
+from flowengine.engine import Engine
+from flowengine.errors import ApiError, Problem
+from flowengine.spec import Flow, FlowBody
+
+STATUSES = (machine.STOPPED, machine.WAITING, machine.RUNNING, machine.COMPLETE, machine.ERROR)
+
+
+class FlowInfo(msgspec.Struct, rename="pascal", omit_defaults=True):
+    name: str
+    file: str
+    valid: bool
+    description: str = ""
+    inputs: list[str] = []  # edges a client fills (upload and webhook wells)
+    steps: list[str] = []
+    problems: list[Problem] = []
+
+
+class FlowList(msgspec.Struct, rename="pascal"):
+    flows: list[FlowInfo]
+
+
+def _engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def _document(request: Request, run: machine.Run, flow: Flow, status: int = 200) -> Response:
+    return json_response(run_document(_engine(request), run, flow, base_url(request)), status)
+
+
+async def list_flows(request: Request) -> Response:
+    flows = []
+    for entry in _engine(request).catalog.entries():
+        flow = entry.flow
+        inputs = [w.edge for w in flow.data_wells if w.source in ("upload", "webhook")] if flow else []
+        flows.append(FlowInfo(
+            entry.name, entry.path.name, flow is not None and not entry.problems,
+            flow.description if flow else "", inputs, [s.id for s in flow.steps] if flow else [], entry.problems,
+        ))  # fmt: skip
+    return json_response(FlowList(flows))
+
+
+async def start_run(request: Request) -> Response:
+    engine = _engine(request)
+    name = request.path_params["name"]
+    body = await read_json(request, FlowBody, engine.config.max_body_size, empty=FlowBody())
+    if body.flow is None:
+        flow = engine.catalog.get(name)
+    else:
+        flow = body.flow if body.flow.name else msgspec.structs.replace(body.flow, name=name)
+    run = await engine.create_run(flow)
+    return _document(request, run, flow, 201)
+
+
+async def run_status(request: Request) -> Response:
+    run, flow = _engine(request).get_run(request.path_params["run_id"])
+    return _document(request, run, flow)
+
+
+async def list_runs(request: Request) -> Response:
+    status = request.query_params.get("status")
+    if status is not None and status.upper() not in STATUSES:
+        raise ApiError(400, "invalid_query", f"status must be one of {', '.join(STATUSES)}", "query.status")
+    limit = query_int(request, "limit", 50, 1, 500)
+    offset = query_int(request, "offset", 0, 0, 10**9)
+    db = _engine(request).db
+    runs, total = db.list_runs(status.upper() if status else None, request.query_params.get("flow"), limit, offset)
+    return json_response(RunPage([run_summary(r) for r in runs], total, limit, offset))
+
+
+async def cancel_run(request: Request) -> Response:
+    engine = _engine(request)
+    engine.cancel(request.path_params["run_id"])
+    return _document(request, *engine.get_run(request.path_params["run_id"]))
+
+
+async def refresh_run(request: Request) -> Response:
+    engine = _engine(request)
+    engine.refresh(request.path_params["run_id"])
+    return _document(request, *engine.get_run(request.path_params["run_id"]))
+
+
+routes = [
+    Route("/api/v1/flow", list_flows, methods=["GET"]),
+    Route("/api/v1/flow/runs", list_runs, methods=["GET"]),
+    Route("/api/v1/flow/status/{run_id}", run_status, methods=["GET"]),
+    Route("/api/v1/flow/{run_id}/cancel", cancel_run, methods=["POST"]),
+    Route("/api/v1/flow/{run_id}/refresh", refresh_run, methods=["POST"]),
+    Route("/api/v1/flow/{name}", start_run, methods=["POST"]),
+]

@@ -1,0 +1,56 @@
+"""The HTTP edge: JSON in and out, body limits, and the one place errors become responses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from flowengine.errors import ApiError
+from flowengine.spec import decode_json
+
+_encode = msgspec.json.Encoder().encode
+
+
+def json_response(value: Any, status: int = 200) -> Response:
+    return Response(_encode(value), status, media_type="application/json")
+
+
+def error_response(error: ApiError) -> Response:
+    return json_response(error.body(), error.status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body of a small (JSON) request, refused with 413 past `limit` bytes."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise ApiError(413, "too_large", f"the body is over the limit of {limit} bytes", "body")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "too_large", f"the body is over the limit of {limit} bytes", "body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, type_: type, limit: int, empty: Any = None) -> Any:
+    body = await read_body(request, limit)
+    if not body.strip() and empty is not None:
+        return empty
+    return decode_json(body, type_)
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.lstrip("-").isdigit() or not low <= int(raw) <= high:
+        raise ApiError(400, "invalid_query", f"{name} must be a whole number from {low} to {high}", f"query.{name}")
+    return int(raw)

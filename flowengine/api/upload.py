@@ -1,0 +1,105 @@
+"""Objects through the engine: embedded-store URLs, webhook wells, and direct upload to a run."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from flowengine.api.http import base_url, json_response
+from flowengine.documents import hook_resource, run_document
+from flowengine.engine import Engine
+from flowengine.errors import ApiError, conflict, not_found
+from flowengine.ingest import Upload, receive
+from flowengine.keys import key_problem
+from flowengine.signing import SignatureError
+from flowengine.stores.local import LocalStore
+
+
+def _engine(request: Request) -> Engine:
+    return request.app.state.engine
+
+
+def _length(request: Request) -> int | None:
+    raw = request.headers.get("content-length")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise ApiError(400, "invalid_header", "Content-Length must be a whole number", "header.Content-Length")
+    return int(raw)
+
+
+def _verify(request: Request, method: str, resource: str) -> dict[str, str]:
+    engine = _engine(request)
+    try:
+        return engine.stores.signer.verify(
+            method, resource, request.query_params, request.headers, engine.clock()
+        )
+    except SignatureError as exc:
+        raise ApiError(403, "signature_rejected", str(exc), "query.X-Signature") from None
+
+
+def _store_and_key(request: Request) -> tuple[LocalStore, str]:
+    name, key = request.path_params["store"], request.path_params["key"]
+    store = _engine(request).stores.local_by_name(name)
+    if store is None:
+        raise not_found("store", name, "path.store")
+    problem = key_problem(key)
+    if problem:
+        raise ApiError(400, "invalid_key", f"key {key!r} {problem}", "path.key")
+    return store, key
+
+
+async def put_object(request: Request) -> Response:
+    """A presigned PUT to the embedded store (what a WaitingURL's PutURL points at)."""
+    engine = _engine(request)
+    store, key = _store_and_key(request)
+    signed = _verify(request, "PUT", store.resource(key))
+    no_overwrite = signed.get("if-none-match") == "*"
+    if no_overwrite and store.stat_now(key) is not None:
+        raise ApiError(412, "precondition_failed", f"object {key!r} already exists", "header.If-None-Match")
+    wait = engine.db.wait_for(store.location, key)
+    if wait is None:
+        raise conflict(f"no run is waiting for {key!r}: its edge is already filled or its run has ended", "path.key")
+    declared = int(signed["content-length"]) if "content-length" in signed else None
+    upload = Upload(request.headers.get("content-type"), _length(request), declared, no_overwrite)
+    await receive(engine, wait.run_id, wait.edge, request.stream(), upload)
+    info = store.stat_now(key)
+    return Response(status_code=200, headers={"ETag": f'"{info.etag}"'} if info else {})
+
+
+async def get_object(request: Request) -> Response:
+    store, key = _store_and_key(request)
+    _verify(request, "GET", store.resource(key))
+    info = store.stat_now(key)
+    if info is None:
+        raise not_found("object", key, "path.key")
+    return FileResponse(store.path(key), media_type=info.content_type, headers={"ETag": f'"{info.etag}"'})
+
+
+async def _ingest(request: Request, run_id: str, edge: str) -> Response:
+    engine = _engine(request)
+    upload = Upload(request.headers.get("content-type"), _length(request))
+    run = await receive(engine, run_id, edge, request.stream(), upload)
+    _, flow = engine.get_run(run_id)
+    return json_response(run_document(engine, run, flow, base_url(request)))
+
+
+async def direct_upload(request: Request) -> Response:
+    """POST /api/v1/upload/{run_id}/{edge}: stream the body into the well, no presigning."""
+    return await _ingest(request, request.path_params["run_id"], request.path_params["edge"])
+
+
+async def webhook(request: Request) -> Response:
+    """A webhook well's signed URL: the callback POSTs (or PUTs) the data as its body."""
+    run_id, edge = request.path_params["run_id"], request.path_params["edge"]
+    _verify(request, "PUT", hook_resource(run_id, edge))
+    return await _ingest(request, run_id, edge)
+
+
+routes = [
+    Route("/store/{store}/{key:path}", put_object, methods=["PUT"]),
+    Route("/store/{store}/{key:path}", get_object, methods=["GET", "HEAD"]),
+    Route("/api/v1/upload/{run_id}/{edge}", direct_upload, methods=["POST", "PUT"]),
+    Route("/api/v1/hook/{run_id}/{edge}", webhook, methods=["POST", "PUT"]),
+]

@@ -1,0 +1,62 @@
+"""The flow files an operator wrote in `flows/`, loaded and validated once per change on disk."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from pathlib import Path
+
+import msgspec
+
+from flowengine.errors import ApiError, Problem
+from flowengine.spec import FLOW_SUFFIXES, Flow, flow_files, load_flow_file
+from flowengine.validate import validate
+
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
+
+class Entry(msgspec.Struct, frozen=True):
+    name: str
+    path: Path
+    mtime_ns: int
+    flow: Flow | None
+    problems: list[Problem]
+
+
+class Catalog:
+    def __init__(self, directory: Path, known_stores: Collection[str] = ()) -> None:
+        self.directory = directory
+        self.known_stores = known_stores
+        self._entries: dict[str, Entry] = {}
+
+    def _load(self, name: str, path: Path) -> Entry:
+        mtime = path.stat().st_mtime_ns
+        cached = self._entries.get(name)
+        if cached and cached.path == path and cached.mtime_ns == mtime:
+            return cached
+        try:
+            flow = load_flow_file(path)
+            flow = flow if flow.name else msgspec.structs.replace(flow, name=name)
+            problems = validate(flow, self.known_stores)
+        except ApiError as exc:
+            flow, problems = None, exc.problems or [Problem(path.name, exc.message)]
+        entry = Entry(name, path, mtime, flow, problems)
+        self._entries[name] = entry
+        return entry
+
+    def entries(self) -> list[Entry]:
+        return [self._load(name, path) for name, path in flow_files(self.directory).items()]
+
+    def get(self, name: str) -> Flow:
+        """The valid flow defined by `flows/{name}.yaml|yml|json`, or a 404 / 422."""
+        candidates = [self.directory / f"{name}{suffix}" for suffix in FLOW_SUFFIXES]
+        path = next((p for p in candidates if p.is_file()), None) if _NAME.fullmatch(name) else None
+        if path is None:
+            raise ApiError(404, "not_found", f"no flow file named {name!r} in {self.directory}", "path.name")
+        entry = self._load(name, path)
+        if entry.flow is None or entry.problems:
+            raise ApiError(
+                422, "invalid_flow", f"flow file {path.name} has {len(entry.problems)} problem(s)",
+                "path.name", entry.problems,
+            )  # fmt: skip
+        return entry.flow

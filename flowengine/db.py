@@ -1,0 +1,178 @@
+"""Persistence: runs, their flow definitions, and the keys they wait on, in SQLite.
+
+Every state change is one `transaction()`. WAL with synchronous=NORMAL survives a killed
+process (kill -9) without losing a committed transaction; only a power cut can drop the last few.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import msgspec
+import sqlite_utils
+
+from flowengine.machine import Run
+
+_encode = msgspec.json.Encoder().encode
+_decode_run = msgspec.json.Decoder(Run).decode
+
+
+class Wait(msgspec.Struct, frozen=True):
+    location: str  # a store's location ("local:default", "s3:bucket")
+    key: str  # the object's full key in that location
+    run_id: str
+    edge: str
+
+
+class RunRow(msgspec.Struct, frozen=True):
+    run: Run
+    definition: str  # hash of the flow definition the run follows
+
+
+class Database:
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db = sqlite_utils.Database(conn)
+        self.conn = conn
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        self._create_schema()
+
+    def _create_schema(self) -> None:
+        db = self.db
+        db["definitions"].create({"hash": str, "body": bytes}, pk="hash", if_not_exists=True)
+        db["runs"].create(
+            {"id": str, "flow": str, "status": str, "created": float, "updated": float,
+             "wake_at": float, "definition": str, "doc": bytes},
+            pk="id", not_null={"flow", "status", "created", "doc"}, if_not_exists=True,
+        )  # fmt: skip
+        db["waits"].create(
+            {"location": str, "key": str, "run_id": str, "edge": str, "next_check": float, "checks": int},
+            pk=("location", "key"), if_not_exists=True,
+        )  # fmt: skip
+        db["runs"].create_index(["status", "created"], if_not_exists=True)
+        db["runs"].create_index(["flow", "created"], if_not_exists=True)
+        db["runs"].create_index(["created"], if_not_exists=True)
+        db["runs"].create_index(["wake_at"], if_not_exists=True)
+        db["waits"].create_index(["run_id"], if_not_exists=True)
+        db["waits"].create_index(["next_check"], if_not_exists=True)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # definitions
+
+    def put_definition(self, body: bytes) -> str:
+        digest = hashlib.sha256(body).hexdigest()
+        self.conn.execute("INSERT OR IGNORE INTO definitions (hash, body) VALUES (?, ?)", (digest, body))
+        return digest
+
+    def definition(self, digest: str) -> bytes:
+        return self.conn.execute("SELECT body FROM definitions WHERE hash = ?", (digest,)).fetchone()[0]
+
+    # runs
+
+    def insert_run(self, run: Run, definition: str, wake_at: float | None) -> None:
+        self.conn.execute(
+            "INSERT INTO runs (id, flow, status, created, updated, wake_at, definition, doc)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (run.id, run.flow, run.status, run.created, run.updated, wake_at, definition, _encode(run)),
+        )
+
+    def save_run(self, run: Run, wake_at: float | None) -> None:
+        self.conn.execute(
+            "UPDATE runs SET status = ?, updated = ?, wake_at = ?, doc = ? WHERE id = ?",
+            (run.status, run.updated, wake_at, _encode(run), run.id),
+        )
+
+    def load_run(self, run_id: str) -> RunRow | None:
+        row = self.conn.execute("SELECT doc, definition FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return RunRow(_decode_run(row[0]), row[1]) if row else None
+
+    def list_runs(
+        self, status: str | None, flow: str | None, limit: int, offset: int
+    ) -> tuple[list[Run], int]:
+        where, params = [], []
+        if status:
+            where.append("status = ?")
+            params.append(status)
+        if flow:
+            where.append("flow = ?")
+            params.append(flow)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        total = self.conn.execute(f"SELECT count(*) FROM runs{clause}", params).fetchone()[0]
+        rows = self.conn.execute(
+            f"SELECT doc FROM runs{clause} ORDER BY created DESC, id DESC LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return [_decode_run(r[0]) for r in rows], total
+
+    def run_ids_with_status(self, statuses: tuple[str, ...]) -> list[str]:
+        marks = ",".join("?" * len(statuses))
+        return [r[0] for r in self.conn.execute(f"SELECT id FROM runs WHERE status IN ({marks})", statuses)]
+
+    def due_runs(self, now: float, limit: int = 500) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT id FROM runs WHERE wake_at <= ? ORDER BY wake_at LIMIT ?", (now, limit)
+        )
+        return [r[0] for r in rows]
+
+    def next_wake(self) -> float | None:
+        return self.conn.execute("SELECT min(wake_at) FROM runs").fetchone()[0]
+
+    # waits: which run edge an object key fills
+
+    def add_waits(self, waits: list[Wait], first_check: float) -> None:
+        self.conn.executemany(
+            "INSERT INTO waits (location, key, run_id, edge, next_check, checks) VALUES (?, ?, ?, ?, ?, 0)",
+            [(w.location, w.key, w.run_id, w.edge, first_check) for w in waits],
+        )
+
+    def wait_for(self, location: str, key: str) -> Wait | None:
+        row = self.conn.execute(
+            "SELECT run_id, edge FROM waits WHERE location = ? AND key = ?", (location, key)
+        ).fetchone()
+        return Wait(location, key, row[0], row[1]) if row else None
+
+    def key_taken(self, location: str, key: str) -> bool:
+        """Whether a waiting run already claims this object key."""
+        row = self.conn.execute("SELECT 1 FROM waits WHERE location = ? AND key = ?", (location, key))
+        return row.fetchone() is not None
+
+    def drop_waits(self, run_id: str, edges: list[str] | None = None) -> None:
+        if edges is None:
+            self.conn.execute("DELETE FROM waits WHERE run_id = ?", (run_id,))
+            return
+        self.conn.executemany(
+            "DELETE FROM waits WHERE run_id = ? AND edge = ?", [(run_id, e) for e in edges]
+        )
+
+    def due_waits(self, now: float, limit: int) -> list[tuple[Wait, int]]:
+        rows = self.conn.execute(
+            "SELECT location, key, run_id, edge, checks FROM waits WHERE next_check <= ?"
+            " ORDER BY next_check LIMIT ?",
+            (now, limit),
+        )
+        return [(Wait(r[0], r[1], r[2], r[3]), r[4]) for r in rows]
+
+    def reschedule_wait(self, wait: Wait, next_check: float, checks: int) -> None:
+        self.conn.execute(
+            "UPDATE waits SET next_check = ?, checks = ? WHERE location = ? AND key = ?",
+            (next_check, checks, wait.location, wait.key),
+        )

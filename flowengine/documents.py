@@ -1,0 +1,169 @@
+"""The run document: what POST /api/v1/flow/{name} and GET /api/v1/flow/status/{id} answer.
+
+URLs are minted here, at render time, from the run's stored state: nothing signed is stored.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import quote, urlencode
+
+import msgspec
+
+from flowengine import machine
+from flowengine.engine import Engine
+from flowengine.machine import Run
+from flowengine.spec import Flow
+from flowengine.stores.base import PutConditions
+
+
+class _Doc(msgspec.Struct, rename="pascal", omit_defaults=True):
+    pass
+
+
+class ArtifactRef(_Doc):
+    store_name: str
+    object_name: str
+    edge_name: str
+
+
+class WaitingURL(_Doc):
+    artifact: ArtifactRef
+    put_url: str = msgspec.field(name="PutURL")
+    ttl: str = msgspec.field(name="TTL")
+    headers: dict[str, str] = {}  # every header the PUT must carry, when the URL signs any
+
+
+class Artifact(_Doc):
+    store_name: str
+    object_name: str
+    edge_name: str
+    size: int
+    content_type: str
+    etag: str = msgspec.field(name="ETag")
+    landed: str
+    get_url: str = msgspec.field(default="", name="GetURL")
+    expires: str = ""  # when GetURL stops working
+    expired: bool = False  # the object is past retention: no URL is given
+
+
+class StepDoc(_Doc):
+    id: str = msgspec.field(name="ID")
+    uses: str
+    status: str
+    attempts: int
+    error: str = ""
+    started: str = ""
+    finished: str = ""
+    retry_at: str = ""
+    logs: list[str] = []
+
+
+class RunDoc(_Doc):
+    id: str = msgspec.field(name="ID")
+    flow: str
+    status: str
+    created: str
+    updated: str
+    waiting_urls: list[WaitingURL] = msgspec.field(name="WaitingURLs")
+    steps: list[StepDoc]
+    artifacts: list[Artifact]
+    error: str = ""
+    failed_step: str = ""
+    logs: list[str] = []  # the failing step's last lines of output
+
+
+class RunSummary(_Doc):
+    id: str = msgspec.field(name="ID")
+    flow: str
+    status: str
+    created: str
+    updated: str
+    error: str = ""
+
+
+class RunPage(_Doc):
+    runs: list[RunSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+def rfc3339(t: float, precise: bool = True) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
+    return f"{stamp}.{int(t * 1000) % 1000:03d}Z" if precise else f"{stamp}Z"
+
+
+def _opt(t: float | None) -> str:
+    return rfc3339(t) if t is not None else ""
+
+
+def hook_url(engine: Engine, run_id: str, edge: str, expires: float, base_url: str) -> str:
+    query = engine.stores.signer.query("PUT", hook_resource(run_id, edge), expires, {})
+    return f"{base_url}/api/v1/hook/{run_id}/{quote(edge, safe='')}?{urlencode(query)}"
+
+
+def hook_resource(run_id: str, edge: str) -> str:
+    return f"hook/{run_id}/{edge}"
+
+
+def waiting_urls(engine: Engine, run: Run, flow: Flow, base_url: str) -> list[WaitingURL]:
+    urls = []
+    for name in machine.waiting_edges(run):
+        edge = run.edges[name]
+        expires = edge.deadline or engine.clock() + engine.config.upload_ttl
+        ref = ArtifactRef(edge.store, edge.key, name)
+        if edge.source == "webhook":
+            urls.append(WaitingURL(ref, hook_url(engine, run.id, name, expires, base_url), rfc3339(expires, False)))
+            continue
+        well = next(w for w in flow.data_wells if w.edge == name)
+        conditions = PutConditions(well.size, well.content_type, not well.overwrite)
+        signed = engine.store_of(flow, edge).presign_put(edge.key, expires, conditions, base_url)
+        urls.append(WaitingURL(ref, signed.url, rfc3339(expires, False), signed.headers))
+    return urls
+
+
+def artifacts(engine: Engine, run: Run, flow: Flow, base_url: str) -> list[Artifact]:
+    now = engine.clock()
+    expires = now + engine.config.download_ttl
+    found = []
+    for name, edge in run.edges.items():
+        obj = edge.object
+        if obj is None or edge.filled_at is None:
+            continue
+        art = Artifact(edge.store, edge.key, name, obj.size, obj.content_type, obj.etag, rfc3339(edge.filled_at))
+        if now >= edge.filled_at + engine.retention(edge):
+            art.expired = True
+        else:
+            art.get_url = engine.store_of(flow, edge).presign_get(edge.key, expires, base_url).url
+            art.expires = rfc3339(expires, False)
+        found.append(art)
+    return found
+
+
+def run_document(engine: Engine, run: Run, flow: Flow, base_url: str) -> RunDoc:
+    base_url = (engine.config.public_url or base_url).rstrip("/")
+    uses = {s.id: s.uses for s in flow.steps}
+    steps = [
+        StepDoc(name, uses[name], s.status, s.attempts, s.error or "", _opt(s.started), _opt(s.finished),
+                _opt(s.retry_at), s.logs)
+        for name, s in run.steps.items()
+    ]  # fmt: skip
+    failed = run.steps.get(run.failed_step or "")
+    return RunDoc(
+        id=run.id,
+        flow=run.flow,
+        status=run.status,
+        created=rfc3339(run.created),
+        updated=rfc3339(run.updated),
+        waiting_urls=waiting_urls(engine, run, flow, base_url),
+        steps=steps,
+        artifacts=artifacts(engine, run, flow, base_url),
+        error=run.error or "",
+        failed_step=run.failed_step or "",
+        logs=failed.logs if failed else [],
+    )
+
+
+def run_summary(run: Run) -> RunSummary:
+    return RunSummary(run.id, run.flow, run.status, rfc3339(run.created), rfc3339(run.updated), run.error or "")

@@ -1,0 +1,289 @@
+"""The imperative shell around the state machine.
+
+Every event is applied to its run inside one SQLite transaction; the commands the machine
+returns are carried out only after the commit. Everything here runs on the event loop's
+thread, so a transaction is never interleaved with another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from flowengine import machine
+from flowengine.catalog import Catalog
+from flowengine.config import Config, ensure_secret
+from flowengine.db import Database, Wait
+from flowengine.errors import ApiError, conflict, not_found
+from flowengine.ids import uuid7
+from flowengine.keys import DEFAULT_KEY, check_key, expand
+from flowengine.machine import Abort, Command, Dispatch, EdgeState, Event, ObjectMeta, Run
+from flowengine.spec import DataWell, Flow
+from flowengine.steps import StepJob, run_step
+from flowengine.stores.base import ObjectInfo, Store, StoreUnavailable
+from flowengine.stores.registry import Stores
+from flowengine.validate import parse_duration, validate
+
+WAITING_SOURCES = ("upload", "webhook")
+_decode_flow = msgspec.json.Decoder(Flow).decode
+_encode = msgspec.json.Encoder().encode
+
+
+class Engine:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        new_id: Callable[[], str] = uuid7,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.new_id = new_id
+        data = config.data_path
+        data.mkdir(parents=True, exist_ok=True)
+        self.db = Database(data / "flowengine.db")
+        self.stores = Stores(config, ensure_secret(config), clock)
+        self.catalog = Catalog(Path(config.flows_dir), self.stores.configured.keys())
+        self.work_root = data / "work"
+        self.log_root = data / "logs"
+        self._flows: dict[str, Flow] = {}
+        self._steps: dict[tuple[str, str], asyncio.Task] = {}
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._wake = asyncio.Event()
+        self._sleep_until = math.inf
+        self._background: list[asyncio.Task] = []
+
+    # lifecycle
+
+    async def start(self) -> None:
+        """Resume after a stop or a crash: re-dispatch interrupted steps, restart the timers."""
+        shutil.rmtree(self.work_root, ignore_errors=True)
+        shutil.rmtree(self.config.data_path / "tmp", ignore_errors=True)
+        (self.config.data_path / "tmp").mkdir(parents=True, exist_ok=True)
+        for run_id in self.db.run_ids_with_status((machine.RUNNING,)):
+            row = self.db.load_run(run_id)
+            if row is None:
+                continue
+            for name, state in row.run.steps.items():
+                if state.status in (machine.READY, machine.RUNNING):
+                    self._dispatch(row.run.id, self.flow_of(row.definition), Dispatch(name, state.attempts))
+        self._background.append(asyncio.create_task(self._timer_loop()))
+
+    async def stop(self) -> None:
+        tasks = [*self._background, *self._steps.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.db.close()
+
+    # reading
+
+    def flow_of(self, digest: str) -> Flow:
+        flow = self._flows.get(digest)
+        if flow is None:
+            flow = self._flows[digest] = _decode_flow(self.db.definition(digest))
+        return flow
+
+    def get_run(self, run_id: str) -> tuple[Run, Flow]:
+        row = self.db.load_run(run_id)
+        if row is None:
+            raise not_found("run", run_id, "path.runID")
+        return row.run, self.flow_of(row.definition)
+
+    def store_of(self, flow: Flow, edge: EdgeState) -> Store:
+        return self.stores.resolve(flow, edge.store)
+
+    def retention(self, edge: EdgeState) -> float:
+        """Seconds an edge's object is kept after it landed; static objects are not ours to expire."""
+        if edge.source == machine.FROM_STEP:
+            return self.config.output_retention
+        return self.config.input_retention if edge.source in WAITING_SOURCES else math.inf
+
+    async def store_problems(self) -> dict[str, str]:
+        """Stores that cannot be used right now, with why (for /readyz)."""
+        problems = {}
+        for store in self.stores.all():
+            try:
+                await store.check()
+            except StoreUnavailable as exc:
+                problems[store.name] = str(exc) or type(exc).__name__
+        return problems
+
+    # creating runs
+
+    async def create_run(self, flow: Flow) -> Run:
+        problems = validate(flow, self.stores.configured.keys())
+        if problems:
+            raise ApiError(422, "invalid_flow", f"the flow has {len(problems)} problem(s)", "Flow", problems)
+        now = self.clock()
+        run_id = self.new_id()
+        edges: dict[str, EdgeState] = {}
+        wells = {w.edge: (i, w) for i, w in enumerate(flow.data_wells)}
+        outputs = [b.edge for s in flow.steps for b in s.outputs]
+        for edge in [*wells, *(e for e in outputs if e not in wells)]:
+            index, well = wells.get(edge, (None, None))
+            edges[edge] = await self._edge(flow, run_id, edge, index, well, now)
+        run, commands = machine.start(flow, run_id, edges, now)
+        body = _encode(flow)
+        waits = [self._wait(flow, run, name) for name in machine.waiting_edges(run)]
+        with self.db.transaction():
+            for wait in waits:
+                if self.db.key_taken(wait.location, wait.key):
+                    raise conflict(f"another run is already waiting for {wait.key!r} in store "
+                                   f"{run.edges[wait.edge].store!r}", f"DataWells[{wells[wait.edge][0]}].Key")
+            digest = self.db.put_definition(body)
+            self.db.insert_run(run, digest, machine.next_wake(run))
+            self.db.add_waits(waits, first_check=now + 1.0)
+        self._flows.setdefault(digest, flow)
+        self._after_commit(run, flow, commands)
+        return run
+
+    async def _edge(
+        self, flow: Flow, run_id: str, edge: str, index: int | None, well: DataWell | None, now: float
+    ) -> EdgeState:
+        location = f"DataWells[{index}]" if index is not None else "Flow"
+        store_name = well.store if well else "default"
+        store = self.stores.resolve(flow, store_name)
+        template = well.key if well and well.key else DEFAULT_KEY
+        key = expand(template, run_id=run_id, flow_name=flow.name, edge=edge, now=now)
+        check_key(key, f"{location}.Key")
+        source = well.source if well and well.source else machine.FROM_STEP
+        state = EdgeState(store_name, key, source)
+        if well is None:
+            return state
+        state.expect_size = well.size
+        state.content_type = well.content_type
+        state.accept = list(well.accept)
+        if source in WAITING_SOURCES:
+            ttl = parse_duration(well.ttl) if well.ttl is not None else self.config.upload_ttl
+            state.deadline = now + ttl
+            state.max_size = min(well.max_size or self.config.max_upload_size, self.config.max_upload_size)
+        if source == "static":
+            info = await store.stat(key)
+            if info is None:
+                raise ApiError(422, "static_object_missing",
+                               f"static well {edge!r}: no object {key!r} in store {store_name!r}",
+                               f"{location}.Key")  # fmt: skip
+            obj = ObjectMeta(info.size, info.content_type, info.etag)
+            problem = machine.landing_problem(edge, state, obj)
+            if problem:
+                raise ApiError(422, "static_object_rejected", problem, f"{location}.Key")
+            state.object = obj
+            state.filled_at = now
+        return state
+
+    def _wait(self, flow: Flow, run: Run, edge: str) -> Wait:
+        store = self.store_of(flow, run.edges[edge])
+        return Wait(store.location, store.full_key(run.edges[edge].key), run.id, edge)
+
+    # applying events
+
+    def apply(self, run_id: str, event: Event) -> Run:
+        """Apply one event to one run in one transaction; then carry out its commands."""
+        with self.db.transaction():
+            row = self.db.load_run(run_id)
+            if row is None:
+                raise not_found("run", run_id, "path.runID")
+            flow = self.flow_of(row.definition)
+            run, commands = machine.advance(row.run, flow, event, self.clock())
+            if run is row.run:
+                return run
+            self.db.save_run(run, machine.next_wake(run))
+            if run.status in machine.TERMINAL:
+                self.db.drop_waits(run.id)
+            else:
+                filled = [n for n, e in run.edges.items() if e.object and not row.run.edges[n].object]
+                self.db.drop_waits(run.id, filled)
+        self._after_commit(run, flow, commands)
+        return run
+
+    def _after_commit(self, run: Run, flow: Flow, commands: list[Command]) -> None:
+        wake = machine.next_wake(run)
+        if wake is not None and wake < self._sleep_until:
+            self._wake.set()
+        for command in commands:
+            if isinstance(command, Dispatch):
+                self._dispatch(run.id, flow, command)
+            elif isinstance(command, Abort):
+                task = self._steps.get((run.id, command.step))
+                if task:
+                    task.cancel()
+
+    def object_landed(self, location: str, key: str, info: ObjectInfo) -> Run | None:
+        """An object appeared: advance the run waiting for it, if any. Unknown keys are ignored."""
+        wait = self.db.wait_for(location, key)
+        if wait is None:
+            return None
+        return self.apply(wait.run_id, machine.Landed(wait.edge, ObjectMeta(info.size, info.content_type, info.etag)))
+
+    def cancel(self, run_id: str) -> Run:
+        return self.apply(run_id, machine.Cancel())
+
+    def refresh(self, run_id: str) -> Run:
+        run, flow = self.get_run(run_id)
+        if run.status in machine.TERMINAL:
+            raise conflict(f"run {run_id!r} is {run.status}: there is nothing to upload", "path.runID")
+        ttls = {w.edge: w.ttl for w in flow.data_wells}
+        ttl = min((parse_duration(ttls[e]) if ttls.get(e) is not None else self.config.upload_ttl)
+                  for e in machine.waiting_edges(run)) if machine.waiting_edges(run) else 0  # fmt: skip
+        return self.apply(run_id, machine.Refresh(self.clock() + ttl))
+
+    # steps
+
+    def _dispatch(self, run_id: str, flow: Flow, command: Dispatch) -> None:
+        task = asyncio.create_task(self._run_step(run_id, flow, command))
+        self._steps[(run_id, command.step)] = task
+        task.add_done_callback(lambda _t, k=(run_id, command.step): self._forget(k, _t))
+
+    def _forget(self, key: tuple[str, str], task: asyncio.Task) -> None:
+        if self._steps.get(key) is task:
+            del self._steps[key]
+
+    async def _run_step(self, run_id: str, flow: Flow, command: Dispatch) -> None:
+        async with self._slots:
+            run = self.apply(run_id, machine.StepStarted(command.step, command.attempt))
+            state = run.steps.get(command.step)
+            if state is None or state.attempts != command.attempt or state.status != machine.RUNNING:
+                return
+            step = next(s for s in flow.steps if s.id == command.step)
+            job = StepJob(
+                run_id=run_id,
+                step=step,
+                task=next(t for t in flow.tasks if t.name == step.uses),
+                attempt=command.attempt,
+                edges=run.edges,
+                store_of=lambda edge: self.store_of(flow, edge),
+                work_root=self.work_root,
+                log_path=self.log_root / run_id / f"{step.id}.{command.attempt}.log",
+                log_tail=self.config.log_tail,
+            )
+            event = await run_step(job)
+        self.apply(run_id, event)
+
+    # timers
+
+    async def _timer_loop(self) -> None:
+        while True:
+            now = self.clock()
+            for run_id in self.db.due_runs(now):
+                run = self.apply(run_id, machine.Tick())
+                wake = machine.next_wake(run)
+                if wake is not None and wake <= now:  # nothing changed: do not spin on it
+                    with self.db.transaction():
+                        self.db.save_run(run, None)
+            nxt = self.db.next_wake()
+            self._sleep_until = math.inf if nxt is None else nxt
+            self._wake.clear()
+            timeout = None if nxt is None else max(0.0, nxt - self.clock()) + 0.001
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)

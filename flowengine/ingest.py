@@ -1,0 +1,110 @@
+"""Receiving an object into a run's well through the engine: embedded-store PUTs, webhooks, direct uploads.
+
+One path for all three: the body streams to a temp file (never into memory) under the size
+limit, is checked against the well before it is stored, and only then advances the run. An
+object the well cannot take is refused with a 4xx and the run keeps waiting for a good one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from flowengine import machine
+from flowengine.engine import Engine
+from flowengine.errors import ApiError, conflict, not_found
+from flowengine.machine import ObjectMeta, Run
+from flowengine.stores.base import ObjectInfo
+from flowengine.stores.local import LocalStore
+
+DEFAULT_TYPE = "application/octet-stream"
+
+
+class Upload:
+    """What the client sent besides the body."""
+
+    def __init__(
+        self, content_type: str | None, length: int | None, declared_length: int | None = None,
+        no_overwrite: bool = False,
+    ) -> None:  # fmt: skip
+        self.content_type = content_type or DEFAULT_TYPE
+        self.length = length
+        self.declared_length = declared_length  # a signed Content-Length the body must match
+        self.no_overwrite = no_overwrite
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "too_large", f"the body is over the size limit of {limit} bytes", "body")
+
+
+async def spool(body: AsyncIterator[bytes], limit: int, directory: Path) -> tuple[Path, int, str]:
+    """Stream a body to a temp file, refusing it past `limit` bytes; returns (path, size, md5)."""
+    fd, name = _temp(directory)
+    path, size, digest = Path(name), 0, hashlib.md5(usedforsecurity=False)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            async for chunk in body:
+                size += len(chunk)
+                if size > limit:
+                    raise too_large(limit)
+                digest.update(chunk)
+                out.write(chunk)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return path, size, digest.hexdigest()
+
+
+def _temp(directory: Path) -> tuple[int, str]:
+    import tempfile
+
+    directory.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(dir=directory, prefix="in-")
+
+
+def _refusal(problem: str) -> ApiError:
+    status, code = (415, "unsupported_media_type") if "type" in problem else (400, "size_mismatch")
+    if "over the limit" in problem:
+        status, code = 413, "too_large"
+    return ApiError(status, code, problem, "body")
+
+
+async def receive(engine: Engine, run_id: str, edge_name: str, body: AsyncIterator[bytes], upload: Upload) -> Run:
+    run, flow = engine.get_run(run_id)
+    edge = run.edges.get(edge_name)
+    if edge is None:
+        raise not_found("edge", edge_name, "path.edgeName")
+    if run.status in machine.TERMINAL:
+        raise conflict(f"run {run_id!r} is {run.status}: it takes no more uploads", "path.runID")
+    if edge.source == machine.FROM_STEP:
+        raise conflict(f"edge {edge_name!r} is filled by a step's output, not by an upload", "path.edgeName")
+    if edge.object is not None:
+        raise conflict(f"edge {edge_name!r} is already filled", "path.edgeName")
+    limit = min(edge.max_size or engine.config.max_upload_size, engine.config.max_upload_size)
+    if upload.length is not None and upload.length > limit:
+        raise too_large(limit)
+    store = engine.store_of(flow, edge)
+    path, size, md5 = await spool(body, limit, engine.config.data_path / "tmp")
+    try:
+        if upload.declared_length is not None and size != upload.declared_length:
+            raise ApiError(400, "size_mismatch",
+                           f"the body is {size} bytes, the signed Content-Length says {upload.declared_length}",
+                           "header.Content-Length")  # fmt: skip
+        meta = ObjectMeta(size, upload.content_type, md5)
+        problem = machine.landing_problem(edge_name, edge, meta)
+        if problem:
+            raise _refusal(problem)
+        info = ObjectInfo(size, upload.content_type, md5, engine.clock())
+        if isinstance(store, LocalStore):
+            if not store.commit(path, edge.key, info, overwrite=not upload.no_overwrite):
+                raise ApiError(412, "precondition_failed", f"object {edge.key!r} already exists", "header.If-None-Match")
+        else:
+            info = await store.upload(edge.key, path, upload.content_type)
+            meta = ObjectMeta(info.size, info.content_type, info.etag)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return engine.apply(run_id, machine.Landed(edge_name, meta))

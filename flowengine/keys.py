@@ -1,0 +1,69 @@
+"""Object keys: expanding `${VAR}` templates and keeping every key inside its store."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Callable
+
+from flowengine.errors import ApiError
+
+TEMPLATE_VARS = frozenset({"RUN_ID", "FLOW_NAME", "EDGE", "UUID", "DATE", "TIMESTAMP"})
+DEFAULT_KEY = "${FLOW_NAME}/${RUN_ID}/${EDGE}"
+_VAR = re.compile(r"\$\{([^}]*)\}")
+MAX_KEY_BYTES = 1024  # S3's limit on a key
+
+
+def template_vars(template: str) -> list[str]:
+    return _VAR.findall(template)
+
+
+def expand(
+    template: str,
+    *,
+    run_id: str,
+    flow_name: str,
+    edge: str,
+    now: float,
+    new_uuid: Callable[[], str] = lambda: str(uuid.uuid4()),
+) -> str:
+    """Expand a key template; `validate.py` has already refused unknown variables."""
+    values = {
+        "RUN_ID": run_id,
+        "FLOW_NAME": flow_name,
+        "EDGE": edge,
+        "DATE": time.strftime("%Y-%m-%d", time.gmtime(now)),
+        "TIMESTAMP": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)),
+    }
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        return new_uuid() if name == "UUID" else values[name]
+
+    return _VAR.sub(one, template)
+
+
+def key_problem(key: str) -> str | None:
+    """Why `key` could escape its store or break a filesystem, or None when it is safe."""
+    if not key:
+        return "is empty"
+    if len(key.encode()) > MAX_KEY_BYTES:
+        return f"is longer than {MAX_KEY_BYTES} bytes"
+    if key.startswith("/"):
+        return "is an absolute path"
+    if "\\" in key:
+        return "contains a backslash"
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        return "contains a control character"
+    parts = key.split("/")
+    if any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in ("", ".", ".."):
+        return "has an empty, '.' or '..' path segment"
+    return None
+
+
+def check_key(key: str, location: str) -> str:
+    problem = key_problem(key)
+    if problem:
+        raise ApiError(422, "invalid_key", f"{location}: key {key!r} {problem}", location)
+    return key

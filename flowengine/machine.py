@@ -1,0 +1,330 @@
+"""The pure state machine: every run transition is decided here, and only here.
+
+`advance(run, flow, event, now) -> (run, commands)` takes plain values and returns plain values:
+no I/O, no clock, no database. Events are facts the shell observed; commands are what the shell
+must do next. Applying an event that no longer fits (a duplicate landing, a result from a stale
+attempt, anything on a finished run) returns the run unchanged and no commands, which is what
+makes redelivery harmless.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from msgspec import structs
+
+from flowengine.spec import Flow
+from flowengine.validate import mime_matches
+
+# Run status, as in the flow API reference.
+STOPPED, WAITING, RUNNING, COMPLETE, ERROR = "STOPPED", "WAITING", "RUNNING", "COMPLETE", "ERROR"
+TERMINAL = frozenset({STOPPED, COMPLETE, ERROR})
+# Step status.
+IDLE, READY, RETRYING = "IDLE", "READY", "RETRYING"
+ACTIVE_STEP = frozenset({READY, RUNNING, RETRYING})
+FROM_STEP = "step"  # an edge's source when a step's output fills it
+
+
+class ObjectMeta(msgspec.Struct, frozen=True):
+    size: int
+    content_type: str
+    etag: str
+
+
+class EdgeState(msgspec.Struct, omit_defaults=True):
+    store: str
+    key: str
+    source: str  # upload | webhook | static | step
+    deadline: float | None = None  # a waiting well's TTL
+    expect_size: int | None = None
+    max_size: int | None = None
+    content_type: str | None = None  # declared: the object must carry exactly this type
+    accept: list[str] = []
+    object: ObjectMeta | None = None  # set once the edge is filled, never again
+    filled_at: float | None = None
+
+
+class StepState(msgspec.Struct, omit_defaults=True):
+    status: str = IDLE
+    attempts: int = 0
+    error: str | None = None
+    logs: list[str] = []
+    started: float | None = None
+    finished: float | None = None
+    retry_at: float | None = None
+
+
+class Run(msgspec.Struct, omit_defaults=True):
+    id: str
+    flow: str
+    status: str
+    created: float
+    updated: float
+    edges: dict[str, EdgeState]
+    steps: dict[str, StepState]
+    error: str | None = None
+    failed_step: str | None = None
+
+
+# Events: facts.
+class Landed(msgspec.Struct, tag=True, frozen=True):
+    edge: str
+    object: ObjectMeta
+
+
+class StepStarted(msgspec.Struct, tag=True, frozen=True):
+    step: str
+    attempt: int
+
+
+class StepSucceeded(msgspec.Struct, tag=True, frozen=True):
+    step: str
+    attempt: int
+    outputs: dict[str, ObjectMeta]  # edge -> what was written there
+    logs: list[str] = []
+
+
+class StepFailed(msgspec.Struct, tag=True, frozen=True):
+    step: str
+    attempt: int
+    error: str
+    logs: list[str] = []
+
+
+class Tick(msgspec.Struct, tag=True, frozen=True):
+    """A timer fired: deadlines and retry times up to `now` are due."""
+
+
+class Cancel(msgspec.Struct, tag=True, frozen=True):
+    reason: str = "cancelled by request"
+
+
+class Refresh(msgspec.Struct, tag=True, frozen=True):
+    deadline: float  # the new TTL for every well still empty
+
+
+Event = Landed | StepStarted | StepSucceeded | StepFailed | Tick | Cancel | Refresh
+
+
+# Commands: what the shell must do.
+class Dispatch(msgspec.Struct, tag=True, frozen=True):
+    step: str
+    attempt: int
+
+
+class Abort(msgspec.Struct, tag=True, frozen=True):
+    step: str
+
+
+Command = Dispatch | Abort
+
+
+def start(flow: Flow, run_id: str, edges: dict[str, EdgeState], now: float) -> tuple[Run, list[Command]]:
+    """A new run: the shell resolved every edge's store and key (static wells arrive filled)."""
+    run = Run(run_id, flow.name, WAITING, now, now, edges, {s.id: StepState() for s in flow.steps})
+    commands = _settle(run, flow, now)
+    return run, commands
+
+
+def advance(run: Run, flow: Flow, event: Event, now: float) -> tuple[Run, list[Command]]:
+    if run.status in TERMINAL:
+        return run, []
+    new = _clone(run)
+    commands = _HANDLERS[type(event)](new, flow, event, now)
+    commands += _settle(new, flow, now)
+    if new == run:
+        return run, []
+    new.updated = now
+    return new, commands
+
+
+def next_wake(run: Run) -> float | None:
+    """When a Tick is next due: the earliest well TTL or retry time; None when nothing waits on time."""
+    if run.status in TERMINAL:
+        return None
+    times = [e.deadline for e in run.edges.values() if e.object is None and e.deadline is not None]
+    times += [s.retry_at for s in run.steps.values() if s.status == RETRYING and s.retry_at is not None]
+    return min(times, default=None)
+
+
+def waiting_edges(run: Run) -> list[str]:
+    """Edges a client or webhook must still fill."""
+    if run.status in TERMINAL:
+        return []
+    return [name for name, e in run.edges.items() if e.object is None and e.source != FROM_STEP]
+
+
+def landing_problem(edge_name: str, edge: EdgeState, obj: ObjectMeta) -> str | None:
+    """Why an object that arrived on an edge cannot be used, or None."""
+    if edge.expect_size is not None and obj.size != edge.expect_size:
+        return f"object for edge {edge_name!r} is {obj.size} bytes, declared {edge.expect_size}"
+    if edge.max_size is not None and obj.size > edge.max_size:
+        return f"object for edge {edge_name!r} is {obj.size} bytes, over the limit of {edge.max_size}"
+    mime = obj.content_type.split(";")[0].strip().lower()
+    if edge.content_type is not None and mime != edge.content_type.split(";")[0].strip().lower():
+        return f"object for edge {edge_name!r} has type {mime!r}, declared {edge.content_type!r}"
+    if edge.accept and not any(mime_matches(mime, p) for p in edge.accept):
+        return f"object for edge {edge_name!r} has type {mime!r}, not one of {', '.join(edge.accept)}"
+    return None
+
+
+def _clone(run: Run) -> Run:
+    return structs.replace(
+        run,
+        edges={k: structs.replace(v) for k, v in run.edges.items()},
+        steps={k: structs.replace(v) for k, v in run.steps.items()},
+    )
+
+
+def _fill(run: Run, edge: str, obj: ObjectMeta, now: float) -> None:
+    state = run.edges[edge]
+    state.object = obj
+    state.filled_at = now
+    state.deadline = None
+
+
+def _fail(run: Run, error: str, step: str | None = None) -> None:
+    run.status = ERROR
+    run.error = error
+    run.failed_step = step
+
+
+def _on_landed(run: Run, flow: Flow, event: Landed, now: float) -> list[Command]:
+    edge = run.edges.get(event.edge)
+    if edge is None or edge.object is not None or edge.source == FROM_STEP:
+        return []
+    problem = landing_problem(event.edge, edge, event.object)
+    if problem:
+        _fail(run, problem)
+        return []
+    _fill(run, event.edge, event.object, now)
+    return []
+
+
+def _current(run: Run, step: str, attempt: int, statuses: frozenset[str]) -> StepState | None:
+    """The step's state if this report is about its current attempt, else None (a stale duplicate)."""
+    state = run.steps.get(step)
+    if state is None or state.attempts != attempt or state.status not in statuses:
+        return None
+    return state
+
+
+def _on_started(run: Run, flow: Flow, event: StepStarted, now: float) -> list[Command]:
+    state = _current(run, event.step, event.attempt, frozenset({READY}))
+    if state:
+        state.status = RUNNING
+        state.started = now
+    return []
+
+
+def _on_succeeded(run: Run, flow: Flow, event: StepSucceeded, now: float) -> list[Command]:
+    state = _current(run, event.step, event.attempt, frozenset({READY, RUNNING}))
+    if state is None:
+        return []
+    step = next(s for s in flow.steps if s.id == event.step)
+    missing = [b.edge for b in step.outputs if b.edge not in event.outputs]
+    if missing:
+        failed = StepFailed(event.step, event.attempt, f"no output written for {', '.join(missing)}", event.logs)
+        return _on_failed(run, flow, failed, now)
+    state.status = COMPLETE
+    state.finished = now
+    state.logs = event.logs
+    state.error = None
+    for edge, obj in event.outputs.items():
+        if edge in run.edges and run.edges[edge].object is None:
+            _fill(run, edge, obj, now)
+    return []
+
+
+def _on_failed(run: Run, flow: Flow, event: StepFailed, now: float) -> list[Command]:
+    state = _current(run, event.step, event.attempt, frozenset({READY, RUNNING}))
+    if state is None:
+        return []
+    task = _task(flow, event.step)
+    state.error = event.error
+    state.logs = event.logs
+    state.finished = now
+    if state.attempts < task.max_attempts:
+        state.status = RETRYING
+        state.retry_at = now + task.backoff * 2 ** (state.attempts - 1)
+        return []
+    state.status = ERROR
+    _fail(run, f"step {event.step!r} failed after {state.attempts} attempt(s): {event.error}", event.step)
+    return []
+
+
+def _on_tick(run: Run, flow: Flow, event: Tick, now: float) -> list[Command]:
+    for name in waiting_edges(run):
+        deadline = run.edges[name].deadline
+        if deadline is not None and deadline <= now:
+            _fail(run, f"upload for edge {name!r} expired")
+            return []
+    return []  # due retries are picked up by _settle
+
+
+def _on_cancel(run: Run, flow: Flow, event: Cancel, now: float) -> list[Command]:
+    run.status = STOPPED
+    run.error = event.reason
+    return []
+
+
+def _on_refresh(run: Run, flow: Flow, event: Refresh, now: float) -> list[Command]:
+    for name in waiting_edges(run):
+        run.edges[name].deadline = event.deadline
+    return []
+
+
+_HANDLERS = {
+    Landed: _on_landed,
+    StepStarted: _on_started,
+    StepSucceeded: _on_succeeded,
+    StepFailed: _on_failed,
+    Tick: _on_tick,
+    Cancel: _on_cancel,
+    Refresh: _on_refresh,
+}
+
+
+def _task(flow: Flow, step_id: str):
+    step = next(s for s in flow.steps if s.id == step_id)
+    return next(t for t in flow.tasks if t.name == step.uses)
+
+
+def _settle(run: Run, flow: Flow, now: float) -> list[Command]:
+    """Dispatch what became ready, stop what must stop, and derive the run's status."""
+    if run.status in TERMINAL:
+        return _stop_active(run, now)
+    commands: list[Command] = []
+    for step in flow.steps:
+        state = run.steps[step.id]
+        inputs_ready = all(run.edges[b.edge].object is not None for b in step.inputs)
+        due = state.status == IDLE and inputs_ready
+        due = due or (state.status == RETRYING and state.retry_at is not None and state.retry_at <= now)
+        if due:
+            state.status = READY
+            state.attempts += 1
+            state.retry_at = None
+            state.started = state.finished = None
+            commands.append(Dispatch(step.id, state.attempts))
+    run.status = _derived_status(run)
+    return commands
+
+
+def _stop_active(run: Run, now: float) -> list[Command]:
+    commands: list[Command] = []
+    for name, state in run.steps.items():
+        if state.status in ACTIVE_STEP:
+            if state.status != RETRYING:
+                commands.append(Abort(name))
+            state.status = ERROR
+            state.error = state.error or "stopped: the run ended"
+            state.finished = now
+            state.retry_at = None
+    return commands
+
+
+def _derived_status(run: Run) -> str:
+    if any(s.status in ACTIVE_STEP for s in run.steps.values()):
+        return RUNNING
+    if all(e.object is not None for e in run.edges.values()):
+        return COMPLETE
+    return WAITING

@@ -1,0 +1,78 @@
+"""The one small interface every store shares.
+
+A presigned URL carries its own authority: whoever holds it may do exactly one thing (PUT or
+GET one key) until it expires, and only with the headers that were signed into it. `Presigned`
+names those headers so the caller can tell the client which to send.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+
+
+class ObjectInfo(msgspec.Struct, frozen=True):
+    size: int
+    content_type: str
+    etag: str
+    modified: float  # epoch seconds
+
+
+class Presigned(msgspec.Struct, frozen=True):
+    url: str
+    headers: dict[str, str]  # exactly the headers the request must carry (signed in)
+    expires: float  # epoch seconds
+
+
+class PutConditions(msgspec.Struct, frozen=True):
+    """What a presigned PUT pins down; each set field becomes a signed header."""
+
+    size: int | None = None  # Content-Length
+    content_type: str | None = None  # Content-Type
+    no_overwrite: bool = False  # If-None-Match: *
+
+    def headers(self) -> dict[str, str]:
+        signed: dict[str, str] = {}
+        if self.size is not None:
+            signed["Content-Length"] = str(self.size)
+        if self.content_type is not None:
+            signed["Content-Type"] = self.content_type
+        if self.no_overwrite:
+            signed["If-None-Match"] = "*"
+        return signed
+
+
+class StoreUnavailable(Exception):
+    """The store did not answer (down, unreachable, credentials refused)."""
+
+
+class Store(Protocol):
+    name: str
+    kind: str  # "local" | "s3"
+
+    def presign_put(self, key: str, expires: float, conditions: PutConditions, base_url: str) -> Presigned: ...
+
+    def presign_get(self, key: str, expires: float, base_url: str) -> Presigned: ...
+
+    async def stat(self, key: str) -> ObjectInfo | None: ...
+
+    async def list(self, prefix: str) -> dict[str, ObjectInfo]: ...
+
+    async def read(self, key: str) -> AsyncIterator[bytes]: ...
+
+    async def download(self, key: str, dest: Path) -> ObjectInfo:
+        """Copy the object to a local file (streamed; hard-linked where the store is local)."""
+        ...
+
+    async def upload(self, key: str, src: Path, content_type: str) -> ObjectInfo:
+        """Store a local file under `key` (streamed, atomic: readers never see half an object)."""
+        ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def check(self) -> None:
+        """Raise StoreUnavailable when the store cannot be used right now (for /readyz)."""
+        ...

@@ -1,0 +1,156 @@
+"""The embedded store: objects are files under the data dir; the engine signs and serves their URLs.
+
+A URL is `{base}/store/{name}/{key}?X-Expires=..&X-SignedHeaders=..&X-Signature=..` (see
+signing.py). Writes go to a temp file and are renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import quote, urlencode
+
+import anyio
+import msgspec
+
+from flowengine.keys import key_problem
+from flowengine.signing import Signer
+from flowengine.stores.base import ObjectInfo, Presigned, PutConditions
+
+CHUNK = 1 << 20
+_meta_encode = msgspec.json.Encoder().encode
+_meta_decode = msgspec.json.Decoder(ObjectInfo).decode
+
+
+class LocalStore:
+    kind = "local"
+
+    def __init__(self, name: str, root: Path, signer: Signer) -> None:
+        self.name = name
+        self.location = f"local:{name}"
+        self.root = root / "objects" / name
+        self.meta_root = root / "meta" / name
+        self.tmp_root = root / "tmp"
+        for d in (self.root, self.meta_root, self.tmp_root):
+            d.mkdir(parents=True, exist_ok=True)
+        self.signer = signer
+
+    def full_key(self, key: str) -> str:
+        return key
+
+    def resource(self, key: str) -> str:
+        return f"store/{self.name}/{key}"
+
+    def _presign(self, method: str, key: str, expires: float, headers: dict[str, str], base: str) -> Presigned:
+        query = self.signer.query(method, self.resource(key), expires, headers)
+        url = f"{base.rstrip('/')}/store/{quote(self.name, safe='')}/{quote(key)}?{urlencode(query)}"
+        return Presigned(url, headers, int(expires))
+
+    def presign_put(self, key: str, expires: float, conditions: PutConditions, base_url: str) -> Presigned:
+        return self._presign("PUT", key, expires, conditions.headers(), base_url)
+
+    def presign_get(self, key: str, expires: float, base_url: str) -> Presigned:
+        return self._presign("GET", key, expires, {}, base_url)
+
+    # files
+
+    def path(self, key: str) -> Path:
+        problem = key_problem(key)
+        if problem:
+            raise ValueError(f"key {key!r} {problem}")
+        return self.root / key
+
+    def _meta_path(self, key: str) -> Path:
+        return self.meta_root / f"{key}.meta"
+
+    def stat_now(self, key: str) -> ObjectInfo | None:
+        try:
+            return _meta_decode(self._meta_path(key).read_bytes()) if self.path(key).is_file() else None
+        except FileNotFoundError:
+            return None
+
+    def new_temp(self) -> tuple[int, Path]:
+        fd, name = tempfile.mkstemp(dir=self.tmp_root, prefix="put-")
+        return fd, Path(name)
+
+    def commit(self, temp: Path, key: str, info: ObjectInfo, overwrite: bool = True) -> bool:
+        """Move a finished temp file into place; False if it exists and `overwrite` is off."""
+        dest = self.path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        meta = self._meta_path(key)
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        if not overwrite:
+            try:
+                os.link(temp, dest)  # atomic create-if-absent
+            except FileExistsError:
+                temp.unlink(missing_ok=True)
+                return False
+            temp.unlink()
+        meta_tmp = temp.with_suffix(".meta")
+        meta_tmp.write_bytes(_meta_encode(info))
+        os.replace(meta_tmp, meta)
+        if overwrite:
+            os.replace(temp, dest)
+        return True
+
+    # the Store interface
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        return self.stat_now(key)
+
+    async def list(self, prefix: str) -> dict[str, ObjectInfo]:
+        found: dict[str, ObjectInfo] = {}
+        base = self.meta_root
+        for meta in base.rglob("*.meta"):
+            key = str(meta.relative_to(base))[: -len(".meta")]
+            if key.startswith(prefix):
+                info = self.stat_now(key)
+                if info:
+                    found[key] = info
+        return found
+
+    async def read(self, key: str) -> AsyncIterator[bytes]:
+        async with await anyio.open_file(self.path(key), "rb") as f:
+            while chunk := await f.read(CHUNK):
+                yield chunk
+
+    async def download(self, key: str, dest: Path) -> ObjectInfo:
+        info = self.stat_now(key)
+        if info is None:
+            raise FileNotFoundError(f"{self.location}/{key}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(self.path(key), dest)  # objects are never modified in place: sharing the inode is safe
+        except OSError:
+            await anyio.to_thread.run_sync(shutil.copyfile, self.path(key), dest)
+        return info
+
+    async def upload(self, key: str, src: Path, content_type: str) -> ObjectInfo:
+        return await anyio.to_thread.run_sync(self._upload, key, src, content_type)
+
+    def _upload(self, key: str, src: Path, content_type: str) -> ObjectInfo:
+        digest = hashlib.md5(usedforsecurity=False)
+        fd, temp = self.new_temp()
+        size = 0
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+        info = ObjectInfo(size, content_type, digest.hexdigest(), os.path.getmtime(temp))
+        self.commit(temp, key, info)
+        return info
+
+    async def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._meta_path(key).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.path(key).unlink()
+
+    async def check(self) -> None:
+        return None
