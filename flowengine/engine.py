@@ -266,6 +266,7 @@ class Engine:
                 work_root=self.work_root,
                 log_path=self.log_root / run_id / f"{step.id}.{command.attempt}.log",
                 log_tail=self.config.log_tail,
+                python_path=str(Path(self.config.flows_dir).resolve()),
             )
             event = await run_step(job)
         self.apply(run_id, event)

@@ -36,6 +36,7 @@ class StepJob(msgspec.Struct, kw_only=True):
     work_root: Path
     log_path: Path
     log_tail: int
+    python_path: str  # where a Python task's module is found: the flows directory
 
 
 def flag_values(step: Step, task: Task) -> dict[str, Scalar]:
@@ -88,8 +89,9 @@ async def _attempt(job: StepJob, work: Path) -> StepSucceeded | StepFailed:
         request = Request(task.python or "", inputs, flags, str(work), str(answer))
         (work / "request.json").write_bytes(msgspec.json.encode(request))
         argv = [sys.executable, "-m", "flowengine.executors.pyrun", str(work / "request.json")]
-    env = {**os.environ, "FLOWENGINE_RUN_ID": job.run_id, "FLOWENGINE_STEP_ID": step.id,
-           "FLOWENGINE_ATTEMPT": str(job.attempt)}  # fmt: skip
+    python_path = os.pathsep.join(p for p in (job.python_path, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": python_path, "FLOWENGINE_RUN_ID": job.run_id,
+           "FLOWENGINE_STEP_ID": step.id, "FLOWENGINE_ATTEMPT": str(job.attempt)}  # fmt: skip
     result = await run_process(argv, work, env, job.log_path, task.timeout, job.log_tail)
 
     def failed(error: str) -> StepFailed:
