@@ -52,6 +52,11 @@ class StoreUnavailable(Exception):
 class Store(Protocol):
     name: str
     kind: str  # "local" | "s3"
+    location: str  # what landing events name: "local:<store>" or "s3:<bucket>"
+
+    def full_key(self, key: str) -> str:
+        """The key as the location knows it (an S3 store's prefix in front)."""
+        ...
 
     def presign_put(self, key: str, expires: float, conditions: PutConditions, base_url: str) -> Presigned: ...
 
