@@ -56,6 +56,10 @@ class Database:
             {"location": str, "key": str, "run_id": str, "edge": str, "next_check": float, "checks": int},
             pk=("location", "key"), if_not_exists=True,
         )  # fmt: skip
+        db["expiries"].create(
+            {"run_id": str, "edge": str, "expires_at": float}, pk=("run_id", "edge"), if_not_exists=True
+        )
+        db["expiries"].create_index(["expires_at"], if_not_exists=True)
         db["runs"].create_index(["status", "created"], if_not_exists=True)
         db["runs"].create_index(["flow", "created"], if_not_exists=True)
         db["runs"].create_index(["created"], if_not_exists=True)
@@ -105,9 +109,7 @@ class Database:
         row = self.conn.execute("SELECT doc, definition FROM runs WHERE id = ?", (run_id,)).fetchone()
         return RunRow(_decode_run(row[0]), row[1]) if row else None
 
-    def list_runs(
-        self, status: str | None, flow: str | None, limit: int, offset: int
-    ) -> tuple[list[Run], int]:
+    def list_runs(self, status: str | None, flow: str | None, limit: int, offset: int) -> tuple[list[Run], int]:
         where, params = [], []
         if status:
             where.append("status = ?")
@@ -128,9 +130,7 @@ class Database:
         return [r[0] for r in self.conn.execute(f"SELECT id FROM runs WHERE status IN ({marks})", statuses)]
 
     def due_runs(self, now: float, limit: int = 500) -> list[str]:
-        rows = self.conn.execute(
-            "SELECT id FROM runs WHERE wake_at <= ? ORDER BY wake_at LIMIT ?", (now, limit)
-        )
+        rows = self.conn.execute("SELECT id FROM runs WHERE wake_at <= ? ORDER BY wake_at LIMIT ?", (now, limit))
         return [r[0] for r in rows]
 
     def next_wake(self) -> float | None:
@@ -159,14 +159,11 @@ class Database:
         if edges is None:
             self.conn.execute("DELETE FROM waits WHERE run_id = ?", (run_id,))
             return
-        self.conn.executemany(
-            "DELETE FROM waits WHERE run_id = ? AND edge = ?", [(run_id, e) for e in edges]
-        )
+        self.conn.executemany("DELETE FROM waits WHERE run_id = ? AND edge = ?", [(run_id, e) for e in edges])
 
     def due_waits(self, now: float, limit: int) -> list[tuple[Wait, int]]:
         rows = self.conn.execute(
-            "SELECT location, key, run_id, edge, checks FROM waits WHERE next_check <= ?"
-            " ORDER BY next_check LIMIT ?",
+            "SELECT location, key, run_id, edge, checks FROM waits WHERE next_check <= ? ORDER BY next_check LIMIT ?",
             (now, limit),
         )
         return [(Wait(r[0], r[1], r[2], r[3]), r[4]) for r in rows]
@@ -176,3 +173,23 @@ class Database:
             "UPDATE waits SET next_check = ?, checks = ? WHERE location = ? AND key = ?",
             (next_check, checks, wait.location, wait.key),
         )
+
+    # expiries: when a run's object is past retention and is to be deleted
+
+    def add_expiries(self, run_id: str, expiries: dict[str, float]) -> None:
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO expiries (run_id, edge, expires_at) VALUES (?, ?, ?)",
+            [(run_id, edge, at) for edge, at in expiries.items()],
+        )
+
+    def due_expiries(self, now: float, limit: int) -> list[tuple[str, str]]:
+        rows = self.conn.execute(
+            "SELECT run_id, edge FROM expiries WHERE expires_at <= ? ORDER BY expires_at LIMIT ?", (now, limit)
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def drop_expiry(self, run_id: str, edge: str) -> None:
+        self.conn.execute("DELETE FROM expiries WHERE run_id = ? AND edge = ?", (run_id, edge))
+
+    def count_waits(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM waits").fetchone()[0]

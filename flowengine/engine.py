@@ -12,8 +12,9 @@ import contextlib
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -23,12 +24,13 @@ from flowengine.config import Config, ensure_secret
 from flowengine.db import Database, Wait
 from flowengine.errors import ApiError, conflict, not_found
 from flowengine.ids import uuid7
-from flowengine.keys import DEFAULT_KEY, check_key, expand
+from flowengine.keys import DEFAULT_INPUT_KEY, DEFAULT_OUTPUT_KEY, check_key, expand
 from flowengine.machine import Abort, Command, Dispatch, EdgeState, Event, ObjectMeta, Run
 from flowengine.spec import DataWell, Flow
 from flowengine.steps import StepJob, run_step
 from flowengine.stores.base import ObjectInfo, Store, StoreUnavailable
 from flowengine.stores.registry import Stores
+from flowengine.stores.s3 import S3Store
 from flowengine.validate import parse_duration, validate
 
 WAITING_SOURCES = ("upload", "webhook")
@@ -60,6 +62,8 @@ class Engine:
         self._wake = asyncio.Event()
         self._sleep_until = math.inf
         self._background: list[asyncio.Task] = []
+        self._prepared: set[int] = set()
+        self.store_trouble: dict[str, str] = {}  # location -> why the last request to it failed
 
     # lifecycle
 
@@ -76,6 +80,24 @@ class Engine:
                 if state.status in (machine.READY, machine.RUNNING):
                     self._dispatch(row.run.id, self.flow_of(row.definition), Dispatch(name, state.attempts))
         self._background.append(asyncio.create_task(self._timer_loop()))
+
+    def spawn(self, job: Coroutine[Any, Any, None]) -> None:
+        """Run a background loop until the engine stops."""
+        self._background.append(asyncio.create_task(job))
+
+    async def _prepare(self, store: Store) -> None:
+        """First use of an S3 store: create its bucket if asked to, and install retention rules.
+        A store that is down now is prepared on a later run; runs on it wait meanwhile."""
+        if id(store) in self._prepared or not isinstance(store, S3Store):
+            return
+        days = [("inputs/", self.config.input_retention), ("outputs/", self.config.output_retention)]
+        try:
+            if store.create_bucket:
+                await store.ensure_bucket()
+            await store.set_lifecycle([(prefix, max(1, math.ceil(s / 86400))) for prefix, s in days])
+            self._prepared.add(id(store))
+        except StoreUnavailable as exc:
+            self.store_trouble[store.location] = str(exc)
 
     async def stop(self) -> None:
         tasks = [*self._background, *self._steps.values()]
@@ -117,7 +139,7 @@ class Engine:
                 await store.check()
             except StoreUnavailable as exc:
                 problems[store.name] = str(exc) or type(exc).__name__
-        return problems
+        return problems | {loc: why for loc, why in self.store_trouble.items() if loc not in problems}
 
     # creating runs
 
@@ -139,8 +161,10 @@ class Engine:
         with self.db.transaction():
             for wait in waits:
                 if self.db.key_taken(wait.location, wait.key):
-                    raise conflict(f"another run is already waiting for {wait.key!r} in store "
-                                   f"{run.edges[wait.edge].store!r}", f"DataWells[{wells[wait.edge][0]}].Key")
+                    raise conflict(
+                        f"another run is already waiting for {wait.key!r} in store {run.edges[wait.edge].store!r}",
+                        f"DataWells[{wells[wait.edge][0]}].Key",
+                    )
             digest = self.db.put_definition(body)
             self.db.insert_run(run, digest, machine.next_wake(run))
             self.db.add_waits(waits, first_check=now + 1.0)
@@ -154,10 +178,11 @@ class Engine:
         location = f"DataWells[{index}]" if index is not None else "Flow"
         store_name = well.store if well else "default"
         store = self.stores.resolve(flow, store_name)
-        template = well.key if well and well.key else DEFAULT_KEY
-        key = expand(template, run_id=run_id, flow_name=flow.name, edge=edge, now=now)
-        check_key(key, f"{location}.Key")
         source = well.source if well and well.source else machine.FROM_STEP
+        default = DEFAULT_OUTPUT_KEY if source == machine.FROM_STEP else DEFAULT_INPUT_KEY
+        key = expand(well.key if well and well.key else default, run_id=run_id, flow_name=flow.name, edge=edge, now=now)
+        check_key(key, f"{location}.Key")
+        await self._prepare(store)
         state = EdgeState(store_name, key, source)
         if well is None:
             return state
@@ -166,7 +191,7 @@ class Engine:
         state.accept = list(well.accept)
         if source in WAITING_SOURCES:
             ttl = parse_duration(well.ttl) if well.ttl is not None else self.config.upload_ttl
-            state.deadline = now + ttl
+            state.deadline = math.ceil(now + ttl)  # whole seconds, like the URL's expiry and TTL
             state.max_size = min(well.max_size or self.config.max_upload_size, self.config.max_upload_size)
         if source == "static":
             info = await store.stat(key)
@@ -199,11 +224,9 @@ class Engine:
             if run is row.run:
                 return run
             self.db.save_run(run, machine.next_wake(run))
-            if run.status in machine.TERMINAL:
-                self.db.drop_waits(run.id)
-            else:
-                filled = [n for n, e in run.edges.items() if e.object and not row.run.edges[n].object]
-                self.db.drop_waits(run.id, filled)
+            filled = [n for n, e in run.edges.items() if e.object and not row.run.edges[n].object]
+            self.db.drop_waits(run.id, None if run.status in machine.TERMINAL else filled)
+            self.db.add_expiries(run.id, self._expiries(run, filled))
         self._after_commit(run, flow, commands)
         return run
 
@@ -218,6 +241,15 @@ class Engine:
                 task = self._steps.get((run.id, command.step))
                 if task:
                     task.cancel()
+
+    def _expiries(self, run: Run, edges: list[str]) -> dict[str, float]:
+        due = {}
+        for name in edges:
+            edge = run.edges[name]
+            keep = self.retention(edge)
+            if edge.filled_at is not None and keep != math.inf:
+                due[name] = edge.filled_at + keep
+        return due
 
     def object_landed(self, location: str, key: str, info: ObjectInfo) -> Run | None:
         """An object appeared: advance the run waiting for it, if any. Unknown keys are ignored."""
@@ -236,7 +268,7 @@ class Engine:
         ttls = {w.edge: w.ttl for w in flow.data_wells}
         ttl = min((parse_duration(ttls[e]) if ttls.get(e) is not None else self.config.upload_ttl)
                   for e in machine.waiting_edges(run)) if machine.waiting_edges(run) else 0  # fmt: skip
-        return self.apply(run_id, machine.Refresh(self.clock() + ttl))
+        return self.apply(run_id, machine.Refresh(math.ceil(self.clock() + ttl)))
 
     # steps
 

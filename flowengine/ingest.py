@@ -100,7 +100,9 @@ async def receive(engine: Engine, run_id: str, edge_name: str, body: AsyncIterat
         info = ObjectInfo(size, upload.content_type, md5, engine.clock())
         if isinstance(store, LocalStore):
             if not store.commit(path, edge.key, info, overwrite=not upload.no_overwrite):
-                raise ApiError(412, "precondition_failed", f"object {edge.key!r} already exists", "header.If-None-Match")
+                raise ApiError(
+                    412, "precondition_failed", f"object {edge.key!r} already exists", "header.If-None-Match"
+                )
         else:
             info = await store.upload(edge.key, path, upload.content_type)
             meta = ObjectMeta(info.size, info.content_type, info.etag)

@@ -10,7 +10,9 @@ from collections.abc import Callable
 from flowengine.errors import ApiError
 
 TEMPLATE_VARS = frozenset({"RUN_ID", "FLOW_NAME", "EDGE", "UUID", "DATE", "TIMESTAMP"})
-DEFAULT_KEY = "${FLOW_NAME}/${RUN_ID}/${EDGE}"
+# Inputs and outputs under their own prefixes, so an S3 lifecycle rule can expire each on its schedule.
+DEFAULT_INPUT_KEY = "inputs/${FLOW_NAME}/${RUN_ID}/${EDGE}"
+DEFAULT_OUTPUT_KEY = "outputs/${FLOW_NAME}/${RUN_ID}/${EDGE}"
 _VAR = re.compile(r"\$\{([^}]*)\}")
 MAX_KEY_BYTES = 1024  # S3's limit on a key
 

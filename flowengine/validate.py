@@ -69,9 +69,7 @@ def parse_duration(value: int | str) -> float:
     else:
         match = DURATION.fullmatch(value.strip().lower())
         if not match:
-            raise ValueError(
-                f"duration {value!r} is not a number with a unit s, m, h or d, like '90s' or '15m'"
-            )
+            raise ValueError(f"duration {value!r} is not a number with a unit s, m, h or d, like '90s' or '15m'")
         seconds = int(match.group(1)) * UNIT_SECONDS[match.group(2)]
     if seconds <= 0:
         raise ValueError(f"duration {value!r} must be positive")
@@ -229,9 +227,7 @@ def _check_limits(path: str, task: Task) -> Problems:
 def _check_task_names(path: str, task: Task) -> Problems:
     """Slot and flag names are unique; they share one namespace, as `${Name}` in Exec."""
     yield from _duplicates((s.name for s in task.inputs), lambda j: f"{path}.Inputs[{j}].Name", "input slot")
-    yield from _duplicates(
-        (s.name for s in task.outputs), lambda j: f"{path}.Outputs[{j}].Name", "output slot"
-    )
+    yield from _duplicates((s.name for s in task.outputs), lambda j: f"{path}.Outputs[{j}].Name", "output slot")
     yield from _duplicates((f.name for f in task.flags), lambda j: f"{path}.Flags[{j}].Name", "flag")
     inputs = {slot.name for slot in task.inputs}
     for j, slot in enumerate(task.outputs):
@@ -239,9 +235,7 @@ def _check_task_names(path: str, task: Task) -> Problems:
             yield Problem(f"{path}.Outputs[{j}].Name", f"{slot.name!r} is already an input slot of this task")
     for j, flag in enumerate(task.flags):
         if flag.name in inputs or flag.name in {slot.name for slot in task.outputs}:
-            yield Problem(
-                f"{path}.Flags[{j}].Name", f"flag {flag.name!r} has the name of a slot of this task"
-            )
+            yield Problem(f"{path}.Flags[{j}].Name", f"flag {flag.name!r} has the name of a slot of this task")
 
 
 def _check_slot_types(path: str, task: Task) -> Problems:
@@ -352,9 +346,7 @@ def _check_key(path: str, key: str, source: str | None) -> Problems:
             known = ", ".join(f"${{{var}}}" for var in sorted(keys.TEMPLATE_VARS))
             yield Problem(path, f"unknown variable ${{{name}}} in Key {key!r} (known: {known})")
         elif source == "static" and name in RUN_SPECIFIC_VARS:
-            yield Problem(
-                path, f"a static well's Key must name an existing object, but ${{{name}}} changes every run"
-            )
+            yield Problem(path, f"a static well's Key must name an existing object, but ${{{name}}} changes every run")
     problem = keys.key_problem(_VAR.sub("x", key))
     if problem:
         yield Problem(path, f"Key {key!r} {problem}")
@@ -384,9 +376,7 @@ def _check_content_type(path: str, content_type: str) -> Problems:
 def _check_accept(path: str, patterns: list[str]) -> Problems:
     for k, pattern in enumerate(patterns):
         if not _is_mime_pattern(pattern):
-            yield Problem(
-                f"{path}[{k}]", f"{pattern!r} is not a MIME pattern like 'image/png', 'image/*' or '*/*'"
-            )
+            yield Problem(f"{path}[{k}]", f"{pattern!r} is not a MIME pattern like 'image/png', 'image/*' or '*/*'")
 
 
 # --- edges -------------------------------------------------------------------------------------
@@ -454,9 +444,7 @@ def _check_edges(flow: Flow) -> Problems:
     for i, well in enumerate(flow.data_wells):
         first = first_wells[well.edge]
         if first != i:
-            yield Problem(
-                f"DataWells[{i}].Edge", f"edge {well.edge!r} already has a DataWell (DataWells[{first}])"
-            )
+            yield Problem(f"DataWells[{i}].Edge", f"edge {well.edge!r} already has a DataWell (DataWells[{first}])")
     fillers = _fillers(flow)
     for edge, found in fillers.items():
         for extra in found[1:]:
@@ -472,8 +460,7 @@ def _check_edges(flow: Flow) -> Problems:
             if binding.edge not in fillers:
                 yield Problem(
                     f"Steps[{i}].Inputs[{j}].Edge",
-                    f"edge {binding.edge!r} has no producer: "
-                    "no DataWell with a Source and no step output fills it",
+                    f"edge {binding.edge!r} has no producer: no DataWell with a Source and no step output fills it",
                 )
 
 

@@ -1,10 +1,13 @@
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import s3server
+from live import Server
 
 from flowengine.stores.s3 import S3Store
 
@@ -29,3 +32,36 @@ def s3_store(s3: dict[str, Any]) -> S3Store:
         secret_key=s3["secret_key"],
         clock=time.time,
     )
+
+
+@pytest.fixture
+def flows_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "flows"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def start_server(tmp_path: Path, flows_dir: Path) -> Iterator[Callable[..., Server]]:
+    """Start a real server (stopped at the end of the test): start_server(**FLOWENGINE_settings)."""
+    started: list[Server] = []
+
+    def start(data_dir: Path | None = None, port: int | None = None, **settings: Any) -> Server:
+        server = Server(data_dir or tmp_path / f"data{len(started)}", flows_dir, port, **settings).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(start_server: Callable[..., Server]) -> Server:
+    return start_server()
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[httpx.Client]:
+    with server.client() as c:
+        yield c

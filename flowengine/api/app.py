@@ -12,7 +12,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from flowengine.api import flow, upload
+from flowengine import landing, retention
+from flowengine.api import events, flow, upload
 from flowengine.api.http import error_response, json_response
 from flowengine.config import Config
 from flowengine.engine import Engine
@@ -50,20 +51,25 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def create_app(config: Config, engine: Engine | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.engine = engine or Engine(config)
-        await app.state.engine.start()
+        app.state.engine = running = engine or Engine(config)
+        await running.start()
+        running.spawn(landing.Reconciler(running).run())
+        running.spawn(retention.run(running))
         try:
             yield
         finally:
             await app.state.engine.stop()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             *flow.routes,
             *upload.routes,
+            *events.routes,
         ],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # an API answers the URL it was given, 404 or not
+    return app

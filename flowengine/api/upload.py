@@ -32,9 +32,7 @@ def _length(request: Request) -> int | None:
 def _verify(request: Request, method: str, resource: str) -> dict[str, str]:
     engine = _engine(request)
     try:
-        return engine.stores.signer.verify(
-            method, resource, request.query_params, request.headers, engine.clock()
-        )
+        return engine.stores.signer.verify(method, resource, request.query_params, request.headers, engine.clock())
     except SignatureError as exc:
         raise ApiError(403, "signature_rejected", str(exc), "query.X-Signature") from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,9 +69,10 @@ class Stores:
                 region=str(p.get("region", "us-east-1")),
                 prefix=str(p.get("prefix", "")),
                 secure=_truthy(p.get("secure", False)),
-                access_key=access or self.config.s3_access_key,
-                secret_key=secret or self.config.s3_secret_key,
+                access_key=access or self.config.s3_access_key or os.environ.get("AWS_ACCESS_KEY_ID", ""),
+                secret_key=secret or self.config.s3_secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
                 clock=self.clock,
+                create_bucket=_truthy(p.get("create_bucket", False)),
             )
         return self._built[ident]
 

@@ -68,6 +68,7 @@ class S3Store:
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
         retries: int = 3,
+        create_bucket: bool = False,
     ) -> None:
         """`endpoint` is host:port. `public_url` (scheme://host[:port]) is where clients reach the
         server, if not at the endpoint; the host is signed into presigned URLs, so it must be the
@@ -78,6 +79,7 @@ class S3Store:
         self.name = name
         self.bucket = bucket
         self.location = f"s3:{bucket}"  # how bucket notifications name it
+        self.create_bucket = create_bucket  # the engine creates the bucket on first use
         self.region = region
         self.prefix = prefix
         self._clock = clock

@@ -1,0 +1,51 @@
+"""The sweeper: deletes run objects past their retention (inputs 1 day, outputs 7 days by default).
+
+It runs for every store. On S3 the engine also installs lifecycle rules for its default
+`inputs/` and `outputs/` prefixes, which keep expiring objects while the engine is down; the
+sweeper covers keys outside those prefixes and servers without lifecycle support. The run
+document keeps listing a swept artifact, marked Expired, with no URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from flowengine.errors import ApiError
+from flowengine.stores.base import StoreUnavailable
+
+if TYPE_CHECKING:
+    from flowengine.engine import Engine
+
+log = logging.getLogger("flowengine.retention")
+BATCH = 500
+
+
+async def sweep(engine: Engine) -> int:
+    """Delete every object that is due; returns how many were deleted."""
+    deleted = 0
+    while due := engine.db.due_expiries(engine.clock(), BATCH):
+        for run_id, edge_name in due:
+            try:
+                run, flow = engine.get_run(run_id)
+                edge = run.edges[edge_name]
+                await engine.store_of(flow, edge).delete(edge.key)
+            except StoreUnavailable as exc:
+                log.warning("sweeper: store unavailable, will retry: %s", exc)
+                return deleted
+            except (ApiError, KeyError):
+                pass  # the run or edge is gone: nothing left to delete
+            with engine.db.transaction():
+                engine.db.drop_expiry(run_id, edge_name)
+            deleted += 1
+    return deleted
+
+
+async def run(engine: Engine) -> None:
+    while True:
+        try:
+            await sweep(engine)
+        except Exception:
+            log.exception("sweeper failed")
+        await asyncio.sleep(engine.config.sweep_interval)

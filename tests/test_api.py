@@ -1,0 +1,419 @@
+"""The flow API end to end: a real server on a loopback port, driven with httpx and curl."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from live import wait_for_status
+
+CHECKSUM_FLOW = """
+Name: checksum
+Description: sha256 of an uploaded file
+DataWells:
+  - Edge: document
+    Source: upload
+  - Edge: report
+    Key: "reports/${RUN_ID}.txt"
+Tasks:
+  - Name: sha256
+    Inputs: [{Name: file}]
+    Outputs: [{Name: digest, ContentType: text/plain}]
+    Exec: ["sh", "-c", "sha256sum < \\"$0\\" | cut -d' ' -f1 > \\"$1\\"", "${file}", "${digest}"]
+Steps:
+  - ID: hash
+    Uses: sha256
+    Inputs: [{Slot: file, Edge: document}]
+    Outputs: [{Slot: digest, Edge: report}]
+"""
+
+
+def inline(wells: list[dict], steps: list[dict] | None = None, tasks: list[dict] | None = None) -> dict:
+    return {"Flow": {"DataWells": wells, "Steps": steps or [], "Tasks": tasks or []}}
+
+
+def upload_well(edge: str = "file", **extra) -> dict:
+    return {"Edge": edge, "Source": "upload", **extra}
+
+
+def start(client: httpx.Client, name: str, body: dict | None = None) -> dict:
+    response = (
+        client.post(f"/api/v1/flow/{name}", json=body) if body is not None else client.post(f"/api/v1/flow/{name}")
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def runs_total(client: httpx.Client) -> int:
+    return client.get("/api/v1/flow/runs").json()["Total"]
+
+
+@pytest.fixture
+def checksum_flow(flows_dir: Path) -> None:
+    (flows_dir / "checksum.yaml").write_text(CHECKSUM_FLOW)
+
+
+def test_flow_file_run_with_curl_exactly_as_the_reference(checksum_flow, client, tmp_path):
+    run = start(client, "checksum")
+    assert run["Status"] == "WAITING"
+    [waiting] = run["WaitingURLs"]
+    assert waiting["Artifact"] == {
+        "StoreName": "default",
+        "ObjectName": f"inputs/checksum/{run['ID']}/document",
+        "EdgeName": "document",
+    }
+    assert waiting["TTL"].endswith("Z") and "Headers" not in waiting
+    payload = tmp_path / "input-image.jpg"
+    payload.write_bytes(b"\xff\xd8 not really a jpeg " * 1000)
+    put = subprocess.run(
+        ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", waiting["PutURL"],
+         "-H", "Content-Type: image/jpeg", "--data-binary", f"@{payload}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert put.stdout == "200"
+    done = wait_for_status(client, run["ID"], {"COMPLETE", "ERROR"})
+    assert done["Status"] == "COMPLETE", done
+    assert done["WaitingURLs"] == []
+    arts = {a["EdgeName"]: a for a in done["Artifacts"]}
+    assert arts["document"]["ContentType"] == "image/jpeg"
+    assert arts["document"]["Size"] == payload.stat().st_size
+    assert arts["report"]["ObjectName"] == f"reports/{run['ID']}.txt"
+    report = httpx.get(arts["report"]["GetURL"])
+    assert report.status_code == 200
+    assert report.text.strip() == hashlib.sha256(payload.read_bytes()).hexdigest()
+    assert [s["Status"] for s in done["Steps"]] == ["COMPLETE"]
+
+
+def test_reference_inline_flow_without_steps_completes_when_its_input_lands(client):
+    body = inline([{"Edge": "image-input", "Store": "default", "Source": "upload", "Key": "${RUN_ID}/input.jpg"}])
+    run = start(client, "test", body)
+    assert run["Flow"] == "test"
+    [waiting] = run["WaitingURLs"]
+    assert waiting["Artifact"]["ObjectName"] == f"{run['ID']}/input.jpg"
+    assert httpx.put(waiting["PutURL"], content=b"jpeg", headers={"Content-Type": "image/jpeg"}).status_code == 200
+    status = client.get(f"/api/v1/flow/status/{run['ID']}").json()  # advanced at once: no polling needed
+    assert status["Status"] == "COMPLETE"
+    assert httpx.get(status["Artifacts"][0]["GetURL"]).content == b"jpeg"
+
+
+def test_signed_headers_are_listed_and_enforced(client):
+    well = upload_well(Size=5, ContentType="text/plain", Overwrite=False)
+    run = start(client, "strict", inline([well]))
+    [waiting] = run["WaitingURLs"]
+    headers = waiting["Headers"]
+    assert headers == {"Content-Length": "5", "Content-Type": "text/plain", "If-None-Match": "*"}
+    url = waiting["PutURL"]
+    missing = {k: v for k, v in headers.items() if k != "If-None-Match"}
+    assert httpx.put(url, content=b"hello", headers=missing).status_code == 403
+    assert httpx.put(url, content=b"hello!", headers={**headers, "Content-Length": "6"}).status_code == 403
+    wrong_type = {**headers, "Content-Type": "text/csv"}
+    assert httpx.put(url, content=b"hello", headers=wrong_type).json()["Code"] == "signature_rejected"
+    tampered = url[:-1] + ("0" if url[-1] != "0" else "1")
+    assert httpx.put(tampered, content=b"hello", headers=headers).status_code == 403
+    assert client.get(f"/api/v1/flow/status/{run['ID']}").json()["Status"] == "WAITING"
+    assert httpx.put(url, content=b"hello", headers=headers).status_code == 200
+    assert httpx.put(url, content=b"hello", headers=headers).status_code == 412
+    assert client.get(f"/api/v1/flow/status/{run['ID']}").json()["Status"] == "COMPLETE"
+
+
+def test_expired_put_url_is_refused_then_the_run_errors_and_refresh_revives_a_waiting_run(client):
+    run = start(client, "short", inline([upload_well(TTL=1)]))  # expires within 2 s (whole seconds)
+    url = run["WaitingURLs"][0]["PutURL"]
+    other = start(client, "short", inline([upload_well(TTL=2)]))  # would expire within 3 s
+    time.sleep(1.5)
+    refreshed = client.post(f"/api/v1/flow/{other['ID']}/refresh")  # now expires 2 s from here at the earliest
+    assert refreshed.status_code == 200
+    assert refreshed.json()["WaitingURLs"][0]["TTL"] > other["WaitingURLs"][0]["TTL"]
+    time.sleep(1.6)
+    expired = httpx.put(url, content=b"late")
+    assert expired.status_code == 403 and "expired" in expired.json()["Message"]
+    failed = wait_for_status(client, run["ID"], {"ERROR"})
+    assert failed["Error"] == "upload for edge 'file' expired"
+    # The refreshed run got a new TTL from the refresh: still waiting, and its new URL works.
+    status = client.get(f"/api/v1/flow/status/{other['ID']}").json()
+    assert status["Status"] == "WAITING"
+    assert httpx.put(status["WaitingURLs"][0]["PutURL"], content=b"ok").status_code == 200
+    assert client.get(f"/api/v1/flow/status/{other['ID']}").json()["Status"] == "COMPLETE"
+    assert client.post(f"/api/v1/flow/{other['ID']}/refresh").status_code == 409
+
+
+def test_size_limit_is_413_and_nothing_is_stored(start_server, tmp_path):
+    server = start_server(max_upload_size=1000)
+    with server.client() as client:
+        run = start(client, "big", inline([upload_well()]))
+        url = run["WaitingURLs"][0]["PutURL"]
+        assert httpx.put(url, content=b"x" * 1001).status_code == 413
+
+        def chunks():
+            yield b"x" * 600
+            yield b"x" * 600
+
+        assert httpx.put(url, content=chunks()).status_code == 413  # no Content-Length: caught while streaming
+        assert client.get(f"/api/v1/flow/status/{run['ID']}").json()["Status"] == "WAITING"
+        assert not list((server.data_dir / "objects" / "default").rglob("file"))
+        assert httpx.put(url, content=b"x" * 1000).status_code == 200
+
+
+def test_accept_and_declared_type_refuse_a_wrong_object_and_keep_waiting(client):
+    run = start(client, "typed", inline([upload_well(Accept=["image/*"])]))
+    url = run["WaitingURLs"][0]["PutURL"]
+    refused = httpx.put(url, content=b"a,b", headers={"Content-Type": "text/csv"})
+    assert refused.status_code == 415 and "image/*" in refused.json()["Message"]
+    assert client.get(f"/api/v1/flow/status/{run['ID']}").json()["Status"] == "WAITING"
+    assert httpx.put(url, content=b"png", headers={"Content-Type": "image/png"}).status_code == 200
+
+
+def test_webhook_well_and_direct_upload(client):
+    body = inline([{"Edge": "hooked", "Source": "webhook"}, upload_well("direct")])
+    run = start(client, "sources", body)
+    urls = {w["Artifact"]["EdgeName"]: w["PutURL"] for w in run["WaitingURLs"]}
+    assert "/api/v1/hook/" in urls["hooked"]
+    assert httpx.post(urls["hooked"].replace("X-Expires=", "X-Expires=1"), content=b"{}").status_code == 403
+    posted = httpx.post(urls["hooked"], content=b'{"event": 1}', headers={"Content-Type": "application/json"})
+    assert posted.status_code == 200 and posted.json()["Status"] == "WAITING"
+    direct = client.post(f"/api/v1/upload/{run['ID']}/direct", content=b"direct bytes")
+    assert direct.status_code == 200 and direct.json()["Status"] == "COMPLETE"
+    again = client.post(f"/api/v1/upload/{run['ID']}/direct", content=b"again")
+    assert again.status_code == 409
+    assert client.post(f"/api/v1/upload/{run['ID']}/nope", content=b"x").status_code == 404
+    arts = {a["EdgeName"]: a for a in client.get(f"/api/v1/flow/status/{run['ID']}").json()["Artifacts"]}
+    assert httpx.get(arts["hooked"]["GetURL"]).json() == {"event": 1}
+    assert httpx.get(arts["direct"]["GetURL"]).content == b"direct bytes"
+
+
+def test_static_well_must_exist(client):
+    seed = start(client, "seed", inline([upload_well(Key="shared/reference.txt")]))
+    httpx.put(seed["WaitingURLs"][0]["PutURL"], content=b"reference", headers={"Content-Type": "text/plain"})
+    static = {"Edge": "ref", "Source": "static", "Key": "shared/reference.txt"}
+    run = start(client, "uses-static", inline([static]))
+    assert run["Status"] == "COMPLETE" and run["Artifacts"][0]["Size"] == 9
+    before = runs_total(client)
+    missing = client.post("/api/v1/flow/x", json=inline([{**static, "Key": "shared/missing.txt"}]))
+    assert missing.status_code == 422
+    assert missing.json()["Location"] == "DataWells[0].Key"
+    assert runs_total(client) == before
+
+
+def test_retries_then_success_and_logs(client):
+    task = {"Name": "flaky", "Outputs": [{"Name": "out"}], "MaxAttempts": 3, "Backoff": 0.05,
+            "Exec": ["sh", "-c", 'echo "attempt $FLOWENGINE_ATTEMPT"; [ "$FLOWENGINE_ATTEMPT" -ge 2 ] && '
+                                 'echo done > "$0"', "${out}"]}  # fmt: skip
+    step = {"ID": "try", "Uses": "flaky", "Outputs": [{"Slot": "out", "Edge": "result"}]}
+    run = start(client, "retry", inline([], [step], [task]))
+    done = wait_for_status(client, run["ID"], {"COMPLETE", "ERROR"})
+    assert done["Status"] == "COMPLETE", done
+    [state] = done["Steps"]
+    assert state["Attempts"] == 2 and state["Logs"] == ["attempt 2"]
+
+
+def test_failure_after_max_attempts_reports_reason_and_logs(client):
+    task = {"Name": "broken", "MaxAttempts": 2, "Backoff": 0.05,
+            "Exec": ["sh", "-c", "echo reading input; echo 'fatal: bad header' >&2; exit 3"]}  # fmt: skip
+    run = start(client, "fails", inline([], [{"ID": "parse", "Uses": "broken"}], [task]))
+    failed = wait_for_status(client, run["ID"], {"ERROR"})
+    assert failed["Error"] == "step 'parse' failed after 2 attempt(s): exited with status 3"
+    assert failed["FailedStep"] == "parse"
+    assert failed["Logs"] == ["reading input", "fatal: bad header"]
+
+
+def test_timeout_kills_the_step(client):
+    task = {"Name": "slow", "Timeout": 0.5, "Exec": ["sleep", "30"]}
+    run = start(client, "slow", inline([], [{"ID": "nap", "Uses": "slow"}], [task]))
+    failed = wait_for_status(client, run["ID"], {"ERROR"}, timeout=10)
+    assert "timed out after 0.5s" in failed["Error"]
+
+
+def test_independent_steps_run_in_parallel_and_a_join_waits_for_both(client):
+    def stamp(name: str) -> dict:
+        return {"Name": name, "Inputs": [{"Name": "src"}], "Outputs": [{"Name": "out"}],
+                "Exec": ["sh", "-c", 'sleep 0.6; cp "$0" "$1"', "${src}", "${out}"]}  # fmt: skip
+
+    join = {"Name": "join", "Inputs": [{"Name": "a"}, {"Name": "b"}], "Outputs": [{"Name": "out"}],
+            "Exec": ["sh", "-c", 'cat "$0" "$1" > "$2"', "${a}", "${b}", "${out}"]}  # fmt: skip
+    steps = [
+        {"ID": "left", "Uses": "l", "Inputs": [{"Slot": "src", "Edge": "in"}], "Outputs": [{"Slot": "out", "Edge": "a"}]},
+        {"ID": "right", "Uses": "r", "Inputs": [{"Slot": "src", "Edge": "in"}], "Outputs": [{"Slot": "out", "Edge": "b"}]},
+        {"ID": "both", "Uses": "join", "Inputs": [{"Slot": "a", "Edge": "a"}, {"Slot": "b", "Edge": "b"}],
+         "Outputs": [{"Slot": "out", "Edge": "joined"}]},
+    ]  # fmt: skip
+    run = start(client, "fan", inline([upload_well("in")], steps, [stamp("l"), stamp("r"), join]))
+    httpx.put(run["WaitingURLs"][0]["PutURL"], content=b"ab")
+    done = wait_for_status(client, run["ID"], {"COMPLETE", "ERROR"})
+    assert done["Status"] == "COMPLETE", done
+    steps_by_id = {s["ID"]: s for s in done["Steps"]}
+    left, right, both = steps_by_id["left"], steps_by_id["right"], steps_by_id["both"]
+    assert left["Started"] < right["Finished"] and right["Started"] < left["Finished"]  # overlapped
+    assert both["Started"] >= max(left["Finished"], right["Finished"])
+    joined = next(a for a in done["Artifacts"] if a["EdgeName"] == "joined")
+    assert httpx.get(joined["GetURL"]).content == b"abab"
+
+
+def test_python_task(flows_dir, client):
+    (flows_dir / "pytasks.py").write_text(
+        "from pathlib import Path\n"
+        "def upper(inputs, flags, workdir):\n"
+        "    out = Path(workdir) / 'upper.txt'\n"
+        "    text = Path(inputs['text']).read_text()\n"
+        "    print('converting', len(text), 'chars')\n"
+        "    out.write_text(text.upper() * flags['times'])\n"
+        "    return {'result': out}\n"
+    )
+    task = {"Name": "upper", "Inputs": [{"Name": "text"}], "Outputs": [{"Name": "result"}],
+            "Flags": [{"Name": "times", "Default": 1}], "Python": "pytasks:upper"}  # fmt: skip
+    step = {"ID": "up", "Uses": "upper", "Flags": {"times": 2},
+            "Inputs": [{"Slot": "text", "Edge": "in"}], "Outputs": [{"Slot": "result", "Edge": "out"}]}  # fmt: skip
+    run = start(client, "py", inline([upload_well("in")], [step], [task]))
+    httpx.put(run["WaitingURLs"][0]["PutURL"], content=b"abc")
+    done = wait_for_status(client, run["ID"], {"COMPLETE", "ERROR"})
+    assert done["Status"] == "COMPLETE", done
+    out = next(a for a in done["Artifacts"] if a["EdgeName"] == "out")
+    assert httpx.get(out["GetURL"]).content == b"ABCABC"
+    assert done["Steps"][0]["Logs"] == ["converting 3 chars"]
+
+
+def test_cancel_stops_a_running_step(client, tmp_path):
+    marker = tmp_path / "still-running"
+    task = {"Name": "long", "Exec": ["sh", "-c", f"sleep 2; touch {marker}"]}
+    run = start(client, "long", inline([], [{"ID": "wait", "Uses": "long"}], [task]))
+    wait_for_status(client, run["ID"], {"RUNNING"})
+    cancelled = client.post(f"/api/v1/flow/{run['ID']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["Status"] == "STOPPED"
+    assert client.post(f"/api/v1/flow/{run['ID']}/cancel").json()["Status"] == "STOPPED"  # idempotent
+    time.sleep(2.5)
+    assert not marker.exists()  # the process group was killed
+
+
+def test_lists_flows_and_runs_with_filters_and_pages(checksum_flow, flows_dir, client):
+    (flows_dir / "broken.yaml").write_text("Name: broken\nSteps: [{ID: a, Uses: missing}]\n")
+    flows = {f["Name"]: f for f in client.get("/api/v1/flow").json()["Flows"]}
+    assert flows["checksum"]["Valid"] and flows["checksum"]["Inputs"] == ["document"]
+    assert not flows["broken"]["Valid"] and flows["broken"]["Problems"][0]["Path"] == "Steps[0].Uses"
+    ids = [start(client, "checksum")["ID"] for _ in range(3)]
+    start(client, "other", inline([]))
+    page = client.get("/api/v1/flow/runs", params={"flow": "checksum", "limit": 2}).json()
+    assert page["Total"] == 3 and [r["ID"] for r in page["Runs"]] == ids[::-1][:2]
+    rest = client.get("/api/v1/flow/runs", params={"flow": "checksum", "limit": 2, "offset": 2}).json()
+    assert [r["ID"] for r in rest["Runs"]] == [ids[0]]
+    complete = client.get("/api/v1/flow/runs", params={"status": "complete"}).json()
+    assert [r["Flow"] for r in complete["Runs"]] == ["other"]
+    assert client.get("/api/v1/flow/runs", params={"limit": 0}).status_code == 400
+    assert client.get("/api/v1/flow/runs", params={"status": "DONE"}).json()["Location"] == "query.status"
+
+
+BAD_BODIES = [
+    (b"{not json", 400, "malformed_json", "body"),
+    (b'{"Flow": []}', 422, "invalid_field", "body.Flow"),
+    (b'{"Flow": {"DataWells": [{"Edge": 5}]}}', 422, "invalid_field", "body.Flow.DataWells[0].Edge"),
+    (b'{"Flow": {"Bogus": 1}}', 422, "invalid_field", "body.Flow"),
+    (b'{"Flows": {}}', 422, "invalid_field", "body"),
+    (b'"a string"', 422, "invalid_field", "body"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "code", "location"), BAD_BODIES)
+def test_bad_bodies_get_a_clear_4xx_and_store_nothing(client, body, status, code, location):
+    response = client.post("/api/v1/flow/x", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert error["Code"] == code and error["Location"] == location and error["Message"]
+    assert runs_total(client) == 0
+
+
+def test_invalid_flow_gets_every_problem_at_once(client):
+    body = inline(
+        [{"Edge": "a", "Source": "carrier-pigeon"}, {"Edge": "b", "Source": "upload", "Key": "../../etc/passwd"}],
+        [{"ID": "s", "Uses": "nothing"}],
+    )
+    response = client.post("/api/v1/flow/x", json=body)
+    assert response.status_code == 422
+    paths = {p["Path"] for p in response.json()["Problems"]}
+    assert {"DataWells[0].Source", "DataWells[1].Key", "Steps[0].Uses"} <= paths
+    assert runs_total(client) == 0
+
+
+def test_oversized_json_body_is_413(client):
+    response = client.post("/api/v1/flow/x", content=b" " * (1_048_577), headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and response.json()["Code"] == "too_large"
+
+
+def test_unknown_things_are_404(client):
+    assert client.post("/api/v1/flow/no-such-flow").json()["Code"] == "not_found"
+    assert client.post("/api/v1/flow/..%2F..%2Fetc").status_code == 404
+    for path in ("/api/v1/flow/status/nope", "/api/v1/flow/nope/cancel", "/api/v1/flow/nope/refresh"):
+        method = client.get if "status" in path else client.post
+        response = method(path)
+        assert response.status_code == 404 and response.json()["Location"] == "path.runID"
+    assert client.get("/no/such/route").json()["Code"] == "not_found"
+
+
+def test_path_tricks_in_keys_are_refused(client, server):
+    run = start(client, "k", inline([upload_well()]))
+    url = httpx.URL(run["WaitingURLs"][0]["PutURL"])
+    for path in ("/store/default/inputs/../../../escaped", "/store/default/inputs/%2E%2E/%2E%2E/%2E%2E/escaped"):
+        sneaky = f"{server.url}{path}?{url.query.decode()}"
+        put = subprocess.run(["curl", "-s", "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT",
+                              sneaky, "--data-binary", "x"], capture_output=True, text=True)  # fmt: skip
+        assert put.stdout in ("400", "404"), path
+    assert not list(server.data_dir.parent.rglob("escaped"))
+    assert httpx.put(f"{server.url}/store/nope/a?X-Expires=1&X-Signature=x", content=b"x").status_code == 404
+    unsigned = httpx.put(f"{server.url}/store/default/inputs/k/{run['ID']}/file", content=b"x")
+    assert unsigned.status_code == 403
+
+
+def test_a_step_writing_to_a_finished_run_is_refused(client):
+    run = start(client, "done", inline([upload_well()]))
+    url = run["WaitingURLs"][0]["PutURL"]
+    client.post(f"/api/v1/flow/{run['ID']}/cancel")
+    late = httpx.put(url, content=b"x")
+    assert late.status_code == 409
+    assert (
+        client.post(f"/api/v1/upload/{run['ID']}/file", content=b"x")
+        .json()["Message"]
+        .endswith("it takes no more uploads")
+    )
+
+
+def test_kill_9_restart_resumes_waiting_and_running_runs(start_server, tmp_path):
+    marker = tmp_path / "attempts"
+    task = {"Name": "slow-copy", "Inputs": [{"Name": "src"}], "Outputs": [{"Name": "out"}],
+            "Exec": ["sh", "-c", f'echo x >> {marker}; sleep 1; cp "$0" "$1"', "${src}", "${out}"]}  # fmt: skip
+    step = {"ID": "copy", "Uses": "slow-copy", "Inputs": [{"Slot": "src", "Edge": "in"}],
+            "Outputs": [{"Slot": "out", "Edge": "out"}]}  # fmt: skip
+    body = inline([upload_well("in")], [step], [task])
+    data = tmp_path / "kept-data"
+    server = start_server(data_dir=data)
+    with server.client() as client:
+        waiting = start(client, "restart", body)
+        running = start(client, "restart", body)
+        httpx.put(running["WaitingURLs"][0]["PutURL"], content=b"running")
+        wait_for_status(client, running["ID"], {"RUNNING"})
+        time.sleep(0.2)
+    server.kill9()
+    server = start_server(data_dir=data, port=server.port)
+    with server.client() as client:
+        put = httpx.put(waiting["WaitingURLs"][0]["PutURL"], content=b"waiting")  # the old URL still works
+        assert put.status_code == 200
+        for run, content in ((waiting, b"waiting"), (running, b"running")):
+            done = wait_for_status(client, run["ID"], {"COMPLETE", "ERROR"})
+            assert done["Status"] == "COMPLETE", done
+            out = next(a for a in done["Artifacts"] if a["EdgeName"] == "out")
+            assert httpx.get(out["GetURL"]).content == content
+    assert marker.read_text().count("x") == 3  # the interrupted step ran again; the other once
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json() == {"Status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["Status"] == "ready"
+
+
+def test_documents_are_json_with_pascal_case(checksum_flow, client):
+    run = start(client, "checksum")
+    raw = client.get(f"/api/v1/flow/status/{run['ID']}")
+    assert raw.headers["content-type"] == "application/json"
+    assert set(json.loads(raw.content)) >= {"ID", "Status", "WaitingURLs", "Steps", "Artifacts", "Created"}
