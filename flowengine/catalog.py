@@ -36,7 +36,6 @@ class Catalog:
             return cached
         try:
             flow = load_flow_file(path)
-            flow = flow if flow.name else msgspec.structs.replace(flow, name=name)
             problems = validate(flow, self.known_stores)
         except ApiError as exc:
             flow, problems = None, exc.problems or [Problem(path.name, exc.message)]

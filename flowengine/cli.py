@@ -22,8 +22,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from flowengine.config import load_config
     from flowengine.spec import FLOW_SUFFIXES, flow_files, load_flow_file
     from flowengine.validate import validate
+
+    known_stores = [*args.store, *(s.name for s in load_config(args.config).stores)]
 
     paths: list[Path] = []
     for target in args.paths:
@@ -35,7 +38,7 @@ def _validate(args: argparse.Namespace) -> int:
             failed += 1
             continue
         try:
-            problems = validate(load_flow_file(path), args.store)
+            problems = validate(load_flow_file(path), known_stores)
         except ApiError as exc:
             problems = exc.problems or []
             if not problems:
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("validate", help="check flow files; prints every problem, exits 1 if any")
     check.add_argument("paths", nargs="*", type=Path, default=[Path("flows")])
     check.add_argument("--store", action="append", default=[], help="a store name the operator configured")
+    check.add_argument("--config", type=Path, help="settings file whose stores flows may name")
     check.set_defaults(run=_validate)
     args = parser.parse_args(argv)
     return args.run(args)

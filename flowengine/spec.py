@@ -104,7 +104,12 @@ def decode_json(data: bytes, type_: type, what: str = "body"):
 
 
 def load_flow_file(path: Path) -> Flow:
-    """Read one flow file (.yaml, .yml or .json)."""
+    """Read one flow file (.yaml, .yml or .json); a flow without a Name takes the file's."""
+    flow = _read_flow(path)
+    return flow if flow.name else msgspec.structs.replace(flow, name=path.stem)
+
+
+def _read_flow(path: Path) -> Flow:
     raw = path.read_bytes()
     if path.suffix == ".json":
         return decode_json(raw, Flow, path.name)

@@ -356,8 +356,8 @@ def test_path_tricks_in_keys_are_refused(client, server):
     url = httpx.URL(run["WaitingURLs"][0]["PutURL"])
     for path in ("/store/default/inputs/../../../escaped", "/store/default/inputs/%2E%2E/%2E%2E/%2E%2E/escaped"):
         sneaky = f"{server.url}{path}?{url.query.decode()}"
-        put = subprocess.run(["curl", "-s", "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT",
-                              sneaky, "--data-binary", "x"], capture_output=True, text=True)  # fmt: skip
+        curl = ["curl", "-s", "--path-as-is", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", sneaky]
+        put = subprocess.run([*curl, "--data-binary", "x"], capture_output=True, text=True)
         assert put.stdout in ("400", "404"), path
     assert not list(server.data_dir.parent.rglob("escaped"))
     assert httpx.put(f"{server.url}/store/nope/a?X-Expires=1&X-Signature=x", content=b"x").status_code == 404
@@ -417,3 +417,13 @@ def test_documents_are_json_with_pascal_case(checksum_flow, client):
     raw = client.get(f"/api/v1/flow/status/{run['ID']}")
     assert raw.headers["content-type"] == "application/json"
     assert set(json.loads(raw.content)) >= {"ID", "Status", "WaitingURLs", "Steps", "Artifacts", "Created"}
+
+
+def test_inline_flows_can_be_switched_off(start_server, flows_dir):
+    (flows_dir / "collect.yaml").write_text("DataWells: [{Edge: file, Source: upload}]\n")
+    server = start_server(inline_flows="false")
+    with server.client() as client:
+        refused = client.post("/api/v1/flow/x", json=inline([upload_well()]))
+        assert refused.status_code == 403 and refused.json()["Location"] == "body.Flow"
+        assert runs_total(client) == 0
+        assert start(client, "collect")["Status"] == "WAITING"

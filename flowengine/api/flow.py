@@ -57,6 +57,9 @@ async def start_run(request: Request) -> Response:
     body = await read_json(request, FlowBody, engine.config.max_body_size, empty=FlowBody())
     if body.flow is None:
         flow = engine.catalog.get(name)
+    elif not engine.config.inline_flows:
+        raise ApiError(403, "inline_flows_disabled", "this engine runs only its flow files (inline_flows is off)",
+                       "body.Flow")  # fmt: skip
     else:
         flow = body.flow if body.flow.name else msgspec.structs.replace(body.flow, name=name)
     run = await engine.create_run(flow)
