@@ -235,9 +235,13 @@ def test_independent_steps_run_in_parallel_and_a_join_waits_for_both(client):
 
     join = {"Name": "join", "Inputs": [{"Name": "a"}, {"Name": "b"}], "Outputs": [{"Name": "out"}],
             "Exec": ["sh", "-c", 'cat "$0" "$1" > "$2"', "${a}", "${b}", "${out}"]}  # fmt: skip
+    def copy(step_id: str, task: str, out: str) -> dict:
+        return {"ID": step_id, "Uses": task, "Inputs": [{"Slot": "src", "Edge": "in"}],
+                "Outputs": [{"Slot": "out", "Edge": out}]}  # fmt: skip
+
     steps = [
-        {"ID": "left", "Uses": "l", "Inputs": [{"Slot": "src", "Edge": "in"}], "Outputs": [{"Slot": "out", "Edge": "a"}]},
-        {"ID": "right", "Uses": "r", "Inputs": [{"Slot": "src", "Edge": "in"}], "Outputs": [{"Slot": "out", "Edge": "b"}]},
+        copy("left", "l", "a"),
+        copy("right", "r", "b"),
         {"ID": "both", "Uses": "join", "Inputs": [{"Slot": "a", "Edge": "a"}, {"Slot": "b", "Edge": "b"}],
          "Outputs": [{"Slot": "out", "Edge": "joined"}]},
     ]  # fmt: skip
