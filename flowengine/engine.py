@@ -34,6 +34,7 @@ from flowengine.stores.s3 import S3Store
 from flowengine.validate import parse_duration, validate
 
 WAITING_SOURCES = ("upload", "webhook")
+FLOW_CACHE = 1024  # decoded flow definitions kept in memory
 _decode_flow = msgspec.json.Decoder(Flow).decode
 _encode = msgspec.json.Encoder().encode
 
@@ -111,9 +112,12 @@ class Engine:
     # reading
 
     def flow_of(self, digest: str) -> Flow:
-        flow = self._flows.get(digest)
+        flow = self._flows.pop(digest, None)
         if flow is None:
-            flow = self._flows[digest] = _decode_flow(self.db.definition(digest))
+            flow = _decode_flow(self.db.definition(digest))
+        self._flows[digest] = flow  # most recently used last
+        if len(self._flows) > FLOW_CACHE:
+            del self._flows[next(iter(self._flows))]
         return flow
 
     def get_run(self, run_id: str) -> tuple[Run, Flow]:
@@ -168,7 +172,7 @@ class Engine:
             digest = self.db.put_definition(body)
             self.db.insert_run(run, digest, machine.next_wake(run))
             self.db.add_waits(waits, first_check=now + 1.0)
-        self._flows.setdefault(digest, flow)
+        self._flows[digest] = flow
         self._after_commit(run, flow, commands)
         return run
 
@@ -190,8 +194,7 @@ class Engine:
         state.content_type = well.content_type
         state.accept = list(well.accept)
         if source in WAITING_SOURCES:
-            ttl = parse_duration(well.ttl) if well.ttl is not None else self.config.upload_ttl
-            state.deadline = math.ceil(now + ttl)  # whole seconds, like the URL's expiry and TTL
+            state.deadline = math.ceil(now + self._ttl(well))  # whole seconds, like the URL's expiry and TTL
             state.max_size = min(well.max_size or self.config.max_upload_size, self.config.max_upload_size)
         if source == "static":
             info = await store.stat(key)
@@ -262,13 +265,17 @@ class Engine:
         return self.apply(run_id, machine.Cancel())
 
     def refresh(self, run_id: str) -> Run:
+        """New upload URLs for the wells still empty: their TTL starts again (the shortest one, for all)."""
         run, flow = self.get_run(run_id)
-        if run.status in machine.TERMINAL:
-            raise conflict(f"run {run_id!r} is {run.status}: there is nothing to upload", "path.runID")
-        ttls = {w.edge: w.ttl for w in flow.data_wells}
-        ttl = min((parse_duration(ttls[e]) if ttls.get(e) is not None else self.config.upload_ttl)
-                  for e in machine.waiting_edges(run)) if machine.waiting_edges(run) else 0  # fmt: skip
+        waiting = machine.waiting_edges(run)
+        if not waiting:
+            raise conflict(f"run {run_id!r} is {run.status}: it waits for no upload", "path.runID")
+        wells = {w.edge: w for w in flow.data_wells}
+        ttl = min(self._ttl(wells[edge]) for edge in waiting)
         return self.apply(run_id, machine.Refresh(math.ceil(self.clock() + ttl)))
+
+    def _ttl(self, well: DataWell) -> float:
+        return parse_duration(well.ttl) if well.ttl is not None else self.config.upload_ttl
 
     # steps
 

@@ -229,9 +229,9 @@ def _on_succeeded(run: Run, flow: Flow, event: StepSucceeded, now: float) -> lis
     state.finished = now
     state.logs = event.logs
     state.error = None
-    for edge, obj in event.outputs.items():
-        if edge in run.edges and run.edges[edge].object is None:
-            _fill(run, edge, obj, now)
+    for binding in step.outputs:  # only its own outputs: a report cannot fill someone else's edge
+        if run.edges[binding.edge].object is None:
+            _fill(run, binding.edge, event.outputs[binding.edge], now)
     return []
 
 
