@@ -81,6 +81,12 @@ class Engine:
                 if state.status in (machine.READY, machine.RUNNING):
                     self._dispatch(row.run.id, self.flow_of(row.definition), Dispatch(name, state.attempts))
         self._background.append(asyncio.create_task(self._timer_loop()))
+        self.spawn(self._prepare_configured())
+
+    async def _prepare_configured(self) -> None:
+        """Operator stores get their bucket and lifecycle rules at start, without holding start up."""
+        for name in self.stores.configured:
+            await self._prepare(self.stores.resolve(None, name))
 
     def spawn(self, job: Coroutine[Any, Any, None]) -> None:
         """Run a background loop until the engine stops."""
