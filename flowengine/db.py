@@ -6,7 +6,6 @@ process (kill -9) without losing a committed transaction; only a power cut can d
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -80,12 +79,22 @@ class Database:
             raise
         self.conn.execute("COMMIT")
 
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A part of a transaction that is undone alone if it fails."""
+        self.conn.execute("SAVEPOINT part")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK TO part")
+            self.conn.execute("RELEASE part")
+            raise
+        self.conn.execute("RELEASE part")
+
     # definitions
 
-    def put_definition(self, body: bytes) -> str:
-        digest = hashlib.sha256(body).hexdigest()
+    def put_definition(self, digest: str, body: bytes) -> None:
         self.conn.execute("INSERT OR IGNORE INTO definitions (hash, body) VALUES (?, ?)", (digest, body))
-        return digest
 
     def definition(self, digest: str) -> bytes:
         return self.conn.execute("SELECT body FROM definitions WHERE hash = ?", (digest,)).fetchone()[0]

@@ -5,8 +5,10 @@ URLs are minted here, at render time, from the run's stored state: nothing signe
 
 from __future__ import annotations
 
+import functools
+import math
 import time
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import msgspec
 
@@ -89,9 +91,15 @@ class RunPage(_Doc):
     offset: int
 
 
+@functools.lru_cache(maxsize=4096)
+def _seconds(whole: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+
+
 def rfc3339(t: float, precise: bool = True) -> str:
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
-    return f"{stamp}.{int(t * 1000) % 1000:03d}Z" if precise else f"{stamp}Z"
+    """UTC, 'Z'; milliseconds unless `precise` is off (TTLs and expiries are whole seconds)."""
+    whole = int(t)
+    return f"{_seconds(whole)}.{int((t - whole) * 1000):03d}Z" if precise else f"{_seconds(whole)}Z"
 
 
 def _opt(t: float | None) -> str:
@@ -100,7 +108,7 @@ def _opt(t: float | None) -> str:
 
 def hook_url(engine: Engine, run_id: str, edge: str, expires: float, base_url: str) -> str:
     query = engine.stores.signer.query("PUT", hook_resource(run_id, edge), expires, {})
-    return f"{base_url}/api/v1/hook/{run_id}/{quote(edge, safe='')}?{urlencode(query)}"
+    return f"{base_url}/api/v1/hook/{run_id}/{quote(edge, safe='')}?{query}"
 
 
 def hook_resource(run_id: str, edge: str) -> str:
@@ -125,7 +133,8 @@ def waiting_urls(engine: Engine, run: Run, flow: Flow, base_url: str) -> list[Wa
 
 def artifacts(engine: Engine, run: Run, flow: Flow, base_url: str) -> list[Artifact]:
     now = engine.clock()
-    expires = now + engine.config.download_ttl
+    # Rounded up to the minute: a poller sees the same URL for a minute, not a new one each time.
+    expires = math.ceil((now + engine.config.download_ttl) / 60) * 60
     found = []
     for name, edge in run.edges.items():
         obj = edge.object

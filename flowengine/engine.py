@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import math
 import shutil
 import time
@@ -39,6 +40,17 @@ _decode_flow = msgspec.json.Decoder(Flow).decode
 _encode = msgspec.json.Encoder().encode
 
 
+class _Creation(msgspec.Struct):
+    """A new run's rows, waiting for the next group commit."""
+
+    run: Run
+    digest: str
+    body: bytes
+    waits: list[Wait]
+    key_places: dict[str, str]  # edge -> where its Key is defined, for a conflict's location
+    first_check: float
+
+
 class Engine:
     def __init__(
         self,
@@ -64,6 +76,7 @@ class Engine:
         self._sleep_until = math.inf
         self._background: list[asyncio.Task] = []
         self._prepared: set[int] = set()
+        self._creations: list[tuple[_Creation, asyncio.Future[None]]] = []
         self.store_trouble: dict[str, str] = {}  # location -> why the last request to it failed
 
     # lifecycle
@@ -154,9 +167,12 @@ class Engine:
     # creating runs
 
     async def create_run(self, flow: Flow) -> Run:
-        problems = validate(flow, self.stores.configured.keys())
-        if problems:
-            raise ApiError(422, "invalid_flow", f"the flow has {len(problems)} problem(s)", "Flow", problems)
+        body = _encode(flow)
+        digest = hashlib.sha256(body).hexdigest()
+        if digest not in self._flows:  # a definition in use was validated when it was first seen
+            problems = validate(flow, self.stores.configured.keys())
+            if problems:
+                raise ApiError(422, "invalid_flow", f"the flow has {len(problems)} problem(s)", "Flow", problems)
         now = self.clock()
         run_id = self.new_id()
         edges: dict[str, EdgeState] = {}
@@ -166,21 +182,54 @@ class Engine:
             index, well = wells.get(edge, (None, None))
             edges[edge] = await self._edge(flow, run_id, edge, index, well, now)
         run, commands = machine.start(flow, run_id, edges, now)
-        body = _encode(flow)
         waits = [self._wait(flow, run, name) for name in machine.waiting_edges(run)]
-        with self.db.transaction():
-            for wait in waits:
-                if self.db.key_taken(wait.location, wait.key):
-                    raise conflict(
-                        f"another run is already waiting for {wait.key!r} in store {run.edges[wait.edge].store!r}",
-                        f"DataWells[{wells[wait.edge][0]}].Key",
-                    )
-            digest = self.db.put_definition(body)
-            self.db.insert_run(run, digest, machine.next_wake(run))
-            self.db.add_waits(waits, first_check=now + 1.0)
+        key_places = {w.edge: f"DataWells[{wells[w.edge][0]}].Key" for w in waits}
+        await self._commit_creation(_Creation(run, digest, body, waits, key_places, now + 1.0))
         self._flows[digest] = flow
         self._after_commit(run, flow, commands)
         return run
+
+    def _commit_creation(self, creation: _Creation) -> asyncio.Future[None]:
+        """Group commit: creations that arrive in the same turn of the event loop share one
+        transaction (one WAL write instead of many); each run's rows are all-or-nothing within it."""
+        future = asyncio.get_running_loop().create_future()
+        self._creations.append((creation, future))
+        if len(self._creations) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_creations)
+        return future
+
+    def _flush_creations(self) -> None:
+        batch, self._creations = self._creations, []
+        refused: dict[int, ApiError] = {}
+        try:
+            with self.db.transaction():
+                for i, (creation, _) in enumerate(batch):
+                    try:
+                        with self.db.savepoint():
+                            self._insert(creation)
+                    except ApiError as exc:
+                        refused[i] = exc
+        except Exception as exc:
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        for i, (_, future) in enumerate(batch):
+            if i in refused:
+                future.set_exception(refused[i])
+            else:
+                future.set_result(None)
+
+    def _insert(self, c: _Creation) -> None:
+        for wait in c.waits:
+            if self.db.key_taken(wait.location, wait.key):
+                store = c.run.edges[wait.edge].store
+                raise conflict(
+                    f"another run is already waiting for {wait.key!r} in store {store!r}", c.key_places[wait.edge]
+                )
+        if c.digest not in self._flows:
+            self.db.put_definition(c.digest, c.body)
+        self.db.insert_run(c.run, c.digest, machine.next_wake(c.run))
+        self.db.add_waits(c.waits, c.first_check)
 
     async def _edge(
         self, flow: Flow, run_id: str, edge: str, index: int | None, well: DataWell | None, now: float

@@ -24,15 +24,13 @@ class Signer:
         lines = [method, resource, str(expires), ";".join(names), *(f"{n}:{headers[n]}" for n in names)]
         return hmac.new(self._secret, "\n".join(lines).encode(), hashlib.sha256).hexdigest()
 
-    def query(self, method: str, resource: str, expires: float, headers: Mapping[str, str]) -> dict[str, str]:
-        """Query parameters that authorize `method` on `resource` until `expires` (epoch seconds)."""
+    def query(self, method: str, resource: str, expires: float, headers: Mapping[str, str]) -> str:
+        """The query string that authorizes `method` on `resource` until `expires` (epoch seconds)."""
         lowered = {k.lower(): v for k, v in headers.items()}
         expiry = int(expires)
-        return {
-            "X-Expires": str(expiry),
-            "X-SignedHeaders": ";".join(sorted(lowered)),
-            "X-Signature": self._mac(method, resource, expiry, lowered),
-        }
+        signature = self._mac(method, resource, expiry, lowered)
+        # Header names are tokens (no characters to escape); ';' is kept as is, as S3 does.
+        return f"X-Expires={expiry}&X-SignedHeaders={';'.join(sorted(lowered))}&X-Signature={signature}"
 
     def verify(
         self, method: str, resource: str, query: Mapping[str, str], headers: Mapping[str, str], now: float

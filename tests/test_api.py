@@ -235,6 +235,7 @@ def test_independent_steps_run_in_parallel_and_a_join_waits_for_both(client):
 
     join = {"Name": "join", "Inputs": [{"Name": "a"}, {"Name": "b"}], "Outputs": [{"Name": "out"}],
             "Exec": ["sh", "-c", 'cat "$0" "$1" > "$2"', "${a}", "${b}", "${out}"]}  # fmt: skip
+
     def copy(step_id: str, task: str, out: str) -> dict:
         return {"ID": step_id, "Uses": task, "Inputs": [{"Slot": "src", "Edge": "in"}],
                 "Outputs": [{"Slot": "out", "Edge": out}]}  # fmt: skip
@@ -431,3 +432,31 @@ def test_inline_flows_can_be_switched_off(start_server, flows_dir):
         assert refused.status_code == 403 and refused.json()["Location"] == "body.Flow"
         assert runs_total(client) == 0
         assert start(client, "collect")["Status"] == "WAITING"
+
+
+def test_two_runs_cannot_wait_for_the_same_key(client):
+    body = inline([upload_well(Key="fixed/input.bin")])
+    first = start(client, "fixed", body)
+    before = runs_total(client)
+    second = client.post("/api/v1/flow/fixed", json=body)
+    assert second.status_code == 409 and second.json()["Location"] == "DataWells[0].Key"
+    assert runs_total(client) == before
+    httpx.put(first["WaitingURLs"][0]["PutURL"], content=b"x")  # once filled, the key is free again
+    assert start(client, "fixed", inline([upload_well(Key="fixed/input.bin", Overwrite=False)]))["Status"] == "WAITING"
+
+
+def test_concurrent_creations_share_a_commit_but_not_a_fate(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def post(body: dict) -> httpx.Response:
+        with server.client() as c:
+            return c.post("/api/v1/flow/race", json=body)
+
+    with ThreadPoolExecutor(16) as pool:
+        racing = list(pool.map(post, [inline([upload_well(Key="race/${EDGE}")])] * 8))
+        others = list(pool.map(post, [inline([upload_well()])] * 8))
+    assert sorted(a.status_code for a in racing) == [201] + [409] * 7
+    assert all(a.status_code == 201 for a in others)
+    with server.client() as c:
+        assert all(c.get(f"/api/v1/flow/status/{a.json()['ID']}").json()["Status"] == "WAITING" for a in others)
+        assert runs_total(c) == 9

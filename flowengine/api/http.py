@@ -44,7 +44,14 @@ async def read_json(request: Request, type_: type, limit: int, empty: Any = None
 
 
 def base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+    """scheme://host[:port][root_path] as the client addressed us (Starlette's request.base_url,
+    without building a URL object on every status poll)."""
+    scope = request.scope
+    host = request.headers.get("host")
+    if host is None:
+        server = scope.get("server") or ("localhost", 80)
+        host = f"{server[0]}:{server[1]}"
+    return f"{scope['scheme']}://{host}{scope.get('root_path', '')}".rstrip("/")
 
 
 def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:

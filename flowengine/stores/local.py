@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import anyio
 import msgspec
@@ -39,6 +39,7 @@ class LocalStore:
         for d in (self.root, self.meta_root, self.tmp_root):
             d.mkdir(parents=True, exist_ok=True)
         self.signer = signer
+        self._quoted_name = quote(name, safe="")
 
     def full_key(self, key: str) -> str:
         return key
@@ -48,8 +49,7 @@ class LocalStore:
 
     def _presign(self, method: str, key: str, expires: float, headers: dict[str, str], base: str) -> Presigned:
         query = self.signer.query(method, self.resource(key), expires, headers)
-        url = f"{base.rstrip('/')}/store/{quote(self.name, safe='')}/{quote(key)}?{urlencode(query)}"
-        return Presigned(url, headers, int(expires))
+        return Presigned(f"{base}/store/{self._quoted_name}/{quote(key)}?{query}", headers, int(expires))
 
     def presign_put(self, key: str, expires: float, conditions: PutConditions, base_url: str) -> Presigned:
         return self._presign("PUT", key, expires, conditions.headers(), base_url)
