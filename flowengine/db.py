@@ -59,9 +59,9 @@ class Database:
             {"run_id": str, "edge": str, "expires_at": float}, pk=("run_id", "edge"), if_not_exists=True
         )
         db["expiries"].create_index(["expires_at"], if_not_exists=True)
-        db["runs"].create_index(["status", "created"], if_not_exists=True)
-        db["runs"].create_index(["flow", "created"], if_not_exists=True)
-        db["runs"].create_index(["created"], if_not_exists=True)
+        # Run IDs are UUIDv7, in creation order: listings sort by id, so `created` needs no index.
+        db["runs"].create_index(["status", "id"], if_not_exists=True)
+        db["runs"].create_index(["flow", "id"], if_not_exists=True)
         db["runs"].create_index(["wake_at"], if_not_exists=True)
         db["waits"].create_index(["run_id"], if_not_exists=True)
         db["waits"].create_index(["next_check"], if_not_exists=True)
@@ -129,7 +129,7 @@ class Database:
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         total = self.conn.execute(f"SELECT count(*) FROM runs{clause}", params).fetchone()[0]
         rows = self.conn.execute(
-            f"SELECT doc FROM runs{clause} ORDER BY created DESC, id DESC LIMIT ? OFFSET ?",
+            f"SELECT doc FROM runs{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
             [*params, limit, offset],
         )
         return [_decode_run(r[0]) for r in rows], total
@@ -147,11 +147,16 @@ class Database:
 
     # waits: which run edge an object key fills
 
-    def add_waits(self, waits: list[Wait], first_check: float) -> None:
+    def add_waits(self, waits: list[tuple[Wait, float | None]]) -> None:
+        """Waits with the time the reconciler should first look (None: never)."""
         self.conn.executemany(
             "INSERT INTO waits (location, key, run_id, edge, next_check, checks) VALUES (?, ?, ?, ?, ?, 0)",
-            [(w.location, w.key, w.run_id, w.edge, first_check) for w in waits],
+            [(w.location, w.key, w.run_id, w.edge, first_check) for w, first_check in waits],
         )
+
+    def unscheduled_waits(self) -> list[tuple[str, str, str, str]]:
+        rows = self.conn.execute("SELECT location, key, run_id, edge FROM waits WHERE next_check IS NULL")
+        return [tuple(r) for r in rows]
 
     def wait_for(self, location: str, key: str) -> Wait | None:
         row = self.conn.execute(

@@ -22,7 +22,7 @@ import msgspec
 from flowengine import machine
 from flowengine.catalog import Catalog
 from flowengine.config import Config, ensure_secret
-from flowengine.db import Database, Wait
+from flowengine.db import Database, RunRow, Wait
 from flowengine.errors import ApiError, conflict, not_found
 from flowengine.ids import uuid7
 from flowengine.keys import DEFAULT_INPUT_KEY, DEFAULT_OUTPUT_KEY, check_key, expand
@@ -36,6 +36,7 @@ from flowengine.validate import parse_duration, validate
 
 WAITING_SOURCES = ("upload", "webhook")
 FLOW_CACHE = 1024  # decoded flow definitions kept in memory
+RUN_CACHE = 10_000  # recently used runs kept in memory
 _decode_flow = msgspec.json.Decoder(Flow).decode
 _encode = msgspec.json.Encoder().encode
 
@@ -70,6 +71,7 @@ class Engine:
         self.work_root = data / "work"
         self.log_root = data / "logs"
         self._flows: dict[str, Flow] = {}
+        self._runs: dict[str, RunRow] = {}
         self._steps: dict[tuple[str, str], asyncio.Task] = {}
         self._slots = asyncio.Semaphore(config.concurrency)
         self._wake = asyncio.Event()
@@ -95,6 +97,16 @@ class Engine:
                     self._dispatch(row.run.id, self.flow_of(row.definition), Dispatch(name, state.attempts))
         self._background.append(asyncio.create_task(self._timer_loop()))
         self.spawn(self._prepare_configured())
+        self.spawn(self._recover_local_uploads())
+
+    async def _recover_local_uploads(self) -> None:
+        """An upload whose file was in place when the process died, before its run advanced."""
+        for location, key, run_id, edge in self.db.unscheduled_waits():
+            with contextlib.suppress(ApiError):
+                run, flow = self.get_run(run_id)
+                info = await self.store_of(flow, run.edges[edge]).stat(run.edges[edge].key)
+                if info is not None:
+                    self.object_landed(location, key, info)
 
     async def _prepare_configured(self) -> None:
         """Operator stores get their bucket and lifecycle rules at start, without holding start up."""
@@ -140,10 +152,19 @@ class Engine:
         return flow
 
     def get_run(self, run_id: str) -> tuple[Run, Flow]:
-        row = self.db.load_run(run_id)
+        """A run as last committed. Recent runs come from memory: this process is their only
+        writer, and every commit refreshes the copy (so a status poll costs no query)."""
+        row = self._runs.get(run_id) or self.db.load_run(run_id)
         if row is None:
             raise not_found("run", run_id, "path.runID")
+        self._remember(row)
         return row.run, self.flow_of(row.definition)
+
+    def _remember(self, row: RunRow) -> None:
+        self._runs.pop(row.run.id, None)
+        self._runs[row.run.id] = row  # most recently used last
+        if len(self._runs) > RUN_CACHE:
+            del self._runs[next(iter(self._runs))]
 
     def store_of(self, flow: Flow, edge: EdgeState) -> Store:
         return self.stores.resolve(flow, edge.store)
@@ -184,8 +205,11 @@ class Engine:
         run, commands = machine.start(flow, run_id, edges, now)
         waits = [self._wait(flow, run, name) for name in machine.waiting_edges(run)]
         key_places = {w.edge: f"DataWells[{wells[w.edge][0]}].Key" for w in waits}
-        await self._commit_creation(_Creation(run, digest, body, waits, key_places, now + 1.0))
+        await self._commit_creation(
+            _Creation(run, digest, body, waits, key_places, now + self.config.reconcile_interval)
+        )
         self._flows[digest] = flow
+        self._remember(RunRow(run, digest))
         self._after_commit(run, flow, commands)
         return run
 
@@ -229,7 +253,9 @@ class Engine:
         if c.digest not in self._flows:
             self.db.put_definition(c.digest, c.body)
         self.db.insert_run(c.run, c.digest, machine.next_wake(c.run))
-        self.db.add_waits(c.waits, c.first_check)
+        # Embedded-store uploads come through the engine and land at once: the reconciler need not
+        # ask about them (start() does, once, for uploads a crash interrupted).
+        self.db.add_waits([(w, None if w.location.startswith("local:") else c.first_check) for w in c.waits])
 
     async def _edge(
         self, flow: Flow, run_id: str, edge: str, index: int | None, well: DataWell | None, now: float
@@ -285,6 +311,7 @@ class Engine:
             filled = [n for n, e in run.edges.items() if e.object and not row.run.edges[n].object]
             self.db.drop_waits(run.id, None if run.status in machine.TERMINAL else filled)
             self.db.add_expiries(run.id, self._expiries(run, filled))
+        self._remember(RunRow(run, row.definition))
         self._after_commit(run, flow, commands)
         return run
 

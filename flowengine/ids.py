@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 
 
 def uuid7(now_ns: int | None = None, rand: bytes | None = None) -> str:
@@ -12,4 +11,5 @@ def uuid7(now_ns: int | None = None, rand: bytes | None = None) -> str:
     tail = int.from_bytes(os.urandom(10) if rand is None else rand, "big")
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | (tail >> 68 & 0xFFF) << 64 | 0b10 << 62
     value |= tail & ((1 << 62) - 1)
-    return str(uuid.UUID(int=value))
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -14,6 +14,7 @@ TEMPLATE_VARS = frozenset({"RUN_ID", "FLOW_NAME", "EDGE", "UUID", "DATE", "TIMES
 DEFAULT_INPUT_KEY = "inputs/${FLOW_NAME}/${RUN_ID}/${EDGE}"
 DEFAULT_OUTPUT_KEY = "outputs/${FLOW_NAME}/${RUN_ID}/${EDGE}"
 _VAR = re.compile(r"\$\{([^}]*)\}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_KEY_BYTES = 1024  # S3's limit on a key
 
 
@@ -31,19 +32,15 @@ def expand(
     new_uuid: Callable[[], str] = lambda: str(uuid.uuid4()),
 ) -> str:
     """Expand a key template; `validate.py` has already refused unknown variables."""
-    values = {
-        "RUN_ID": run_id,
-        "FLOW_NAME": flow_name,
-        "EDGE": edge,
-        "DATE": time.strftime("%Y-%m-%d", time.gmtime(now)),
-        "TIMESTAMP": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)),
+    values: dict[str, Callable[[], str]] = {
+        "RUN_ID": lambda: run_id,
+        "FLOW_NAME": lambda: flow_name,
+        "EDGE": lambda: edge,
+        "UUID": new_uuid,
+        "DATE": lambda: time.strftime("%Y-%m-%d", time.gmtime(now)),
+        "TIMESTAMP": lambda: time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)),
     }
-
-    def one(match: re.Match[str]) -> str:
-        name = match.group(1)
-        return new_uuid() if name == "UUID" else values[name]
-
-    return _VAR.sub(one, template)
+    return _VAR.sub(lambda m: values[m.group(1)](), template)
 
 
 def key_problem(key: str) -> str | None:
@@ -56,7 +53,7 @@ def key_problem(key: str) -> str | None:
         return "is an absolute path"
     if "\\" in key:
         return "contains a backslash"
-    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+    if _CONTROL.search(key):
         return "contains a control character"
     parts = key.split("/")
     if any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in ("", ".", ".."):

@@ -23,17 +23,29 @@ BATCH = 500
 
 
 async def sweep(engine: Engine) -> int:
-    """Delete every object that is due; returns how many were deleted."""
+    """Delete every object that is due; returns how many were deleted.
+
+    Objects on a store that does not answer stay due for the next sweep, without holding up the
+    objects on other stores (due ones are taken oldest first, so they would otherwise block the rest).
+    """
     deleted = 0
-    while due := engine.db.due_expiries(engine.clock(), BATCH):
+    skipped: set[tuple[str, str]] = set()  # due, on a store that is down: left for the next sweep
+    down: set[int] = set()  # stores that failed in this sweep: not asked again until the next one
+    while due := [d for d in engine.db.due_expiries(engine.clock(), BATCH + len(skipped)) if d not in skipped]:
         for run_id, edge_name in due:
             try:
                 run, flow = engine.get_run(run_id)
                 edge = run.edges[edge_name]
-                await engine.store_of(flow, edge).delete(edge.key)
+                store = engine.store_of(flow, edge)
+                if id(store) in down:
+                    skipped.add((run_id, edge_name))
+                    continue
+                await store.delete(edge.key)
             except StoreUnavailable as exc:
                 log.warning("sweeper: store unavailable, will retry: %s", exc)
-                return deleted
+                down.add(id(store))
+                skipped.add((run_id, edge_name))
+                continue
             except (ApiError, KeyError):
                 pass  # the run or edge is gone: nothing left to delete
             with engine.db.transaction():

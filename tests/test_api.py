@@ -460,3 +460,25 @@ def test_concurrent_creations_share_a_commit_but_not_a_fate(server):
     with server.client() as c:
         assert all(c.get(f"/api/v1/flow/status/{a.json()['ID']}").json()["Status"] == "WAITING" for a in others)
         assert runs_total(c) == 9
+
+
+def test_an_upload_in_place_before_a_crash_advances_its_run_on_restart(start_server, tmp_path):
+    from flowengine.signing import Signer
+    from flowengine.stores.base import ObjectInfo
+    from flowengine.stores.local import LocalStore
+
+    data = tmp_path / "crashed"
+    server = start_server(data_dir=data)
+    with server.client() as client:
+        run = start(client, "crash", inline([upload_well()]))
+    server.kill9()
+    # As if the process died right after the upload's rename, before its run advanced.
+    store = LocalStore("default", data, Signer(b"unused for writing"))
+    key = run["WaitingURLs"][0]["Artifact"]["ObjectName"]
+    temp = store.tmp_root / "landed"
+    temp.write_bytes(b"made it")
+    store.commit(temp, key, ObjectInfo(7, "text/plain", "etag", 0.0))
+    server = start_server(data_dir=data, port=server.port)
+    with server.client() as client:
+        done = wait_for_status(client, run["ID"], {"COMPLETE", "ERROR"})
+    assert done["Status"] == "COMPLETE" and done["Artifacts"][0]["Size"] == 7
