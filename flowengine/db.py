@@ -79,18 +79,6 @@ class Database:
             raise
         self.conn.execute("COMMIT")
 
-    @contextmanager
-    def savepoint(self) -> Iterator[None]:
-        """A part of a transaction that is undone alone if it fails."""
-        self.conn.execute("SAVEPOINT part")
-        try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK TO part")
-            self.conn.execute("RELEASE part")
-            raise
-        self.conn.execute("RELEASE part")
-
     # definitions
 
     def put_definition(self, digest: str, body: bytes) -> None:

@@ -202,6 +202,7 @@ class Engine:
         for edge in [*wells, *(e for e in outputs if e not in wells)]:
             index, well = wells.get(edge, (None, None))
             edges[edge] = await self._edge(flow, run_id, edge, index, well, now)
+        _refuse_shared_keys(edges, wells)
         run, commands = machine.start(flow, run_id, edges, now)
         waits = [self._wait(flow, run, name) for name in machine.waiting_edges(run)]
         key_places = {w.edge: f"DataWells[{wells[w.edge][0]}].Key" for w in waits}
@@ -215,7 +216,8 @@ class Engine:
 
     def _commit_creation(self, creation: _Creation) -> asyncio.Future[None]:
         """Group commit: creations that arrive in the same turn of the event loop share one
-        transaction (one WAL write instead of many); each run's rows are all-or-nothing within it."""
+        transaction (one WAL write instead of many). A creation is refused before it writes anything,
+        so one refusal leaves the others' rows whole."""
         future = asyncio.get_running_loop().create_future()
         self._creations.append((creation, future))
         if len(self._creations) == 1:
@@ -229,8 +231,7 @@ class Engine:
             with self.db.transaction():
                 for i, (creation, _) in enumerate(batch):
                     try:
-                        with self.db.savepoint():
-                            self._insert(creation)
+                        self._insert(creation)
                     except ApiError as exc:
                         refused[i] = exc
         except Exception as exc:
@@ -409,3 +410,13 @@ class Engine:
             timeout = None if nxt is None else max(0.0, nxt - self.clock()) + 0.001
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
+
+
+def _refuse_shared_keys(edges: dict[str, EdgeState], wells: dict[str, tuple[int, DataWell]]) -> None:
+    """Two edges of one run on one object would overwrite each other."""
+    owner: dict[tuple[str, str], str] = {}
+    for name, edge in edges.items():
+        other = owner.setdefault((edge.store, edge.key), name)
+        if other != name:
+            place = f"DataWells[{wells[name][0]}].Key" if name in wells else "Flow"
+            raise ApiError(422, "shared_key", f"edges {other!r} and {name!r} both use key {edge.key!r}", place)

@@ -482,3 +482,11 @@ def test_an_upload_in_place_before_a_crash_advances_its_run_on_restart(start_ser
     with server.client() as client:
         done = wait_for_status(client, run["ID"], {"COMPLETE", "ERROR"})
     assert done["Status"] == "COMPLETE" and done["Artifacts"][0]["Size"] == 7
+
+
+def test_two_edges_of_one_run_cannot_share_a_key(client):
+    body = inline([upload_well("a", Key="same"), upload_well("b", Key="same")])
+    refused = client.post("/api/v1/flow/twins", json=body)
+    assert refused.status_code == 422 and refused.json()["Location"] == "DataWells[1].Key"
+    assert "'a' and 'b'" in refused.json()["Message"]
+    assert runs_total(client) == 0
