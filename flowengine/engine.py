@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import math
 import shutil
 import time
@@ -37,6 +38,8 @@ from flowengine.validate import parse_duration, validate
 WAITING_SOURCES = ("upload", "webhook")
 FLOW_CACHE = 1024  # decoded flow definitions kept in memory
 RUN_CACHE = 10_000  # recently used runs kept in memory
+PREPARE_RETRY = 30.0  # seconds before preparing a store that was down is tried again
+log = logging.getLogger("flowengine")
 _decode_flow = msgspec.json.Decoder(Flow).decode
 _encode = msgspec.json.Encoder().encode
 
@@ -79,7 +82,7 @@ class Engine:
         self._background: list[asyncio.Task] = []
         self._prepared: set[int] = set()
         self._creations: list[tuple[_Creation, asyncio.Future[None]]] = []
-        self.store_trouble: dict[str, str] = {}  # location -> why the last request to it failed
+        self._prepare_after: dict[int, float] = {}  # store -> when to try preparing it again
 
     # lifecycle
 
@@ -122,6 +125,8 @@ class Engine:
         A store that is down now is prepared on a later run; runs on it wait meanwhile."""
         if id(store) in self._prepared or not isinstance(store, S3Store):
             return
+        if self.clock() < self._prepare_after.get(id(store), 0.0):
+            return  # it was down a moment ago: do not make every new run wait for it again
         days = [("inputs/", self.config.input_retention), ("outputs/", self.config.output_retention)]
         try:
             if store.create_bucket:
@@ -129,7 +134,8 @@ class Engine:
             await store.set_lifecycle([(prefix, max(1, math.ceil(s / 86400))) for prefix, s in days])
             self._prepared.add(id(store))
         except StoreUnavailable as exc:
-            self.store_trouble[store.location] = str(exc)
+            self._prepare_after[id(store)] = self.clock() + PREPARE_RETRY
+            log.warning("store %r is unavailable, runs on it will wait: %s", store.name, exc)
 
     async def stop(self) -> None:
         tasks = [*self._background, *self._steps.values()]
@@ -183,7 +189,7 @@ class Engine:
                 await store.check()
             except StoreUnavailable as exc:
                 problems[store.name] = str(exc) or type(exc).__name__
-        return problems | {loc: why for loc, why in self.store_trouble.items() if loc not in problems}
+        return problems
 
     # creating runs
 

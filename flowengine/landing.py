@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from flowengine.engine import Engine
 
 log = logging.getLogger("flowengine.landing")
-MAX_INTERVAL = 300.0  # seconds: a waiting key is asked about at least this often
 
 
 async def notice(engine: Engine, wait: Wait) -> Run | None:
@@ -49,7 +48,7 @@ async def notify(engine: Engine, location: str, key: str) -> bool:
     try:
         await notice(engine, wait)
     except StoreUnavailable as exc:
-        engine.store_trouble[location] = str(exc)  # the reconciler will look again
+        log.warning("notification for %s %s: store unavailable, the reconciler will look again: %s", location, key, exc)
     return True
 
 
@@ -61,7 +60,7 @@ class Reconciler:
 
     def next_check(self, now: float, checks: int) -> float:
         base = self.engine.config.reconcile_interval
-        return now + min(base * 2**checks, MAX_INTERVAL)
+        return now + min(base * 2**checks, self.engine.config.reconcile_max_interval)
 
     async def tick(self) -> int:
         """Check every waiting key that is due; returns how many store requests it made."""
@@ -81,9 +80,8 @@ class Reconciler:
         async with self._limit:
             try:
                 await notice(self.engine, wait)
-                self.engine.store_trouble.pop(wait.location, None)
             except StoreUnavailable as exc:
-                self.engine.store_trouble[wait.location] = str(exc)
+                log.warning("reconciler: %s unavailable, %s keeps waiting: %s", wait.location, wait.key, exc)
             except Exception:
                 log.exception("reconciler: checking %s %s failed", wait.location, wait.key)
 

@@ -46,7 +46,7 @@ class S3Record(msgspec.Struct, rename="camel"):
 
 
 class S3Notification(msgspec.Struct, rename="pascal"):
-    records: list[S3Record] = []
+    records: list[S3Record] | None = None  # a Go sender's nil slice arrives as null
 
 
 class Attributes(msgspec.Struct):
@@ -94,12 +94,13 @@ def is_object_created(event_name: str) -> bool:
 async def s3_events(request: Request) -> Response:
     engine = _authorize(request)
     body = decode_json(await read_body(request, MAX_EVENT_BODY), S3Notification)
+    records = body.records or []
     matched = 0
-    for record in body.records:
+    for record in records:
         if is_object_created(record.event_name):
             key = unquote_plus(record.s3.object.key)  # MinIO and AWS send keys URL-encoded, '+' for space
             matched += await notify(engine, f"s3:{record.s3.bucket.name}", key)
-    return json_response(Received(len(body.records), matched))
+    return json_response(Received(len(records), matched))
 
 
 def filer_object(event: FilerEvent) -> tuple[str, str] | None:

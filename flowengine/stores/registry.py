@@ -60,7 +60,8 @@ class Stores:
         p = {k.lower(): v for k, v in spec.params.items()}
         access = str(p.get("access_key", "")) if from_config else ""
         secret = str(p.get("secret_key", "")) if from_config else ""
-        ident = ("s3", str(p.get("endpoint")), str(p.get("bucket")), str(p.get("prefix", "")))
+        # Everything that makes the store what it is, and where its credentials come from.
+        ident = ("s3", spec.name, tuple(sorted((k, str(v)) for k, v in p.items())), from_config)
         if ident not in self._built:
             self._built[ident] = S3Store(
                 name=spec.name,
@@ -68,7 +69,7 @@ class Stores:
                 bucket=str(p["bucket"]),
                 region=str(p.get("region", "us-east-1")),
                 prefix=str(p.get("prefix", "")),
-                secure=_truthy(p.get("secure", False)),
+                secure=_truthy(p.get("secure", True)),  # https unless the operator says otherwise
                 access_key=access or self.config.s3_access_key or os.environ.get("AWS_ACCESS_KEY_ID", ""),
                 secret_key=secret or self.config.s3_secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
                 clock=self.clock,
