@@ -135,12 +135,19 @@ class Database:
 
     # waits: which run edge an object key fills
 
-    def add_waits(self, waits: list[tuple[Wait, float | None]]) -> None:
-        """Waits with the time the reconciler should first look (None: never)."""
-        self.conn.executemany(
-            "INSERT INTO waits (location, key, run_id, edge, next_check, checks) VALUES (?, ?, ?, ?, ?, 0)",
-            [(w.location, w.key, w.run_id, w.edge, first_check) for w, first_check in waits],
-        )
+    def claim_waits(self, waits: list[tuple[Wait, float | None]]) -> Wait | None:
+        """Store waits, each with when the reconciler should first look (None: never). If a key is
+        awaited already, store none of them and return the wait that collided."""
+        for wait, first_check in waits:
+            inserted = self.conn.execute(
+                "INSERT OR IGNORE INTO waits (location, key, run_id, edge, next_check, checks)"
+                " VALUES (?, ?, ?, ?, ?, 0)",
+                (wait.location, wait.key, wait.run_id, wait.edge, first_check),
+            ).rowcount
+            if not inserted:
+                self.conn.execute("DELETE FROM waits WHERE run_id = ?", (wait.run_id,))
+                return wait
+        return None
 
     def unscheduled_waits(self) -> list[tuple[str, str, str, str]]:
         rows = self.conn.execute("SELECT location, key, run_id, edge FROM waits WHERE next_check IS NULL")
@@ -151,11 +158,6 @@ class Database:
             "SELECT run_id, edge FROM waits WHERE location = ? AND key = ?", (location, key)
         ).fetchone()
         return Wait(location, key, row[0], row[1]) if row else None
-
-    def key_taken(self, location: str, key: str) -> bool:
-        """Whether a waiting run already claims this object key."""
-        row = self.conn.execute("SELECT 1 FROM waits WHERE location = ? AND key = ?", (location, key))
-        return row.fetchone() is not None
 
     def drop_waits(self, run_id: str, edges: list[str] | None = None) -> None:
         if edges is None:

@@ -251,18 +251,18 @@ class Engine:
                 future.set_result(None)
 
     def _insert(self, c: _Creation) -> None:
-        for wait in c.waits:
-            if self.db.key_taken(wait.location, wait.key):
-                store = c.run.edges[wait.edge].store
-                raise conflict(
-                    f"another run is already waiting for {wait.key!r} in store {store!r}", c.key_places[wait.edge]
-                )
+        # Embedded-store uploads come through the engine and land at once: the reconciler need not
+        # ask about them (start() does, once, for uploads a crash interrupted).
+        checks = [(w, None if w.location.startswith("local:") else c.first_check) for w in c.waits]
+        taken = self.db.claim_waits(checks)
+        if taken:
+            store = c.run.edges[taken.edge].store
+            raise conflict(
+                f"another run is already waiting for {taken.key!r} in store {store!r}", c.key_places[taken.edge]
+            )
         if c.digest not in self._flows:
             self.db.put_definition(c.digest, c.body)
         self.db.insert_run(c.run, c.digest, machine.next_wake(c.run))
-        # Embedded-store uploads come through the engine and land at once: the reconciler need not
-        # ask about them (start() does, once, for uploads a crash interrupted).
-        self.db.add_waits([(w, None if w.location.startswith("local:") else c.first_check) for w in c.waits])
 
     async def _edge(
         self, flow: Flow, run_id: str, edge: str, index: int | None, well: DataWell | None, now: float
