@@ -32,13 +32,11 @@ from flowengine.spec import DataWell, Flow
 from flowengine.steps import StepJob, run_step
 from flowengine.stores.base import ObjectInfo, Store, StoreUnavailable
 from flowengine.stores.registry import Stores
-from flowengine.stores.s3 import S3Store
 from flowengine.validate import parse_duration, validate
 
 WAITING_SOURCES = ("upload", "webhook")
 FLOW_CACHE = 1024  # decoded flow definitions kept in memory
 RUN_CACHE = 10_000  # recently used runs kept in memory
-PREPARE_RETRY = 30.0  # seconds before preparing a store that was down is tried again
 log = logging.getLogger("flowengine")
 _decode_flow = msgspec.json.Decoder(Flow).decode
 _encode = msgspec.json.Encoder().encode
@@ -80,9 +78,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._sleep_until = math.inf
         self._background: list[asyncio.Task] = []
-        self._prepared: set[int] = set()
         self._creations: list[tuple[_Creation, asyncio.Future[None]]] = []
-        self._prepare_after: dict[int, float] = {}  # store -> when to try preparing it again
 
     # lifecycle
 
@@ -98,8 +94,8 @@ class Engine:
             for name, state in row.run.steps.items():
                 if state.status in (machine.READY, machine.RUNNING):
                     self._dispatch(row.run.id, self.flow_of(row.definition), Dispatch(name, state.attempts))
-        self._background.append(asyncio.create_task(self._timer_loop()))
-        self.spawn(self._prepare_configured())
+        self.spawn(self._timer_loop())
+        self.spawn(self.stores.prepare_configured())
         self.spawn(self._recover_local_uploads())
 
     async def _recover_local_uploads(self) -> None:
@@ -111,31 +107,9 @@ class Engine:
                 if info is not None:
                     self.object_landed(location, key, info)
 
-    async def _prepare_configured(self) -> None:
-        """Operator stores get their bucket and lifecycle rules at start, without holding start up."""
-        for name in self.stores.configured:
-            await self._prepare(self.stores.resolve(None, name))
-
     def spawn(self, job: Coroutine[Any, Any, None]) -> None:
         """Run a background loop until the engine stops."""
         self._background.append(asyncio.create_task(job))
-
-    async def _prepare(self, store: Store) -> None:
-        """First use of an S3 store: create its bucket if asked to, and install retention rules.
-        A store that is down now is prepared on a later run; runs on it wait meanwhile."""
-        if id(store) in self._prepared or not isinstance(store, S3Store):
-            return
-        if self.clock() < self._prepare_after.get(id(store), 0.0):
-            return  # it was down a moment ago: do not make every new run wait for it again
-        days = [("inputs/", self.config.input_retention), ("outputs/", self.config.output_retention)]
-        try:
-            if store.create_bucket:
-                await store.ensure_bucket()
-            await store.set_lifecycle([(prefix, max(1, math.ceil(s / 86400))) for prefix, s in days])
-            self._prepared.add(id(store))
-        except StoreUnavailable as exc:
-            self._prepare_after[id(store)] = self.clock() + PREPARE_RETRY
-            log.warning("store %r is unavailable, runs on it will wait: %s", store.name, exc)
 
     async def stop(self) -> None:
         tasks = [*self._background, *self._steps.values()]
@@ -274,7 +248,7 @@ class Engine:
         default = DEFAULT_OUTPUT_KEY if source == machine.FROM_STEP else DEFAULT_INPUT_KEY
         key = expand(well.key if well and well.key else default, run_id=run_id, flow_name=flow.name, edge=edge, now=now)
         check_key(key, f"{location}.Key")
-        await self._prepare(store)
+        await self.stores.prepare(store)
         state = EdgeState(store_name, key, source)
         if well is None:
             return state

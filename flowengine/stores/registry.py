@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,10 +13,13 @@ from flowengine.errors import ApiError
 from flowengine.signing import Signer
 from flowengine.spec import Flow
 from flowengine.spec import Store as StoreSpec
-from flowengine.stores.base import Store
+from flowengine.stores.base import Store, StoreUnavailable
 from flowengine.stores.local import LocalStore
+from flowengine.stores.s3 import S3Store
 
 DEFAULT = "default"
+PREPARE_RETRY = 30.0  # seconds before preparing a store that was down is tried again
+log = logging.getLogger("flowengine.stores")
 
 
 class Stores:
@@ -24,6 +29,8 @@ class Stores:
         self.clock = clock
         self.configured = {s.name: s for s in config.stores}
         self._built: dict[tuple, Store] = {}
+        self._prepared: set[int] = set()
+        self._prepare_after: dict[int, float] = {}  # store -> when to try preparing it again
         self.local(DEFAULT)
 
     def spec(self, flow: Flow | None, name: str) -> StoreSpec:
@@ -54,9 +61,29 @@ class Stores:
     def all(self) -> list[Store]:
         return list(self._built.values())
 
-    def _s3(self, spec: StoreSpec, from_config: bool) -> Store:
-        from flowengine.stores.s3 import S3Store
+    async def prepare(self, store: Store) -> None:
+        """First use of an S3 store: create its bucket if asked to, and install retention rules.
+        A store that is down now is prepared on a later run; runs on it wait meanwhile."""
+        if id(store) in self._prepared or not isinstance(store, S3Store):
+            return
+        if self.clock() < self._prepare_after.get(id(store), 0.0):
+            return  # it was down a moment ago: do not make every new run wait for it again
+        keep = [("inputs/", self.config.input_retention), ("outputs/", self.config.output_retention)]
+        try:
+            if store.create_bucket:
+                await store.ensure_bucket()
+            await store.set_lifecycle([(prefix, max(1, math.ceil(seconds / 86400))) for prefix, seconds in keep])
+            self._prepared.add(id(store))
+        except StoreUnavailable as exc:
+            self._prepare_after[id(store)] = self.clock() + PREPARE_RETRY
+            log.warning("store %r is unavailable, runs on it will wait: %s", store.name, exc)
 
+    async def prepare_configured(self) -> None:
+        """Operator stores get their bucket and lifecycle rules at start, without holding start up."""
+        for name in self.configured:
+            await self.prepare(self.resolve(None, name))
+
+    def _s3(self, spec: StoreSpec, from_config: bool) -> Store:
         p = {k.lower(): v for k, v in spec.params.items()}
         access = str(p.get("access_key", "")) if from_config else ""
         secret = str(p.get("secret_key", "")) if from_config else ""
