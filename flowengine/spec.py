@@ -62,6 +62,7 @@ class Slot(_Spec):
 
 class FlagDef(_Spec):
     name: str
+    type: str | None = None  # string | number | integer | boolean: values must fit; none: any scalar
     required: bool = False
     default: Scalar | None = None
 

@@ -236,6 +236,12 @@ def _check_task_names(path: str, task: Task) -> Problems:
     for j, flag in enumerate(task.flags):
         if flag.name in inputs or flag.name in {slot.name for slot in task.outputs}:
             yield Problem(f"{path}.Flags[{j}].Name", f"flag {flag.name!r} has the name of a slot of this task")
+        if flag.type is None:
+            continue
+        if flag.type not in FLAG_TYPES:
+            yield Problem(f"{path}.Flags[{j}].Type", f"unknown flag type {flag.type!r} (one of {_quoted(FLAG_TYPES)})")
+        elif flag.default is not None and not flag_fits(flag.type, flag.default):
+            yield Problem(f"{path}.Flags[{j}].Default", f"default {flag.default!r} is not {_A[flag.type]}")
 
 
 def _check_slot_types(path: str, task: Task) -> Problems:
@@ -306,6 +312,24 @@ def _check_step_flags(path: str, step: Step, task: Task) -> Problems:
     for flag in task.flags:
         if flag.required and flag.default is None and flag.name not in step.flags:
             yield Problem(path, f"required flag {flag.name!r} of task {task.name!r} is not set")
+        value = step.flags.get(flag.name)
+        if value is not None and flag.type is not None and flag.type in FLAG_TYPES and not flag_fits(flag.type, value):
+            yield Problem(f"{path}.{flag.name}", f"{value!r} is not {_A[flag.type]} (flag {flag.name!r})")
+
+
+FLAG_TYPES = ("string", "number", "integer", "boolean")
+_A = {"string": "a string", "number": "a number", "integer": "an integer", "boolean": "a boolean"}
+
+
+def flag_fits(flag_type: str, value: object) -> bool:
+    """Whether a flag value has its declared type (a boolean is not a number here, as in JSON)."""
+    if flag_type == "boolean":
+        return isinstance(value, bool)
+    if flag_type == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if flag_type == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, str)
 
 
 # --- data wells --------------------------------------------------------------------------------

@@ -584,3 +584,33 @@ def test_every_problem_comes_back_at_once() -> None:
         f"DataWells[{PHOTO}].TTL",
         f"Steps[{STAMP}].Inputs[1].Edge",
     ]
+
+
+def test_flag_types_are_checked_for_defaults_and_step_values():
+    flow = msgspec.convert(
+        {
+            "Name": "typed",
+            "Tasks": [
+                {
+                    "Name": "t",
+                    "Exec": ["true"],
+                    "Flags": [
+                        {"Name": "level", "Type": "integer", "Default": 6},
+                        {"Name": "ratio", "Type": "number", "Default": "high"},
+                        {"Name": "fast", "Type": "boolean"},
+                        {"Name": "mode", "Type": "enum"},
+                        {"Name": "anything"},
+                    ],
+                }
+            ],
+            "Steps": [{"ID": "s", "Uses": "t", "Flags": {"level": 9.5, "fast": "yes", "anything": 3}}],
+        },
+        Flow,
+    )
+    problems = {p.path: p.message for p in validate(flow)}
+    assert problems == {
+        "Tasks[0].Flags[1].Default": "default 'high' is not a number",
+        "Tasks[0].Flags[3].Type": "unknown flag type 'enum' (one of 'string', 'number', 'integer', 'boolean')",
+        "Steps[0].Flags.level": "9.5 is not an integer (flag 'level')",
+        "Steps[0].Flags.fast": "'yes' is not a boolean (flag 'fast')",
+    }
