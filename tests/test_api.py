@@ -219,6 +219,12 @@ def test_failure_after_max_attempts_reports_reason_and_logs(client):
     assert failed["Error"] == "step 'parse' failed after 2 attempt(s): exited with status 3"
     assert failed["FailedStep"] == "parse"
     assert failed["Logs"] == ["reading input", "fatal: bad header"]
+    log = client.get(f"/api/v1/flow/{run['ID']}/logs/parse", params={"attempt": 1})
+    assert log.status_code == 200 and log.text == "reading input\nfatal: bad header\n"
+    assert log.headers["content-type"].startswith("text/plain")
+    assert client.get(f"/api/v1/flow/{run['ID']}/logs/parse").text == log.text  # the last attempt by default
+    assert client.get(f"/api/v1/flow/{run['ID']}/logs/parse", params={"attempt": 3}).status_code == 400
+    assert client.get(f"/api/v1/flow/{run['ID']}/logs/nope").json()["Location"] == "path.stepID"
 
 
 def test_timeout_kills_the_step(client):
@@ -490,3 +496,16 @@ def test_two_edges_of_one_run_cannot_share_a_key(client):
     assert refused.status_code == 422 and refused.json()["Location"] == "DataWells[1].Key"
     assert "'a' and 'b'" in refused.json()["Message"]
     assert runs_total(client) == 0
+
+
+def test_concurrency_bounds_parallel_steps(start_server):
+    def nap(step_id: str) -> dict:
+        return {"ID": step_id, "Uses": "nap"}
+
+    task = {"Name": "nap", "Exec": ["sleep", "0.4"]}
+    server = start_server(concurrency=1)
+    with server.client() as client:
+        run = start(client, "serial", inline([], [nap("a"), nap("b")], [task]))
+        done = wait_for_status(client, run["ID"], {"COMPLETE", "ERROR"})
+    a, b = sorted(done["Steps"], key=lambda s: s["Started"])
+    assert b["Started"] >= a["Finished"]  # one slot: the second waited for the first

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from flowengine import machine
@@ -82,6 +82,21 @@ async def list_runs(request: Request) -> Response:
     return json_response(RunPage([run_summary(r) for r in runs], total, limit, offset))
 
 
+async def step_log(request: Request) -> Response:
+    """A step's whole output (the run document keeps only its last lines): ?attempt=N, default the last."""
+    engine = _engine(request)
+    run, _ = engine.get_run(request.path_params["run_id"])
+    step_id = request.path_params["step_id"]
+    state = run.steps.get(step_id)
+    if state is None:
+        raise ApiError(404, "not_found", f"run {run.id!r} has no step {step_id!r}", "path.stepID")
+    attempt = query_int(request, "attempt", state.attempts, 1, max(state.attempts, 1))
+    path = engine.log_root / run.id / f"{step_id}.{attempt}.log"
+    if not path.is_file():
+        raise ApiError(404, "not_found", f"step {step_id!r} has no log for attempt {attempt} yet", "query.attempt")
+    return FileResponse(path, media_type="text/plain; charset=utf-8")
+
+
 async def cancel_run(request: Request) -> Response:
     engine = _engine(request)
     engine.cancel(request.path_params["run_id"])
@@ -101,6 +116,7 @@ routes = [
     Route("/api/v1/flow/{name}", start_run, methods=["POST"]),
     Route("/api/v1/flow", list_flows, methods=["GET"]),
     Route("/api/v1/flow/runs", list_runs, methods=["GET"]),
+    Route("/api/v1/flow/{run_id}/logs/{step_id}", step_log, methods=["GET"]),
     Route("/api/v1/flow/{run_id}/cancel", cancel_run, methods=["POST"]),
     Route("/api/v1/flow/{run_id}/refresh", refresh_run, methods=["POST"]),
 ]
