@@ -46,8 +46,10 @@ def start_server(tmp_path: Path, flows_dir: Path) -> Iterator[Callable[..., Serv
     """Start a real server (stopped at the end of the test): start_server(**FLOWENGINE_settings)."""
     started: list[Server] = []
 
-    def start(data_dir: Path | None = None, port: int | None = None, **settings: Any) -> Server:
-        server = Server(data_dir or tmp_path / f"data{len(started)}", flows_dir, port, **settings).start()
+    def start(
+        data_dir: Path | None = None, port: int | None = None, config: str | None = None, **settings: Any
+    ) -> Server:
+        server = Server(data_dir or tmp_path / f"data{len(started)}", flows_dir, port, config, **settings).start()
         started.append(server)
         return server
 

@@ -23,10 +23,13 @@ def free_port() -> int:
 class Server:
     """Starts the service with a data dir and flows dir of its own; settings go in as FLOWENGINE_* env."""
 
-    def __init__(self, data_dir: Path, flows_dir: Path, port: int | None = None, **settings: Any) -> None:
+    def __init__(
+        self, data_dir: Path, flows_dir: Path, port: int | None = None, config: str | None = None, **settings: Any
+    ) -> None:
         self.data_dir = data_dir
         self.flows_dir = flows_dir
         self.port = port or free_port()
+        self.config = config
         self.settings = settings
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -38,6 +41,8 @@ class Server:
         env.update({f"FLOWENGINE_{k.upper()}": str(v) for k, v in self.settings.items()})
         args = [sys.executable, "-m", "flowengine.cli", "serve", "--port", str(self.port),
                 "--data-dir", str(self.data_dir), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+        if self.config:
+            args += ["--config", self.config]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15

@@ -484,3 +484,34 @@ def test_a_store_that_went_down_does_not_hold_up_retention_elsewhere(
             assert stat(view, f"{run_id}/shout.txt") is None
     finally:
         s3server.stop(doomed)
+
+
+def test_operator_store_from_config_creates_its_bucket_and_lifecycle_rules(
+    start_server: Callable[..., Server], s3: dict[str, Any], tmp_path: Path
+) -> None:
+    """A store defined in config.yaml carries its own credentials; flows name it and carry none."""
+    from minio import Minio
+
+    bucket = f"made-{uuid.uuid4().hex[:8]}"
+    params = {"endpoint": s3["endpoint"], "bucket": bucket, "secure": False, "create_bucket": True,
+              "access_key": s3["access_key"], "secret_key": s3["secret_key"]}  # fmt: skip
+    config = tmp_path / "config.yaml"
+    config.write_text(f"stores:\n  - Name: media\n    Type: s3\n    Params: {params!r}\n".replace("True", "true"))
+    server = start_server(config=str(config), reconcile_interval=0.2)
+    minio = Minio(s3["endpoint"], s3["access_key"], s3["secret_key"], secure=False)
+    deadline = time.monotonic() + 10
+    while not minio.bucket_exists(bucket) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the engine prepares operator stores at start, in the background
+    assert minio.bucket_exists(bucket)
+    rules = {r.rule_filter.prefix: r.expiration.days for r in minio.get_bucket_lifecycle(bucket).rules if r.expiration}
+    assert rules == {"inputs/": 1, "outputs/": 7}
+    with server.client() as client:
+        run = client.post("/api/v1/flow/uses-media", json={"Flow": {"DataWells": [{"Edge": "doc", "Store": "media",
+                                                                                 "Source": "upload"}]}})  # fmt: skip
+        assert run.status_code == 201, run.text
+        waiting = run.json()["WaitingURLs"][0]
+        assert waiting["Artifact"]["ObjectName"].startswith("inputs/uses-media/")
+        assert put(waiting, BODY).status_code == 200
+        done = wait_for_status(client, run.json()["ID"], {"COMPLETE", "ERROR"}, timeout=10)
+    assert done["Status"] == "COMPLETE", done
+    assert httpx.get(done["Artifacts"][0]["GetURL"]).content == BODY

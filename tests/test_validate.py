@@ -202,9 +202,7 @@ def test_s3_store_needs_bucket_and_endpoint(missing: str) -> None:
     assert_only(doc, "Stores[0].Params", f"an s3 store needs Params '{missing}'")
 
 
-@pytest.mark.parametrize(
-    "param", ["access_key", "SECRET_KEY", "SecretAccessKey", "password", "token", "secret"]
-)
+@pytest.mark.parametrize("param", ["access_key", "SECRET_KEY", "SecretAccessKey", "password", "token", "secret"])
 def test_store_params_carry_no_secrets(param: str) -> None:
     doc = valid()
     doc["Stores"][0]["Params"][param] = "hunter2"
@@ -276,9 +274,7 @@ def test_task_limits(field: str, value: int, fragment: str) -> None:
         ("Flags", {"Name": "opacity"}, "Flags[1].Name", "flag 'opacity' is used twice"),
     ],
 )
-def test_task_slot_and_flag_names_are_unique(
-    field: str, entry: dict[str, Any], path: str, fragment: str
-) -> None:
+def test_task_slot_and_flag_names_are_unique(field: str, entry: dict[str, Any], path: str, fragment: str) -> None:
     doc = valid()
     doc["Tasks"][STAMP][field].append(entry)
     assert_only(doc, f"Tasks[{STAMP}].{path}", fragment)
@@ -374,9 +370,7 @@ def test_edge_filled_by_two_step_outputs() -> None:
 def test_edge_filled_by_a_sourced_well_and_a_step_output() -> None:
     doc = valid()
     doc["DataWells"].append({"Edge": "small", "Source": "upload", "Accept": ["image/png"]})
-    assert_only(
-        doc, f"Steps[{RESIZE}].Outputs[0].Edge", "edge 'small' is filled twice: already by DataWells[3]"
-    )
+    assert_only(doc, f"Steps[{RESIZE}].Outputs[0].Edge", "edge 'small' is filled twice: already by DataWells[3]")
 
 
 def test_two_wells_on_one_edge() -> None:
