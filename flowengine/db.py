@@ -63,7 +63,6 @@ class Database:
         db["runs"].create_index(["status", "id"], if_not_exists=True)
         db["runs"].create_index(["flow", "id"], if_not_exists=True)
         db["runs"].create_index(["wake_at"], if_not_exists=True)
-        db["waits"].create_index(["run_id"], if_not_exists=True)
         db["waits"].create_index(["next_check"], if_not_exists=True)
 
     def close(self) -> None:
@@ -138,14 +137,14 @@ class Database:
     def claim_waits(self, waits: list[tuple[Wait, float | None]]) -> Wait | None:
         """Store waits, each with when the reconciler should first look (None: never). If a key is
         awaited already, store none of them and return the wait that collided."""
-        for wait, first_check in waits:
+        for i, (wait, first_check) in enumerate(waits):
             inserted = self.conn.execute(
                 "INSERT OR IGNORE INTO waits (location, key, run_id, edge, next_check, checks)"
                 " VALUES (?, ?, ?, ?, ?, 0)",
                 (wait.location, wait.key, wait.run_id, wait.edge, first_check),
             ).rowcount
             if not inserted:
-                self.conn.execute("DELETE FROM waits WHERE run_id = ?", (wait.run_id,))
+                self.drop_waits([w for w, _ in waits[:i]])
                 return wait
         return None
 
@@ -159,11 +158,8 @@ class Database:
         ).fetchone()
         return Wait(location, key, row[0], row[1]) if row else None
 
-    def drop_waits(self, run_id: str, edges: list[str] | None = None) -> None:
-        if edges is None:
-            self.conn.execute("DELETE FROM waits WHERE run_id = ?", (run_id,))
-            return
-        self.conn.executemany("DELETE FROM waits WHERE run_id = ? AND edge = ?", [(run_id, e) for e in edges])
+    def drop_waits(self, waits: list[Wait]) -> None:
+        self.conn.executemany("DELETE FROM waits WHERE location = ? AND key = ?", [(w.location, w.key) for w in waits])
 
     def due_waits(self, now: float, limit: int) -> list[tuple[Wait, int]]:
         rows = self.conn.execute(

@@ -290,7 +290,8 @@ class Engine:
                 return run
             self.db.save_run(run, machine.next_wake(run))
             filled = [n for n, e in run.edges.items() if e.object and not row.run.edges[n].object]
-            self.db.drop_waits(run.id, None if run.status in machine.TERMINAL else filled)
+            still = set(machine.waiting_edges(run))
+            self.db.drop_waits([self._wait(flow, run, n) for n in machine.waiting_edges(row.run) if n not in still])
             self.db.add_expiries(run.id, self._expiries(run, filled))
         self._remember(RunRow(run, row.definition))
         self._after_commit(run, flow, commands)
