@@ -259,7 +259,11 @@ class Engine:
             state.deadline = math.ceil(now + self._ttl(well))  # whole seconds, like the URL's expiry and TTL
             state.max_size = min(well.max_size or self.config.max_upload_size, self.config.max_upload_size)
         if source == "static":
-            info = await store.stat(key)
+            try:
+                info = await store.stat(key)
+            except StoreUnavailable as exc:
+                raise ApiError(503, "store_unavailable", f"store {store_name!r} did not answer: {exc}",
+                               f"{location}.Store") from None  # fmt: skip
             if info is None:
                 raise ApiError(422, "static_object_missing",
                                f"static well {edge!r}: no object {key!r} in store {store_name!r}",

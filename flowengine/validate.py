@@ -60,6 +60,14 @@ def validate(flow: Flow, known_stores: Collection[str] = ()) -> list[Problem]:
 # --- reusable helpers --------------------------------------------------------------------------
 
 
+MAX_TTL = 7 * 86400  # SigV4 presigned URLs live 7 days at most
+MAX_TIMEOUT = 7 * 86400.0
+MAX_BACKOFF = 86400.0
+MAX_ATTEMPTS = 100
+MAX_OBJECT = 5 << 40  # S3's largest object
+BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
 def parse_duration(value: int | str) -> float:
     """Seconds in a TTL: a positive int of seconds, or a string like "90s", "15m", "1h", "2d"."""
     if isinstance(value, bool) or not isinstance(value, int | str):
@@ -176,6 +184,9 @@ def _check_store(path: str, store: Store) -> Problems:
         for param in S3_REQUIRED_PARAMS:
             if param not in store.params:
                 yield Problem(f"{path}.Params", f"an s3 store needs Params {param!r}")
+        bucket = store.params.get("bucket")
+        if bucket is not None and not BUCKET.fullmatch(str(bucket)):
+            yield Problem(f"{path}.Params.bucket", f"{bucket!r} is not an S3 bucket name (3-63 of a-z, 0-9, '.', '-')")
     for param in store.params:
         if _looks_secret(param):
             yield Problem(
@@ -216,12 +227,12 @@ def _check_runner(path: str, task: Task) -> Problems:
 
 
 def _check_limits(path: str, task: Task) -> Problems:
-    if task.max_attempts < 1:
-        yield Problem(f"{path}.MaxAttempts", f"MaxAttempts must be at least 1, got {task.max_attempts}")
-    if not task.timeout > 0:
-        yield Problem(f"{path}.Timeout", f"Timeout must be more than 0 seconds, got {task.timeout}")
-    if not task.backoff >= 0:
-        yield Problem(f"{path}.Backoff", f"Backoff must be 0 seconds or more, got {task.backoff}")
+    if not 1 <= task.max_attempts <= MAX_ATTEMPTS:
+        yield Problem(f"{path}.MaxAttempts", f"MaxAttempts must be from 1 to {MAX_ATTEMPTS}, got {task.max_attempts}")
+    if not 0 < task.timeout <= MAX_TIMEOUT:
+        yield Problem(f"{path}.Timeout", f"Timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds (7 days)")
+    if not 0 <= task.backoff <= MAX_BACKOFF:
+        yield Problem(f"{path}.Backoff", f"Backoff must be from 0 to {MAX_BACKOFF:g} seconds (1 day)")
 
 
 def _check_task_names(path: str, task: Task) -> Problems:
@@ -371,23 +382,29 @@ def _check_key(path: str, key: str, source: str | None) -> Problems:
             yield Problem(path, f"unknown variable ${{{name}}} in Key {key!r} (known: {known})")
         elif source == "static" and name in RUN_SPECIFIC_VARS:
             yield Problem(path, f"a static well's Key must name an existing object, but ${{{name}}} changes every run")
-    problem = keys.key_problem(_VAR.sub("x", key))
+    literal = _VAR.sub("x", key)
+    if "${" in literal:
+        yield Problem(path, f"Key {key!r} has a '${{' with no closing '}}'")
+    problem = keys.key_problem(literal)
     if problem:
         yield Problem(path, f"Key {key!r} {problem}")
 
 
 def _check_ttl(path: str, ttl: int | str) -> Problems:
     try:
-        parse_duration(ttl)
+        seconds = parse_duration(ttl)
     except ValueError as exc:
         yield Problem(path, f"TTL: {exc}")
+        return
+    if seconds > MAX_TTL:
+        yield Problem(path, f"TTL {ttl!r} is over 7 days, the longest a presigned URL may live")
 
 
 def _check_sizes(path: str, well: DataWell) -> Problems:
-    if well.size is not None and well.size < 0:
-        yield Problem(f"{path}.Size", f"Size must be 0 bytes or more, got {well.size}")
-    if well.max_size is not None and well.max_size <= 0:
-        yield Problem(f"{path}.MaxSize", f"MaxSize must be more than 0 bytes, got {well.max_size}")
+    if well.size is not None and not 0 <= well.size <= MAX_OBJECT:
+        yield Problem(f"{path}.Size", f"Size must be from 0 bytes to 5 TiB, got {well.size}")
+    if well.max_size is not None and not 0 < well.max_size <= MAX_OBJECT:
+        yield Problem(f"{path}.MaxSize", f"MaxSize must be more than 0 bytes and at most 5 TiB, got {well.max_size}")
     if well.size is not None and well.max_size is not None and well.size > well.max_size:
         yield Problem(f"{path}.Size", f"Size {well.size} is larger than MaxSize {well.max_size}")
 

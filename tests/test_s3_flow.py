@@ -414,6 +414,13 @@ def test_store_down_makes_runs_wait_and_shows_on_readyz(
         assert ready.status_code == 503
         assert ready.json()["Status"] == "degraded"
         assert "offline-s3" in ready.json()["Stores"]
+        static = {
+            "Stores": [down],
+            "DataWells": [{"Edge": "ref", "Store": "offline-s3", "Source": "static", "Key": "k"}],
+        }
+        refused = client.post("/api/v1/flow/needs-static", json={"Flow": static})
+        assert refused.status_code == 503
+        assert refused.json()["Code"] == "store_unavailable" and refused.json()["Location"] == "DataWells[0].Store"
 
 
 # --- retention -------------------------------------------------------------------------------------

@@ -258,7 +258,14 @@ def test_python_is_module_colon_function(target: str) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value", "fragment"),
-    [("MaxAttempts", 0, "at least 1"), ("Timeout", 0, "more than 0"), ("Backoff", -1, "0 seconds or more")],
+    [
+        ("MaxAttempts", 0, "from 1 to 100"),
+        ("MaxAttempts", 101, "from 1 to 100"),
+        ("Timeout", 0, "more than 0"),
+        ("Timeout", 1e308, "at most 604800 seconds"),
+        ("Backoff", -1, "from 0 to 86400 seconds"),
+        ("Backoff", 86401, "from 0 to 86400 seconds"),
+    ],
 )
 def test_task_limits(field: str, value: int, fragment: str) -> None:
     doc = valid()
@@ -490,12 +497,13 @@ def test_well_ttl(ttl: int | str) -> None:
 @pytest.mark.parametrize(
     ("sizes", "path", "fragment"),
     [
-        ({"Size": -1}, "Size", "0 bytes or more"),
+        ({"Size": -1}, "Size", "from 0 bytes to 5 TiB"),
+        ({"Size": 10**30, "MaxSize": None}, "Size", "from 0 bytes to 5 TiB"),
         ({"MaxSize": 0}, "MaxSize", "more than 0 bytes"),
         ({"Size": 2048, "MaxSize": 1024}, "Size", "Size 2048 is larger than MaxSize 1024"),
     ],
 )
-def test_well_sizes(sizes: dict[str, int], path: str, fragment: str) -> None:
+def test_well_sizes(sizes: dict[str, int | None], path: str, fragment: str) -> None:
     doc = valid()
     doc["DataWells"][PHOTO].update(sizes)
     assert_only(doc, f"DataWells[{PHOTO}].{path}", fragment)
@@ -608,3 +616,21 @@ def test_flag_types_are_checked_for_defaults_and_step_values():
         "Steps[0].Flags.level": "9.5 is not an integer (flag 'level')",
         "Steps[0].Flags.fast": "'yes' is not a boolean (flag 'fast')",
     }
+
+
+def test_ttl_bucket_names_and_unclosed_variables():
+    flow = msgspec.convert(
+        {
+            "Name": "limits",
+            "Stores": [{"Name": "s", "Type": "s3", "Params": {"endpoint": "127.0.0.1:9", "bucket": "B_x"}}],
+            "DataWells": [
+                {"Edge": "a", "Source": "upload", "TTL": "8d"},
+                {"Edge": "b", "Source": "upload", "Key": "${RUN_ID}/${NOPE", "Store": "s"},
+            ],
+        },
+        Flow,
+    )
+    problems = {p.path: p.message for p in validate(flow)}
+    assert "over 7 days" in problems["DataWells[0].TTL"]
+    assert "no closing" in problems["DataWells[1].Key"]
+    assert "not an S3 bucket name" in problems["Stores[0].Params.bucket"]

@@ -18,6 +18,7 @@ from flowengine.api.http import error_response, json_response
 from flowengine.config import Config
 from flowengine.engine import Engine
 from flowengine.errors import ApiError
+from flowengine.stores.base import StoreUnavailable
 
 log = logging.getLogger("flowengine")
 
@@ -41,6 +42,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return error_response(ApiError(exc.status_code, code, str(exc.detail), "path"))
+
+
+async def _store_down(request: Request, exc: Exception) -> Response:
+    return error_response(ApiError(503, "store_unavailable", f"a store did not answer: {exc}", ""))
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -68,7 +73,12 @@ def create_app(config: Config, engine: Engine | None = None) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
         ],
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error, Exception: _unexpected},
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            StoreUnavailable: _store_down,
+            Exception: _unexpected,
+        },
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False  # an API answers the URL it was given, 404 or not
