@@ -40,6 +40,7 @@ class Artifact(_Doc):
     store_name: str
     object_name: str
     edge_name: str
+    source: str  # upload | webhook | static | step: an input, or a step's output
     size: int
     content_type: str
     etag: str = msgspec.field(name="ETag")
@@ -140,7 +141,9 @@ def artifacts(engine: Engine, run: Run, flow: Flow, base_url: str) -> list[Artif
         obj = edge.object
         if obj is None or edge.filled_at is None:
             continue
-        art = Artifact(edge.store, edge.key, name, obj.size, obj.content_type, obj.etag, rfc3339(edge.filled_at))
+        art = Artifact(
+            edge.store, edge.key, name, edge.source, obj.size, obj.content_type, obj.etag, rfc3339(edge.filled_at)
+        )
         if now >= edge.filled_at + engine.retention(edge):
             art.expired = True
         else:

@@ -83,6 +83,7 @@ def test_flow_file_run_with_curl_exactly_as_the_reference(checksum_flow, client,
     assert arts["document"]["ContentType"] == "image/jpeg"
     assert arts["document"]["Size"] == payload.stat().st_size
     assert arts["report"]["ObjectName"] == f"reports/{run['ID']}.txt"
+    assert (arts["document"]["Source"], arts["report"]["Source"]) == ("upload", "step")
     report = httpx.get(arts["report"]["GetURL"])
     assert report.status_code == 200
     assert report.text.strip() == hashlib.sha256(payload.read_bytes()).hexdigest()
