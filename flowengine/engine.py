@@ -271,7 +271,7 @@ class Engine:
             obj = ObjectMeta(info.size, info.content_type, info.etag)
             problem = machine.landing_problem(edge, state, obj)
             if problem:
-                raise ApiError(422, "static_object_rejected", problem, f"{location}.Key")
+                raise ApiError(422, "static_object_rejected", problem.message, f"{location}.Key")
             state.object = obj
             state.filled_at = now
         return state

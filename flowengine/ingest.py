@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+
+import msgspec
 
 from flowengine import machine
 from flowengine.engine import Engine
@@ -23,17 +26,13 @@ from flowengine.stores.local import LocalStore
 DEFAULT_TYPE = "application/octet-stream"
 
 
-class Upload:
+class Upload(msgspec.Struct, frozen=True):
     """What the client sent besides the body."""
 
-    def __init__(
-        self, content_type: str | None, length: int | None, declared_length: int | None = None,
-        no_overwrite: bool = False,
-    ) -> None:  # fmt: skip
-        self.content_type = content_type or DEFAULT_TYPE
-        self.length = length
-        self.declared_length = declared_length  # a signed Content-Length the body must match
-        self.no_overwrite = no_overwrite
+    content_type: str
+    length: int | None  # the Content-Length header, if any
+    declared_length: int | None = None  # a signed Content-Length the body must match
+    no_overwrite: bool = False
 
 
 def too_large(limit: int) -> ApiError:
@@ -42,7 +41,8 @@ def too_large(limit: int) -> ApiError:
 
 async def spool(body: AsyncIterator[bytes], limit: int, directory: Path) -> tuple[Path, int, str]:
     """Stream a body to a temp file, refusing it past `limit` bytes; returns (path, size, md5)."""
-    fd, name = _temp(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=directory, prefix="in-")
     path, size, digest = Path(name), 0, hashlib.md5(usedforsecurity=False)
     try:
         with os.fdopen(fd, "wb") as out:
@@ -58,18 +58,12 @@ async def spool(body: AsyncIterator[bytes], limit: int, directory: Path) -> tupl
     return path, size, digest.hexdigest()
 
 
-def _temp(directory: Path) -> tuple[int, str]:
-    import tempfile
-
-    directory.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=directory, prefix="in-")
+_REFUSALS = {"size": (400, "size_mismatch"), "too_large": (413, "too_large"), "type": (415, "unsupported_media_type")}
 
 
-def _refusal(problem: str) -> ApiError:
-    status, code = (415, "unsupported_media_type") if "type" in problem else (400, "size_mismatch")
-    if "over the limit" in problem:
-        status, code = 413, "too_large"
-    return ApiError(status, code, problem, "body")
+def _refusal(problem: machine.LandingProblem) -> ApiError:
+    status, code = _REFUSALS[problem.kind]
+    return ApiError(status, code, problem.message, "body")
 
 
 async def receive(engine: Engine, run_id: str, edge_name: str, body: AsyncIterator[bytes], upload: Upload) -> Run:

@@ -153,17 +153,26 @@ def waiting_edges(run: Run) -> list[str]:
     return [name for name, e in run.edges.items() if e.object is None and e.source != FROM_STEP]
 
 
-def landing_problem(edge_name: str, edge: EdgeState, obj: ObjectMeta) -> str | None:
+class LandingProblem(msgspec.Struct, frozen=True):
+    kind: str  # "size" (not the declared size), "too_large" (over the limit), "type" (a type it does not take)
+    message: str
+
+
+def landing_problem(edge_name: str, edge: EdgeState, obj: ObjectMeta) -> LandingProblem | None:
     """Why an object that arrived on an edge cannot be used, or None."""
     if edge.expect_size is not None and obj.size != edge.expect_size:
-        return f"object for edge {edge_name!r} is {obj.size} bytes, declared {edge.expect_size}"
+        return LandingProblem("size", f"object for edge {edge_name!r} is {obj.size} bytes, declared {edge.expect_size}")
     if edge.max_size is not None and obj.size > edge.max_size:
-        return f"object for edge {edge_name!r} is {obj.size} bytes, over the limit of {edge.max_size}"
+        message = f"object for edge {edge_name!r} is {obj.size} bytes, over the limit of {edge.max_size}"
+        return LandingProblem("too_large", message)
     mime = obj.content_type.split(";")[0].strip().lower()
     if edge.content_type is not None and mime != edge.content_type.split(";")[0].strip().lower():
-        return f"object for edge {edge_name!r} has type {mime!r}, declared {edge.content_type!r}"
+        return LandingProblem(
+            "type", f"object for edge {edge_name!r} has type {mime!r}, declared {edge.content_type!r}"
+        )
     if edge.accept and not any(mime_matches(mime, p) for p in edge.accept):
-        return f"object for edge {edge_name!r} has type {mime!r}, not one of {', '.join(edge.accept)}"
+        message = f"object for edge {edge_name!r} has type {mime!r}, not one of {', '.join(edge.accept)}"
+        return LandingProblem("type", message)
     return None
 
 
@@ -194,7 +203,7 @@ def _on_landed(run: Run, flow: Flow, event: Landed, now: float) -> list[Command]
         return []
     problem = landing_problem(event.edge, edge, event.object)
     if problem:
-        _fail(run, problem)
+        _fail(run, problem.message)
         return []
     _fill(run, event.edge, event.object, now)
     return []

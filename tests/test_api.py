@@ -510,3 +510,13 @@ def test_concurrency_bounds_parallel_steps(start_server):
         done = wait_for_status(client, run["ID"], {"COMPLETE", "ERROR"})
     a, b = sorted(done["Steps"], key=lambda s: s["Started"])
     assert b["Started"] >= a["Finished"]  # one slot: the second waited for the first
+
+
+def test_direct_upload_is_checked_against_the_well(client):
+    run = start(client, "checked", inline([upload_well("sized", Size=3), upload_well("capped", MaxSize=2)]))
+    wrong = client.post(f"/api/v1/upload/{run['ID']}/sized", content=b"four")
+    assert wrong.status_code == 400 and wrong.json()["Code"] == "size_mismatch"
+    big = client.post(f"/api/v1/upload/{run['ID']}/capped", content=b"abc")
+    assert big.status_code == 413 and big.json()["Code"] == "too_large"
+    assert client.post(f"/api/v1/upload/{run['ID']}/sized", content=b"one").json()["Status"] == "WAITING"
+    assert client.post(f"/api/v1/upload/{run['ID']}/capped", content=b"ok").json()["Status"] == "COMPLETE"

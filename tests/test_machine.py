@@ -353,7 +353,8 @@ ACCEPTED = [
 
 @pytest.mark.parametrize(("constraints", "obj", "reason"), PROBLEMS)
 def test_landing_problem_names_the_reason(constraints: dict, obj: ObjectMeta, reason: str):
-    assert landing_problem("raw", well(**constraints), obj) == reason
+    problem = landing_problem("raw", well(**constraints), obj)
+    assert problem is not None and problem.message == reason
 
 
 @pytest.mark.parametrize(("constraints", "obj"), ACCEPTED)

@@ -10,7 +10,7 @@ from flowengine.api.http import base_url, json_response
 from flowengine.documents import hook_resource, run_document
 from flowengine.engine import Engine
 from flowengine.errors import ApiError, conflict, not_found
-from flowengine.ingest import Upload, receive
+from flowengine.ingest import DEFAULT_TYPE, Upload, receive
 from flowengine.keys import key_problem
 from flowengine.signing import SignatureError
 from flowengine.stores.local import LocalStore
@@ -27,6 +27,10 @@ def _length(request: Request) -> int | None:
     if not raw.isdigit():
         raise ApiError(400, "invalid_header", "Content-Length must be a whole number", "header.Content-Length")
     return int(raw)
+
+
+def _content_type(request: Request) -> str:
+    return request.headers.get("content-type") or DEFAULT_TYPE
 
 
 def _verify(request: Request, method: str, resource: str) -> dict[str, str]:
@@ -60,7 +64,7 @@ async def put_object(request: Request) -> Response:
     if wait is None:
         raise conflict(f"no run is waiting for {key!r}: its edge is already filled or its run has ended", "path.key")
     declared = int(signed["content-length"]) if "content-length" in signed else None
-    upload = Upload(request.headers.get("content-type"), _length(request), declared, no_overwrite)
+    upload = Upload(_content_type(request), _length(request), declared, no_overwrite)
     await receive(engine, wait.run_id, wait.edge, request.stream(), upload)
     info = store.stat_now(key)
     return Response(status_code=200, headers={"ETag": f'"{info.etag}"'} if info else {})
@@ -77,7 +81,7 @@ async def get_object(request: Request) -> Response:
 
 async def _ingest(request: Request, run_id: str, edge: str) -> Response:
     engine = _engine(request)
-    upload = Upload(request.headers.get("content-type"), _length(request))
+    upload = Upload(_content_type(request), _length(request))
     run = await receive(engine, run_id, edge, request.stream(), upload)
     _, flow = engine.get_run(run_id)
     return json_response(run_document(engine, run, flow, base_url(request)))

@@ -74,10 +74,6 @@ class LocalStore:
         except FileNotFoundError:
             return None
 
-    def new_temp(self) -> tuple[int, Path]:
-        fd, name = tempfile.mkstemp(dir=self.tmp_root, prefix="put-")
-        return fd, Path(name)
-
     def commit(self, temp: Path, key: str, info: ObjectInfo, overwrite: bool = True) -> bool:
         """Move a finished temp file into place; False if it exists and `overwrite` is off."""
         dest = self.path(key)
@@ -135,7 +131,8 @@ class LocalStore:
 
     def _upload(self, key: str, src: Path, content_type: str) -> ObjectInfo:
         digest = hashlib.md5(usedforsecurity=False)
-        fd, temp = self.new_temp()
+        fd, name = tempfile.mkstemp(dir=self.tmp_root, prefix="copy-")
+        temp = Path(name)
         size = 0
         with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
             while chunk := f.read(CHUNK):
