@@ -158,8 +158,8 @@ def _duplicates(names: Iterable[str], path: Callable[[int], str], what: str) -> 
 def _check_identifier(path: str, what: str, value: str) -> Problems:
     if not value:
         yield Problem(path, f"{what} is empty")
-    elif not NAME.fullmatch(value):
-        yield Problem(path, f"{what} {value!r} may only use letters, digits, '.', '_' and '-'")
+    elif not NAME.fullmatch(value) or value in (".", ".."):
+        yield Problem(path, f"{what} {value!r} may only use letters, digits, '.', '_' and '-' (not '.' or '..')")
 
 
 # --- name and stores ---------------------------------------------------------------------------
@@ -176,8 +176,7 @@ def _check_stores(stores: list[Store]) -> Problems:
 
 
 def _check_store(path: str, store: Store) -> Problems:
-    if not store.name:
-        yield Problem(f"{path}.Name", "store name is empty")
+    yield from _check_identifier(f"{path}.Name", "store name", store.name)  # it names a directory and a URL
     if store.type not in STORE_TYPES:
         yield Problem(f"{path}.Type", f"unknown store type {store.type!r}; use 'local' or 's3'")
     if store.type == "s3":

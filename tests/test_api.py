@@ -372,7 +372,8 @@ def test_path_tricks_in_keys_are_refused(client, server):
         put = subprocess.run([*curl, "--data-binary", "x"], capture_output=True, text=True)
         assert put.stdout in ("400", "404"), path
     assert not list(server.data_dir.parent.rglob("escaped"))
-    assert httpx.put(f"{server.url}/store/nope/a?X-Expires=1&X-Signature=x", content=b"x").status_code == 404
+    assert httpx.put(f"{server.url}/store/nope/a?X-Expires=1&X-Signature=x", content=b"x").status_code == 403
+    assert not (server.data_dir / "objects" / "nope").exists()  # an unsigned request opens no store
     unsigned = httpx.put(f"{server.url}/store/default/inputs/k/{run['ID']}/file", content=b"x")
     assert unsigned.status_code == 403
 
@@ -520,3 +521,16 @@ def test_direct_upload_is_checked_against_the_well(client):
     assert big.status_code == 413 and big.json()["Code"] == "too_large"
     assert client.post(f"/api/v1/upload/{run['ID']}/sized", content=b"one").json()["Status"] == "WAITING"
     assert client.post(f"/api/v1/upload/{run['ID']}/capped", content=b"ok").json()["Status"] == "COMPLETE"
+
+
+def test_a_flows_own_embedded_store_takes_uploads_after_a_restart(start_server, tmp_path):
+    data = tmp_path / "scratch-data"
+    server = start_server(data_dir=data)
+    body = {"Flow": {"Stores": [{"Name": "scratch"}], "DataWells": [{**upload_well(), "Store": "scratch"}]}}
+    with server.client() as client:
+        run = start(client, "scratch", body)
+    server.stop()
+    server = start_server(data_dir=data, port=server.port)
+    assert httpx.put(run["WaitingURLs"][0]["PutURL"], content=b"kept").status_code == 200
+    with server.client() as client:
+        assert client.get(f"/api/v1/flow/status/{run['ID']}").json()["Status"] == "COMPLETE"

@@ -634,3 +634,12 @@ def test_ttl_bucket_names_and_unclosed_variables():
     assert "over 7 days" in problems["DataWells[0].TTL"]
     assert "no closing" in problems["DataWells[1].Key"]
     assert "not an S3 bucket name" in problems["Stores[0].Params.bucket"]
+
+
+@pytest.mark.parametrize("name", ["../evil", "..", "a/b", ""])
+def test_store_names_cannot_escape_the_data_dir(name: str) -> None:
+    flow = msgspec.convert(
+        {"Name": "x", "Stores": [{"Name": name}], "DataWells": [{"Edge": "a", "Store": name, "Source": "upload"}]},
+        Flow,
+    )
+    assert "Stores[0].Name" in {p.path for p in validate(flow)}

@@ -13,7 +13,7 @@ from flowengine.errors import ApiError, conflict, not_found
 from flowengine.ingest import DEFAULT_TYPE, Upload, receive
 from flowengine.keys import key_problem
 from flowengine.signing import SignatureError
-from flowengine.stores.local import LocalStore
+from flowengine.stores.local import LocalStore, local_resource
 
 
 def _engine(request: Request) -> Engine:
@@ -41,22 +41,21 @@ def _verify(request: Request, method: str, resource: str) -> dict[str, str]:
         raise ApiError(403, "signature_rejected", str(exc), "query.X-Signature") from None
 
 
-def _store_and_key(request: Request) -> tuple[LocalStore, str]:
+def _signed_object(request: Request, method: str) -> tuple[LocalStore, str, dict[str, str]]:
+    """The store, key and signed headers of a presigned embedded-store request. The signature is
+    checked first: a store is looked up (or opened after a restart) only for a URL the engine made."""
     name, key = request.path_params["store"], request.path_params["key"]
-    store = _engine(request).stores.local_by_name(name)
-    if store is None:
-        raise not_found("store", name, "path.store")
     problem = key_problem(key)
     if problem:
         raise ApiError(400, "invalid_key", f"key {key!r} {problem}", "path.key")
-    return store, key
+    signed = _verify(request, method, local_resource(name, key))
+    return _engine(request).stores.local(name), key, signed
 
 
 async def put_object(request: Request) -> Response:
     """A presigned PUT to the embedded store (what a WaitingURL's PutURL points at)."""
     engine = _engine(request)
-    store, key = _store_and_key(request)
-    signed = _verify(request, "PUT", store.resource(key))
+    store, key, signed = _signed_object(request, "PUT")
     no_overwrite = signed.get("if-none-match") == "*"
     if no_overwrite and store.stat_now(key) is not None:
         raise ApiError(412, "precondition_failed", f"object {key!r} already exists", "header.If-None-Match")
@@ -71,8 +70,7 @@ async def put_object(request: Request) -> Response:
 
 
 async def get_object(request: Request) -> Response:
-    store, key = _store_and_key(request)
-    _verify(request, "GET", store.resource(key))
+    store, key, _ = _signed_object(request, "GET")
     info = store.stat_now(key)
     if info is None:
         raise not_found("object", key, "path.key")

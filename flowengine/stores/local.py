@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -23,14 +24,22 @@ from flowengine.signing import Signer
 from flowengine.stores.base import ObjectInfo, Presigned, PutConditions
 
 CHUNK = 1 << 20
+SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _meta_encode = msgspec.json.Encoder().encode
 _meta_decode = msgspec.json.Decoder(ObjectInfo).decode
+
+
+def local_resource(store: str, key: str) -> str:
+    """What an embedded-store URL's signature covers, besides method, expiry and headers."""
+    return f"store/{store}/{key}"
 
 
 class LocalStore:
     kind = "local"
 
     def __init__(self, name: str, root: Path, signer: Signer) -> None:
+        if not SAFE_NAME.fullmatch(name) or name in (".", ".."):
+            raise ValueError(f"store name {name!r} cannot name a directory")
         self.name = name
         self.location = f"local:{name}"
         self.root = root / "objects" / name
@@ -45,7 +54,7 @@ class LocalStore:
         return key
 
     def resource(self, key: str) -> str:
-        return f"store/{self.name}/{key}"
+        return local_resource(self.name, key)
 
     def _presign(self, method: str, key: str, expires: float, headers: dict[str, str], base: str) -> Presigned:
         query = self.signer.query(method, self.resource(key), expires, headers)

@@ -54,10 +54,6 @@ class Stores:
             self._built[ident] = LocalStore(name, Path(self.config.data_dir), self.signer)
         return self._built[ident]  # type: ignore[return-value]
 
-    def local_by_name(self, name: str) -> LocalStore | None:
-        store = self._built.get(("local", name))
-        return store if isinstance(store, LocalStore) else None
-
     def all(self) -> list[Store]:
         return list(self._built.values())
 
