@@ -18,6 +18,8 @@ from flowengine.machine import Run
 from flowengine.spec import Flow
 from flowengine.stores.base import PutConditions
 
+_encode = msgspec.json.Encoder().encode
+
 
 class _Doc(msgspec.Struct, rename="pascal", omit_defaults=True):
     pass
@@ -179,3 +181,40 @@ def run_document(engine: Engine, run: Run, flow: Flow, base_url: str) -> RunDoc:
 
 def run_summary(run: Run) -> RunSummary:
     return RunSummary(run.id, run.flow, run.status, rfc3339(run.created), rfc3339(run.updated), run.error or "")
+
+
+class RenderedDocuments:
+    """Encoded status documents, reused while nothing in them can have changed.
+
+    A document is a function of the run (its Updated time changes with every transition), the
+    base URL, and time: download URLs are minted per minute, and an artifact turns Expired at
+    its retention's end. A rendering is kept until the earlier of the two. Pollers of a busy
+    run then cost a dictionary lookup, not a render.
+    """
+
+    def __init__(self, engine: Engine, size: int = 10_000) -> None:
+        self.engine = engine
+        self.size = size
+        self._docs: dict[str, tuple[tuple, float, bytes]] = {}
+
+    def get(self, run: Run, flow: Flow, base_url: str) -> bytes:
+        now = self.engine.clock()
+        stamp = (run.updated, run.status, base_url)
+        hit = self._docs.get(run.id)
+        if hit is not None and hit[0] == stamp and now < hit[1]:
+            return hit[2]
+        body = _encode(run_document(self.engine, run, flow, base_url))
+        self._docs.pop(run.id, None)
+        self._docs[run.id] = (stamp, self._valid_until(run, now), body)
+        if len(self._docs) > self.size:
+            del self._docs[next(iter(self._docs))]  # the least recently rendered
+        return body
+
+    def _valid_until(self, run: Run, now: float) -> float:
+        until = (now // 60 + 1) * 60
+        for edge in run.edges.values():
+            if edge.filled_at is not None:
+                expires = edge.filled_at + self.engine.retention(edge)
+                if now < expires < until:
+                    until = expires
+        return until

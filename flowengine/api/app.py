@@ -16,6 +16,7 @@ from flowengine import landing, retention
 from flowengine.api import events, flow, upload
 from flowengine.api.http import error_response, json_response
 from flowengine.config import Config
+from flowengine.documents import RenderedDocuments
 from flowengine.engine import Engine
 from flowengine.errors import ApiError
 from flowengine.stores.base import StoreUnavailable
@@ -57,6 +58,7 @@ def create_app(config: Config, engine: Engine | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.engine = running = engine or Engine(config)
+        app.state.documents = RenderedDocuments(running)
         await running.start()
         running.spawn(landing.Reconciler(running).run())
         running.spawn(retention.run(running))

@@ -68,7 +68,8 @@ async def start_run(request: Request) -> Response:
 
 async def run_status(request: Request) -> Response:
     run, flow = _engine(request).get_run(request.path_params["run_id"])
-    return _document(request, run, flow)
+    body = request.app.state.documents.get(run, flow, base_url(request))
+    return Response(body, media_type="application/json")
 
 
 async def list_runs(request: Request) -> Response:
