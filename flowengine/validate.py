@@ -5,12 +5,11 @@ together: names, references between stores, wells, steps and tasks, that every e
 exactly once, that steps do not wait on each other in a cycle, keys, TTLs and MIME types.
 
 Each concern is one generator of `Problem`s; `validate` chains them, so nothing stops at the
-first problem. `parse_duration`, `mime_matches` and `step_order` are reused by the engine.
+first problem. `parse_duration` and `mime_matches` are reused by the engine.
 """
 
 from __future__ import annotations
 
-import heapq
 import re
 from collections import defaultdict, deque
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -91,28 +90,6 @@ def mime_matches(mime: str, pattern: str) -> bool:
     if pattern_kind == "*" and pattern_sub in ("*", ""):
         return True
     return kind == pattern_kind and (pattern_sub == "*" or sub == pattern_sub)
-
-
-def step_order(flow: Flow) -> list[str]:
-    """Step IDs so that each step comes after the steps whose outputs it reads; ties keep flow order."""
-    successors = _step_graph(flow.steps)
-    waiting = [0] * len(flow.steps)
-    for targets in successors:
-        for target in targets:
-            waiting[target] += 1
-    ready = [i for i, count in enumerate(waiting) if count == 0]
-    heapq.heapify(ready)
-    order: list[str] = []
-    while ready:
-        i = heapq.heappop(ready)
-        order.append(flow.steps[i].id)
-        for target in successors[i]:
-            waiting[target] -= 1
-            if waiting[target] == 0:
-                heapq.heappush(ready, target)
-    if len(order) < len(flow.steps):
-        raise ValueError("steps form a cycle; validate the flow first")
-    return order
 
 
 def _bare(mime: str) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 from flowengine.errors import Problem
 from flowengine.spec import Flow
-from flowengine.validate import mime_matches, parse_duration, step_order, validate
+from flowengine.validate import mime_matches, parse_duration, validate
 
 # Written as a flow file would be. Steps are listed out of order on purpose: `stamp` reads
 # what `resize` writes.
@@ -126,20 +126,6 @@ def pass_step(step_id: str, source: str, target: str) -> dict[str, Any]:
 
 def test_valid_flow_has_no_problems() -> None:
     assert check(VALID) == []
-
-
-def test_step_order_puts_producers_first() -> None:
-    assert step_order(msgspec.convert(VALID, Flow)) == ["resize", "stamp"]
-
-
-def test_step_order_refuses_a_cycle() -> None:
-    doc = {
-        "Name": "loop",
-        "Tasks": [pass_task()],
-        "Steps": [pass_step("a", "x", "y"), pass_step("b", "y", "x")],
-    }
-    with pytest.raises(ValueError, match="cycle"):
-        step_order(msgspec.convert(doc, Flow))
 
 
 @pytest.mark.parametrize(
