@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from flowengine.api.http import json_response, read_body
+from flowengine.api.http import engine_of, json_response, read_body
 from flowengine.engine import Engine
 from flowengine.errors import ApiError
 from flowengine.landing import notify
@@ -76,7 +76,7 @@ class Received(msgspec.Struct, rename="pascal"):
 
 
 def _authorize(request: Request) -> Engine:
-    engine: Engine = request.app.state.engine
+    engine = engine_of(request)
     token = engine.config.events_token
     if not token:
         raise ApiError(403, "events_disabled", "set events_token in the config to accept notifications", "")

@@ -8,9 +8,8 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from flowengine import machine
-from flowengine.api.http import base_url, json_response, query_int, read_json
+from flowengine.api.http import base_url, engine_of, json_response, query_int, read_json
 from flowengine.documents import RunPage, run_document, run_summary
-from flowengine.engine import Engine
 from flowengine.errors import ApiError, Problem
 from flowengine.spec import Flow, FlowBody
 
@@ -31,17 +30,13 @@ class FlowList(msgspec.Struct, rename="pascal"):
     flows: list[FlowInfo]
 
 
-def _engine(request: Request) -> Engine:
-    return request.app.state.engine
-
-
 def _document(request: Request, run: machine.Run, flow: Flow, status: int = 200) -> Response:
-    return json_response(run_document(_engine(request), run, flow, base_url(request)), status)
+    return json_response(run_document(engine_of(request), run, flow, base_url(request)), status)
 
 
 async def list_flows(request: Request) -> Response:
     flows = []
-    for entry in _engine(request).catalog.entries():
+    for entry in engine_of(request).catalog.entries():
         flow = entry.flow
         inputs = [w.edge for w in flow.data_wells if w.source in ("upload", "webhook")] if flow else []
         flows.append(FlowInfo(
@@ -52,7 +47,7 @@ async def list_flows(request: Request) -> Response:
 
 
 async def start_run(request: Request) -> Response:
-    engine = _engine(request)
+    engine = engine_of(request)
     name = request.path_params["name"]
     body = await read_json(request, FlowBody, engine.config.max_body_size, empty=FlowBody())
     if body.flow is None:
@@ -67,7 +62,7 @@ async def start_run(request: Request) -> Response:
 
 
 async def run_status(request: Request) -> Response:
-    run, flow = _engine(request).get_run(request.path_params["run_id"])
+    run, flow = engine_of(request).get_run(request.path_params["run_id"])
     body = request.app.state.documents.get(run, flow, base_url(request))
     return Response(body, media_type="application/json")
 
@@ -78,14 +73,14 @@ async def list_runs(request: Request) -> Response:
         raise ApiError(400, "invalid_query", f"status must be one of {', '.join(STATUSES)}", "query.status")
     limit = query_int(request, "limit", 50, 1, 500)
     offset = query_int(request, "offset", 0, 0, 10**9)
-    db = _engine(request).db
+    db = engine_of(request).db
     runs, total = db.list_runs(status.upper() if status else None, request.query_params.get("flow"), limit, offset)
     return json_response(RunPage([run_summary(r) for r in runs], total, limit, offset))
 
 
 async def step_log(request: Request) -> Response:
     """A step's whole output (the run document keeps only its last lines): ?attempt=N, default the last."""
-    engine = _engine(request)
+    engine = engine_of(request)
     run, _ = engine.get_run(request.path_params["run_id"])
     step_id = request.path_params["step_id"]
     state = run.steps.get(step_id)
@@ -99,13 +94,13 @@ async def step_log(request: Request) -> Response:
 
 
 async def cancel_run(request: Request) -> Response:
-    engine = _engine(request)
+    engine = engine_of(request)
     engine.cancel(request.path_params["run_id"])
     return _document(request, *engine.get_run(request.path_params["run_id"]))
 
 
 async def refresh_run(request: Request) -> Response:
-    engine = _engine(request)
+    engine = engine_of(request)
     engine.refresh(request.path_params["run_id"])
     return _document(request, *engine.get_run(request.path_params["run_id"]))
 

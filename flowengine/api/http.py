@@ -8,10 +8,15 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
+from flowengine.engine import Engine
 from flowengine.errors import ApiError
 from flowengine.spec import decode_json
 
 _encode = msgspec.json.Encoder().encode
+
+
+def engine_of(request: Request) -> Engine:
+    return request.app.state.engine
 
 
 def json_response(value: Any, status: int = 200) -> Response:

@@ -6,18 +6,13 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from flowengine.api.http import base_url, json_response
+from flowengine.api.http import base_url, engine_of, json_response
 from flowengine.documents import hook_resource, run_document
-from flowengine.engine import Engine
 from flowengine.errors import ApiError, conflict, not_found
 from flowengine.ingest import DEFAULT_TYPE, Upload, receive
 from flowengine.keys import key_problem
 from flowengine.signing import SignatureError
 from flowengine.stores.local import LocalStore, local_resource
-
-
-def _engine(request: Request) -> Engine:
-    return request.app.state.engine
 
 
 def _length(request: Request) -> int | None:
@@ -34,7 +29,7 @@ def _content_type(request: Request) -> str:
 
 
 def _verify(request: Request, method: str, resource: str) -> dict[str, str]:
-    engine = _engine(request)
+    engine = engine_of(request)
     try:
         return engine.stores.signer.verify(method, resource, request.query_params, request.headers, engine.clock())
     except SignatureError as exc:
@@ -49,12 +44,12 @@ def _signed_object(request: Request, method: str) -> tuple[LocalStore, str, dict
     if problem:
         raise ApiError(400, "invalid_key", f"key {key!r} {problem}", "path.key")
     signed = _verify(request, method, local_resource(name, key))
-    return _engine(request).stores.local(name), key, signed
+    return engine_of(request).stores.local(name), key, signed
 
 
 async def put_object(request: Request) -> Response:
     """A presigned PUT to the embedded store (what a WaitingURL's PutURL points at)."""
-    engine = _engine(request)
+    engine = engine_of(request)
     store, key, signed = _signed_object(request, "PUT")
     no_overwrite = signed.get("if-none-match") == "*"
     if no_overwrite and store.stat_now(key) is not None:
@@ -78,7 +73,7 @@ async def get_object(request: Request) -> Response:
 
 
 async def _ingest(request: Request, run_id: str, edge: str) -> Response:
-    engine = _engine(request)
+    engine = engine_of(request)
     upload = Upload(_content_type(request), _length(request))
     run = await receive(engine, run_id, edge, request.stream(), upload)
     _, flow = engine.get_run(run_id)
