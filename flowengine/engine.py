@@ -28,6 +28,7 @@ from flowengine.errors import ApiError, conflict, not_found
 from flowengine.ids import uuid7
 from flowengine.keys import DEFAULT_INPUT_KEY, DEFAULT_OUTPUT_KEY, check_key, expand
 from flowengine.machine import Abort, Command, Dispatch, EdgeState, Event, ObjectMeta, Run
+from flowengine.retention import LOGS
 from flowengine.spec import DataWell, Flow
 from flowengine.steps import StepJob, run_step
 from flowengine.stores.base import ObjectInfo, Store, StoreUnavailable
@@ -296,7 +297,10 @@ class Engine:
             filled = [n for n, e in run.edges.items() if e.object and not row.run.edges[n].object]
             still = set(machine.waiting_edges(run))
             self.db.drop_waits([self._wait(flow, run, n) for n in machine.waiting_edges(row.run) if n not in still])
-            self.db.add_expiries(run.id, self._expiries(run, filled))
+            expiries = self._expiries(run, filled)
+            if run.status in machine.TERMINAL and run.steps:
+                expiries[LOGS] = self.clock() + self.config.output_retention  # the steps' logs go with the outputs
+            self.db.add_expiries(run.id, expiries)
         self._remember(RunRow(run, row.definition))
         self._after_commit(run, flow, commands)
         return run

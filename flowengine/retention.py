@@ -1,16 +1,20 @@
 """The sweeper: deletes run objects past their retention (inputs 1 day, outputs 7 days by default).
 
-It runs for every store. On S3 the engine also installs lifecycle rules for its default
-`inputs/` and `outputs/` prefixes, which keep expiring objects while the engine is down; the
-sweeper covers keys outside those prefixes and servers without lifecycle support. The run
-document keeps listing a swept artifact, marked Expired, with no URL.
+It runs for every store, and removes a finished run's step logs after `output_retention` too.
+On S3 the engine also installs lifecycle rules for its default `inputs/` and `outputs/` prefixes,
+which keep expiring objects while the engine is down; the sweeper covers keys outside those
+prefixes and servers without lifecycle support. The run document keeps listing a swept
+artifact, marked Expired, with no URL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from typing import TYPE_CHECKING
+
+import anyio
 
 from flowengine.errors import ApiError
 from flowengine.stores.base import StoreUnavailable
@@ -20,6 +24,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("flowengine.retention")
 BATCH = 500
+LOGS = ""  # the expiry row of a run's step logs (edge names are never empty)
 
 
 async def sweep(engine: Engine) -> int:
@@ -33,6 +38,11 @@ async def sweep(engine: Engine) -> int:
     down: set[int] = set()  # stores that failed in this sweep: not asked again until the next one
     while due := [d for d in engine.db.due_expiries(engine.clock(), BATCH + len(skipped)) if d not in skipped]:
         for run_id, edge_name in due:
+            if edge_name == LOGS:
+                await anyio.to_thread.run_sync(shutil.rmtree, engine.log_root / run_id, True)
+                with engine.db.transaction():
+                    engine.db.drop_expiry(run_id, edge_name)
+                continue
             try:
                 run, flow = engine.get_run(run_id)
                 edge = run.edges[edge_name]

@@ -88,7 +88,8 @@ async def _attempt(job: StepJob, work: Path) -> StepSucceeded | StepFailed:
         answer = work / "answer.json"
         request = Request(task.python or "", inputs, flags, str(work), str(answer))
         (work / "request.json").write_bytes(msgspec.json.encode(request))
-        argv = [sys.executable, "-m", "flowengine.executors.pyrun", str(work / "request.json")]
+        # -B: importing the task's module must not leave __pycache__ in the operator's flows directory.
+        argv = [sys.executable, "-B", "-m", "flowengine.executors.pyrun", str(work / "request.json")]
     python_path = os.pathsep.join(p for p in (job.python_path, os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": python_path, "FLOWENGINE_RUN_ID": job.run_id,
            "FLOWENGINE_STEP_ID": step.id, "FLOWENGINE_ATTEMPT": str(job.attempt)}  # fmt: skip

@@ -534,3 +534,25 @@ def test_a_flows_own_embedded_store_takes_uploads_after_a_restart(start_server, 
     assert httpx.put(run["WaitingURLs"][0]["PutURL"], content=b"kept").status_code == 200
     with server.client() as client:
         assert client.get(f"/api/v1/flow/status/{run['ID']}").json()["Status"] == "COMPLETE"
+
+
+def test_retention_sweeps_embedded_objects_and_step_logs(start_server, flows_dir):
+    server = start_server(input_retention=1, output_retention=1, sweep_interval=0.3)
+    task = {"Name": "say", "Outputs": [{"Name": "out"}], "Exec": ["sh", "-c", 'echo said; echo hi > "$0"', "${out}"]}
+    with server.client() as client:
+        run = start(client, "kept", inline([upload_well()], [{"ID": "s", "Uses": "say", "Outputs": [
+            {"Slot": "out", "Edge": "said"}]}], [task]))  # fmt: skip
+        httpx.put(run["WaitingURLs"][0]["PutURL"], content=b"input")
+        done = wait_for_status(client, run["ID"], {"COMPLETE", "ERROR"})
+        assert done["Status"] == "COMPLETE", done
+        assert client.get(f"/api/v1/flow/{run['ID']}/logs/s").text == "said\n"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            doc = client.get(f"/api/v1/flow/status/{run['ID']}").json()
+            if all(a.get("Expired") for a in doc["Artifacts"]) and not (server.data_dir / "logs" / run["ID"]).exists():
+                break
+            time.sleep(0.1)
+        assert all(a.get("Expired") and "GetURL" not in a for a in doc["Artifacts"]), doc["Artifacts"]
+        assert not list((server.data_dir / "objects" / "default").rglob(f"*{run['ID']}*"))
+        assert not (server.data_dir / "logs" / run["ID"]).exists()
+        assert client.get(f"/api/v1/flow/{run['ID']}/logs/s").status_code == 404

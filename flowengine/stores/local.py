@@ -136,27 +136,36 @@ class LocalStore:
         return info
 
     async def upload(self, key: str, src: Path, content_type: str) -> ObjectInfo:
-        return await anyio.to_thread.run_sync(self._upload, key, src, content_type)
+        temp, info = await anyio.to_thread.run_sync(self._copy, src, content_type)
+        self.commit(temp, key, info)  # on the event loop, like every other change to the store's directories
+        return info
 
-    def _upload(self, key: str, src: Path, content_type: str) -> ObjectInfo:
+    def _copy(self, src: Path, content_type: str) -> tuple[Path, ObjectInfo]:
         digest = hashlib.md5(usedforsecurity=False)
         fd, name = tempfile.mkstemp(dir=self.tmp_root, prefix="copy-")
-        temp = Path(name)
         size = 0
         with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
             while chunk := f.read(CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
                 size += len(chunk)
-        info = ObjectInfo(size, content_type, digest.hexdigest(), os.path.getmtime(temp))
-        self.commit(temp, key, info)
-        return info
+        return Path(name), ObjectInfo(size, content_type, digest.hexdigest(), os.path.getmtime(name))
 
     async def delete(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._meta_path(key).unlink()
-        with contextlib.suppress(FileNotFoundError):
-            self.path(key).unlink()
+        for path, root in ((self._meta_path(key), self.meta_root), (self.path(key), self.root)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            _prune(path.parent, root)
 
     async def check(self) -> None:
         return None
+
+
+def _prune(directory: Path, root: Path) -> None:
+    """Remove directories left empty, up to (not including) the store's root."""
+    while directory != root and directory.is_relative_to(root):
+        try:
+            directory.rmdir()
+        except OSError:  # not empty (or already gone with a racing delete): stop here
+            return
+        directory = directory.parent
