@@ -148,9 +148,9 @@ class Database:
                 return wait
         return None
 
-    def unscheduled_waits(self) -> list[tuple[str, str, str, str]]:
+    def unscheduled_waits(self) -> list[Wait]:
         rows = self.conn.execute("SELECT location, key, run_id, edge FROM waits WHERE next_check IS NULL")
-        return [tuple(r) for r in rows]
+        return [Wait(*r) for r in rows]
 
     def wait_for(self, location: str, key: str) -> Wait | None:
         row = self.conn.execute(

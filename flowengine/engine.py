@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from flowengine import machine
+from flowengine import landing, machine
 from flowengine.catalog import Catalog
 from flowengine.config import Config, ensure_secret
 from flowengine.db import Database, RunRow, Wait
@@ -101,12 +101,8 @@ class Engine:
 
     async def _recover_local_uploads(self) -> None:
         """An upload whose file was in place when the process died, before its run advanced."""
-        for location, key, run_id, edge in self.db.unscheduled_waits():
-            with contextlib.suppress(ApiError):
-                run, flow = self.get_run(run_id)
-                info = await self.store_of(flow, run.edges[edge]).stat(run.edges[edge].key)
-                if info is not None:
-                    self.object_landed(location, key, info)
+        for wait in self.db.unscheduled_waits():
+            await landing.notice(self, wait)
 
     def spawn(self, job: Coroutine[Any, Any, None]) -> None:
         """Run a background loop until the engine stops."""
