@@ -522,3 +522,23 @@ def test_operator_store_from_config_creates_its_bucket_and_lifecycle_rules(
         done = wait_for_status(client, run.json()["ID"], {"COMPLETE", "ERROR"}, timeout=10)
     assert done["Status"] == "COMPLETE", done
     assert httpx.get(done["Artifacts"][0]["GetURL"]).content == BODY
+
+
+def test_direct_upload_and_webhook_into_s3_wells(notified: Server, s3: dict[str, Any]) -> None:
+    """Bodies the engine receives itself go straight on to S3 and advance the run at once."""
+    store = store_def(s3, new_prefix())
+    flow = upper_flow(store)
+    with notified.client() as client:
+        doc = start_run(client, flow)
+        direct = client.post(f"/api/v1/upload/{doc['ID']}/doc", content=BODY, headers={"Content-Type": "text/plain"})
+        assert direct.status_code == 200, direct.text
+        check_complete(wait_for_status(client, doc["ID"], {"COMPLETE", "ERROR"}, timeout=10))
+        hooked = {**flow["Flow"], "DataWells": [{**flow["Flow"]["DataWells"][0], "Source": "webhook"},
+                                                flow["Flow"]["DataWells"][1]]}  # fmt: skip
+        run = client.post("/api/v1/flow/hooked", json={"Flow": hooked}).json()
+        url = run["WaitingURLs"][0]["PutURL"]
+        assert "/api/v1/hook/" in url  # the engine's own signed URL, not S3's
+        assert httpx.post(url, content=BODY, headers={"Content-Type": "text/plain"}).status_code == 200
+        check_complete(wait_for_status(client, run["ID"], {"COMPLETE", "ERROR"}, timeout=10))
+    stored = asyncio.run(s3_view(s3, store["Params"]["prefix"]).stat(f"{doc['ID']}/doc.txt"))
+    assert stored is not None and stored.size == len(BODY)  # the direct upload is in the bucket
