@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 from pathlib import Path
 
 import msgspec
 
 from flowengine.errors import ApiError, Problem
+from flowengine.keys import is_name
 from flowengine.spec import FLOW_SUFFIXES, Flow, flow_files, load_flow_file
 from flowengine.validate import validate
-
-_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
 class Entry(msgspec.Struct, frozen=True):
@@ -49,7 +47,7 @@ class Catalog:
     def get(self, name: str) -> Flow:
         """The valid flow defined by `flows/{name}.yaml|yml|json`, or a 404 / 422."""
         candidates = [self.directory / f"{name}{suffix}" for suffix in FLOW_SUFFIXES]
-        path = next((p for p in candidates if p.is_file()), None) if _NAME.fullmatch(name) else None
+        path = next((p for p in candidates if p.is_file()), None) if is_name(name) else None
         if path is None:
             raise ApiError(404, "not_found", f"no flow file named {name!r} in {self.directory}", "path.name")
         entry = self._load(name, path)

@@ -1,4 +1,4 @@
-"""Object keys: expanding `${VAR}` templates and keeping every key inside its store."""
+"""Names and keys: what a name may be, expanding `${VAR}` templates, keeping every key inside its store."""
 
 from __future__ import annotations
 
@@ -13,13 +13,19 @@ TEMPLATE_VARS = frozenset({"RUN_ID", "FLOW_NAME", "EDGE", "UUID", "DATE", "TIMES
 # Inputs and outputs under their own prefixes, so an S3 lifecycle rule can expire each on its schedule.
 DEFAULT_INPUT_KEY = "inputs/${FLOW_NAME}/${RUN_ID}/${EDGE}"
 DEFAULT_OUTPUT_KEY = "outputs/${FLOW_NAME}/${RUN_ID}/${EDGE}"
-_VAR = re.compile(r"\$\{([^}]*)\}")
+VAR = re.compile(r"\$\{([^}]*)\}")  # `${NAME}` in key templates and Exec arguments
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_KEY_BYTES = 1024  # S3's limit on a key
 
 
+def is_name(value: str) -> bool:
+    """Flow, store and step names and edges: they appear in URLs, keys and directory names."""
+    return bool(_NAME.fullmatch(value)) and value not in (".", "..")
+
+
 def template_vars(template: str) -> list[str]:
-    return _VAR.findall(template)
+    return VAR.findall(template)
 
 
 def expand(
@@ -40,7 +46,7 @@ def expand(
         "DATE": lambda: time.strftime("%Y-%m-%d", time.gmtime(now)),
         "TIMESTAMP": lambda: time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)),
     }
-    return _VAR.sub(lambda m: values[m.group(1)](), template)
+    return VAR.sub(lambda m: values[m.group(1)](), template)
 
 
 def key_problem(key: str) -> str | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import mimetypes
 import os
-import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -19,11 +18,10 @@ import msgspec
 
 from flowengine.executors.process import run_process
 from flowengine.executors.pyrun import Request
+from flowengine.keys import VAR
 from flowengine.machine import EdgeState, ObjectMeta, StepFailed, StepSucceeded
 from flowengine.spec import Scalar, Step, Task
 from flowengine.stores.base import Store, StoreUnavailable
-
-_VAR = re.compile(r"\$\{([^}]*)\}")
 
 
 class StepJob(msgspec.Struct, kw_only=True):
@@ -52,7 +50,7 @@ def output_type(task: Task, slot: str, edge: EdgeState) -> str:
 
 
 def expand_arg(arg: str, values: dict[str, str]) -> str:
-    return _VAR.sub(lambda m: values.get(m.group(1), m.group(0)), arg)
+    return VAR.sub(lambda m: values.get(m.group(1), m.group(0)), arg)
 
 
 async def run_step(job: StepJob) -> StepSucceeded | StepFailed:

@@ -22,14 +22,12 @@ from flowengine.spec import Binding, DataWell, Flow, Slot, Step, Store, Task
 
 Problems = Iterator[Problem]
 
-NAME = re.compile(r"[A-Za-z0-9._-]+")  # flow names, step IDs and edges appear in URLs and keys
 STORE_TYPES = ("local", "s3")
 S3_REQUIRED_PARAMS = ("bucket", "endpoint")
 SECRET_WORDS = ("accesskey", "secretkey", "secret", "password", "passwd", "token")
 SOURCES = ("upload", "webhook", "static")
 RUN_SPECIFIC_VARS = ("RUN_ID", "UUID", "TIMESTAMP", "DATE")  # a static object cannot depend on the run
 PYTHON_TARGET = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
-_VAR = re.compile(r"\$\{[^}]*\}")  # the same variables keys.template_vars finds
 _MIME_NAME = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*"  # RFC 6838 restricted-name
 MIME_TYPE = re.compile(rf"{_MIME_NAME}/{_MIME_NAME}")
 MIME_PATTERN = re.compile(rf"\*/\*|{_MIME_NAME}/(\*|{_MIME_NAME})")
@@ -135,7 +133,7 @@ def _duplicates(names: Iterable[str], path: Callable[[int], str], what: str) -> 
 def _check_identifier(path: str, what: str, value: str) -> Problems:
     if not value:
         yield Problem(path, f"{what} is empty")
-    elif not NAME.fullmatch(value) or value in (".", ".."):
+    elif not keys.is_name(value):
         yield Problem(path, f"{what} {value!r} may only use letters, digits, '.', '_' and '-' (not '.' or '..')")
 
 
@@ -358,7 +356,7 @@ def _check_key(path: str, key: str, source: str | None) -> Problems:
             yield Problem(path, f"unknown variable ${{{name}}} in Key {key!r} (known: {known})")
         elif source == "static" and name in RUN_SPECIFIC_VARS:
             yield Problem(path, f"a static well's Key must name an existing object, but ${{{name}}} changes every run")
-    literal = _VAR.sub("x", key)
+    literal = keys.VAR.sub("x", key)
     if "${" in literal:
         yield Problem(path, f"Key {key!r} has a '${{' with no closing '}}'")
     problem = keys.key_problem(literal)

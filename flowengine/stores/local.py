@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -19,12 +18,11 @@ from urllib.parse import quote
 import anyio
 import msgspec
 
-from flowengine.keys import key_problem
+from flowengine.keys import is_name, key_problem
 from flowengine.signing import Signer
 from flowengine.stores.base import ObjectInfo, Presigned, PutConditions
 
 CHUNK = 1 << 20
-SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _meta_encode = msgspec.json.Encoder().encode
 _meta_decode = msgspec.json.Decoder(ObjectInfo).decode
 
@@ -38,7 +36,7 @@ class LocalStore:
     kind = "local"
 
     def __init__(self, name: str, root: Path, signer: Signer) -> None:
-        if not SAFE_NAME.fullmatch(name) or name in (".", ".."):
+        if not is_name(name):
             raise ValueError(f"store name {name!r} cannot name a directory")
         self.name = name
         self.location = f"local:{name}"
