@@ -127,7 +127,7 @@ def waiting_urls(engine: Engine, run: Run, flow: Flow, base_url: str) -> list[Wa
         if edge.source == "webhook":
             urls.append(WaitingURL(ref, hook_url(engine, run.id, name, expires, base_url), rfc3339(expires, False)))
             continue
-        well = next(w for w in flow.data_wells if w.edge == name)
+        well = flow.well(name)
         conditions = PutConditions(well.size, well.content_type, not well.overwrite)
         signed = engine.store_of(flow, edge).presign_put(edge.key, expires, conditions, base_url)
         urls.append(WaitingURL(ref, signed.url, rfc3339(expires, False), signed.headers))

@@ -338,8 +338,7 @@ class Engine:
         waiting = machine.waiting_edges(run)
         if not waiting:
             raise conflict(f"run {run_id!r} is {run.status}: it waits for no upload", "path.runID")
-        wells = {w.edge: w for w in flow.data_wells}
-        ttl = min(self._ttl(wells[edge]) for edge in waiting)
+        ttl = min(self._ttl(flow.well(edge)) for edge in waiting)
         return self.apply(run_id, machine.Refresh(math.ceil(self.clock() + ttl)))
 
     def _ttl(self, well: DataWell) -> float:
@@ -362,11 +361,11 @@ class Engine:
             state = run.steps.get(command.step)
             if state is None or state.attempts != command.attempt or state.status != machine.RUNNING:
                 return
-            step = next(s for s in flow.steps if s.id == command.step)
+            step = flow.step(command.step)
             job = StepJob(
                 run_id=run_id,
                 step=step,
-                task=next(t for t in flow.tasks if t.name == step.uses),
+                task=flow.task_of(step),
                 attempt=command.attempt,
                 edges=run.edges,
                 store_of=lambda edge: self.store_of(flow, edge),

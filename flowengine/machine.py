@@ -229,7 +229,7 @@ def _on_succeeded(run: Run, flow: Flow, event: StepSucceeded, now: float) -> lis
     state = _current(run, event.step, event.attempt, frozenset({READY, RUNNING}))
     if state is None:
         return []
-    step = next(s for s in flow.steps if s.id == event.step)
+    step = flow.step(event.step)
     missing = [b.edge for b in step.outputs if b.edge not in event.outputs]
     if missing:
         failed = StepFailed(event.step, event.attempt, f"no output written for {', '.join(missing)}", event.logs)
@@ -248,7 +248,7 @@ def _on_failed(run: Run, flow: Flow, event: StepFailed, now: float) -> list[Comm
     state = _current(run, event.step, event.attempt, frozenset({READY, RUNNING}))
     if state is None:
         return []
-    task = _task(flow, event.step)
+    task = flow.task_of(flow.step(event.step))
     state.error = event.error
     state.logs = event.logs
     state.finished = now
@@ -291,11 +291,6 @@ _HANDLERS = {
     Cancel: _on_cancel,
     Refresh: _on_refresh,
 }
-
-
-def _task(flow: Flow, step_id: str):
-    step = next(s for s in flow.steps if s.id == step_id)
-    return next(t for t in flow.tasks if t.name == step.uses)
 
 
 def _settle(run: Run, flow: Flow, now: float) -> list[Command]:

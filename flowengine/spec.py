@@ -87,6 +87,17 @@ class Flow(_Spec):
     steps: list[Step] = []
     tasks: list[Task] = []
 
+    # Lookups for a valid flow (validate.py has made IDs, names and edges unique).
+
+    def step(self, step_id: str) -> Step:
+        return next(s for s in self.steps if s.id == step_id)
+
+    def task_of(self, step: Step) -> Task:
+        return next(t for t in self.tasks if t.name == step.uses)
+
+    def well(self, edge: str) -> DataWell:
+        return next(w for w in self.data_wells if w.edge == edge)
+
 
 class FlowBody(msgspec.Struct, rename="pascal", forbid_unknown_fields=True, kw_only=True):
     """The body of POST /api/v1/flow/{name}: an inline flow, or nothing to run the named file."""
