@@ -14,6 +14,7 @@ import msgspec
 
 from flowengine import machine
 from flowengine.engine import Engine
+from flowengine.lru import LRU
 from flowengine.machine import Run
 from flowengine.spec import Flow
 from flowengine.stores.base import PutConditions
@@ -194,8 +195,7 @@ class RenderedDocuments:
 
     def __init__(self, engine: Engine, size: int = 10_000) -> None:
         self.engine = engine
-        self.size = size
-        self._docs: dict[str, tuple[tuple, float, bytes]] = {}
+        self._docs: LRU[str, tuple[tuple, float, bytes]] = LRU(size)
 
     def get(self, run: Run, flow: Flow, base_url: str) -> bytes:
         now = self.engine.clock()
@@ -204,10 +204,7 @@ class RenderedDocuments:
         if hit is not None and hit[0] == stamp and now < hit[1]:
             return hit[2]
         body = _encode(run_document(self.engine, run, flow, base_url))
-        self._docs.pop(run.id, None)
-        self._docs[run.id] = (stamp, self._valid_until(run, now), body)
-        if len(self._docs) > self.size:
-            del self._docs[next(iter(self._docs))]  # the least recently rendered
+        self._docs.put(run.id, (stamp, self._valid_until(run, now), body))
         return body
 
     def _valid_until(self, run: Run, now: float) -> float:

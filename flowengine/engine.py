@@ -27,6 +27,7 @@ from flowengine.db import Database, RunRow, Wait
 from flowengine.errors import ApiError, conflict, not_found
 from flowengine.ids import uuid7
 from flowengine.keys import DEFAULT_INPUT_KEY, DEFAULT_OUTPUT_KEY, check_key, expand
+from flowengine.lru import LRU
 from flowengine.machine import Abort, Command, Dispatch, EdgeState, Event, ObjectMeta, Run
 from flowengine.retention import LOGS
 from flowengine.spec import DataWell, Flow
@@ -72,8 +73,8 @@ class Engine:
         self.catalog = Catalog(Path(config.flows_dir), self.stores.configured.keys())
         self.work_root = data / "work"
         self.log_root = data / "logs"
-        self._flows: dict[str, Flow] = {}
-        self._runs: dict[str, RunRow] = {}
+        self._flows: LRU[str, Flow] = LRU(FLOW_CACHE)  # decoded definitions, by digest
+        self._runs: LRU[str, RunRow] = LRU(RUN_CACHE)
         self._steps: dict[tuple[str, str], asyncio.Task] = {}
         self._slots = asyncio.Semaphore(config.concurrency)
         self._wake = asyncio.Event()
@@ -120,28 +121,22 @@ class Engine:
     # reading
 
     def flow_of(self, digest: str) -> Flow:
-        flow = self._flows.pop(digest, None)
+        flow = self._flows.get(digest)
         if flow is None:
             flow = _decode_flow(self.db.definition(digest))
-        self._flows[digest] = flow  # most recently used last
-        if len(self._flows) > FLOW_CACHE:
-            del self._flows[next(iter(self._flows))]
+            self._flows.put(digest, flow)
         return flow
 
     def get_run(self, run_id: str) -> tuple[Run, Flow]:
         """A run as last committed. Recent runs come from memory: this process is their only
         writer, and every commit refreshes the copy (so a status poll costs no query)."""
-        row = self._runs.get(run_id) or self.db.load_run(run_id)
+        row = self._runs.get(run_id)
         if row is None:
-            raise not_found("run", run_id, "path.runID")
-        self._remember(row)
+            row = self.db.load_run(run_id)
+            if row is None:
+                raise not_found("run", run_id, "path.runID")
+            self._runs.put(run_id, row)
         return row.run, self.flow_of(row.definition)
-
-    def _remember(self, row: RunRow) -> None:
-        self._runs.pop(row.run.id, None)
-        self._runs[row.run.id] = row  # most recently used last
-        if len(self._runs) > RUN_CACHE:
-            del self._runs[next(iter(self._runs))]
 
     def store_of(self, flow: Flow, edge: EdgeState) -> Store:
         return self.stores.resolve(flow, edge.store)
@@ -186,8 +181,8 @@ class Engine:
         await self._commit_creation(
             _Creation(run, digest, body, waits, key_places, now + self.config.reconcile_interval)
         )
-        self._flows[digest] = flow
-        self._remember(RunRow(run, digest))
+        self._flows.put(digest, flow)
+        self._runs.put(run.id, RunRow(run, digest))
         self._after_commit(run, flow, commands)
         return run
 
@@ -297,7 +292,7 @@ class Engine:
             if run.status in machine.TERMINAL and run.steps:
                 expiries[LOGS] = self.clock() + self.config.output_retention  # the steps' logs go with the outputs
             self.db.add_expiries(run.id, expiries)
-        self._remember(RunRow(run, row.definition))
+        self._runs.put(run.id, RunRow(run, row.definition))
         self._after_commit(run, flow, commands)
         return run
 
