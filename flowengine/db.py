@@ -121,9 +121,9 @@ class Database:
         )
         return [_decode_run(r[0]) for r in rows], total
 
-    def run_ids_with_status(self, statuses: tuple[str, ...]) -> list[str]:
-        marks = ",".join("?" * len(statuses))
-        return [r[0] for r in self.conn.execute(f"SELECT id FROM runs WHERE status IN ({marks})", statuses)]
+    def runs_with_status(self, status: str) -> list[RunRow]:
+        rows = self.conn.execute("SELECT doc, definition FROM runs WHERE status = ?", (status,))
+        return [RunRow(_decode_run(doc), definition) for doc, definition in rows]
 
     def due_runs(self, now: float, limit: int = 500) -> list[str]:
         rows = self.conn.execute("SELECT id FROM runs WHERE wake_at <= ? ORDER BY wake_at LIMIT ?", (now, limit))

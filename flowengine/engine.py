@@ -73,6 +73,7 @@ class Engine:
         self.catalog = Catalog(Path(config.flows_dir), self.stores.configured.keys())
         self.work_root = data / "work"
         self.log_root = data / "logs"
+        self.python_path = str(Path(config.flows_dir).resolve())  # where Python tasks import from
         self._flows: LRU[str, Flow] = LRU(FLOW_CACHE)  # decoded definitions, by digest
         self._runs: LRU[str, RunRow] = LRU(RUN_CACHE)
         self._steps: dict[tuple[str, str], asyncio.Task] = {}
@@ -89,10 +90,7 @@ class Engine:
         shutil.rmtree(self.work_root, ignore_errors=True)
         shutil.rmtree(self.config.data_path / "tmp", ignore_errors=True)
         (self.config.data_path / "tmp").mkdir(parents=True, exist_ok=True)
-        for run_id in self.db.run_ids_with_status((machine.RUNNING,)):
-            row = self.db.load_run(run_id)
-            if row is None:
-                continue
+        for row in self.db.runs_with_status(machine.RUNNING):
             for name, state in row.run.steps.items():
                 if state.status in (machine.READY, machine.RUNNING):
                     self._dispatch(row.run.id, self.flow_of(row.definition), Dispatch(name, state.attempts))
@@ -367,7 +365,7 @@ class Engine:
                 work_root=self.work_root,
                 log_path=self.log_root / run_id / f"{step.id}.{command.attempt}.log",
                 log_tail=self.config.log_tail,
-                python_path=str(Path(self.config.flows_dir).resolve()),
+                python_path=self.python_path,
             )
             event = await run_step(job)
         self.apply(run_id, event)
@@ -378,11 +376,7 @@ class Engine:
         while True:
             now = self.clock()
             for run_id in self.db.due_runs(now):
-                run = self.apply(run_id, machine.Tick())
-                wake = machine.next_wake(run)
-                if wake is not None and wake <= now:  # nothing changed: do not spin on it
-                    with self.db.transaction():
-                        self.db.save_run(run, None)
+                self.apply(run_id, machine.Tick())
             nxt = self.db.next_wake()
             self._sleep_until = math.inf if nxt is None else nxt
             self._wake.clear()

@@ -141,7 +141,10 @@ def next_wake(run: Run) -> float | None:
     """When a Tick is next due: the earliest well TTL or retry time; None when nothing waits on time."""
     if run.status in TERMINAL:
         return None
-    times = [e.deadline for e in run.edges.values() if e.object is None and e.deadline is not None]
+    # Exactly the times a Tick acts on (the wells _on_tick expires, the retries _settle dispatches),
+    # so a due Tick always changes the run and the timer loop never spins on one.
+    deadlines = (run.edges[name].deadline for name in waiting_edges(run))
+    times = [d for d in deadlines if d is not None]
     times += [s.retry_at for s in run.steps.values() if s.status == RETRYING and s.retry_at is not None]
     return min(times, default=None)
 

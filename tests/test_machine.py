@@ -1213,3 +1213,24 @@ def test_a_success_report_fills_only_the_steps_own_outputs():
     assert run.edges["out"].object == obj
     assert run.edges["other"].object is None
     assert run.status == WAITING
+
+
+def test_next_wake_names_only_times_a_tick_acts_on():
+    flow = msgspec.convert(
+        {
+            "Name": "f",
+            "DataWells": [{"Edge": "in", "Source": "upload"}],
+            "Tasks": [{"Name": "t", "Inputs": [{"Name": "i"}], "Outputs": [{"Name": "o"}], "Exec": ["true"]}],
+            "Steps": [{"ID": "s", "Uses": "t", "Inputs": [{"Slot": "i", "Edge": "in"}],
+                       "Outputs": [{"Slot": "o", "Edge": "out"}]}],
+        },
+        Flow,
+    )  # fmt: skip
+    edges = {
+        "in": EdgeState("default", "in", "upload", deadline=100.0),
+        "out": EdgeState("default", "out", FROM_STEP, deadline=50.0),  # a Tick never expires a step's edge
+    }
+    run, _ = start(flow, "r", edges, 0.0)
+    assert next_wake(run) == 100.0
+    ticked, commands = advance(run, flow, Tick(), 60.0)
+    assert ticked is run and commands == []

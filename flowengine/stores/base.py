@@ -7,7 +7,6 @@ names those headers so the caller can tell the client which to send.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
@@ -63,10 +62,6 @@ class Store(Protocol):
     def presign_get(self, key: str, expires: float, base_url: str) -> Presigned: ...
 
     async def stat(self, key: str) -> ObjectInfo | None: ...
-
-    async def list(self, prefix: str) -> dict[str, ObjectInfo]: ...
-
-    async def read(self, key: str) -> AsyncIterator[bytes]: ...
 
     async def download(self, key: str, dest: Path) -> ObjectInfo:
         """Copy the object to a local file (streamed; hard-linked where the store is local)."""

@@ -11,7 +11,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -105,22 +104,6 @@ class LocalStore:
 
     async def stat(self, key: str) -> ObjectInfo | None:
         return self.stat_now(key)
-
-    async def list(self, prefix: str) -> dict[str, ObjectInfo]:
-        found: dict[str, ObjectInfo] = {}
-        base = self.meta_root
-        for meta in base.rglob("*.meta"):
-            key = str(meta.relative_to(base))[: -len(".meta")]
-            if key.startswith(prefix):
-                info = self.stat_now(key)
-                if info:
-                    found[key] = info
-        return found
-
-    async def read(self, key: str) -> AsyncIterator[bytes]:
-        async with await anyio.open_file(self.path(key), "rb") as f:
-            while chunk := await f.read(CHUNK):
-                yield chunk
 
     async def download(self, key: str, dest: Path) -> ObjectInfo:
         info = self.stat_now(key)
