@@ -16,6 +16,7 @@ from flowengine import machine
 from flowengine.engine import Engine
 from flowengine.lru import LRU
 from flowengine.machine import Run
+from flowengine.signing import hook_resource
 from flowengine.spec import Flow
 from flowengine.stores.base import PutConditions
 
@@ -113,10 +114,6 @@ def _opt(t: float | None) -> str:
 def hook_url(engine: Engine, run_id: str, edge: str, expires: float, base_url: str) -> str:
     query = engine.stores.signer.query("PUT", hook_resource(run_id, edge), expires, {})
     return f"{base_url}/api/v1/hook/{run_id}/{quote(edge, safe='')}?{query}"
-
-
-def hook_resource(run_id: str, edge: str) -> str:
-    return f"hook/{run_id}/{edge}"
 
 
 def waiting_urls(engine: Engine, run: Run, flow: Flow, base_url: str) -> list[WaitingURL]:

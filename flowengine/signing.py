@@ -53,3 +53,16 @@ class Signer:
         if now > expires:
             raise SignatureError("the URL has expired")
         return signed
+
+
+# What a signature covers, besides method, expiry and headers: one resource name per kind of URL.
+
+
+def local_resource(store: str, key: str) -> str:
+    """An embedded-store object."""
+    return f"store/{store}/{key}"
+
+
+def hook_resource(run_id: str, edge: str) -> str:
+    """A webhook well of a run."""
+    return f"hook/{run_id}/{edge}"

@@ -10,6 +10,7 @@ from starlette.routing import Route
 from flowengine import machine
 from flowengine.api.http import base_url, engine_of, json_response, query_int, read_json
 from flowengine.documents import RunPage, run_document, run_summary
+from flowengine.engine import WAITING_SOURCES
 from flowengine.errors import ApiError, Problem
 from flowengine.spec import Flow, FlowBody
 
@@ -30,7 +31,8 @@ class FlowList(msgspec.Struct, rename="pascal"):
     flows: list[FlowInfo]
 
 
-def _document(request: Request, run: machine.Run, flow: Flow, status: int = 200) -> Response:
+def run_response(request: Request, run: machine.Run, flow: Flow, status: int = 200) -> Response:
+    """The run document as the answer to a request that made or changed a run."""
     return json_response(run_document(engine_of(request), run, flow, base_url(request)), status)
 
 
@@ -38,7 +40,7 @@ async def list_flows(request: Request) -> Response:
     flows = []
     for entry in engine_of(request).catalog.entries():
         flow = entry.flow
-        inputs = [w.edge for w in flow.data_wells if w.source in ("upload", "webhook")] if flow else []
+        inputs = [w.edge for w in flow.data_wells if w.source in WAITING_SOURCES] if flow else []
         flows.append(FlowInfo(
             entry.name, entry.path.name, flow is not None and not entry.problems,
             flow.description if flow else "", inputs, [s.id for s in flow.steps] if flow else [], entry.problems,
@@ -58,7 +60,7 @@ async def start_run(request: Request) -> Response:
     else:
         flow = body.flow if body.flow.name else msgspec.structs.replace(body.flow, name=name)
     run = await engine.create_run(flow)
-    return _document(request, run, flow, 201)
+    return run_response(request, run, flow, 201)
 
 
 async def run_status(request: Request) -> Response:
@@ -96,13 +98,13 @@ async def step_log(request: Request) -> Response:
 async def cancel_run(request: Request) -> Response:
     engine = engine_of(request)
     engine.cancel(request.path_params["run_id"])
-    return _document(request, *engine.get_run(request.path_params["run_id"]))
+    return run_response(request, *engine.get_run(request.path_params["run_id"]))
 
 
 async def refresh_run(request: Request) -> Response:
     engine = engine_of(request)
     engine.refresh(request.path_params["run_id"])
-    return _document(request, *engine.get_run(request.path_params["run_id"]))
+    return run_response(request, *engine.get_run(request.path_params["run_id"]))
 
 
 # The two hot routes first: a request is matched against the routes in order. No path here

@@ -6,13 +6,13 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from flowengine.api.http import base_url, engine_of, json_response
-from flowengine.documents import hook_resource, run_document
+from flowengine.api.flow import run_response
+from flowengine.api.http import engine_of
 from flowengine.errors import ApiError, conflict, not_found
 from flowengine.ingest import DEFAULT_TYPE, Upload, receive
 from flowengine.keys import key_problem
-from flowengine.signing import SignatureError
-from flowengine.stores.local import LocalStore, local_resource
+from flowengine.signing import SignatureError, hook_resource, local_resource
+from flowengine.stores.local import LocalStore
 
 
 def _length(request: Request) -> int | None:
@@ -75,9 +75,8 @@ async def get_object(request: Request) -> Response:
 async def _ingest(request: Request, run_id: str, edge: str) -> Response:
     engine = engine_of(request)
     upload = Upload(_content_type(request), _length(request))
-    run = await receive(engine, run_id, edge, request.stream(), upload)
-    _, flow = engine.get_run(run_id)
-    return json_response(run_document(engine, run, flow, base_url(request)))
+    await receive(engine, run_id, edge, request.stream(), upload)
+    return run_response(request, *engine.get_run(run_id))
 
 
 async def direct_upload(request: Request) -> Response:

@@ -18,17 +18,12 @@ import anyio
 import msgspec
 
 from flowengine.keys import is_name, key_problem
-from flowengine.signing import Signer
+from flowengine.signing import Signer, local_resource
 from flowengine.stores.base import ObjectInfo, Presigned, PutConditions
 
 CHUNK = 1 << 20
 _meta_encode = msgspec.json.Encoder().encode
 _meta_decode = msgspec.json.Decoder(ObjectInfo).decode
-
-
-def local_resource(store: str, key: str) -> str:
-    """What an embedded-store URL's signature covers, besides method, expiry and headers."""
-    return f"store/{store}/{key}"
 
 
 class LocalStore:
