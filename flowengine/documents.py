@@ -144,7 +144,7 @@ def artifacts(engine: Engine, run: Run, flow: Flow, base_url: str) -> list[Artif
         art = Artifact(
             edge.store, edge.key, name, edge.source, obj.size, obj.content_type, obj.etag, rfc3339(edge.filled_at)
         )
-        if now >= edge.filled_at + engine.retention(edge):
+        if now >= engine.expires_at(edge):
             art.expired = True
         else:
             art.get_url = engine.store_of(flow, edge).presign_get(edge.key, expires, base_url).url
@@ -206,9 +206,5 @@ class RenderedDocuments:
 
     def _valid_until(self, run: Run, now: float) -> float:
         until = (now // 60 + 1) * 60
-        for edge in run.edges.values():
-            if edge.filled_at is not None:
-                expires = edge.filled_at + self.engine.retention(edge)
-                if now < expires < until:
-                    until = expires
-        return until
+        later = [at for at in map(self.engine.expires_at, run.edges.values()) if at > now]
+        return min([until, *later])

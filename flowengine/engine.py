@@ -139,11 +139,13 @@ class Engine:
     def store_of(self, flow: Flow, edge: EdgeState) -> Store:
         return self.stores.resolve(flow, edge.store)
 
-    def retention(self, edge: EdgeState) -> float:
-        """Seconds an edge's object is kept after it landed; static objects are not ours to expire."""
+    def expires_at(self, edge: EdgeState) -> float:
+        """When an edge's object is past retention (inf: never, or not landed; static objects are not ours)."""
+        if edge.filled_at is None:
+            return math.inf
         if edge.source == machine.FROM_STEP:
-            return self.config.output_retention
-        return self.config.input_retention if edge.source in WAITING_SOURCES else math.inf
+            return edge.filled_at + self.config.output_retention
+        return edge.filled_at + self.config.input_retention if edge.source in WAITING_SOURCES else math.inf
 
     async def store_problems(self) -> dict[str, str]:
         """Stores that cannot be used right now, with why (for /readyz)."""
@@ -307,13 +309,8 @@ class Engine:
                     task.cancel()
 
     def _expiries(self, run: Run, edges: list[str]) -> dict[str, float]:
-        due = {}
-        for name in edges:
-            edge = run.edges[name]
-            keep = self.retention(edge)
-            if edge.filled_at is not None and keep != math.inf:
-                due[name] = edge.filled_at + keep
-        return due
+        due = {name: self.expires_at(run.edges[name]) for name in edges}
+        return {name: at for name, at in due.items() if at != math.inf}
 
     def object_landed(self, location: str, key: str, info: ObjectInfo) -> Run | None:
         """An object appeared: advance the run waiting for it, if any. Unknown keys are ignored."""
