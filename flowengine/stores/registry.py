@@ -46,7 +46,7 @@ class Stores:
         spec = self.spec(flow, name)
         if spec.type == "local":
             return self.local(spec.name)
-        return self._s3(spec, from_config=spec.name in self.configured and spec is self.configured[spec.name])
+        return self._s3(spec, from_config=spec is self.configured.get(spec.name))
 
     def local(self, name: str) -> LocalStore:
         ident = ("local", name)
