@@ -26,17 +26,16 @@ from flowengine.config import Config, ensure_secret
 from flowengine.db import Database, RunRow, Wait
 from flowengine.errors import ApiError, conflict, not_found
 from flowengine.ids import uuid7
-from flowengine.keys import DEFAULT_INPUT_KEY, DEFAULT_OUTPUT_KEY, check_key, expand
 from flowengine.lru import LRU
 from flowengine.machine import Abort, Command, Dispatch, EdgeState, Event, ObjectMeta, Run
+from flowengine.plans import EdgePlan, Plan, make_plan, well_ttl
 from flowengine.retention import LOGS
-from flowengine.spec import DataWell, Flow
+from flowengine.spec import Flow
 from flowengine.steps import StepJob, run_step
 from flowengine.stores.base import ObjectInfo, Store, StoreUnavailable
 from flowengine.stores.registry import Stores
-from flowengine.validate import parse_duration, validate
+from flowengine.validate import validate
 
-WAITING_SOURCES = ("upload", "webhook")
 FLOW_CACHE = 1024  # decoded flow definitions kept in memory
 RUN_CACHE = 10_000  # recently used runs kept in memory
 log = logging.getLogger("flowengine")
@@ -48,10 +47,8 @@ class _Creation(msgspec.Struct):
     """A new run's rows, waiting for the next group commit."""
 
     run: Run
-    digest: str
-    body: bytes
+    plan: Plan
     waits: list[Wait]
-    key_places: dict[str, str]  # edge -> where its Key is defined, for a conflict's location
     first_check: float
 
 
@@ -75,6 +72,7 @@ class Engine:
         self.log_root = data / "logs"
         self.python_path = str(Path(config.flows_dir).resolve())  # where Python tasks import from
         self._flows: LRU[str, Flow] = LRU(FLOW_CACHE)  # decoded definitions, by digest
+        self._plans: LRU[str, Plan] = LRU(FLOW_CACHE)
         self._runs: LRU[str, RunRow] = LRU(RUN_CACHE)
         self._steps: dict[tuple[str, str], asyncio.Task] = {}
         self._slots = asyncio.Semaphore(config.concurrency)
@@ -145,7 +143,7 @@ class Engine:
             return math.inf
         if edge.source == machine.FROM_STEP:
             return edge.filled_at + self.config.output_retention
-        return edge.filled_at + self.config.input_retention if edge.source in WAITING_SOURCES else math.inf
+        return edge.filled_at + self.config.input_retention if edge.source in machine.WAITING_SOURCES else math.inf
 
     async def store_problems(self) -> dict[str, str]:
         """Stores that cannot be used right now, with why (for /readyz)."""
@@ -159,31 +157,37 @@ class Engine:
 
     # creating runs
 
-    async def create_run(self, flow: Flow) -> Run:
-        body = _encode(flow)
-        digest = hashlib.sha256(body).hexdigest()
-        if digest not in self._flows:  # a definition in use was validated when it was first seen
+    def plan(self, flow: Flow) -> Plan:
+        """The flow's plan, made (and the flow validated) only when its definition is first seen."""
+        definition = _encode(flow)
+        digest = hashlib.sha256(definition).hexdigest()
+        plan = self._plans.get(digest)
+        if plan is None:
             problems = validate(flow, self.stores.configured.keys())
             if problems:
                 raise ApiError(422, "invalid_flow", f"the flow has {len(problems)} problem(s)", "Flow", problems)
+            plan = make_plan(flow, digest, definition, self.stores, self.config)
+            self._plans.put(digest, plan)
+        return plan
+
+    async def create_run(self, flow: Flow) -> Run:
+        plan = self.plan(flow)
         now = self.clock()
         run_id = self.new_id()
-        edges: dict[str, EdgeState] = {}
-        wells = {w.edge: (i, w) for i, w in enumerate(flow.data_wells)}
-        outputs = [b.edge for s in flow.steps for b in s.outputs]
-        for edge in [*wells, *(e for e in outputs if e not in wells)]:
-            index, well = wells.get(edge, (None, None))
-            edges[edge] = await self._edge(flow, run_id, edge, index, well, now)
-        _refuse_shared_keys(edges, wells)
-        run, commands = machine.start(flow, run_id, edges, now)
-        waits = [self._wait(flow, run, name) for name in machine.waiting_edges(run)]
-        key_places = {w.edge: f"DataWells[{wells[w.edge][0]}].Key" for w in waits}
-        await self._commit_creation(
-            _Creation(run, digest, body, waits, key_places, now + self.config.reconcile_interval)
-        )
-        self._flows.put(digest, flow)
-        self._runs.put(run.id, RunRow(run, digest))
-        self._after_commit(run, flow, commands)
+        edges = {e.name: e.state(run_id, now) for e in plan.edges}
+        for store in plan.stores:
+            await self.stores.prepare(store)
+        for e in plan.edges:
+            if e.source == "static":
+                await _fill_static(e, edges[e.name], now)
+        _refuse_shared_keys(edges, plan)
+        run, commands = machine.start(plan.flow, run_id, edges, now)
+        stores = {e.name: e.store for e in plan.edges}
+        waits = [_wait(stores[name], run, name) for name in machine.waiting_edges(run)]
+        await self._commit_creation(_Creation(run, plan, waits, now + self.config.reconcile_interval))
+        self._flows.put(plan.digest, plan.flow)
+        self._runs.put(run.id, RunRow(run, plan.digest))
+        self._after_commit(run, plan.flow, commands)
         return run
 
     def _commit_creation(self, creation: _Creation) -> asyncio.Future[None]:
@@ -223,54 +227,11 @@ class Engine:
         taken = self.db.claim_waits(checks)
         if taken:
             store = c.run.edges[taken.edge].store
-            raise conflict(
-                f"another run is already waiting for {taken.key!r} in store {store!r}", c.key_places[taken.edge]
-            )
-        if c.digest not in self._flows:
-            self.db.put_definition(c.digest, c.body)
-        self.db.insert_run(c.run, c.digest, machine.next_wake(c.run))
-
-    async def _edge(
-        self, flow: Flow, run_id: str, edge: str, index: int | None, well: DataWell | None, now: float
-    ) -> EdgeState:
-        location = f"DataWells[{index}]" if index is not None else "Flow"
-        store_name = well.store if well else "default"
-        store = self.stores.resolve(flow, store_name)
-        source = well.source if well and well.source else machine.FROM_STEP
-        default = DEFAULT_OUTPUT_KEY if source == machine.FROM_STEP else DEFAULT_INPUT_KEY
-        key = expand(well.key if well and well.key else default, run_id=run_id, flow_name=flow.name, edge=edge, now=now)
-        check_key(key, f"{location}.Key")
-        await self.stores.prepare(store)
-        state = EdgeState(store_name, key, source)
-        if well is None:
-            return state
-        state.expect_size = well.size
-        state.content_type = well.content_type
-        state.accept = list(well.accept)
-        if source in WAITING_SOURCES:
-            state.deadline = math.ceil(now + self._ttl(well))  # whole seconds, like the URL's expiry and TTL
-            state.max_size = min(well.max_size or self.config.max_upload_size, self.config.max_upload_size)
-        if source == "static":
-            try:
-                info = await store.stat(key)
-            except StoreUnavailable as exc:
-                raise ApiError(503, "store_unavailable", f"store {store_name!r} did not answer: {exc}",
-                               f"{location}.Store") from None  # fmt: skip
-            if info is None:
-                raise ApiError(422, "static_object_missing",
-                               f"static well {edge!r}: no object {key!r} in store {store_name!r}",
-                               f"{location}.Key")  # fmt: skip
-            obj = ObjectMeta(info.size, info.content_type, info.etag)
-            problem = machine.landing_problem(edge, state, obj)
-            if problem:
-                raise ApiError(422, "static_object_rejected", problem.message, f"{location}.Key")
-            state.object = obj
-            state.filled_at = now
-        return state
-
-    def _wait(self, flow: Flow, run: Run, edge: str) -> Wait:
-        store = self.store_of(flow, run.edges[edge])
-        return Wait(store.location, store.full_key(run.edges[edge].key), run.id, edge)
+            place = next(e.place for e in c.plan.edges if e.name == taken.edge)
+            raise conflict(f"another run is already waiting for {taken.key!r} in store {store!r}", f"{place}.Key")
+        if c.plan.digest not in self._flows:
+            self.db.put_definition(c.plan.digest, c.plan.definition)
+        self.db.insert_run(c.run, c.plan.digest, machine.next_wake(c.run))
 
     # applying events
 
@@ -287,7 +248,8 @@ class Engine:
             self.db.save_run(run, machine.next_wake(run))
             filled = [n for n, e in run.edges.items() if e.object and not row.run.edges[n].object]
             still = set(machine.waiting_edges(run))
-            self.db.drop_waits([self._wait(flow, run, n) for n in machine.waiting_edges(row.run) if n not in still])
+            gone = [n for n in machine.waiting_edges(row.run) if n not in still]
+            self.db.drop_waits([_wait(self.store_of(flow, run.edges[n]), run, n) for n in gone])
             expiries = self._expiries(run, filled)
             if run.status in machine.TERMINAL and run.steps:
                 expiries[LOGS] = self.clock() + self.config.output_retention  # the steps' logs go with the outputs
@@ -328,11 +290,8 @@ class Engine:
         waiting = machine.waiting_edges(run)
         if not waiting:
             raise conflict(f"run {run_id!r} is {run.status}: it waits for no upload", "path.runID")
-        ttl = min(self._ttl(flow.well(edge)) for edge in waiting)
+        ttl = min(well_ttl(flow.well(edge), self.config) for edge in waiting)
         return self.apply(run_id, machine.Refresh(math.ceil(self.clock() + ttl)))
-
-    def _ttl(self, well: DataWell) -> float:
-        return parse_duration(well.ttl) if well.ttl is not None else self.config.upload_ttl
 
     # steps
 
@@ -382,11 +341,35 @@ class Engine:
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
 
-def _refuse_shared_keys(edges: dict[str, EdgeState], wells: dict[str, tuple[int, DataWell]]) -> None:
+def _refuse_shared_keys(edges: dict[str, EdgeState], plan: Plan) -> None:
     """Two edges of one run on one object would overwrite each other."""
     owner: dict[tuple[str, str], str] = {}
-    for name, edge in edges.items():
-        other = owner.setdefault((edge.store, edge.key), name)
-        if other != name:
-            place = f"DataWells[{wells[name][0]}].Key" if name in wells else "Flow"
-            raise ApiError(422, "shared_key", f"edges {other!r} and {name!r} both use key {edge.key!r}", place)
+    for e in plan.edges:
+        edge = edges[e.name]
+        other = owner.setdefault((edge.store, edge.key), e.name)
+        if other != e.name:
+            message = f"edges {other!r} and {e.name!r} both use key {edge.key!r}"
+            raise ApiError(422, "shared_key", message, f"{e.place}.Key")
+
+
+async def _fill_static(plan: EdgePlan, state: EdgeState, now: float) -> None:
+    """A static well is filled from the start, by an object that must exist and fit the well."""
+    try:
+        info = await plan.store.stat(state.key)
+    except StoreUnavailable as exc:
+        raise ApiError(503, "store_unavailable", f"store {plan.store_name!r} did not answer: {exc}",
+                       f"{plan.place}.Store") from None  # fmt: skip
+    if info is None:
+        raise ApiError(422, "static_object_missing",
+                       f"static well {plan.name!r}: no object {state.key!r} in store {plan.store_name!r}",
+                       f"{plan.place}.Key")  # fmt: skip
+    obj = ObjectMeta(info.size, info.content_type, info.etag)
+    problem = machine.landing_problem(plan.name, state, obj)
+    if problem:
+        raise ApiError(422, "static_object_rejected", problem.message, f"{plan.place}.Key")
+    state.object = obj
+    state.filled_at = now
+
+
+def _wait(store: Store, run: Run, edge: str) -> Wait:
+    return Wait(store.location, store.full_key(run.edges[edge].key), run.id, edge)

@@ -28,20 +28,18 @@ def template_vars(template: str) -> list[str]:
     return VAR.findall(template)
 
 
-def expand(
-    template: str,
-    *,
-    run_id: str,
-    flow_name: str,
-    edge: str,
-    now: float,
-    new_uuid: Callable[[], str] = lambda: str(uuid.uuid4()),
-) -> str:
-    """Expand a key template; `validate.py` has already refused unknown variables."""
+def bind(template: str, *, flow_name: str, edge: str) -> str:
+    """Expand the variables that are the same for every run of a definition; keep the per-run ones."""
+    fixed = {"FLOW_NAME": flow_name, "EDGE": edge}  # names: no `$`, so nothing here is read as a variable again
+    return VAR.sub(lambda m: fixed.get(m.group(1), m.group(0)), template)
+
+
+def expand(template: str, *, run_id: str, now: float, new_uuid: Callable[[], str] = lambda: str(uuid.uuid4())) -> str:
+    """Expand the per-run variables of a `bind`-ed template; `validate.py` has already refused unknown ones."""
+    if "${" not in template:
+        return template
     values: dict[str, Callable[[], str]] = {
         "RUN_ID": lambda: run_id,
-        "FLOW_NAME": lambda: flow_name,
-        "EDGE": lambda: edge,
         "UUID": new_uuid,
         "DATE": lambda: time.strftime("%Y-%m-%d", time.gmtime(now)),
         "TIMESTAMP": lambda: time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)),

@@ -22,6 +22,7 @@ TERMINAL = frozenset({STOPPED, COMPLETE, ERROR})
 IDLE, READY, RETRYING = "IDLE", "READY", "RETRYING"
 ACTIVE_STEP = frozenset({READY, RUNNING, RETRYING})
 FROM_STEP = "step"  # an edge's source when a step's output fills it
+WAITING_SOURCES = ("upload", "webhook")  # sources a client fills: the run waits for them
 
 
 class ObjectMeta(msgspec.Struct, frozen=True):

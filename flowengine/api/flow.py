@@ -10,7 +10,6 @@ from starlette.routing import Route
 from flowengine import machine
 from flowengine.api.http import base_url, engine_of, json_response, query_int, read_json
 from flowengine.documents import RunPage, run_document, run_summary
-from flowengine.engine import WAITING_SOURCES
 from flowengine.errors import ApiError, Problem
 from flowengine.spec import Flow, FlowBody
 
@@ -40,7 +39,7 @@ async def list_flows(request: Request) -> Response:
     flows = []
     for entry in engine_of(request).catalog.entries():
         flow = entry.flow
-        inputs = [w.edge for w in flow.data_wells if w.source in WAITING_SOURCES] if flow else []
+        inputs = [w.edge for w in flow.data_wells if w.source in machine.WAITING_SOURCES] if flow else []
         flows.append(FlowInfo(
             entry.name, entry.path.name, flow is not None and not entry.problems,
             flow.description if flow else "", inputs, [s.id for s in flow.steps] if flow else [], entry.problems,
