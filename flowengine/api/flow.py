@@ -6,10 +6,12 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope
 
 from flowengine import machine
-from flowengine.api.http import base_url, engine_of, json_response, query_int, read_json
-from flowengine.documents import RunPage, run_document, run_summary
+from flowengine.api.http import JsonEndpoint, base_url, engine_of, json_response, query_int, read_json
+from flowengine.documents import RunPage, run_summary
+from flowengine.engine import Engine
 from flowengine.errors import ApiError, Problem
 from flowengine.spec import Flow, FlowBody
 
@@ -30,9 +32,14 @@ class FlowList(msgspec.Struct, rename="pascal"):
     flows: list[FlowInfo]
 
 
-def run_response(request: Request, run: machine.Run, flow: Flow, status: int = 200) -> Response:
-    """The run document as the answer to a request that made or changed a run."""
-    return json_response(run_document(engine_of(request), run, flow, base_url(request)), status)
+def run_json(scope: Scope, run: machine.Run, flow: Flow) -> bytes:
+    """The run document, from the one cache of rendered documents (a poll right after this reuses it)."""
+    return scope["app"].state.documents.get(run, flow, base_url(scope))
+
+
+def run_response(request: Request, run: machine.Run, flow: Flow) -> Response:
+    """The run document as the answer to a request that changed a run."""
+    return Response(run_json(request.scope, run, flow), media_type="application/json")
 
 
 async def list_flows(request: Request) -> Response:
@@ -47,10 +54,10 @@ async def list_flows(request: Request) -> Response:
     return json_response(FlowList(flows))
 
 
-async def start_run(request: Request) -> Response:
-    engine = engine_of(request)
-    name = request.path_params["name"]
-    body = await read_json(request, FlowBody, engine.config.max_body_size, empty=FlowBody())
+async def start_run(scope: Scope, receive: Receive) -> tuple[int, bytes]:
+    engine: Engine = scope["app"].state.engine
+    name = scope["path_params"]["name"]
+    body = await read_json(scope, receive, FlowBody, engine.config.max_body_size, empty=FlowBody())
     if body.flow is None:
         flow = engine.catalog.get(name)
     elif not engine.config.inline_flows:
@@ -59,13 +66,12 @@ async def start_run(request: Request) -> Response:
     else:
         flow = body.flow if body.flow.name else msgspec.structs.replace(body.flow, name=name)
     run = await engine.create_run(flow)
-    return run_response(request, run, flow, 201)
+    return 201, run_json(scope, run, flow)
 
 
-async def run_status(request: Request) -> Response:
-    run, flow = engine_of(request).get_run(request.path_params["run_id"])
-    body = request.app.state.documents.get(run, flow, base_url(request))
-    return Response(body, media_type="application/json")
+async def run_status(scope: Scope, receive: Receive) -> tuple[int, bytes]:
+    run, flow = scope["app"].state.engine.get_run(scope["path_params"]["run_id"])
+    return 200, run_json(scope, run, flow)
 
 
 async def list_runs(request: Request) -> Response:
@@ -109,8 +115,8 @@ async def refresh_run(request: Request) -> Response:
 # The two hot routes first: a request is matched against the routes in order. No path here
 # shadows another for the same method, so the order changes nothing else.
 routes = [
-    Route("/api/v1/flow/status/{run_id}", run_status, methods=["GET"]),
-    Route("/api/v1/flow/{name}", start_run, methods=["POST"]),
+    Route("/api/v1/flow/status/{run_id}", JsonEndpoint(run_status), methods=["GET"]),
+    Route("/api/v1/flow/{name}", JsonEndpoint(start_run), methods=["POST"]),
     Route("/api/v1/flow", list_flows, methods=["GET"]),
     Route("/api/v1/flow/runs", list_runs, methods=["GET"]),
     Route("/api/v1/flow/{run_id}/logs/{step_id}", step_log, methods=["GET"]),
