@@ -49,7 +49,8 @@ class _Creation(msgspec.Struct):
     run: Run
     plan: Plan
     waits: list[Wait]
-    first_check: float
+    wake: float | None  # machine.next_wake(run)
+    first_check: float  # when the reconciler first asks the store about the waits
 
 
 class Engine:
@@ -175,19 +176,20 @@ class Engine:
         now = self.clock()
         run_id = self.new_id()
         edges = {e.name: e.state(run_id, now) for e in plan.edges}
-        for store in plan.stores:
+        for store in plan.s3_stores:
             await self.stores.prepare(store)
-        for e in plan.edges:
-            if e.source == "static":
-                await _fill_static(e, edges[e.name], now)
-        _refuse_shared_keys(edges, plan)
+        for e in plan.statics:
+            await _fill_static(e, edges[e.name], now)
+        if len(edges) > 1:
+            _refuse_shared_keys(edges, plan)
         run, commands = machine.start(plan.flow, run_id, edges, now)
-        stores = {e.name: e.store for e in plan.edges}
-        waits = [_wait(stores[name], run, name) for name in machine.waiting_edges(run)]
-        await self._commit_creation(_Creation(run, plan, waits, now + self.config.reconcile_interval))
+        waiting = machine.waiting_edges(run)
+        waits = [_wait(e.store, run, e.name) for e in plan.edges if e.name in waiting]
+        wake = machine.next_wake(run)
+        await self._commit_creation(_Creation(run, plan, waits, wake, now + self.config.reconcile_interval))
         self._flows.put(plan.digest, plan.flow)
         self._runs.put(run.id, RunRow(run, plan.digest))
-        self._after_commit(run, plan.flow, commands)
+        self._after_commit(run, plan.flow, commands, wake)
         return run
 
     def _commit_creation(self, creation: _Creation) -> asyncio.Future[None]:
@@ -231,7 +233,7 @@ class Engine:
             raise conflict(f"another run is already waiting for {taken.key!r} in store {store!r}", f"{place}.Key")
         if c.plan.digest not in self._flows:
             self.db.put_definition(c.plan.digest, c.plan.definition)
-        self.db.insert_run(c.run, c.plan.digest, machine.next_wake(c.run))
+        self.db.insert_run(c.run, c.plan.digest, c.wake)
 
     # applying events
 
@@ -245,7 +247,8 @@ class Engine:
             run, commands = machine.advance(row.run, flow, event, self.clock())
             if run is row.run:
                 return run
-            self.db.save_run(run, machine.next_wake(run))
+            wake = machine.next_wake(run)
+            self.db.save_run(run, wake)
             filled = [n for n, e in run.edges.items() if e.object and not row.run.edges[n].object]
             still = set(machine.waiting_edges(run))
             gone = [n for n in machine.waiting_edges(row.run) if n not in still]
@@ -255,11 +258,10 @@ class Engine:
                 expiries[LOGS] = self.clock() + self.config.output_retention  # the steps' logs go with the outputs
             self.db.add_expiries(run.id, expiries)
         self._runs.put(run.id, RunRow(run, row.definition))
-        self._after_commit(run, flow, commands)
+        self._after_commit(run, flow, commands, wake)
         return run
 
-    def _after_commit(self, run: Run, flow: Flow, commands: list[Command]) -> None:
-        wake = machine.next_wake(run)
+    def _after_commit(self, run: Run, flow: Flow, commands: list[Command], wake: float | None) -> None:
         if wake is not None and wake < self._sleep_until:
             self._wake.set()
         for command in commands:

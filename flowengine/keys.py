@@ -36,15 +36,15 @@ def bind(template: str, *, flow_name: str, edge: str) -> str:
 
 def expand(template: str, *, run_id: str, now: float, new_uuid: Callable[[], str] = lambda: str(uuid.uuid4())) -> str:
     """Expand the per-run variables of a `bind`-ed template; `validate.py` has already refused unknown ones."""
-    if "${" not in template:
-        return template
+    key = template.replace("${RUN_ID}", run_id)  # the usual case, without a regex
+    if "${" not in key:
+        return key
     values: dict[str, Callable[[], str]] = {
-        "RUN_ID": lambda: run_id,
         "UUID": new_uuid,
         "DATE": lambda: time.strftime("%Y-%m-%d", time.gmtime(now)),
         "TIMESTAMP": lambda: time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)),
     }
-    return VAR.sub(lambda m: values[m.group(1)](), template)
+    return VAR.sub(lambda m: values[m.group(1)](), key)
 
 
 def key_problem(key: str) -> str | None:

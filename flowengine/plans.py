@@ -56,7 +56,8 @@ class Plan(msgspec.Struct, frozen=True):
     digest: str  # names the definition in the database
     definition: bytes  # the flow, encoded as stored
     edges: list[EdgePlan]  # wells in DataWells order, then the step outputs no well names
-    stores: list[Store]  # every store the run's edges use, each once
+    statics: list[EdgePlan]  # static wells: their object is looked up for every run
+    s3_stores: list[Store]  # each prepared on first use (bucket, lifecycle rules)
 
 
 def make_plan(flow: Flow, digest: str, definition: bytes, stores: Stores, config: Config) -> Plan:
@@ -65,8 +66,9 @@ def make_plan(flow: Flow, digest: str, definition: bytes, stores: Stores, config
     outputs = [b.edge for s in flow.steps for b in s.outputs if b.edge not in wells]
     edges = [_well_plan(flow, i, w, stores, config) for i, w in enumerate(flow.data_wells)]
     edges += [_output_plan(flow, edge, stores) for edge in dict.fromkeys(outputs)]
-    used = {id(e.store): e.store for e in edges}
-    return Plan(flow, digest, definition, edges, list(used.values()))
+    statics = [e for e in edges if e.source == "static"]
+    s3_stores = {id(e.store): e.store for e in edges if e.store.kind == "s3"}
+    return Plan(flow, digest, definition, edges, statics, list(s3_stores.values()))
 
 
 def _well_plan(flow: Flow, index: int, well: DataWell, stores: Stores, config: Config) -> EdgePlan:
