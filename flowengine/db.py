@@ -20,14 +20,14 @@ _encode = msgspec.json.Encoder().encode
 _decode_run = msgspec.json.Decoder(Run).decode
 
 
-class Wait(msgspec.Struct, frozen=True):
+class Wait(msgspec.Struct, frozen=True, gc=False):
     location: str  # a store's location ("local:default", "s3:bucket")
     key: str  # the object's full key in that location
     run_id: str
     edge: str
 
 
-class RunRow(msgspec.Struct, frozen=True):
+class RunRow(msgspec.Struct, frozen=True, gc=False):  # see machine.Run
     run: Run
     definition: str  # hash of the flow definition the run follows
 

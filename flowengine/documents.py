@@ -23,7 +23,7 @@ from flowengine.stores.base import PutConditions
 _encode = msgspec.json.Encoder().encode
 
 
-class _Doc(msgspec.Struct, rename="pascal", omit_defaults=True):
+class _Doc(msgspec.Struct, rename="pascal", omit_defaults=True, gc=False):  # acyclic, like machine.Run
     pass
 
 
