@@ -41,7 +41,7 @@ class EdgeState(msgspec.Struct, omit_defaults=True, gc=False):
     expect_size: int | None = None
     max_size: int | None = None
     content_type: str | None = None  # declared: the object must carry exactly this type
-    accept: list[str] = []
+    accept: tuple[str, ...] = ()  # a tuple: shared, and not one more object per edge for the GC
     object: ObjectMeta | None = None  # set once the edge is filled, never again
     filled_at: float | None = None
 

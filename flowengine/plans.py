@@ -36,7 +36,7 @@ class EdgePlan(msgspec.Struct, frozen=True):
     expect_size: int | None = None
     max_size: int | None = None
     content_type: str | None = None
-    accept: list[str] = []
+    accept: tuple[str, ...] = ()
 
     def state(self, run_id: str, now: float) -> EdgeState:
         return EdgeState(
@@ -47,7 +47,7 @@ class EdgePlan(msgspec.Struct, frozen=True):
             self.expect_size,
             self.max_size,
             self.content_type,
-            list(self.accept),
+            self.accept,
         )
 
 
@@ -78,7 +78,7 @@ def _well_plan(flow: Flow, index: int, well: DataWell, stores: Stores, config: C
     key = _bind(flow, well.edge, template, place)
     store = stores.resolve(flow, well.store)
     plan = EdgePlan(well.edge, place, well.store, store, key, source, None, well.size, None, well.content_type,
-                    list(well.accept))  # fmt: skip
+                    tuple(well.accept))  # fmt: skip
     if source not in machine.WAITING_SOURCES:
         return plan
     limit = min(well.max_size or config.max_upload_size, config.max_upload_size)

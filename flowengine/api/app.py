@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -60,6 +61,7 @@ def create_app(config: Config, engine: Engine | None = None) -> Starlette:
         app.state.engine = running = engine or Engine(config)
         app.state.documents = RenderedDocuments(running)
         await running.start()
+        gc.freeze()  # what is loaded by now lives as long as the process: full collections need not walk it each time
         running.spawn(landing.Reconciler(running).run())
         running.spawn(retention.run(running))
         try:
