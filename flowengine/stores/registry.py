@@ -29,6 +29,7 @@ class Stores:
         self.clock = clock
         self.configured = {s.name: s for s in config.stores}
         self._built: dict[tuple, Store] = {}
+        self._shared: dict[str, Store] = {}  # by name, for flows that define no stores of their own
         self._prepared: set[int] = set()
         self._prepare_after: dict[int, float] = {}  # store -> when to try preparing it again
         self.local(DEFAULT)
@@ -43,6 +44,14 @@ class Stores:
         return spec
 
     def resolve(self, flow: Flow | None, name: str) -> Store:
+        if flow is None or not flow.stores:  # an operator store or the embedded default: the same for every flow
+            shared = self._shared.get(name)
+            if shared is None:
+                shared = self._shared[name] = self._resolve(None, name)
+            return shared
+        return self._resolve(flow, name)
+
+    def _resolve(self, flow: Flow | None, name: str) -> Store:
         spec = self.spec(flow, name)
         if spec.type == "local":
             return self.local(spec.name)
