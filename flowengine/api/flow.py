@@ -9,7 +9,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope
 
 from flowengine import machine
-from flowengine.api.http import JsonEndpoint, base_url, engine_of, json_response, query_int, read_json
+from flowengine.api.http import JsonEndpoint, JsonHandler, base_url, engine_of, json_response, query_int, read_json
 from flowengine.documents import RunPage, run_summary
 from flowengine.engine import Engine
 from flowengine.errors import ApiError, Problem
@@ -110,6 +110,26 @@ async def refresh_run(request: Request) -> Response:
     engine = engine_of(request)
     engine.refresh(request.path_params["run_id"])
     return run_response(request, *engine.get_run(request.path_params["run_id"]))
+
+
+FLOW_PREFIX = "/api/v1/flow/"
+
+
+def hot_route(scope: Scope) -> JsonHandler | None:
+    """The handler for a request to one of the two busiest routes, matched exactly as `routes`
+    would match it (its path parameters put in the scope), or None: the router then decides."""
+    path = scope["path"]
+    if scope.get("root_path") or not path.startswith(FLOW_PREFIX):
+        return None
+    rest = path[len(FLOW_PREFIX) :]
+    if scope["method"] == "POST" and rest and "/" not in rest:
+        scope["path_params"] = {"name": rest}
+        return start_run
+    run_id = rest.removeprefix("status/")
+    if scope["method"] == "GET" and rest.startswith("status/") and run_id and "/" not in run_id:
+        scope["path_params"] = {"run_id": run_id}
+        return run_status
+    return None
 
 
 # The two hot routes first: a request is matched against the routes in order. No path here
