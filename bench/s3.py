@@ -211,7 +211,7 @@ async def create_runs(engine: Engine, s3: dict[str, Any], count: int) -> float:
     )  # fmt: skip
     started = time.perf_counter()
     for _ in range(count):
-        await engine.create_run(flow)
+        await engine.create_run(engine.plan(flow))
     return time.perf_counter() - started
 
 

@@ -171,8 +171,7 @@ class Engine:
             self._plans.put(digest, plan)
         return plan
 
-    async def create_run(self, flow: Flow) -> Run:
-        plan = self.plan(flow)
+    async def create_run(self, plan: Plan) -> Run:
         now = self.clock()
         run_id = self.new_id()
         edges = {e.name: e.state(run_id, now) for e in plan.edges}

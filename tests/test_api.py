@@ -442,6 +442,16 @@ def test_inline_flows_can_be_switched_off(start_server, flows_dir):
         assert start(client, "collect")["Status"] == "WAITING"
 
 
+def test_the_same_definition_posted_again_makes_a_new_run_each_time_named_by_its_url(client):
+    body = inline([upload_well()])
+    runs = [start(client, "alpha", body), start(client, "alpha", body), start(client, "beta", body)]
+    assert len({r["ID"] for r in runs}) == 3 and [r["Flow"] for r in runs] == ["alpha", "alpha", "beta"]
+    keys = [r["WaitingURLs"][0]["Artifact"]["ObjectName"] for r in runs]
+    assert keys == [f"inputs/{r['Flow']}/{r['ID']}/file" for r in runs]
+    invalid = inline([upload_well(Store="nowhere")])
+    assert [client.post("/api/v1/flow/alpha", json=invalid).status_code for _ in range(2)] == [422, 422]
+
+
 def test_two_runs_cannot_wait_for_the_same_key(client):
     body = inline([upload_well(Key="fixed/input.bin")])
     first = start(client, "fixed", body)

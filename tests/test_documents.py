@@ -21,7 +21,7 @@ def test_documents_are_reused_until_the_run_or_the_minute_changes_or_an_artifact
     docs = RenderedDocuments(engine)
 
     async def scenario() -> None:
-        run = await engine.create_run(FLOW)
+        run = await engine.create_run(engine.plan(FLOW))
         first = docs.get(run, FLOW, "http://h")
         assert docs.get(run, FLOW, "http://h") is first  # nothing changed: the same bytes object
         assert docs.get(run, FLOW, "http://other") is not first  # another base URL, other URLs

@@ -21,6 +21,7 @@ from flowengine.config import Config
 from flowengine.documents import RenderedDocuments
 from flowengine.engine import Engine
 from flowengine.errors import ApiError
+from flowengine.lru import LRU
 from flowengine.stores.base import StoreUnavailable
 
 log = logging.getLogger("flowengine")
@@ -95,6 +96,7 @@ def create_app(config: Config, engine: Engine | None = None) -> HotRoutes:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.engine = running = engine or Engine(config)
         app.state.documents = RenderedDocuments(running)
+        app.state.inline_plans = LRU(flow.INLINE_PLANS)
         await running.start()
         gc.freeze()  # what is loaded by now lives as long as the process: full collections need not walk it each time
         running.spawn(landing.Reconciler(running).run())

@@ -9,12 +9,14 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope
 
 from flowengine import machine
-from flowengine.api.http import JsonEndpoint, JsonHandler, base_url, engine_of, json_response, query_int, read_json
+from flowengine.api.http import JsonEndpoint, JsonHandler, base_url, engine_of, json_response, query_int, read_body
 from flowengine.documents import RunPage, run_summary
 from flowengine.engine import Engine
 from flowengine.errors import ApiError, Problem
-from flowengine.spec import Flow, FlowBody
+from flowengine.spec import Flow, FlowBody, decode_json
 
+INLINE_PLANS = 1024  # inline definitions remembered by the bytes posted, with their plans
+INLINE_PLAN_BYTES = 16_384  # bigger bodies are decoded each time, which keeps that memory small
 STATUSES = (machine.STOPPED, machine.WAITING, machine.RUNNING, machine.COMPLETE, machine.ERROR)
 
 
@@ -55,18 +57,30 @@ async def list_flows(request: Request) -> Response:
 
 
 async def start_run(scope: Scope, receive: Receive) -> tuple[int, bytes]:
-    engine: Engine = scope["app"].state.engine
+    state = scope["app"].state
+    engine: Engine = state.engine
     name = scope["path_params"]["name"]
-    body = await read_json(scope, receive, FlowBody, engine.config.max_body_size, empty=FlowBody())
-    if body.flow is None:
-        flow = engine.catalog.get(name)
-    elif not engine.config.inline_flows:
+    body = await read_body(scope, receive, engine.config.max_body_size)
+    # A client posting one definition again and again: no decoding or hashing it each time.
+    plan = state.inline_plans.get((name, body))
+    if plan is None:
+        flow = _inline_flow(engine, name, body)
+        plan = engine.plan(flow or engine.catalog.get(name))
+        if flow is not None and len(body) <= INLINE_PLAN_BYTES:
+            state.inline_plans.put((name, body), plan)
+    run = await engine.create_run(plan)
+    return 201, run_json(scope, run, plan.flow)
+
+
+def _inline_flow(engine: Engine, name: str, body: bytes) -> Flow | None:
+    """The flow a body defines (named after the URL unless it has a Name), or None to run the flow file."""
+    flow = decode_json(body, FlowBody).flow if body.strip() else None
+    if flow is None:
+        return None
+    if not engine.config.inline_flows:
         raise ApiError(403, "inline_flows_disabled", "this engine runs only its flow files (inline_flows is off)",
                        "body.Flow")  # fmt: skip
-    else:
-        flow = body.flow if body.flow.name else msgspec.structs.replace(body.flow, name=name)
-    run = await engine.create_run(flow)
-    return 201, run_json(scope, run, flow)
+    return flow if flow.name else msgspec.structs.replace(flow, name=name)
 
 
 async def run_status(scope: Scope, receive: Receive) -> tuple[int, bytes]:

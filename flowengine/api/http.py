@@ -12,7 +12,6 @@ from starlette.types import Receive, Scope, Send
 
 from flowengine.engine import Engine
 from flowengine.errors import ApiError
-from flowengine.spec import decode_json
 
 _encode = msgspec.json.Encoder().encode
 
@@ -76,13 +75,6 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         chunks.append(chunk)
         more = message.get("more_body", False)
     return b"".join(chunks)
-
-
-async def read_json(scope: Scope, receive: Receive, type_: type, limit: int, empty: Any = None) -> Any:
-    body = await read_body(scope, receive, limit)
-    if not body.strip() and empty is not None:
-        return empty
-    return decode_json(body, type_)
 
 
 def base_url(scope: Scope) -> str:
