@@ -63,7 +63,9 @@ class Database:
         db["runs"].create_index(["status", "id"], if_not_exists=True)
         db["runs"].create_index(["flow", "id"], if_not_exists=True)
         db["runs"].create_index(["wake_at"], if_not_exists=True)
-        db["waits"].create_index(["next_check"], if_not_exists=True)
+        # Only waits the reconciler asks about (S3): embedded-store waits have none, and cost no index write.
+        self.conn.execute("DROP INDEX IF EXISTS idx_waits_next_check")  # the full index of earlier versions
+        self.conn.execute("CREATE INDEX IF NOT EXISTS waits_due ON waits (next_check) WHERE next_check IS NOT NULL")
 
     def close(self) -> None:
         self.conn.close()
