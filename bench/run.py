@@ -123,13 +123,17 @@ def server(argv: list[str], workdir: Path, env: dict[str, str] | None = None) ->
         stop(proc)
 
 
-def engine(workdir: Path, name: str, profile: Path | None = None) -> contextlib.AbstractContextManager[Server]:
+def engine(
+    workdir: Path, name: str, profile: Path | None = None, source: Path | None = None
+) -> contextlib.AbstractContextManager[Server]:
+    """An engine on a free port; `source`: a checkout whose flowengine package to run instead of this one."""
     data, flows = workdir / name, workdir / "flows"
     flows.mkdir(exist_ok=True)
     python = [sys.executable, *(["-m", "cProfile", "-o", str(profile / f"{name}.prof")] if profile else [])]
     argv = [*python, "-m", "flowengine.cli", "serve", "--host", HOST, "--data-dir", str(data),
             "--no-access-log", "--log-level", "warning"]  # fmt: skip
-    return server(argv, workdir, {"FLOWENGINE_FLOWS_DIR": str(flows)})
+    env = {"FLOWENGINE_FLOWS_DIR": str(flows), **({"PYTHONPATH": str(source.resolve())} if source else {})}
+    return server(argv, workdir, env)
 
 
 def bare(workdir: Path, body: bytes) -> contextlib.AbstractContextManager[Server]:

@@ -68,6 +68,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--conns", type=int, help="default: 32 for create, 64 for status")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--native", action="store_true",
+                        help="C frames too (sockets, SQLite, the GC); pauses the server for each sample")  # fmt: skip
     args = parser.parse_args()
     if shutil.which("py-spy") is None:
         sys.exit("py-spy is not installed: pip install py-spy")
@@ -85,7 +87,8 @@ def main() -> int:
             loaded = pool.submit(run_load, HOST, srv.port, request, conns, args.seconds + 1.0)
             raw = workdir / "stacks.txt"
             subprocess.run(["py-spy", "record", "--pid", str(srv.pid), "--duration", str(int(args.seconds)),
-                            "--rate", "250", "--format", "raw", "--output", str(raw), "--nonblocking"],
+                            "--rate", "250", "--format", "raw", "--output", str(raw),
+                            "--native" if args.native else "--nonblocking"],
                            check=True, capture_output=True, timeout=args.seconds + 60)  # fmt: skip
             result = loaded.result(timeout=args.seconds + 60)
         print(f"{args.load}: {result['rate']:,.0f} req/s over {conns} conns while sampled ({result['failed']} failed)")
