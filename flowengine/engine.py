@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -38,6 +39,7 @@ from flowengine.validate import validate
 
 FLOW_CACHE = 1024  # decoded flow definitions kept in memory
 RUN_CACHE = 10_000  # recently used runs kept in memory
+CHECKPOINT_INTERVAL = 1.0  # seconds between copies of the WAL into the database (in a worker thread)
 log = logging.getLogger("flowengine")
 _decode_flow = msgspec.json.Decoder(Flow).decode
 _encode = msgspec.json.Encoder().encode
@@ -94,6 +96,7 @@ class Engine:
                 if state.status in (machine.READY, machine.RUNNING):
                     self._dispatch(row.run.id, self.flow_of(row.definition), Dispatch(name, state.attempts))
         self.spawn(self._timer_loop())
+        self.spawn(self._checkpoints())
         self.spawn(self.stores.prepare_configured())
         self.spawn(self._recover_local_uploads())
 
@@ -326,6 +329,14 @@ class Engine:
             )
             event = await run_step(job)
         self.apply(run_id, event)
+
+    async def _checkpoints(self) -> None:
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
+            try:
+                await asyncio.to_thread(self.db.checkpoint)
+            except sqlite3.Error as exc:  # the next one tries again; meanwhile the WAL only grows
+                log.warning("WAL checkpoint failed: %s", exc)
 
     # timers
 

@@ -1,0 +1,42 @@
+"""Persistence details that the API tests cannot see."""
+
+from __future__ import annotations
+
+import asyncio
+
+from flowengine import machine
+from flowengine.config import Config
+from flowengine.db import Database
+from flowengine.engine import Engine
+
+
+def insert_runs(db: Database, count: int, first: int = 0) -> None:
+    for i in range(first, first + count):
+        with db.transaction():
+            db.insert_run(machine.Run(f"run-{i}", "f", machine.WAITING, 1.0, 1.0, {}, {}), "digest", None)
+
+
+def test_the_committing_connection_never_checkpoints_and_checkpoint_copies_the_whole_wal(tmp_path):
+    db = Database(tmp_path / "flowengine.db")
+    insert_runs(db, 1500)  # well past SQLite's automatic checkpoint at 1,000 pages, had it been on
+    frames, copied = db.checkpoint()
+    assert frames > 1000 and copied == frames
+    db.close()
+    assert db.checkpoint() == (0, 0)  # after close: nothing, and no connection reopened
+
+
+def test_the_engine_checkpoints_in_the_background(tmp_path, monkeypatch):
+    monkeypatch.setattr("flowengine.engine.CHECKPOINT_INTERVAL", 0.05)
+    engine = Engine(Config(data_dir=str(tmp_path), flows_dir=str(tmp_path)))
+
+    async def wal_frames_after_a_pause() -> int:
+        await engine.start()
+        insert_runs(engine.db, 100)
+        await asyncio.sleep(0.3)
+        # Once everything in the WAL is in the database, the next commit starts the WAL over.
+        insert_runs(engine.db, 1, first=100)
+        frames = engine.db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+        await engine.stop()
+        return frames
+
+    assert asyncio.run(wal_frames_after_a_pause()) < 10  # not the hundred commits before the pause
