@@ -40,6 +40,11 @@ def short(frame: str) -> str:
     return f"{name} ({where.rstrip(')').rsplit(':', 1)[0].rsplit('/', 1)[-1]})" if where else name
 
 
+def _idle_worker(frames: list[str]) -> bool:
+    """A thread-pool worker waiting for work (shown with --native): not CPU the server spends."""
+    return any(f.startswith("_worker (thread.py)") for f in frames) and any("SimpleQueue_get" in f for f in frames)
+
+
 def top(stacks: Path, count: int) -> str:
     """Tables of the functions with the most samples in py-spy's raw (collapsed) output."""
     own: collections.Counter[str] = collections.Counter()
@@ -48,7 +53,7 @@ def top(stacks: Path, count: int) -> str:
     for line in stacks.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         frames = [short(f) for f in stack.split(";") if f]
-        if not frames:
+        if not frames or _idle_worker(frames):
             continue
         samples = int(n)
         total += samples
