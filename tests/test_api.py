@@ -363,6 +363,14 @@ def test_unknown_things_are_404(client):
     assert client.get("/no/such/route").json()["Code"] == "not_found"
 
 
+def test_head_of_a_status_goes_through_the_router_and_answers_like_get_without_a_body(client):
+    run = start(client, "head", inline([upload_well()]))
+    get, head = (client.request(m, f"/api/v1/flow/status/{run['ID']}") for m in ("GET", "HEAD"))
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-type"] == "application/json"
+    assert head.headers["content-length"] == get.headers["content-length"] == str(len(get.content))
+    assert client.head("/api/v1/flow/status/nope").status_code == 404
+
+
 def test_path_tricks_in_keys_are_refused(client, server):
     run = start(client, "k", inline([upload_well()]))
     url = httpx.URL(run["WaitingURLs"][0]["PutURL"])
