@@ -7,8 +7,6 @@ import time
 import uuid
 from collections.abc import Callable
 
-from flowengine.errors import ApiError
-
 TEMPLATE_VARS = frozenset({"RUN_ID", "FLOW_NAME", "EDGE", "UUID", "DATE", "TIMESTAMP"})
 # Inputs and outputs under their own prefixes, so an S3 lifecycle rule can expire each on its schedule.
 DEFAULT_INPUT_KEY = "inputs/${FLOW_NAME}/${RUN_ID}/${EDGE}"
@@ -63,10 +61,3 @@ def key_problem(key: str) -> str | None:
     if any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in ("", ".", ".."):
         return "has an empty, '.' or '..' path segment"
     return None
-
-
-def check_key(key: str, location: str) -> str:
-    problem = key_problem(key)
-    if problem:
-        raise ApiError(422, "invalid_key", f"{location}: key {key!r} {problem}", location)
-    return key

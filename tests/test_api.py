@@ -460,6 +460,14 @@ def test_the_same_definition_posted_again_makes_a_new_run_each_time_named_by_its
     assert [client.post("/api/v1/flow/alpha", json=invalid).status_code for _ in range(2)] == [422, 422]
 
 
+def test_a_key_too_long_for_any_run_is_refused_before_anything_is_stored(client):
+    before = runs_total(client)
+    refused = client.post(f"/api/v1/flow/{'n' * 1000}", json=inline([upload_well()]))  # the default key has the name
+    assert refused.status_code == 422 and refused.json()["Code"] == "invalid_key"
+    assert refused.json()["Location"] == "DataWells[0].Key" and "longer than 1024 bytes" in refused.json()["Message"]
+    assert runs_total(client) == before
+
+
 def test_two_runs_cannot_wait_for_the_same_key(client):
     body = inline([upload_well(Key="fixed/input.bin")])
     first = start(client, "fixed", body)
