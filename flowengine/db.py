@@ -17,6 +17,7 @@ import sqlite_utils
 
 from flowengine.machine import Run
 
+WAL_KEEP = 64 << 20  # bytes of WAL file kept for reuse after a checkpoint; the rest is truncated
 _encode = msgspec.json.Encoder().encode
 _decode_run = msgspec.json.Decoder(Run).decode
 
@@ -45,6 +46,7 @@ class Database:
         # SQLite would copy the WAL into the database on the committing thread, the event loop's,
         # fsync included, every 1,000 pages. checkpoint() does it from a worker thread instead.
         conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute(f"PRAGMA journal_size_limit={WAL_KEEP}")  # a burst's WAL shrinks again once reset
         self._checkpointer: sqlite3.Connection | None = None
         self._checkpoint_lock = threading.Lock()  # close() waits for a checkpoint under way
         self._closed = False
@@ -82,15 +84,21 @@ class Database:
             self._closed = True
 
     def checkpoint(self) -> tuple[int, int]:
-        """Copy committed transactions from the WAL into the database file, on its own connection so
-        that it can run in a worker thread. PASSIVE: it never waits for a writer, nor blocks one.
-        Returns the WAL's frames and how many of them are now in the database."""
+        """Copy committed transactions from the WAL into the database file, on a connection of its
+        own so that it can run in a worker thread. Returns the WAL's frames and how many of them are
+        now in the database (all of them, unless a writer kept the lock for the whole busy timeout).
+
+        PASSIVE first: it copies the bulk without holding up the writer. Then RESTART, which holds
+        writers off for the little written meanwhile and so lets the next commit start the WAL over;
+        under steady load, passive checkpoints alone never catch up and the WAL grows without end."""
         with self._checkpoint_lock:
             if self._closed:
                 return 0, 0
             if self._checkpointer is None:
                 self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            _, frames, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                self._checkpointer.execute("PRAGMA busy_timeout=5000")
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            _, frames, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             return frames, copied
 
     @contextmanager

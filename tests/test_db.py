@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 from flowengine import machine
 from flowengine.config import Config
@@ -23,6 +25,29 @@ def test_the_committing_connection_never_checkpoints_and_checkpoint_copies_the_w
     assert frames > 1000 and copied == frames
     db.close()
     assert db.checkpoint() == (0, 0)  # after close: nothing, and no connection reopened
+
+
+def test_under_steady_writes_checkpoints_still_let_the_wal_start_over(tmp_path):
+    db = Database(tmp_path / "flowengine.db")
+    done = threading.Event()
+    written = [0]
+
+    def writer() -> None:  # the engine's committing connection, never idle for long
+        while not done.is_set():
+            insert_runs(db, 1, first=written[0])
+            written[0] += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(10):
+            time.sleep(0.1)
+            db.checkpoint()
+    finally:
+        done.set()
+        thread.join()
+    frames_since_start_over = db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+    assert written[0] > 500 and frames_since_start_over < written[0] / 3  # not every frame of the second
 
 
 def test_the_engine_checkpoints_in_the_background(tmp_path, monkeypatch):
