@@ -76,13 +76,15 @@ def _well_plan(flow: Flow, index: int, well: DataWell, stores: Stores, config: C
     source = well.source or machine.FROM_STEP
     template = well.key or (keys.DEFAULT_OUTPUT_KEY if source == machine.FROM_STEP else keys.DEFAULT_INPUT_KEY)
     key = _bind(flow, well.edge, template, place)
-    store = stores.resolve(flow, well.store)
-    plan = EdgePlan(well.edge, place, well.store, store, key, source, None, well.size, None, well.content_type,
-                    tuple(well.accept))  # fmt: skip
-    if source not in machine.WAITING_SOURCES:
-        return plan
-    limit = min(well.max_size or config.max_upload_size, config.max_upload_size)
-    return msgspec.structs.replace(plan, ttl=well_ttl(well, config), max_size=limit)
+    waiting = source in machine.WAITING_SOURCES  # only these have a TTL and an upload limit
+    return EdgePlan(
+        well.edge, place, well.store, stores.resolve(flow, well.store), key, source,
+        ttl=well_ttl(well, config) if waiting else None,
+        expect_size=well.size,
+        max_size=min(well.max_size or config.max_upload_size, config.max_upload_size) if waiting else None,
+        content_type=well.content_type,
+        accept=tuple(well.accept),
+    )  # fmt: skip
 
 
 def well_ttl(well: DataWell, config: Config) -> float:

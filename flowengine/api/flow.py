@@ -146,8 +146,8 @@ def hot_route(scope: Scope) -> JsonHandler | None:
     return None
 
 
-# The two hot routes first: a request is matched against the routes in order. No path here
-# shadows another for the same method, so the order changes nothing else.
+# The two hot routes first: HotRoutes answers them ahead of the router, which matches them only
+# when hot_route declines (a HEAD, a root_path). No path here shadows another for the same method.
 routes = [
     Route("/api/v1/flow/status/{run_id}", JsonEndpoint(run_status), methods=["GET"]),
     Route("/api/v1/flow/{name}", JsonEndpoint(start_run), methods=["POST"]),
