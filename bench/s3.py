@@ -53,10 +53,10 @@ from urllib.parse import quote_plus
 import httpx
 import msgspec
 
-from flowengine import landing
 from flowengine.config import Config
-from flowengine.engine import Engine
-from flowengine.spec import Flow
+from flowengine.core.spec import Flow
+from flowengine.runtime import landing
+from flowengine.runtime.engine import Engine
 from flowengine.stores.base import ObjectInfo
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
@@ -233,7 +233,7 @@ async def drive(engine: Engine, clock: Clock, ticks: int) -> dict[str, Any]:
 def copy_engine(engine: Engine, dest: Path, s3: dict[str, Any], clock: Clock) -> Engine:
     """A second engine on a snapshot of `engine`'s database, whose stores never touch the network."""
     dest.mkdir(parents=True)
-    engine.db.conn.execute("VACUUM INTO ?", (str(dest / "flowengine.db"),))
+    engine.db.conn.execute("VACUUM INTO ?", (str(dest / "flowengine.persistence.sqlite"),))
     copy = engine_on(dest, s3, clock)
     stub = NotThere()
     copy.store_of = lambda flow, edge: stub  # type: ignore[method-assign]

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from flowengine.errors import ApiError
+from flowengine.errors import Error
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -23,8 +23,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from flowengine.config import load_config
-    from flowengine.spec import FLOW_SUFFIXES, flow_files, load_flow_file
-    from flowengine.validate import validate
+    from flowengine.core.spec import FLOW_SUFFIXES, flow_files, load_flow_file
+    from flowengine.core.validate import validate
 
     known_stores = [*args.store, *(s.name for s in load_config(args.config).stores)]
 
@@ -39,7 +39,7 @@ def _validate(args: argparse.Namespace) -> int:
             continue
         try:
             problems = validate(load_flow_file(path), known_stores)
-        except ApiError as exc:
+        except Error as exc:
             problems = exc.problems or []
             if not problems:
                 print(f"{path}: {exc.message}")

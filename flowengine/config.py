@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import yaml
 
-from flowengine.spec import Store
+from flowengine.core.spec import Store
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

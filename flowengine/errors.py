@@ -1,10 +1,28 @@
-"""Errors are values: a status, a code, a message and a location. `api/app.py` turns them into HTTP."""
+"""Domain errors: what went wrong, in the engine's words. They carry a kind, never an HTTP status;
+`api/errors.py` is the one place a kind becomes a status and a body."""
 
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 import msgspec
+
+Kind = Literal[
+    "bad_request",  # the request is malformed (syntax, encoding, a query value)
+    "unauthorized",  # no credential, or one that is not valid
+    "forbidden",  # a valid credential that may not do this
+    "not_found",
+    "conflict",  # the state of things does not allow it now
+    "precondition_failed",
+    "too_large",
+    "unsupported_media_type",
+    "invalid",  # well-formed, but its meaning is wrong (a definition's problems)
+    "too_many_requests",
+    "unavailable",  # a dependency (a store, the database) does not answer
+    "insufficient_storage",  # a disk is full
+    "internal",
+]
 
 
 class Problem(msgspec.Struct, rename="pascal", frozen=True):
@@ -14,41 +32,40 @@ class Problem(msgspec.Struct, rename="pascal", frozen=True):
     message: str
 
 
-class ErrorBody(msgspec.Struct, rename="pascal", omit_defaults=True):
-    code: str
-    message: str
-    location: str = ""
-    problems: list[Problem] = []
-
-
-class ApiError(Exception):
+class Error(Exception):
     def __init__(
-        self, status: int, code: str, message: str, location: str = "", problems: list[Problem] | None = None
+        self, kind: Kind, code: str, message: str, location: str = "", problems: list[Problem] | None = None
     ) -> None:
         super().__init__(message)
-        self.status = status
+        self.kind = kind
         self.code = code
         self.message = message
         self.location = location
         self.problems = problems or []
 
-    def body(self) -> ErrorBody:
-        return ErrorBody(self.code, self.message, self.location, self.problems)
-
     @classmethod
-    def from_msgspec(cls, exc: msgspec.ValidationError, what: str) -> ApiError:
+    def from_msgspec(cls, exc: msgspec.ValidationError, what: str) -> Error:
         """msgspec says "Expected `int`, got `str` - at `$.Flow.Steps[0].ID`": keep the path as a location."""
         text = str(exc)
         match = re.search(r" - at `\$(.*)`$", text)
         path = match.group(1).lstrip(".") if match else ""
         message = text[: match.start()] if match else text
         location = f"{what}.{path}" if path else what
-        return cls(422, "invalid_field", f"{location}: {message}", location, [Problem(location, message)])
+        return cls("invalid", "invalid_field", f"{location}: {message}", location, [Problem(location, message)])
 
 
-def not_found(what: str, ident: str, location: str) -> ApiError:
-    return ApiError(404, "not_found", f"{what} {ident!r} not found", location)
+def not_found(what: str, ident: str, location: str) -> Error:
+    return Error("not_found", "not_found", f"{what} {ident!r} not found", location)
 
 
-def conflict(message: str, location: str = "") -> ApiError:
-    return ApiError(409, "conflict", message, location)
+def conflict(message: str, location: str = "") -> Error:
+    return Error("conflict", "conflict", message, location)
+
+
+def bad_request(code: str, message: str, location: str) -> Error:
+    return Error("bad_request", code, message, location)
+
+
+def already_exists(key: str) -> Error:
+    """A PUT whose URL signed `If-None-Match: *` found the object there."""
+    return Error("precondition_failed", "precondition_failed", f"object {key!r} already exists", "header.If-None-Match")

@@ -497,9 +497,9 @@ def test_concurrent_creations_share_a_commit_but_not_a_fate(server):
 
 
 def test_an_upload_in_place_before_a_crash_advances_its_run_on_restart(start_server, tmp_path):
-    from flowengine.signing import Signer
     from flowengine.stores.base import ObjectInfo
     from flowengine.stores.local import LocalStore
+    from flowengine.stores.signing import Signer
 
     data = tmp_path / "crashed"
     server = start_server(data_dir=data)

@@ -6,10 +6,10 @@ import asyncio
 import threading
 import time
 
-from flowengine import machine
 from flowengine.config import Config
-from flowengine.db import Database
-from flowengine.engine import Engine
+from flowengine.core import machine
+from flowengine.persistence.sqlite import Database
+from flowengine.runtime.engine import Engine
 
 
 def insert_runs(db: Database, count: int, first: int = 0) -> None:
@@ -19,7 +19,7 @@ def insert_runs(db: Database, count: int, first: int = 0) -> None:
 
 
 def test_the_committing_connection_never_checkpoints_and_checkpoint_copies_the_whole_wal(tmp_path):
-    db = Database(tmp_path / "flowengine.db")
+    db = Database(tmp_path / "flowengine.persistence.sqlite")
     insert_runs(db, 1500)  # well past SQLite's automatic checkpoint at 1,000 pages, had it been on
     frames, copied = db.checkpoint()
     assert frames > 1000 and copied == frames
@@ -28,7 +28,7 @@ def test_the_committing_connection_never_checkpoints_and_checkpoint_copies_the_w
 
 
 def test_under_steady_writes_checkpoints_still_let_the_wal_start_over(tmp_path):
-    db = Database(tmp_path / "flowengine.db")
+    db = Database(tmp_path / "flowengine.persistence.sqlite")
     done = threading.Event()
     written = [0]
 
@@ -51,7 +51,7 @@ def test_under_steady_writes_checkpoints_still_let_the_wal_start_over(tmp_path):
 
 
 def test_the_engine_checkpoints_in_the_background(tmp_path, monkeypatch):
-    monkeypatch.setattr("flowengine.engine.CHECKPOINT_INTERVAL", 0.05)
+    monkeypatch.setattr("flowengine.runtime.engine.CHECKPOINT_INTERVAL", 0.05)
     engine = Engine(Config(data_dir=str(tmp_path), flows_dir=str(tmp_path)))
 
     async def wal_frames_after_a_pause() -> int:

@@ -6,11 +6,11 @@ import asyncio
 
 import msgspec
 
-from flowengine import machine
+from flowengine.api.documents import RenderedDocuments
 from flowengine.config import Config
-from flowengine.documents import RenderedDocuments
-from flowengine.engine import Engine
-from flowengine.spec import Flow
+from flowengine.core import machine
+from flowengine.core.spec import Flow
+from flowengine.runtime.engine import Engine
 
 FLOW = msgspec.convert({"Name": "docs", "DataWells": [{"Edge": "in", "Source": "upload"}]}, Flow)
 

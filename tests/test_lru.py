@@ -1,4 +1,4 @@
-from flowengine.lru import LRU
+from flowengine.core.lru import LRU
 
 
 def test_forgets_the_least_recently_used_first():

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from msgspec import structs
 
-from flowengine.machine import (
+from flowengine.core.machine import (
     COMPLETE,
     ERROR,
     FROM_STEP,
@@ -42,7 +42,7 @@ from flowengine.machine import (
     start,
     waiting_edges,
 )
-from flowengine.spec import Flow
+from flowengine.core.spec import Flow
 
 T0 = 1_000.0
 TTL = 60.0

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from flowengine.signing import SignatureError, Signer
+from flowengine.stores.signing import SignatureError, Signer
 
 
 @pytest.mark.parametrize("secret_size", [0, 1, 32, 63, 64, 65, 200])

@@ -4,7 +4,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from minio import Minio
 
-from flowengine import sigv4
+from flowengine.stores import sigv4
 
 AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"

@@ -9,9 +9,9 @@ from typing import Any
 import msgspec
 import pytest
 
+from flowengine.core.spec import Flow
+from flowengine.core.validate import mime_matches, parse_duration, validate
 from flowengine.errors import Problem
-from flowengine.spec import Flow
-from flowengine.validate import mime_matches, parse_duration, validate
 
 # Written as a flow file would be. Steps are listed out of order on purpose: `stamp` reads
 # what `resize` writes.

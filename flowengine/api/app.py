@@ -8,21 +8,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from flowengine import landing, retention
 from flowengine.api import events, flow, upload
-from flowengine.api.http import error_response, json_response, send_json
+from flowengine.api.documents import RenderedDocuments
+from flowengine.api.errors import ERROR_HANDLERS
+from flowengine.api.http import json_response, send_json
 from flowengine.config import Config
-from flowengine.documents import RenderedDocuments
-from flowengine.engine import Engine
-from flowengine.errors import ApiError
-from flowengine.lru import LRU
-from flowengine.stores.base import StoreUnavailable
+from flowengine.core.lru import LRU
+from flowengine.runtime import landing, retention
+from flowengine.runtime.engine import Engine
 
 log = logging.getLogger("flowengine")
 
@@ -35,35 +33,6 @@ async def readyz(request: Request) -> Response:
     problems = await request.app.state.engine.store_problems()
     return json_response({"Status": "ready" if not problems else "degraded", "Stores": problems},
                          200 if not problems else 503)  # fmt: skip
-
-
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return error_response(exc)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(ApiError(exc.status_code, code, str(exc.detail), "path"))
-
-
-async def _store_down(request: Request, exc: Exception) -> Response:
-    return error_response(ApiError(503, "store_unavailable", f"a store did not answer: {exc}", ""))
-
-
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(ApiError(500, "internal_error", "the server failed; see its log", ""))
-
-
-# The most specific first: HotRoutes takes the first that fits, as Starlette would.
-ERROR_HANDLERS = {
-    ApiError: _api_error,
-    HTTPException: _http_error,
-    StoreUnavailable: _store_down,
-    Exception: _unexpected,
-}
 
 
 class HotRoutes:

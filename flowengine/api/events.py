@@ -16,10 +16,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from flowengine.api.http import engine_of, json_response, read_body
-from flowengine.engine import Engine
-from flowengine.errors import ApiError
-from flowengine.landing import notify
-from flowengine.spec import decode_json
+from flowengine.core.spec import decode_json
+from flowengine.errors import Error
+from flowengine.runtime.engine import Engine
+from flowengine.runtime.landing import notify
 
 MAX_EVENT_BODY = 8 << 20  # a MinIO batch can carry many records
 
@@ -79,10 +79,10 @@ def _authorize(request: Request) -> Engine:
     engine = engine_of(request)
     token = engine.config.events_token
     if not token:
-        raise ApiError(403, "events_disabled", "set events_token in the config to accept notifications", "")
+        raise Error("forbidden", "events_disabled", "set events_token in the config to accept notifications", "")
     sent = request.headers.get("authorization", "")
     if not hmac.compare_digest(sent.encode(), f"Bearer {token}".encode()):
-        raise ApiError(401, "unauthorized", "a valid 'Authorization: Bearer <events_token>' header is required",
+        raise Error("unauthorized", "unauthorized", "a valid 'Authorization: Bearer <events_token>' header is required",
                        "header.Authorization")  # fmt: skip
     return engine
 

@@ -8,12 +8,12 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope
 
-from flowengine import machine
+from flowengine.api.documents import RunPage, run_summary
 from flowengine.api.http import JsonEndpoint, JsonHandler, base_url, engine_of, json_response, query_int, read_body
-from flowengine.documents import RunPage, run_summary
-from flowengine.engine import Engine
-from flowengine.errors import ApiError, Problem
-from flowengine.spec import Flow, FlowBody, decode_json
+from flowengine.core import machine
+from flowengine.core.spec import Flow, FlowBody, decode_json
+from flowengine.errors import Error, Problem, bad_request
+from flowengine.runtime.engine import Engine
 
 INLINE_PLANS = 1024  # inline definitions remembered by the bytes posted, with their plans
 INLINE_PLAN_BYTES = 16_384  # bigger bodies are decoded each time, which keeps that memory small
@@ -78,7 +78,7 @@ def _inline_flow(engine: Engine, name: str, body: bytes) -> Flow | None:
     if flow is None:
         return None
     if not engine.config.inline_flows:
-        raise ApiError(403, "inline_flows_disabled", "this engine runs only its flow files (inline_flows is off)",
+        raise Error("forbidden", "inline_flows_disabled", "this engine runs only its flow files (inline_flows is off)",
                        "body.Flow")  # fmt: skip
     return flow if flow.name else msgspec.structs.replace(flow, name=name)
 
@@ -91,7 +91,7 @@ async def run_status(scope: Scope, receive: Receive) -> tuple[int, bytes]:
 async def list_runs(request: Request) -> Response:
     status = request.query_params.get("status")
     if status is not None and status.upper() not in STATUSES:
-        raise ApiError(400, "invalid_query", f"status must be one of {', '.join(STATUSES)}", "query.status")
+        raise bad_request("invalid_query", f"status must be one of {', '.join(STATUSES)}", "query.status")
     limit = query_int(request, "limit", 50, 1, 500)
     offset = query_int(request, "offset", 0, 0, 10**9)
     db = engine_of(request).db
@@ -106,11 +106,11 @@ async def step_log(request: Request) -> Response:
     step_id = request.path_params["step_id"]
     state = run.steps.get(step_id)
     if state is None:
-        raise ApiError(404, "not_found", f"run {run.id!r} has no step {step_id!r}", "path.stepID")
+        raise Error("not_found", "not_found", f"run {run.id!r} has no step {step_id!r}", "path.stepID")
     attempt = query_int(request, "attempt", state.attempts, 1, max(state.attempts, 1))
     path = engine.log_root / run.id / f"{step_id}.{attempt}.log"
     if not path.is_file():
-        raise ApiError(404, "not_found", f"step {step_id!r} has no log for attempt {attempt} yet", "query.attempt")
+        raise Error("not_found", "not_found", f"step {step_id!r} has no log for attempt {attempt} yet", "query.attempt")
     return FileResponse(path, media_type="text/plain; charset=utf-8")
 
 

@@ -10,8 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from flowengine.engine import Engine
-from flowengine.errors import ApiError
+from flowengine.errors import Error, bad_request
+from flowengine.runtime.engine import Engine
 
 _encode = msgspec.json.Encoder().encode
 
@@ -22,10 +22,6 @@ def engine_of(request: Request) -> Engine:
 
 def json_response(value: Any, status: int = 200) -> Response:
     return Response(_encode(value), status, media_type="application/json")
-
-
-def error_response(error: ApiError) -> Response:
-    return json_response(error.body(), error.status)
 
 
 JsonHandler = Callable[[Scope, Receive], Awaitable[tuple[int, bytes]]]
@@ -62,16 +58,16 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The whole body of a small (JSON) request, refused with 413 past `limit` bytes."""
     length = header(scope, b"content-length")
     if length is not None and length.isdigit() and int(length) > limit:
-        raise ApiError(413, "too_large", f"the body is over the limit of {limit} bytes", "body")
+        raise Error("too_large", "too_large", f"the body is over the limit of {limit} bytes", "body")
     chunks, size, more = [], 0, True
     while more:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ApiError(400, "client_disconnected", "the client went away before sending the whole body", "body")
+            raise bad_request("client_disconnected", "the client went away before sending the whole body", "body")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise ApiError(413, "too_large", f"the body is over the limit of {limit} bytes", "body")
+            raise Error("too_large", "too_large", f"the body is over the limit of {limit} bytes", "body")
         chunks.append(chunk)
         more = message.get("more_body", False)
     return b"".join(chunks)
@@ -92,5 +88,5 @@ def query_int(request: Request, name: str, default: int, low: int, high: int) ->
     if raw is None:
         return default
     if not raw.lstrip("-").isdigit() or not low <= int(raw) <= high:
-        raise ApiError(400, "invalid_query", f"{name} must be a whole number from {low} to {high}", f"query.{name}")
+        raise bad_request("invalid_query", f"{name} must be a whole number from {low} to {high}", f"query.{name}")
     return int(raw)

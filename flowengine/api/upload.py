@@ -8,11 +8,11 @@ from starlette.routing import Route
 
 from flowengine.api.flow import run_response
 from flowengine.api.http import engine_of
-from flowengine.errors import ApiError, conflict, not_found
-from flowengine.ingest import DEFAULT_TYPE, Upload, receive
-from flowengine.keys import key_problem
-from flowengine.signing import SignatureError, hook_resource, local_resource
+from flowengine.core.keys import key_problem
+from flowengine.errors import Error, already_exists, bad_request, conflict, not_found
+from flowengine.runtime.ingest import DEFAULT_TYPE, Upload, receive
 from flowengine.stores.local import LocalStore
+from flowengine.stores.signing import SignatureError, hook_resource, local_resource
 
 
 def _length(request: Request) -> int | None:
@@ -20,7 +20,7 @@ def _length(request: Request) -> int | None:
     if raw is None:
         return None
     if not raw.isdigit():
-        raise ApiError(400, "invalid_header", "Content-Length must be a whole number", "header.Content-Length")
+        raise bad_request("invalid_header", "Content-Length must be a whole number", "header.Content-Length")
     return int(raw)
 
 
@@ -33,7 +33,7 @@ def _verify(request: Request, method: str, resource: str) -> dict[str, str]:
     try:
         return engine.stores.signer.verify(method, resource, request.query_params, request.headers, engine.clock())
     except SignatureError as exc:
-        raise ApiError(403, "signature_rejected", str(exc), "query.X-Signature") from None
+        raise Error("forbidden", "signature_rejected", str(exc), "query.X-Signature") from None
 
 
 def _signed_object(request: Request, method: str) -> tuple[LocalStore, str, dict[str, str]]:
@@ -42,7 +42,7 @@ def _signed_object(request: Request, method: str) -> tuple[LocalStore, str, dict
     name, key = request.path_params["store"], request.path_params["key"]
     problem = key_problem(key)
     if problem:
-        raise ApiError(400, "invalid_key", f"key {key!r} {problem}", "path.key")
+        raise bad_request("invalid_key", f"key {key!r} {problem}", "path.key")
     signed = _verify(request, method, local_resource(name, key))
     return engine_of(request).stores.local(name), key, signed
 
@@ -53,7 +53,7 @@ async def put_object(request: Request) -> Response:
     store, key, signed = _signed_object(request, "PUT")
     no_overwrite = signed.get("if-none-match") == "*"
     if no_overwrite and store.stat_now(key) is not None:
-        raise ApiError(412, "precondition_failed", f"object {key!r} already exists", "header.If-None-Match")
+        raise already_exists(key)
     wait = engine.db.wait_for(store.location, key)
     if wait is None:
         raise conflict(f"no run is waiting for {key!r}: its edge is already filled or its run has ended", "path.key")

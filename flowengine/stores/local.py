@@ -17,9 +17,9 @@ from urllib.parse import quote
 import anyio
 import msgspec
 
-from flowengine.keys import is_name, key_problem
-from flowengine.signing import Signer, local_resource
+from flowengine.core.keys import is_name, key_problem
 from flowengine.stores.base import ObjectInfo, Presigned, PutConditions
+from flowengine.stores.signing import Signer, local_resource
 
 CHUNK = 1 << 20
 _meta_encode = msgspec.json.Encoder().encode

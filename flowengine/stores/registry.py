@@ -9,13 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from flowengine.config import Config
-from flowengine.errors import ApiError
-from flowengine.signing import Signer
-from flowengine.spec import Flow
-from flowengine.spec import Store as StoreSpec
+from flowengine.core.spec import Flow
+from flowengine.core.spec import Store as StoreSpec
+from flowengine.errors import Error
 from flowengine.stores.base import Store, StoreUnavailable
 from flowengine.stores.local import LocalStore
 from flowengine.stores.s3 import S3Store
+from flowengine.stores.signing import Signer
 
 DEFAULT = "default"
 PREPARE_RETRY = 30.0  # seconds before preparing a store that was down is tried again
@@ -40,7 +40,7 @@ class Stores:
         if spec is None and name == DEFAULT:
             spec = StoreSpec(name=DEFAULT)
         if spec is None:
-            raise ApiError(422, "unknown_store", f"store {name!r} is not defined", "Store")
+            raise Error("invalid", "unknown_store", f"store {name!r} is not defined", "Store")
         return spec
 
     def resolve(self, flow: Flow | None, name: str) -> Store:

@@ -1,7 +1,7 @@
 """A store on any S3-compatible server (AWS S3, MinIO, SeaweedFS, ...).
 
 Object operations go through the `minio` client, which is synchronous: each call runs in a worker
-thread. Presigned URLs come from `flowengine.sigv4`, because they must sign more than `host`.
+thread. Presigned URLs come from `flowengine.stores.sigv4`, because they must sign more than `host`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.lifecycleconfig import AbortIncompleteMultipartUpload, Expiration, LifecycleConfig, Rule
 from urllib3 import BaseHTTPResponse, HTTPHeaderDict
 
-from flowengine import sigv4
-from flowengine.keys import key_problem
+from flowengine.core.keys import key_problem
+from flowengine.stores import sigv4
 from flowengine.stores.base import ObjectInfo, Presigned, PutConditions, StoreUnavailable
 
 T = TypeVar("T")

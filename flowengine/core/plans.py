@@ -11,14 +11,14 @@ import math
 
 import msgspec
 
-from flowengine import keys, machine
 from flowengine.config import Config
-from flowengine.errors import ApiError
-from flowengine.machine import EdgeState
-from flowengine.spec import DataWell, Flow
+from flowengine.core import keys, machine
+from flowengine.core.machine import EdgeState
+from flowengine.core.spec import DataWell, Flow
+from flowengine.core.validate import parse_duration
+from flowengine.errors import Error
 from flowengine.stores.base import Store
 from flowengine.stores.registry import Stores
-from flowengine.validate import parse_duration
 
 # Per-run values have fixed widths and safe characters, so a key expanded with these has the same
 # problems, if any, as every key a run will ever get from the template.
@@ -101,5 +101,5 @@ def _bind(flow: Flow, edge: str, template: str, place: str) -> str:
     key = keys.bind(template, flow_name=flow.name, edge=edge)
     problem = keys.key_problem(keys.expand(key, run_id=_SAMPLE_RUN, now=0.0, new_uuid=lambda: _SAMPLE_RUN))
     if problem:
-        raise ApiError(422, "invalid_key", f"{place}.Key: key {key!r} {problem}", f"{place}.Key")
+        raise Error("invalid", "invalid_key", f"{place}.Key: key {key!r} {problem}", f"{place}.Key")
     return key

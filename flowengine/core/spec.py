@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 import yaml
 
-from flowengine.errors import ApiError
+from flowengine.errors import Error, bad_request
 
 Scalar = str | int | float | bool
 
@@ -110,9 +110,9 @@ def decode_json(data: bytes, type_: type, what: str = "body"):
     try:
         return msgspec.json.decode(data, type=type_)
     except msgspec.ValidationError as exc:
-        raise ApiError.from_msgspec(exc, what) from None
+        raise Error.from_msgspec(exc, what) from None
     except msgspec.DecodeError as exc:
-        raise ApiError(400, "malformed_json", f"{what} is not valid JSON: {exc}", what) from None
+        raise bad_request("malformed_json", f"{what} is not valid JSON: {exc}", what) from None
 
 
 def load_flow_file(path: Path) -> Flow:
@@ -128,11 +128,11 @@ def _read_flow(path: Path) -> Flow:
     try:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        raise ApiError(422, "malformed_yaml", f"{path.name} is not valid YAML: {exc}", path.name) from None
+        raise Error("invalid", "malformed_yaml", f"{path.name} is not valid YAML: {exc}", path.name) from None
     try:
         return msgspec.convert(data, Flow)
     except msgspec.ValidationError as exc:
-        raise ApiError.from_msgspec(exc, path.name) from None
+        raise Error.from_msgspec(exc, path.name) from None
 
 
 FLOW_SUFFIXES = (".yaml", ".yml", ".json")

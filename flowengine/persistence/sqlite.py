@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 import sqlite_utils
 
-from flowengine.machine import Run
+from flowengine.core.machine import Run
 
 WAL_KEEP = 64 << 20  # bytes of WAL file kept for reuse after a checkpoint; the rest is truncated
 _encode = msgspec.json.Encoder().encode

@@ -16,11 +16,11 @@ from pathlib import Path, PurePosixPath
 import anyio
 import msgspec
 
-from flowengine.executors.process import run_process
-from flowengine.executors.pyrun import Request
-from flowengine.keys import VAR
-from flowengine.machine import EdgeState, ObjectMeta, StepFailed, StepSucceeded
-from flowengine.spec import Scalar, Step, Task
+from flowengine.core.keys import VAR
+from flowengine.core.machine import EdgeState, ObjectMeta, StepFailed, StepSucceeded
+from flowengine.core.spec import Scalar, Step, Task
+from flowengine.runtime.executors.process import run_process
+from flowengine.runtime.executors.pyrun import Request
 from flowengine.stores.base import Store, StoreUnavailable
 
 
@@ -87,7 +87,7 @@ async def _attempt(job: StepJob, work: Path) -> StepSucceeded | StepFailed:
         request = Request(task.python or "", inputs, flags, str(work), str(answer))
         (work / "request.json").write_bytes(msgspec.json.encode(request))
         # -B: importing the task's module must not leave __pycache__ in the operator's flows directory.
-        argv = [sys.executable, "-B", "-m", "flowengine.executors.pyrun", str(work / "request.json")]
+        argv = [sys.executable, "-B", "-m", "flowengine.runtime.executors.pyrun", str(work / "request.json")]
     python_path = os.pathsep.join(p for p in (job.python_path, os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": python_path, "FLOWENGINE_RUN_ID": job.run_id,
            "FLOWENGINE_STEP_ID": step.id, "FLOWENGINE_ATTEMPT": str(job.attempt)}  # fmt: skip

@@ -13,15 +13,15 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from flowengine.db import Wait
-from flowengine.errors import ApiError
-from flowengine.machine import Run
+from flowengine.core.machine import Run
+from flowengine.errors import Error
+from flowengine.persistence.sqlite import Wait
 from flowengine.stores.base import StoreUnavailable
 
 if TYPE_CHECKING:
-    from flowengine.engine import Engine
+    from flowengine.runtime.engine import Engine
 
-log = logging.getLogger("flowengine.landing")
+log = logging.getLogger("flowengine.runtime.landing")
 
 
 async def notice(engine: Engine, wait: Wait) -> Run | None:
@@ -29,7 +29,7 @@ async def notice(engine: Engine, wait: Wait) -> Run | None:
     (size, type, ETag) whatever the notification claimed."""
     try:
         run, flow = engine.get_run(wait.run_id)
-    except ApiError:
+    except Error:
         return None
     edge = run.edges.get(wait.edge)
     if edge is None or edge.object is not None:

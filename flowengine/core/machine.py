@@ -12,8 +12,8 @@ from __future__ import annotations
 import msgspec
 from msgspec import structs
 
-from flowengine.spec import Flow
-from flowengine.validate import mime_matches
+from flowengine.core.spec import Flow
+from flowengine.core.validate import mime_matches
 
 # Run status, as in the flow API reference.
 STOPPED, WAITING, RUNNING, COMPLETE, ERROR = "STOPPED", "WAITING", "RUNNING", "COMPLETE", "ERROR"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import msgspec
 
-from flowengine.errors import ApiError, Problem
-from flowengine.keys import is_name
-from flowengine.spec import FLOW_SUFFIXES, Flow, flow_files, load_flow_file
-from flowengine.validate import validate
+from flowengine.core.keys import is_name
+from flowengine.core.spec import FLOW_SUFFIXES, Flow, flow_files, load_flow_file
+from flowengine.core.validate import validate
+from flowengine.errors import Error, Problem
 
 
 class Entry(msgspec.Struct, frozen=True):
@@ -35,7 +35,7 @@ class Catalog:
         try:
             flow = load_flow_file(path)
             problems = validate(flow, self.known_stores)
-        except ApiError as exc:
+        except Error as exc:
             flow, problems = None, exc.problems or [Problem(path.name, exc.message)]
         entry = Entry(name, path, mtime, flow, problems)
         self._entries[name] = entry
@@ -49,11 +49,10 @@ class Catalog:
         candidates = [self.directory / f"{name}{suffix}" for suffix in FLOW_SUFFIXES]
         path = next((p for p in candidates if p.is_file()), None) if is_name(name) else None
         if path is None:
-            raise ApiError(404, "not_found", f"no flow file named {name!r} in {self.directory}", "path.name")
+            raise Error("not_found", "not_found", f"no flow file named {name!r} in {self.directory}", "path.name")
         entry = self._load(name, path)
         if entry.flow is None or entry.problems:
-            raise ApiError(
-                422, "invalid_flow", f"flow file {path.name} has {len(entry.problems)} problem(s)",
+            raise Error("invalid", "invalid_flow", f"flow file {path.name} has {len(entry.problems)} problem(s)",
                 "path.name", entry.problems,
             )  # fmt: skip
         return entry.flow

@@ -21,21 +21,22 @@ from typing import Any
 
 import msgspec
 
-from flowengine import landing, machine
-from flowengine.catalog import Catalog
 from flowengine.config import Config, ensure_secret
-from flowengine.db import Database, RunRow, Wait
-from flowengine.errors import ApiError, conflict, not_found
-from flowengine.ids import uuid7
-from flowengine.lru import LRU
-from flowengine.machine import Abort, Command, Dispatch, EdgeState, Event, ObjectMeta, Run
-from flowengine.plans import EdgePlan, Plan, make_plan, well_ttl
-from flowengine.retention import LOGS
-from flowengine.spec import Flow
-from flowengine.steps import StepJob, run_step
+from flowengine.core import machine
+from flowengine.core.ids import uuid7
+from flowengine.core.lru import LRU
+from flowengine.core.machine import Abort, Command, Dispatch, EdgeState, Event, ObjectMeta, Run
+from flowengine.core.plans import EdgePlan, Plan, make_plan, well_ttl
+from flowengine.core.spec import Flow
+from flowengine.core.validate import validate
+from flowengine.errors import Error, conflict, not_found
+from flowengine.persistence.sqlite import Database, RunRow, Wait
+from flowengine.runtime import landing
+from flowengine.runtime.catalog import Catalog
+from flowengine.runtime.retention import LOGS
+from flowengine.runtime.steps import StepJob, run_step
 from flowengine.stores.base import ObjectInfo, Store, StoreUnavailable
 from flowengine.stores.registry import Stores
-from flowengine.validate import validate
 
 FLOW_CACHE = 1024  # decoded flow definitions kept in memory
 RUN_CACHE = 10_000  # recently used runs kept in memory
@@ -68,7 +69,7 @@ class Engine:
         self.new_id = new_id
         data = config.data_path
         data.mkdir(parents=True, exist_ok=True)
-        self.db = Database(data / "flowengine.db")
+        self.db = Database(data / "flowengine.persistence.sqlite")
         self.stores = Stores(config, ensure_secret(config), clock)
         self.catalog = Catalog(Path(config.flows_dir), self.stores.configured.keys())
         self.work_root = data / "work"
@@ -169,7 +170,7 @@ class Engine:
         if plan is None:
             problems = validate(flow, self.stores.configured.keys())
             if problems:
-                raise ApiError(422, "invalid_flow", f"the flow has {len(problems)} problem(s)", "Flow", problems)
+                raise Error("invalid", "invalid_flow", f"the flow has {len(problems)} problem(s)", "Flow", problems)
             plan = make_plan(flow, digest, definition, self.stores, self.config)
             self._plans.put(digest, plan)
         return plan
@@ -206,13 +207,13 @@ class Engine:
 
     def _flush_creations(self) -> None:
         batch, self._creations = self._creations, []
-        refused: dict[int, ApiError] = {}
+        refused: dict[int, Error] = {}
         try:
             with self.db.transaction():
                 for i, (creation, _) in enumerate(batch):
                     try:
                         self._insert(creation)
-                    except ApiError as exc:
+                    except Error as exc:
                         refused[i] = exc
         except Exception as exc:
             for _, future in batch:
@@ -361,7 +362,7 @@ def _refuse_shared_keys(edges: dict[str, EdgeState], plan: Plan) -> None:
         other = owner.setdefault((edge.store, edge.key), e.name)
         if other != e.name:
             message = f"edges {other!r} and {e.name!r} both use key {edge.key!r}"
-            raise ApiError(422, "shared_key", message, f"{e.place}.Key")
+            raise Error("invalid", "shared_key", message, f"{e.place}.Key")
 
 
 async def _fill_static(plan: EdgePlan, state: EdgeState, now: float) -> None:
@@ -369,16 +370,16 @@ async def _fill_static(plan: EdgePlan, state: EdgeState, now: float) -> None:
     try:
         info = await plan.store.stat(state.key)
     except StoreUnavailable as exc:
-        raise ApiError(503, "store_unavailable", f"store {plan.store_name!r} did not answer: {exc}",
+        raise Error("unavailable", "store_unavailable", f"store {plan.store_name!r} did not answer: {exc}",
                        f"{plan.place}.Store") from None  # fmt: skip
     if info is None:
-        raise ApiError(422, "static_object_missing",
+        raise Error("invalid", "static_object_missing",
                        f"static well {plan.name!r}: no object {state.key!r} in store {plan.store_name!r}",
                        f"{plan.place}.Key")  # fmt: skip
     obj = ObjectMeta(info.size, info.content_type, info.etag)
     problem = machine.landing_problem(plan.name, state, obj)
     if problem:
-        raise ApiError(422, "static_object_rejected", problem.message, f"{plan.place}.Key")
+        raise Error("invalid", "static_object_rejected", problem.message, f"{plan.place}.Key")
     state.object = obj
     state.filled_at = now
 

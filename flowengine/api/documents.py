@@ -12,13 +12,13 @@ from urllib.parse import quote
 
 import msgspec
 
-from flowengine import machine
-from flowengine.engine import Engine
-from flowengine.lru import LRU
-from flowengine.machine import Run
-from flowengine.signing import hook_resource
-from flowengine.spec import Flow
+from flowengine.core import machine
+from flowengine.core.lru import LRU
+from flowengine.core.machine import Run
+from flowengine.core.spec import Flow
+from flowengine.runtime.engine import Engine
 from flowengine.stores.base import PutConditions
+from flowengine.stores.signing import hook_resource
 
 _encode = msgspec.json.Encoder().encode
 

@@ -16,9 +16,9 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
 
-from flowengine import keys
+from flowengine.core import keys
+from flowengine.core.spec import Binding, DataWell, Flow, Slot, Step, Store, Task
 from flowengine.errors import Problem
-from flowengine.spec import Binding, DataWell, Flow, Slot, Step, Store, Task
 
 Problems = Iterator[Problem]
 

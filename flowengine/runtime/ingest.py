@@ -16,10 +16,10 @@ from pathlib import Path
 
 import msgspec
 
-from flowengine import machine
-from flowengine.engine import Engine
-from flowengine.errors import ApiError, conflict, not_found
-from flowengine.machine import ObjectMeta, Run
+from flowengine.core import machine
+from flowengine.core.machine import ObjectMeta, Run
+from flowengine.errors import Error, Kind, already_exists, bad_request, conflict, not_found
+from flowengine.runtime.engine import Engine
 from flowengine.stores.base import ObjectInfo
 from flowengine.stores.local import LocalStore
 
@@ -35,8 +35,8 @@ class Upload(msgspec.Struct, frozen=True):
     no_overwrite: bool = False
 
 
-def too_large(limit: int) -> ApiError:
-    return ApiError(413, "too_large", f"the body is over the size limit of {limit} bytes", "body")
+def too_large(limit: int) -> Error:
+    return Error("too_large", "too_large", f"the body is over the size limit of {limit} bytes", "body")
 
 
 async def spool(body: AsyncIterator[bytes], limit: int, directory: Path) -> tuple[Path, int, str]:
@@ -58,12 +58,16 @@ async def spool(body: AsyncIterator[bytes], limit: int, directory: Path) -> tupl
     return path, size, digest.hexdigest()
 
 
-_REFUSALS = {"size": (400, "size_mismatch"), "too_large": (413, "too_large"), "type": (415, "unsupported_media_type")}
+_REFUSALS: dict[str, tuple[Kind, str]] = {
+    "size": ("bad_request", "size_mismatch"),
+    "too_large": ("too_large", "too_large"),
+    "type": ("unsupported_media_type", "unsupported_media_type"),
+}
 
 
-def _refusal(problem: machine.LandingProblem) -> ApiError:
-    status, code = _REFUSALS[problem.kind]
-    return ApiError(status, code, problem.message, "body")
+def _refusal(problem: machine.LandingProblem) -> Error:
+    kind, code = _REFUSALS[problem.kind]
+    return Error(kind, code, problem.message, "body")
 
 
 async def receive(engine: Engine, run_id: str, edge_name: str, body: AsyncIterator[bytes], upload: Upload) -> Run:
@@ -84,7 +88,7 @@ async def receive(engine: Engine, run_id: str, edge_name: str, body: AsyncIterat
     path, size, md5 = await spool(body, limit, engine.config.data_path / "tmp")
     try:
         if upload.declared_length is not None and size != upload.declared_length:
-            raise ApiError(400, "size_mismatch",
+            raise bad_request("size_mismatch",
                            f"the body is {size} bytes, the signed Content-Length says {upload.declared_length}",
                            "header.Content-Length")  # fmt: skip
         meta = ObjectMeta(size, upload.content_type, md5)
@@ -94,9 +98,7 @@ async def receive(engine: Engine, run_id: str, edge_name: str, body: AsyncIterat
         info = ObjectInfo(size, upload.content_type, md5, engine.clock())
         if isinstance(store, LocalStore):
             if not store.commit(path, edge.key, info, overwrite=not upload.no_overwrite):
-                raise ApiError(
-                    412, "precondition_failed", f"object {edge.key!r} already exists", "header.If-None-Match"
-                )
+                raise already_exists(edge.key)
         else:
             info = await store.upload(edge.key, path, upload.content_type)
             meta = ObjectMeta(info.size, info.content_type, info.etag)

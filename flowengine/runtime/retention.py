@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from flowengine.errors import ApiError
+from flowengine.errors import Error
 from flowengine.stores.base import StoreUnavailable
 
 if TYPE_CHECKING:
-    from flowengine.engine import Engine
+    from flowengine.runtime.engine import Engine
 
-log = logging.getLogger("flowengine.retention")
+log = logging.getLogger("flowengine.runtime.retention")
 BATCH = 500
 LOGS = ""  # the expiry row of a run's step logs (edge names are never empty)
 
@@ -56,7 +56,7 @@ async def sweep(engine: Engine) -> int:
                 down.add(id(store))
                 skipped.add((run_id, edge_name))
                 continue
-            except (ApiError, KeyError):
+            except (Error, KeyError):
                 pass  # the run or edge is gone: nothing left to delete
             with engine.db.transaction():
                 engine.db.drop_expiry(run_id, edge_name)

@@ -1,0 +1,79 @@
+"""The one place domain errors become HTTP answers: a status per kind, and a body."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from flowengine.errors import Error, Kind, Problem
+from flowengine.stores.base import StoreUnavailable
+
+log = logging.getLogger("flowengine")
+_encode = msgspec.json.Encoder().encode
+
+STATUS: dict[Kind, int] = {
+    "bad_request": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "not_found": 404,
+    "conflict": 409,
+    "precondition_failed": 412,
+    "too_large": 413,
+    "unsupported_media_type": 415,
+    "invalid": 422,
+    "too_many_requests": 429,
+    "internal": 500,
+    "unavailable": 503,
+    "insufficient_storage": 507,
+}
+_KIND_OF_STATUS = {status: kind for kind, status in STATUS.items()}
+
+
+class ErrorBody(msgspec.Struct, rename="pascal", omit_defaults=True):
+    """The flow API's error body: `{"Code", "Message", "Location", "Problems"}`."""
+
+    code: str
+    message: str
+    location: str = ""
+    problems: list[Problem] = []
+
+
+def error_response(error: Error) -> Response:
+    body = ErrorBody(error.code, error.message, error.location, error.problems)
+    return Response(_encode(body), STATUS[error.kind], media_type="application/json")
+
+
+async def _domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Error)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kind = _KIND_OF_STATUS.get(exc.status_code, "bad_request")
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    response = error_response(Error(kind, code, str(exc.detail), "path"))
+    response.status_code = exc.status_code
+    return response
+
+
+async def _store_down(request: Request, exc: Exception) -> Response:
+    return error_response(Error("unavailable", "store_unavailable", f"a store did not answer: {exc}"))
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(Error("internal", "internal_error", "the server failed; see its log"))
+
+
+# The most specific first: HotRoutes takes the first that fits, as Starlette would.
+ERROR_HANDLERS = {
+    Error: _domain_error,
+    HTTPException: _http_error,
+    StoreUnavailable: _store_down,
+    Exception: _unexpected,
+}
