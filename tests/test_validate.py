@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from flowengine.core.spec import Flow
-from flowengine.core.validate import mime_matches, parse_duration, validate
+from flowengine.core.validate import MAX_PROBLEMS, MAX_STEPS, mime_matches, parse_duration, validate
 from flowengine.errors import Problem
 
 # Written as a flow file would be. Steps are listed out of order on purpose: `stamp` reads
@@ -421,6 +421,50 @@ def test_cycle_is_one_problem_at_its_first_step() -> None:
 def test_step_reading_its_own_output_is_a_cycle() -> None:
     doc = {"Name": "self", "Tasks": [pass_task()], "Steps": [pass_step("again", "x", "x")]}
     assert_only(doc, "Steps[0]", "'again' -> 'again'")
+
+
+def test_every_cycle_is_found_once_even_a_long_one() -> None:
+    ring = [pass_step(f"r{i}", f"e{i}", f"e{(i + 1) % MAX_STEPS}") for i in range(MAX_STEPS - 2)]
+    ring[-1]["Outputs"][0]["Edge"] = "e0"
+    doc = {
+        "Name": "rings",
+        "Tasks": [pass_task()],
+        "Steps": [*ring, pass_step("p", "q", "p2"), pass_step("q", "p2", "q")],
+    }
+    problems = check(doc)
+    assert [p.path for p in problems] == ["Steps[0]", f"Steps[{MAX_STEPS - 2}]"], problems
+    assert "'r0' -> 'r1' -> " in problems[0].message and "'p' -> 'q' -> 'p'" in problems[1].message
+
+
+# --- limits ------------------------------------------------------------------------------------
+
+
+def test_a_flow_over_the_size_limits_is_refused_before_anything_else() -> None:
+    doc = {
+        "Name": "huge",
+        "Tasks": [pass_task()],
+        "Steps": [pass_step(f"s{i}", f"e{i}", f"e{i + 1}") for i in range(MAX_STEPS + 1)],
+    }
+    assert_only(doc, "Steps", f"{MAX_STEPS + 1} Steps is over the limit of {MAX_STEPS}")
+
+
+def test_problems_are_capped_with_a_note_of_the_rest() -> None:
+    doc = {
+        "Name": "many",
+        "Tasks": [pass_task()],
+        "Steps": [pass_step(f"s{i}", "nowhere", f"o{i}") for i in range(300)],
+    }
+    problems = check(doc)
+    assert len(problems) == MAX_PROBLEMS + 1
+    assert problems[-1] == Problem("", f"more problems not shown: the first {MAX_PROBLEMS} are listed")
+
+
+def test_unknown_task_message_lists_a_few_tasks_not_all() -> None:
+    doc = valid()
+    doc["Tasks"] += [pass_task(f"t{i}") for i in range(100)]
+    doc["Steps"][RESIZE]["Uses"] = "nope"
+    problems = check(doc)
+    assert problems[0].path == f"Steps[{RESIZE}].Uses" and problems[0].message.endswith(", ...)")
 
 
 # --- data wells --------------------------------------------------------------------------------

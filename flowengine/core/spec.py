@@ -7,6 +7,7 @@ unknown fields) are caught here by msgspec; semantic ones (unknown edges, cycles
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import msgspec
@@ -79,7 +80,7 @@ class Task(_Spec):
     backoff: float = 1.0  # seconds before the first retry, doubled for each next one
 
 
-class Flow(_Spec):
+class Flow(_Spec, dict=True):  # dict: room for the cached lookups below
     name: str = ""  # an inline flow without one takes the name in its URL; a flow file, its file name
     description: str = ""
     stores: list[Store] = []
@@ -87,16 +88,29 @@ class Flow(_Spec):
     steps: list[Step] = []
     tasks: list[Task] = []
 
-    # Lookups for a valid flow (validate.py has made IDs, names and edges unique).
+    # Lookups for a valid flow (validate.py has made IDs, names and edges unique), by dictionary:
+    # every event on a run looks its step up, and a flow may have a thousand.
 
     def step(self, step_id: str) -> Step:
-        return next(s for s in self.steps if s.id == step_id)
+        return self._steps[step_id]
 
     def task_of(self, step: Step) -> Task:
-        return next(t for t in self.tasks if t.name == step.uses)
+        return self._tasks[step.uses]
 
     def well(self, edge: str) -> DataWell:
-        return next(w for w in self.data_wells if w.edge == edge)
+        return self._wells[edge]
+
+    @functools.cached_property
+    def _steps(self) -> dict[str, Step]:
+        return {s.id: s for s in self.steps}
+
+    @functools.cached_property
+    def _tasks(self) -> dict[str, Task]:
+        return {t.name: t for t in reversed(self.tasks)}  # the first of a name wins, as in validation
+
+    @functools.cached_property
+    def _wells(self) -> dict[str, DataWell]:
+        return {w.edge: w for w in reversed(self.data_wells)}
 
 
 class FlowBody(msgspec.Struct, rename="pascal", forbid_unknown_fields=True, kw_only=True):
