@@ -233,7 +233,7 @@ async def drive(engine: Engine, clock: Clock, ticks: int) -> dict[str, Any]:
 def copy_engine(engine: Engine, dest: Path, s3: dict[str, Any], clock: Clock) -> Engine:
     """A second engine on a snapshot of `engine`'s database, whose stores never touch the network."""
     dest.mkdir(parents=True)
-    engine.db.conn.execute("VACUUM INTO ?", (str(dest / "flowengine.persistence.sqlite"),))
+    engine.db.conn.execute("VACUUM INTO ?", (str(dest / "flowengine.db"),))
     copy = engine_on(dest, s3, clock)
     stub = NotThere()
     copy.store_of = lambda flow, edge: stub  # type: ignore[method-assign]

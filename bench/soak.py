@@ -44,7 +44,7 @@ def main() -> int:
     try:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool, \
                 engine(tmp, "soak") as srv:  # fmt: skip
-            db = tmp / "soak" / "flowengine.persistence.sqlite"
+            db = tmp / "soak" / "flowengine.db"
             request = encode_request("POST", "/api/v1/flow/bench-soak", f"{HOST}:{srv.port}", body)
             print(f"{'time':>6} {'runs/s':>8} {'failed':>7} {'WAL MB':>7} {'DB MB':>7} {'RSS MB':>7}")
             elapsed = 0.0

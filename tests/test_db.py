@@ -19,7 +19,7 @@ def insert_runs(db: Database, count: int, first: int = 0) -> None:
 
 
 def test_the_committing_connection_never_checkpoints_and_checkpoint_copies_the_whole_wal(tmp_path):
-    db = Database(tmp_path / "flowengine.persistence.sqlite")
+    db = Database(tmp_path / "flowengine.db")
     insert_runs(db, 1500)  # well past SQLite's automatic checkpoint at 1,000 pages, had it been on
     frames, copied = db.checkpoint()
     assert frames > 1000 and copied == frames
@@ -28,7 +28,7 @@ def test_the_committing_connection_never_checkpoints_and_checkpoint_copies_the_w
 
 
 def test_under_steady_writes_checkpoints_still_let_the_wal_start_over(tmp_path):
-    db = Database(tmp_path / "flowengine.persistence.sqlite")
+    db = Database(tmp_path / "flowengine.db")
     done = threading.Event()
     written = [0]
 

@@ -69,7 +69,7 @@ class Engine:
         self.new_id = new_id
         data = config.data_path
         data.mkdir(parents=True, exist_ok=True)
-        self.db = Database(data / "flowengine.persistence.sqlite")
+        self.db = Database(data / "flowengine.db")
         self.stores = Stores(config, ensure_secret(config), clock)
         self.catalog = Catalog(Path(config.flows_dir), self.stores.configured.keys())
         self.work_root = data / "work"

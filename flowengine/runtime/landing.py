@@ -21,7 +21,7 @@ from flowengine.stores.base import StoreUnavailable
 if TYPE_CHECKING:
     from flowengine.runtime.engine import Engine
 
-log = logging.getLogger("flowengine.runtime.landing")
+log = logging.getLogger("flowengine.landing")
 
 
 async def notice(engine: Engine, wait: Wait) -> Run | None:

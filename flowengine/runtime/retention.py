@@ -22,7 +22,7 @@ from flowengine.stores.base import StoreUnavailable
 if TYPE_CHECKING:
     from flowengine.runtime.engine import Engine
 
-log = logging.getLogger("flowengine.runtime.retention")
+log = logging.getLogger("flowengine.retention")
 BATCH = 500
 LOGS = ""  # the expiry row of a run's step logs (edge names are never empty)
 
