@@ -6,7 +6,9 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Literal
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -19,7 +21,6 @@ from flowengine.api.errors import ERROR_HANDLERS
 from flowengine.api.http import json_response, send_json
 from flowengine.config import Config
 from flowengine.core.lru import LRU
-from flowengine.runtime import landing, retention
 from flowengine.runtime.engine import Engine
 
 log = logging.getLogger("flowengine")
@@ -29,10 +30,17 @@ async def healthz(request: Request) -> Response:
     return json_response({"Status": "ok"})
 
 
+class Readiness(msgspec.Struct, rename="pascal"):
+    status: Literal["ready", "degraded"]
+    stores: dict[str, str]  # stores that do not answer, with why
+    loops: dict[str, str]  # background loops whose last iteration failed, with the error
+
+
 async def readyz(request: Request) -> Response:
-    problems = await request.app.state.engine.store_problems()
-    return json_response({"Status": "ready" if not problems else "degraded", "Stores": problems},
-                         200 if not problems else 503)  # fmt: skip
+    engine = request.app.state.engine
+    stores, loops = await engine.store_problems(), engine.loops.failing()
+    ready = not stores and not loops
+    return json_response(Readiness("ready" if ready else "degraded", stores, loops), 200 if ready else 503)
 
 
 class HotRoutes:
@@ -68,8 +76,6 @@ def create_app(config: Config, engine: Engine | None = None) -> HotRoutes:
         app.state.inline_plans = LRU(flow.INLINE_PLANS)
         await running.start()
         gc.freeze()  # what is loaded by now lives as long as the process: full collections need not walk it each time
-        running.spawn(landing.Reconciler(running).run())
-        running.spawn(retention.run(running))
         try:
             yield
         finally:

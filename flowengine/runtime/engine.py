@@ -13,9 +13,8 @@ import hashlib
 import logging
 import math
 import shutil
-import sqlite3
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +30,11 @@ from flowengine.core.spec import Flow
 from flowengine.core.validate import validate
 from flowengine.errors import Error, conflict, not_found
 from flowengine.persistence.sqlite import Database, RunRow, Wait
-from flowengine.runtime import landing
+from flowengine.runtime import landing, retention
 from flowengine.runtime.catalog import Catalog
 from flowengine.runtime.retention import LOGS
 from flowengine.runtime.steps import StepJob, run_step
+from flowengine.runtime.supervisor import Supervisor
 from flowengine.stores.base import ObjectInfo, Store, StoreUnavailable
 from flowengine.stores.registry import Stores
 
@@ -83,6 +83,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._sleep_until = math.inf
         self._background: list[asyncio.Task] = []
+        self.loops = Supervisor()
         self._creations: list[tuple[_Creation, asyncio.Future[None]]] = []
 
     # lifecycle
@@ -96,8 +97,10 @@ class Engine:
             for name, state in row.run.steps.items():
                 if state.status in (machine.READY, machine.RUNNING):
                     self._dispatch(row.run.id, self.flow_of(row.definition), Dispatch(name, state.attempts))
-        self.spawn(self._timer_loop())
-        self.spawn(self._checkpoints())
+        self.spawn_loop("timers", self._timers, self._until_next_wake)
+        self.spawn_loop("checkpoints", self._checkpoint, every(CHECKPOINT_INTERVAL))
+        self.spawn_loop("reconciler", landing.Reconciler(self).tick, every(self.config.reconcile_interval))
+        self.spawn_loop("sweeper", lambda: retention.sweep(self), every(self.config.sweep_interval))
         self.spawn(self.stores.prepare_configured())
         self.spawn(self._recover_local_uploads())
 
@@ -107,8 +110,14 @@ class Engine:
             await landing.notice(self, wait)
 
     def spawn(self, job: Coroutine[Any, Any, None]) -> None:
-        """Run a background loop until the engine stops."""
-        self._background.append(asyncio.create_task(job))
+        """Run a background job until it ends or the engine stops; if it fails, the log says so."""
+        task = asyncio.create_task(job)
+        task.add_done_callback(_log_failure)
+        self._background.append(task)
+
+    def spawn_loop(self, name: str, work: Callable[[], Awaitable[Any]], pause: Callable[[], Awaitable[None]]) -> None:
+        """Do `work`, `pause`, and again, until the engine stops, surviving failures (supervisor.py)."""
+        self.spawn(self.loops.run(name, work, pause))
 
     async def stop(self) -> None:
         tasks = [*self._background, *self._steps.values()]
@@ -331,27 +340,24 @@ class Engine:
             event = await run_step(job)
         self.apply(run_id, event)
 
-    async def _checkpoints(self) -> None:
-        while True:
-            await asyncio.sleep(CHECKPOINT_INTERVAL)
-            try:
-                await asyncio.to_thread(self.db.checkpoint)
-            except sqlite3.Error as exc:  # the next one tries again; meanwhile the WAL only grows
-                log.warning("WAL checkpoint failed: %s", exc)
+    async def _checkpoint(self) -> None:
+        await asyncio.to_thread(self.db.checkpoint)  # if it fails, the WAL only grows until the next one
 
     # timers
 
-    async def _timer_loop(self) -> None:
-        while True:
-            now = self.clock()
-            for run_id in self.db.due_runs(now):
-                self.apply(run_id, machine.Tick())
-            nxt = self.db.next_wake()
-            self._sleep_until = math.inf if nxt is None else nxt
-            self._wake.clear()
-            timeout = None if nxt is None else max(0.0, nxt - self.clock()) + 0.001
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+    async def _timers(self) -> None:
+        """Apply a Tick to every run that is due, and note when the next one is."""
+        for run_id in self.db.due_runs(self.clock()):
+            self.apply(run_id, machine.Tick())
+        nxt = self.db.next_wake()
+        self._sleep_until = math.inf if nxt is None else nxt
+        self._wake.clear()
+
+    async def _until_next_wake(self) -> None:
+        """Sleep until the next run is due, or until a commit makes one due sooner."""
+        timeout = None if self._sleep_until == math.inf else max(0.0, self._sleep_until - self.clock()) + 0.001
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
 
 
 def _refuse_shared_keys(edges: dict[str, EdgeState], plan: Plan) -> None:
@@ -386,3 +392,13 @@ async def _fill_static(plan: EdgePlan, state: EdgeState, now: float) -> None:
 
 def _wait(store: Store, run: Run, edge: str) -> Wait:
     return Wait(store.location, store.full_key(run.edges[edge].key), run.id, edge)
+
+
+def every(seconds: float) -> Callable[[], Awaitable[None]]:
+    """A loop's pause: a fixed sleep."""
+    return lambda: asyncio.sleep(seconds)
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background job failed", exc_info=task.exception())

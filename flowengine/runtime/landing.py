@@ -84,11 +84,3 @@ class Reconciler:
                 log.warning("reconciler: %s unavailable, %s keeps waiting: %s", wait.location, wait.key, exc)
             except Exception:
                 log.exception("reconciler: checking %s %s failed", wait.location, wait.key)
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("reconciler tick failed")
-            await asyncio.sleep(self.engine.config.reconcile_interval)

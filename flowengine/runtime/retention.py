@@ -9,7 +9,6 @@ artifact, marked Expired, with no URL.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import shutil
 from typing import TYPE_CHECKING
@@ -62,12 +61,3 @@ async def sweep(engine: Engine) -> int:
                 engine.db.drop_expiry(run_id, edge_name)
             deleted += 1
     return deleted
-
-
-async def run(engine: Engine) -> None:
-    while True:
-        try:
-            await sweep(engine)
-        except Exception:
-            log.exception("sweeper failed")
-        await asyncio.sleep(engine.config.sweep_interval)
