@@ -14,10 +14,16 @@ def _serve(args: argparse.Namespace) -> int:
 
     from flowengine.api.app import create_app
     from flowengine.config import load_config
+    from flowengine.logs import logging_config
 
-    config = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir)
+    config = load_config(
+        args.config, host=args.host, port=args.port, data_dir=args.data_dir, log_format=args.log_format
+    )
     app = create_app(config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, access_log=args.access_log)
+    uvicorn.run(
+        app, host=config.host, port=config.port, log_level=args.log_level, access_log=args.access_log,
+        log_config=logging_config(args.log_level, config.log_format),
+    )  # fmt: skip
     return 0
 
 
@@ -61,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--data-dir", help="where the database and the embedded store live (default ./data)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--no-access-log", dest="access_log", action="store_false")
+    serve.add_argument("--log-format", choices=["text", "logfmt", "json"], help="log line format (default text)")
     serve.set_defaults(run=_serve)
     check = sub.add_parser("validate", help="check flow files; prints every problem, exits 1 if any")
     check.add_argument("paths", nargs="*", type=Path, default=[Path("flows")])

@@ -13,6 +13,7 @@ import msgspec
 import yaml
 
 from flowengine.core.spec import Store
+from flowengine.logs import LogFormat
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -39,6 +40,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reconcile_batch: int = 200  # waiting keys checked per tick at most
     s3_access_key: str = ""  # credentials for s3 stores declared in flow files
     s3_secret_key: str = ""
+    log_format: LogFormat = "text"  # text | logfmt | json: every log line, run and step transitions included
     stores: list[Store] = []  # operator-defined stores; these may carry credentials in Params
 
     @property

@@ -47,9 +47,14 @@ def start_server(tmp_path: Path, flows_dir: Path) -> Iterator[Callable[..., Serv
     started: list[Server] = []
 
     def start(
-        data_dir: Path | None = None, port: int | None = None, config: str | None = None, **settings: Any
+        data_dir: Path | None = None,
+        port: int | None = None,
+        config: str | None = None,
+        log_level: str = "warning",
+        **settings: Any,
     ) -> Server:
-        server = Server(data_dir or tmp_path / f"data{len(started)}", flows_dir, port, config, **settings).start()
+        data = data_dir or tmp_path / f"data{len(started)}"
+        server = Server(data, flows_dir, port, config, log_level, **settings).start()
         started.append(server)
         return server
 

@@ -24,13 +24,20 @@ class Server:
     """Starts the service with a data dir and flows dir of its own; settings go in as FLOWENGINE_* env."""
 
     def __init__(
-        self, data_dir: Path, flows_dir: Path, port: int | None = None, config: str | None = None, **settings: Any
+        self,
+        data_dir: Path,
+        flows_dir: Path,
+        port: int | None = None,
+        config: str | None = None,
+        log_level: str = "warning",
+        **settings: Any,
     ) -> None:
         self.data_dir = data_dir
         self.flows_dir = flows_dir
         self.port = port or free_port()
         self.config = config
         self.settings = settings
+        self.log_level = log_level
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.log = data_dir.parent / f"server-{self.port}.log"
@@ -40,7 +47,7 @@ class Server:
         env["FLOWENGINE_FLOWS_DIR"] = str(self.flows_dir)
         env.update({f"FLOWENGINE_{k.upper()}": str(v) for k, v in self.settings.items()})
         args = [sys.executable, "-m", "flowengine.cli", "serve", "--port", str(self.port),
-                "--data-dir", str(self.data_dir), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+                "--data-dir", str(self.data_dir), "--log-level", self.log_level, "--no-access-log"]  # fmt: skip
         if self.config:
             args += ["--config", self.config]
         with open(self.log, "ab") as log:

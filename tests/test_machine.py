@@ -36,10 +36,12 @@ from flowengine.core.machine import (
     StepStarted,
     StepSucceeded,
     Tick,
+    Transition,
     advance,
     landing_problem,
     next_wake,
     start,
+    transitions,
     waiting_edges,
 )
 from flowengine.core.spec import Flow
@@ -1234,3 +1236,72 @@ def test_next_wake_names_only_times_a_tick_acts_on():
     assert next_wake(run) == 100.0
     ticked, commands = advance(run, flow, Tick(), 60.0)
     assert ticked is run and commands == []
+
+
+# ---------------------------------------------------------------------------------------------
+# transitions: what the shell logs and counts
+
+
+def kinds(found: list[Transition]) -> list[tuple]:
+    return [(t.kind, t.status if t.kind.startswith("run.") else t.step or t.edge) for t in found]
+
+
+def test_transitions_of_a_whole_run_with_a_retry():
+    out = ObjectMeta(3, "text/plain", "e2")
+    created = start_hop()
+    assert transitions(None, created) == [Transition("run.created", "run-hop", "hop", status=WAITING)]
+    landed, _ = advance(created, HOP, Landed("raw", OBJ), T0 + 1)
+    assert kinds(transitions(created, landed)) == [("edge.filled", "raw"), ("run.running", RUNNING)]
+    assert transitions(created, landed)[0].size == OBJ.size and transitions(created, landed)[0].source == "upload"
+    started, _ = advance(landed, HOP, StepStarted("first", 1), T0 + 2)
+    assert transitions(landed, started) == [Transition("step.started", "run-hop", "hop", step="first", attempt=1)]
+    failed, _ = advance(started, HOP, StepFailed("first", 1, "boom"), T0 + 5)
+    [t] = transitions(started, failed)
+    assert (t.kind, t.attempt, t.retry, t.duration, t.error) == ("step.failed", 1, True, 3.0, "boom")
+    retried, _ = advance(failed, HOP, Tick(), T0 + 7)
+    assert transitions(failed, retried) == []  # READY again: nothing to report until it starts
+    again, _ = advance(retried, HOP, StepStarted("first", 2), T0 + 8)
+    assert kinds(transitions(retried, again)) == [("step.started", "first")]
+    done, _ = advance(again, HOP, StepSucceeded("first", 2, {"mid": out}), T0 + 9)
+    assert kinds(transitions(again, done)) == [("edge.filled", "mid"), ("step.succeeded", "first")]
+    assert transitions(again, done)[1].duration == 1.0 and transitions(again, done)[1].error is None
+    second, _ = advance(done, HOP, StepStarted("second", 1), T0 + 10)
+    end, _ = advance(second, HOP, StepSucceeded("second", 1, {"result": out}), T0 + 12)
+    found = transitions(second, end)
+    assert kinds(found) == [("edge.filled", "result"), ("step.succeeded", "second"), ("run.complete", COMPLETE)]
+    assert found[-1].duration == 12.0 and found[-1].error is None
+
+
+def test_transitions_of_a_failure_and_a_cancel_name_the_reason():
+    run = hop_running()
+    failed, _ = advance(run, HOP, StepFailed("first", 1, "boom"), T0 + 3)
+    failed, _ = play(
+        failed, HOP, (Tick(), T0 + 5), (StepStarted("first", 2), T0 + 5), (StepFailed("first", 2, "x"), T0 + 6)
+    )
+    failed, _ = play(failed, HOP, (Tick(), T0 + 10), (StepStarted("first", 3), T0 + 10))
+    end, _ = advance(failed, HOP, StepFailed("first", 3, "still"), T0 + 11)
+    found = transitions(failed, end)
+    assert kinds(found) == [("step.failed", "first"), ("run.error", ERROR)]
+    assert found[0].retry is False and found[1].step == "first" and "still" in (found[1].error or "")
+    stopped, _ = advance(hop_running(), HOP, Cancel(), T0 + 4)
+    found = transitions(hop_running(), stopped)
+    assert kinds(found) == [("step.failed", "first"), ("run.stopped", STOPPED)]
+    assert found[1].error == "cancelled by request"
+
+
+def test_a_retry_without_backoff_still_reports_the_failed_attempt():
+    flow = make_flow(
+        "now", [{"Edge": "a", "Source": "upload", "TTL": 60}, {"Edge": "b"}],
+        [step("s", "t", {"in": "a"}, {"out": "b"})], [task("t", ("in",), MaxAttempts=2, Backoff=0)],
+    )  # fmt: skip
+    run, _ = start(flow, "r", {"a": well(), "b": produced()}, T0)
+    run, _ = play(run, flow, (Landed("a", OBJ), T0 + 1), (StepStarted("s", 1), T0 + 2))
+    after, commands = advance(run, flow, StepFailed("s", 1, "boom"), T0 + 4)
+    assert commands == [Dispatch("s", 2)] and after.steps["s"].status == READY
+    [t] = transitions(run, after)
+    assert (t.kind, t.attempt, t.retry, t.duration, t.error) == ("step.failed", 1, True, 2.0, "boom")
+
+
+def test_no_change_no_transitions():
+    run = hop_running()
+    assert transitions(run, run) == []

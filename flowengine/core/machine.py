@@ -9,6 +9,8 @@ makes redelivery harmless.
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import msgspec
 from msgspec import structs
 
@@ -338,3 +340,63 @@ def _derived_status(run: Run) -> str:
     if all(e.object is not None for e in run.edges.values()):
         return COMPLETE
     return WAITING
+
+
+# Transitions: what changed between two versions of a run, for logs and metrics. Derived, so the
+# shell reports exactly what the machine decided, however the change came about.
+TransitionKind = Literal[
+    "run.created", "run.waiting", "run.running", "run.complete", "run.error", "run.stopped",
+    "edge.filled", "step.started", "step.succeeded", "step.failed",
+]  # fmt: skip
+
+
+class Transition(msgspec.Struct, frozen=True, omit_defaults=True):
+    kind: TransitionKind
+    run: str
+    flow: str
+    status: str | None = None  # the run's, for run.* kinds
+    step: str | None = None
+    attempt: int | None = None
+    retry: bool | None = None  # step.failed: whether another attempt follows
+    edge: str | None = None
+    source: str | None = None  # edge.filled: upload, webhook, static or step
+    size: int | None = None  # edge.filled: bytes
+    duration: float | None = None  # seconds: a step's attempt, or a run from creation to its end
+    error: str | None = None
+
+
+def transitions(before: Run | None, after: Run) -> list[Transition]:
+    """What happened between `before` (None for a new run) and `after`, in a sensible order:
+    edges filled, steps that ended, steps that started, then the run's own status."""
+    found: list[Transition] = []
+    for name, edge in after.edges.items():
+        if edge.object is not None and (before is None or before.edges[name].object is None):
+            found.append(_t("edge.filled", after, edge=name, source=edge.source, size=edge.object.size))
+    for name, step in after.steps.items():
+        old = before.steps[name] if before is not None else StepState()
+        if (step.status, step.attempts) == (old.status, old.attempts):
+            continue
+        # An attempt ended: its step moved on, or (no backoff) was dispatched again at once.
+        ended = step.status in (COMPLETE, ERROR, RETRYING) or step.attempts > old.attempts
+        if ended and old.status in (READY, RUNNING):
+            duration = after.updated - old.started if old.started is not None else None
+            kind: TransitionKind = "step.succeeded" if step.status == COMPLETE else "step.failed"
+            retry = None if step.status == COMPLETE else step.status != ERROR
+            found.append(_t(kind, after, step=name, attempt=old.attempts, duration=duration, retry=retry,
+                            error=step.error if step.status != COMPLETE else None))  # fmt: skip
+        if step.status == RUNNING:
+            found.append(_t("step.started", after, step=name, attempt=step.attempts))
+    if before is None:
+        found.append(_t("run.created", after, status=after.status))
+    elif after.status != before.status:
+        kind = f"run.{after.status.lower()}"  # type: ignore[assignment]
+        if after.status in TERMINAL:
+            ended = {"error": after.error, "step": after.failed_step, "duration": after.updated - after.created}
+            found.append(_t(kind, after, status=after.status, **ended))
+        else:
+            found.append(_t(kind, after, status=after.status))
+    return found
+
+
+def _t(kind: TransitionKind, run: Run, **fields: Any) -> Transition:
+    return Transition(kind, run.id, run.flow, **fields)

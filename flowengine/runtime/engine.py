@@ -42,6 +42,7 @@ FLOW_CACHE = 1024  # decoded flow definitions kept in memory
 RUN_CACHE = 10_000  # recently used runs kept in memory
 CHECKPOINT_INTERVAL = 1.0  # seconds between copies of the WAL into the database (in a worker thread)
 log = logging.getLogger("flowengine")
+events_log = logging.getLogger("flowengine.runs")  # one line per run and step transition
 _decode_flow = msgspec.json.Decoder(Flow).decode
 _encode = msgspec.json.Encoder().encode
 
@@ -201,7 +202,7 @@ class Engine:
         await self._commit_creation(_Creation(run, plan, waits, wake, now + self.config.reconcile_interval))
         self._flows.put(plan.digest, plan.flow)
         self._runs.put(run.id, RunRow(run, plan.digest))
-        self._after_commit(run, plan.flow, commands, wake)
+        self._after_commit(None, run, plan.flow, commands, wake)
         return run
 
     def _commit_creation(self, creation: _Creation) -> asyncio.Future[None]:
@@ -270,10 +271,15 @@ class Engine:
                 expiries[LOGS] = self.clock() + self.config.output_retention  # the steps' logs go with the outputs
             self.db.add_expiries(run.id, expiries)
         self._runs.put(run.id, RunRow(run, row.definition))
-        self._after_commit(run, flow, commands, wake)
+        self._after_commit(row.run, run, flow, commands, wake)
         return run
 
-    def _after_commit(self, run: Run, flow: Flow, commands: list[Command], wake: float | None) -> None:
+    def _after_commit(
+        self, before: Run | None, run: Run, flow: Flow, commands: list[Command], wake: float | None
+    ) -> None:
+        if events_log.isEnabledFor(logging.INFO):
+            for transition in machine.transitions(before, run):
+                _log_transition(transition)
         if wake is not None and wake < self._sleep_until:
             self._wake.set()
         for command in commands:
@@ -392,6 +398,14 @@ async def _fill_static(plan: EdgePlan, state: EdgeState, now: float) -> None:
 
 def _wait(store: Store, run: Run, edge: str) -> Wait:
     return Wait(store.location, store.full_key(run.edges[edge].key), run.id, edge)
+
+
+def _log_transition(t: machine.Transition) -> None:
+    fields = {k: v for k, v in msgspec.structs.asdict(t).items() if v is not None and k != "kind"}
+    if t.duration is not None:
+        fields["duration"] = round(t.duration, 3)
+    failed = t.kind in ("run.error", "step.failed")
+    events_log.log(logging.WARNING if failed else logging.INFO, t.kind, extra={"fields": fields})
 
 
 def every(seconds: float) -> Callable[[], Awaitable[None]]:
