@@ -90,3 +90,14 @@ def wait_for_status(client: httpx.Client, run_id: str, statuses: set[str], timeo
             return doc
         time.sleep(0.02)
     raise AssertionError(f"run {run_id} still {doc.get('Status')} after {timeout}s: {doc}")
+
+
+def metric(client: httpx.Client, name: str, **labels: str) -> float | None:
+    """One sample of GET /metrics by name and labels, or None if it is not there."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, quote_plus, urlsplit
 import httpx
 import pytest
 import s3server
-from live import Server, free_port, wait_for_status
+from live import Server, free_port, metric, wait_for_status
 
 from flowengine.stores.s3 import S3Store
 
@@ -238,6 +238,8 @@ def test_reconciler_alone_advances_the_run(api: httpx.Client, s3: dict[str, Any]
     doc = start_run(api, upper_flow(store_def(s3, new_prefix())))
     assert put(doc["WaitingURLs"][0], BODY).status_code == 200
     check_complete(wait_for_status(api, doc["ID"], {"COMPLETE", "ERROR"}, timeout=10))
+    assert (metric(api, "flowengine_reconciler_checks_total") or 0) >= 1
+    assert (metric(api, "flowengine_landing_lag_seconds_count", via="reconciler") or 0) >= 1
 
 
 def test_seaweedfs_filer_webhook_advances_the_run(start_server: Callable[..., Server]) -> None:

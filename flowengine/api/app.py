@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Literal
 
 import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -41,6 +42,11 @@ async def readyz(request: Request) -> Response:
     stores, loops = await engine.store_problems(), engine.loops.failing()
     ready = not stores and not loops
     return json_response(Readiness("ready" if ready else "degraded", stores, loops), 200 if ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    registry = request.app.state.engine.metrics.registry
+    return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 class HotRoutes:
@@ -88,6 +94,7 @@ def create_app(config: Config, engine: Engine | None = None) -> HotRoutes:
             *events.routes,
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
         ],
         exception_handlers=ERROR_HANDLERS,
         lifespan=lifespan,

@@ -224,5 +224,8 @@ class Database:
     def drop_expiry(self, run_id: str, edge: str) -> None:
         self.conn.execute("DELETE FROM expiries WHERE run_id = ? AND edge = ?", (run_id, edge))
 
+    def count_by_status(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall())
+
     def count_waits(self) -> int:
         return self.conn.execute("SELECT count(*) FROM waits").fetchone()[0]

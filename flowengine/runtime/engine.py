@@ -32,6 +32,7 @@ from flowengine.errors import Error, conflict, not_found
 from flowengine.persistence.sqlite import Database, RunRow, Wait
 from flowengine.runtime import landing, retention
 from flowengine.runtime.catalog import Catalog
+from flowengine.runtime.metrics import Metrics
 from flowengine.runtime.retention import LOGS
 from flowengine.runtime.steps import StepJob, run_step
 from flowengine.runtime.supervisor import Supervisor
@@ -84,7 +85,8 @@ class Engine:
         self._wake = asyncio.Event()
         self._sleep_until = math.inf
         self._background: list[asyncio.Task] = []
-        self.loops = Supervisor()
+        self.metrics = Metrics(self.db.count_by_status, self.db.count_waits)
+        self.loops = Supervisor(on_failure=lambda name: self.metrics.loop_failures.labels(name).inc())
         self._creations: list[tuple[_Creation, asyncio.Future[None]]] = []
 
     # lifecycle
@@ -102,13 +104,14 @@ class Engine:
         self.spawn_loop("checkpoints", self._checkpoint, every(CHECKPOINT_INTERVAL))
         self.spawn_loop("reconciler", landing.Reconciler(self).tick, every(self.config.reconcile_interval))
         self.spawn_loop("sweeper", lambda: retention.sweep(self), every(self.config.sweep_interval))
+        self.spawn_loop("event-loop-lag", self.metrics.sample_event_loop_lag, every(0))
         self.spawn(self.stores.prepare_configured())
         self.spawn(self._recover_local_uploads())
 
     async def _recover_local_uploads(self) -> None:
         """An upload whose file was in place when the process died, before its run advanced."""
         for wait in self.db.unscheduled_waits():
-            await landing.notice(self, wait)
+            await landing.notice(self, wait, "recovery")
 
     def spawn(self, job: Coroutine[Any, Any, None]) -> None:
         """Run a background job until it ends or the engine stops; if it fails, the log says so."""
@@ -277,8 +280,10 @@ class Engine:
     def _after_commit(
         self, before: Run | None, run: Run, flow: Flow, commands: list[Command], wake: float | None
     ) -> None:
+        changes = machine.transitions(before, run)
+        self.metrics.observe(changes)
         if events_log.isEnabledFor(logging.INFO):
-            for transition in machine.transitions(before, run):
+            for transition in changes:
                 _log_transition(transition)
         if wake is not None and wake < self._sleep_until:
             self._wake.set()
@@ -294,11 +299,14 @@ class Engine:
         due = {name: self.expires_at(run.edges[name]) for name in edges}
         return {name: at for name, at in due.items() if at != math.inf}
 
-    def object_landed(self, location: str, key: str, info: ObjectInfo) -> Run | None:
-        """An object appeared: advance the run waiting for it, if any. Unknown keys are ignored."""
+    def object_landed(self, location: str, key: str, info: ObjectInfo, via: str) -> Run | None:
+        """An object appeared (`via` a notification or the reconciler): advance the run waiting for
+        it, if any. Unknown keys are ignored."""
         wait = self.db.wait_for(location, key)
         if wait is None:
             return None
+        if info.modified:
+            self.metrics.landing_lag.labels(via).observe(max(0.0, self.clock() - info.modified))
         return self.apply(wait.run_id, machine.Landed(wait.edge, ObjectMeta(info.size, info.content_type, info.etag)))
 
     def cancel(self, run_id: str) -> Run:

@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("flowengine.landing")
 
 
-async def notice(engine: Engine, wait: Wait) -> Run | None:
+async def notice(engine: Engine, wait: Wait, via: str) -> Run | None:
     """Look at the object a wait names; if it is there, advance its run. Stat gives the truth
-    (size, type, ETag) whatever the notification claimed."""
+    (size, type, ETag) whatever the notification claimed. `via`: who asked (for the lag metric)."""
     try:
         run, flow = engine.get_run(wait.run_id)
     except Error:
@@ -37,7 +37,7 @@ async def notice(engine: Engine, wait: Wait) -> Run | None:
     info = await engine.store_of(flow, edge).stat(edge.key)
     if info is None:
         return None
-    return engine.object_landed(wait.location, wait.key, info)
+    return engine.object_landed(wait.location, wait.key, info, via)
 
 
 async def notify(engine: Engine, location: str, key: str) -> bool:
@@ -46,7 +46,7 @@ async def notify(engine: Engine, location: str, key: str) -> bool:
     if wait is None:
         return False
     try:
-        await notice(engine, wait)
+        await notice(engine, wait, "notification")
     except StoreUnavailable as exc:
         log.warning("notification for %s %s: store unavailable, the reconciler will look again: %s", location, key, exc)
     return True
@@ -74,12 +74,13 @@ class Reconciler:
                 engine.db.reschedule_wait(wait, self.next_check(now, checks), checks + 1)
         await asyncio.gather(*(self._check(wait) for wait, _ in due))
         self.requests += len(due)
+        engine.metrics.reconciler_checks.inc(len(due))
         return len(due)
 
     async def _check(self, wait: Wait) -> None:
         async with self._limit:
             try:
-                await notice(self.engine, wait)
+                await notice(self.engine, wait, "reconciler")
             except StoreUnavailable as exc:
                 log.warning("reconciler: %s unavailable, %s keeps waiting: %s", wait.location, wait.key, exc)
             except Exception:
