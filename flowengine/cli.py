@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from flowengine.errors import Error
+from flowengine.errors import Error, Problem
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -29,22 +29,38 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from flowengine.config import load_config
-    from flowengine.core.spec import FLOW_SUFFIXES, flow_files, load_flow_file
+    from flowengine.core.spec import FLOW_SUFFIXES, flow_files, load_flow_file, with_tasks
     from flowengine.core.validate import validate
+    from flowengine.runtime.catalog import LIBRARY_DIR, Catalog, Library
 
     known_stores = [*args.store, *(s.name for s in load_config(args.config).stores)]
+    libraries: dict[Path, Library] = {}
+
+    def library_of(flows_dir: Path) -> Library:
+        if flows_dir not in libraries:
+            libraries[flows_dir] = Catalog(flows_dir).library()
+        return libraries[flows_dir]
 
     paths: list[Path] = []
-    for target in args.paths:
-        paths += list(flow_files(target).values()) if target.is_dir() else [target]
     failed = 0
+    for target in args.paths:
+        if not target.is_dir():
+            paths.append(target)
+            continue
+        paths += list(flow_files(target).values())
+        paths += [file.path for file in library_of(target).files]  # the task library in flows/tasks/
     for path in paths:
         if path.suffix not in FLOW_SUFFIXES:
             print(f"{path}: not a flow file (expected {', '.join(FLOW_SUFFIXES)})")
             failed += 1
             continue
+        flows_dir = path.parent.parent if path.parent.name == LIBRARY_DIR else path.parent
         try:
-            problems = validate(load_flow_file(path), known_stores)
+            if path.parent.name == LIBRARY_DIR:
+                files = {f.path.name: f for f in library_of(flows_dir).files}
+                problems = files[path.name].problems if path.name in files else [Problem("", "no such file")]
+            else:
+                problems = validate(with_tasks(load_flow_file(path), library_of(flows_dir).tasks), known_stores)
         except Error as exc:
             problems = exc.problems or []
             if not problems:

@@ -27,7 +27,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     download_ttl: float = 3600.0  # seconds a presigned download URL lives
     max_upload_size: int = 500_000_000  # bytes, for any single object arriving on a well
     max_body_size: int = 1_048_576  # bytes, for JSON request bodies
-    inline_flows: bool = True  # accept {"Flow": {...}} bodies; their Exec tasks run on this host
+    inline_flows: bool = True  # accept {"Flow": {...}} bodies (they may use the task library in flows_dir/tasks)
+    inline_commands: bool = False  # let inline flows define Exec / Python tasks of their own (run on this host)
     concurrency: int = 4  # steps running at once
     log_tail: int = 20  # lines of a step's output kept in the run document
     input_retention: float = 86_400.0  # seconds uploaded inputs are kept

@@ -36,7 +36,9 @@ class Server:
         self.flows_dir = flows_dir
         self.port = port or free_port()
         self.config = config
-        self.settings = settings
+        # Most tests post flows that define their own commands; the engine's default refuses them
+        # (inline_commands: false), which tests/test_library.py covers by passing inline_commands=False.
+        self.settings = {"inline_commands": True, **settings}
         self.log_level = log_level
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None

@@ -11,7 +11,7 @@ from starlette.types import Receive, Scope
 from flowengine.api.documents import RunPage, run_summary
 from flowengine.api.http import JsonEndpoint, JsonHandler, base_url, engine_of, json_response, query_int, read_body
 from flowengine.core import machine
-from flowengine.core.spec import Flow, FlowBody, decode_json
+from flowengine.core.spec import FlagDef, Flow, FlowBody, Slot, decode_json
 from flowengine.errors import Error, Problem, bad_request
 from flowengine.runtime.engine import Engine
 
@@ -32,6 +32,23 @@ class FlowInfo(msgspec.Struct, rename="pascal", omit_defaults=True):
 
 class FlowList(msgspec.Struct, rename="pascal"):
     flows: list[FlowInfo]
+
+
+class TaskInfo(msgspec.Struct, rename="pascal", omit_defaults=True):
+    name: str
+    file: str
+    runs: str  # exec | python
+    inputs: list[Slot]
+    outputs: list[Slot]
+    flags: list[FlagDef]
+    description: str = ""
+
+
+class TaskList(msgspec.Struct, rename="pascal"):
+    """GET /api/v1/tasks: the operator's task library, which inline flows may use by name."""
+
+    tasks: list[TaskInfo]
+    problems: list[Problem]  # of library files, each path prefixed with its file name
 
 
 def run_json(scope: Scope, run: machine.Run, flow: Flow) -> bytes:
@@ -56,18 +73,31 @@ async def list_flows(request: Request) -> Response:
     return json_response(FlowList(flows))
 
 
+async def list_tasks(request: Request) -> Response:
+    library = engine_of(request).catalog.library()
+    tasks = [
+        TaskInfo(t.name, f.path.name, "exec" if t.exec is not None else "python", t.inputs, t.outputs, t.flags,
+                 f.description)
+        for f in library.files
+        for t in f.tasks
+        if library.tasks.get(t.name) is t
+    ]  # fmt: skip
+    problems = [Problem(f"{f.path.name}: {p.path}", p.message) for f in library.files for p in f.problems]
+    return json_response(TaskList(tasks, problems))
+
+
 async def start_run(scope: Scope, receive: Receive) -> tuple[int, bytes]:
     state = scope["app"].state
     engine: Engine = state.engine
     name = scope["path_params"]["name"]
     body = await read_body(scope, receive, engine.config.max_body_size)
     # A client posting one definition again and again: no decoding or hashing it each time.
-    plan = state.inline_plans.get((name, body))
+    plan = state.inline_plans.get((name, body, engine.catalog.library().stamp))
     if plan is None:
         flow = _inline_flow(engine, name, body)
-        plan = engine.plan(flow or engine.catalog.get(name))
+        plan = engine.plan(flow, inline=True) if flow is not None else engine.plan(engine.catalog.get(name))
         if flow is not None and len(body) <= INLINE_PLAN_BYTES:
-            state.inline_plans.put((name, body), plan)
+            state.inline_plans.put((name, body, engine.catalog.library().stamp), plan)
     run = await engine.create_run(plan)
     return 201, run_json(scope, run, plan.flow)
 
@@ -152,6 +182,7 @@ routes = [
     Route("/api/v1/flow/status/{run_id}", JsonEndpoint(run_status), methods=["GET"]),
     Route("/api/v1/flow/{name}", JsonEndpoint(start_run), methods=["POST"]),
     Route("/api/v1/flow", list_flows, methods=["GET"]),
+    Route("/api/v1/tasks", list_tasks, methods=["GET"]),
     Route("/api/v1/flow/runs", list_runs, methods=["GET"]),
     Route("/api/v1/flow/{run_id}/logs/{step_id}", step_log, methods=["GET"]),
     Route("/api/v1/flow/{run_id}/cancel", cancel_run, methods=["POST"]),

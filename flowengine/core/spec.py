@@ -8,7 +8,9 @@ unknown fields) are caught here by msgspec; semantic ones (unknown edges, cycles
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 import yaml
@@ -16,6 +18,7 @@ import yaml
 from flowengine.errors import Error, bad_request
 
 Scalar = str | int | float | bool
+T = TypeVar("T")
 
 
 class _Spec(msgspec.Struct, rename="pascal", forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
@@ -113,6 +116,22 @@ class Flow(_Spec, dict=True):  # dict: room for the cached lookups below
         return {w.edge: w for w in reversed(self.data_wells)}
 
 
+class TaskLibrary(_Spec):
+    """One file of the operator's task library (`flows/tasks/*.yaml`): tasks any flow may use by
+    name, inline flows included, without defining them."""
+
+    description: str = ""
+    tasks: list[Task] = []
+
+
+def with_tasks(flow: Flow, library: Mapping[str, Task]) -> Flow:
+    """The flow with the library tasks its steps use and it does not define itself, copied in: a
+    run's stored definition is then whole, whatever later happens to the library."""
+    own = {t.name for t in flow.tasks}
+    used = {s.uses: library[s.uses] for s in flow.steps if s.uses not in own and s.uses in library}
+    return msgspec.structs.replace(flow, tasks=[*flow.tasks, *used.values()]) if used else flow
+
+
 class FlowBody(msgspec.Struct, rename="pascal", forbid_unknown_fields=True, kw_only=True):
     """The body of POST /api/v1/flow/{name}: an inline flow, or nothing to run the named file."""
 
@@ -131,20 +150,24 @@ def decode_json(data: bytes, type_: type, what: str = "body"):
 
 def load_flow_file(path: Path) -> Flow:
     """Read one flow file (.yaml, .yml or .json); a flow without a Name takes the file's."""
-    flow = _read_flow(path)
+    flow = _read(path, Flow)
     return flow if flow.name else msgspec.structs.replace(flow, name=path.stem)
 
 
-def _read_flow(path: Path) -> Flow:
+def load_library_file(path: Path) -> TaskLibrary:
+    return _read(path, TaskLibrary)
+
+
+def _read(path: Path, type_: type[T]) -> T:
     raw = path.read_bytes()
     if path.suffix == ".json":
-        return decode_json(raw, Flow, path.name)
+        return decode_json(raw, type_, path.name)
     try:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise Error("invalid", "malformed_yaml", f"{path.name} is not valid YAML: {exc}", path.name) from None
     try:
-        return msgspec.convert(data, Flow)
+        return msgspec.convert(data, type_)
     except msgspec.ValidationError as exc:
         raise Error.from_msgspec(exc, path.name) from None
 

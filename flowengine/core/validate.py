@@ -74,6 +74,11 @@ def validate(flow: Flow, known_stores: Collection[str] = ()) -> list[Problem]:
     return problems
 
 
+def validate_tasks(tasks: list[Task]) -> list[Problem]:
+    """Everything wrong with a list of task definitions (a file of the task library)."""
+    return list(_check_tasks(tasks))
+
+
 def _check_size(flow: Flow) -> Problems:
     for path, count, limit in (
         ("Steps", len(flow.steps), MAX_STEPS),

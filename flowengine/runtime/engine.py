@@ -26,7 +26,7 @@ from flowengine.core.ids import uuid7
 from flowengine.core.lru import LRU
 from flowengine.core.machine import Abort, Command, Dispatch, EdgeState, Event, ObjectMeta, Run
 from flowengine.core.plans import EdgePlan, Plan, make_plan, well_ttl
-from flowengine.core.spec import Flow
+from flowengine.core.spec import Flow, with_tasks
 from flowengine.core.validate import validate
 from flowengine.errors import Error, conflict, not_found
 from flowengine.persistence.sqlite import Database, RunRow, Wait
@@ -175,8 +175,13 @@ class Engine:
 
     # creating runs
 
-    def plan(self, flow: Flow) -> Plan:
-        """The flow's plan, made (and the flow validated) only when its definition is first seen."""
+    def plan(self, flow: Flow, *, inline: bool = False) -> Plan:
+        """The flow's plan, made (and the flow validated) only when its definition is first seen.
+        An `inline` flow (posted by a client) may use the operator's task library, but define
+        commands of its own only where `inline_commands` allows it: they would run on this host."""
+        if inline:
+            self._check_inline(flow)
+        flow = with_tasks(flow, self.catalog.library().tasks)
         definition = _encode(flow)
         digest = hashlib.sha256(definition).hexdigest()
         plan = self._plans.get(digest)
@@ -187,6 +192,19 @@ class Engine:
             plan = make_plan(flow, digest, definition, self.stores, self.config)
             self._plans.put(digest, plan)
         return plan
+
+    def _check_inline(self, flow: Flow) -> None:
+        if self.config.inline_commands:
+            return
+        for i, task in enumerate(flow.tasks):
+            if task.exec is not None or task.python is not None:
+                installed = ", ".join(sorted(self.catalog.library().tasks)) or "none"
+                raise Error(
+                    "forbidden", "inline_commands_disabled",
+                    f"task {task.name!r} defines a command, which an inline flow may not do on this engine "
+                    f"(inline_commands is off); use a task the operator installed ({installed})",
+                    f"body.Flow.Tasks[{i}]",
+                )  # fmt: skip
 
     async def create_run(self, plan: Plan) -> Run:
         now = self.clock()
