@@ -132,7 +132,9 @@ def engine(
     python = [sys.executable, *(["-m", "cProfile", "-o", str(profile / f"{name}.prof")] if profile else [])]
     argv = [*python, "-m", "flowengine.cli", "serve", "--host", HOST, "--data-dir", str(data),
             "--no-access-log", "--log-level", "warning"]  # fmt: skip
-    env = {"FLOWENGINE_FLOWS_DIR": str(flows), **({"PYTHONPATH": str(source.resolve())} if source else {})}
+    # The benchmark posts flows with commands of their own (cp steps): its engines allow them.
+    env = {"FLOWENGINE_FLOWS_DIR": str(flows), "FLOWENGINE_INLINE_COMMANDS": "true",
+           **({"PYTHONPATH": str(source.resolve())} if source else {})}  # fmt: skip
     return server(argv, workdir, env)
 
 
