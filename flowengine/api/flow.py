@@ -11,7 +11,7 @@ from starlette.types import Receive, Scope
 from flowengine.api.documents import RunPage, run_summary
 from flowengine.api.http import JsonEndpoint, JsonHandler, base_url, engine_of, json_response, query_int, read_body
 from flowengine.core import machine
-from flowengine.core.spec import Flow, FlowBody, decode_json
+from flowengine.core.spec import Flow, decode_flow_body
 from flowengine.errors import Error, Problem, bad_request
 from flowengine.runtime.engine import Engine
 
@@ -74,7 +74,7 @@ async def start_run(scope: Scope, receive: Receive) -> tuple[int, bytes]:
 
 def _inline_flow(engine: Engine, name: str, body: bytes) -> Flow | None:
     """The flow a body defines (named after the URL unless it has a Name), or None to run the flow file."""
-    flow = decode_json(body, FlowBody).flow if body.strip() else None
+    flow = decode_flow_body(body) if body.strip() else None
     if flow is None:
         return None
     if not engine.config.inline_flows:
