@@ -46,7 +46,7 @@ def run_response(request: Request, run: machine.Run, flow: Flow) -> Response:
 
 async def list_flows(request: Request) -> Response:
     flows = []
-    for entry in engine_of(request).catalog.entries():
+    for entry in await engine_of(request).catalog.entries():
         flow = entry.flow
         inputs = [w.edge for w in flow.data_wells if w.source in machine.WAITING_SOURCES] if flow else []
         flows.append(FlowInfo(
@@ -65,7 +65,7 @@ async def start_run(scope: Scope, receive: Receive) -> tuple[int, bytes]:
     plan = state.inline_plans.get((name, body))
     if plan is None:
         flow = _inline_flow(engine, name, body)
-        plan = engine.plan(flow or engine.catalog.get(name))
+        plan = engine.plan(flow or await engine.catalog.get(name))
         if flow is not None and len(body) <= INLINE_PLAN_BYTES:
             state.inline_plans.put((name, body), plan)
     run = await engine.create_run(plan)
