@@ -1,74 +1,135 @@
-"""`flowengine serve` and `flowengine validate`."""
+"""`flowengine serve`, `flowengine validate`, `flowengine --version` (also as `python -m flowengine`).
+
+A problem with what the user typed or configured (a missing file, a bad setting) is one line
+naming it and exit status 2, never a traceback. `validate` exits 1 when a flow has problems.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
 
-from flowengine.errors import Error
+from flowengine import version
+from flowengine.errors import Error, Problem
+
+USAGE_ERROR = 2
+log = logging.getLogger("flowengine")
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from flowengine.api.app import create_app
-    from flowengine.config import load_config
+    from flowengine.config import load_config, unknown_variables
 
-    config = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir)
+    config = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir, flows_dir=args.flows_dir)
+    if config.flows_path.exists() and not config.flows_path.is_dir():
+        raise _usage(config.flows_dir, "the flows dir is not a directory")
+    try:
+        config.data_path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _usage(config.data_dir, f"cannot create the data dir: {exc.strerror}") from None
+    _log_to_stderr(args.log_level)
+    for warning in unknown_variables(dict(os.environ)):
+        log.warning(warning)
     app = create_app(config)
     uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, access_log=args.access_log)
     return 0
 
 
+def _log_to_stderr(level: str) -> None:
+    """The engine's own lines, in uvicorn's format (uvicorn configures only its own loggers)."""
+    from uvicorn.logging import DefaultFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level.upper())
+    log.propagate = False
+
+
 def _validate(args: argparse.Namespace) -> int:
     from flowengine.config import load_config
-    from flowengine.core.spec import FLOW_SUFFIXES, flow_files, load_flow_file
-    from flowengine.core.validate import validate
+    from flowengine.runtime.catalog import check_files
 
-    known_stores = [*args.store, *(s.name for s in load_config(args.config).stores)]
+    config = load_config(args.config)
+    paths = _flow_paths(args.paths or [Path(config.flows_dir)])
+    known_stores = [*args.store, *(s.name for s in config.stores)]
+    failed = 0
+    for entry in check_files(paths, known_stores):
+        for problem in entry.problems:
+            print(_line(str(entry.path), problem))
+        if not entry.problems:
+            print(f"{entry.path}: ok")
+        failed += bool(entry.problems)
+    return 1 if failed else 0
+
+
+def _flow_paths(targets: list[Path]) -> list[Path]:
+    """The flow files named, or found in the folders named; every target that is neither is an error."""
+    from flowengine.core.spec import FLOW_SUFFIXES, flow_files
 
     paths: list[Path] = []
-    for target in args.paths:
-        paths += list(flow_files(target).values()) if target.is_dir() else [target]
-    failed = 0
-    for path in paths:
-        if path.suffix not in FLOW_SUFFIXES:
-            print(f"{path}: not a flow file (expected {', '.join(FLOW_SUFFIXES)})")
-            failed += 1
-            continue
-        try:
-            problems = validate(load_flow_file(path), known_stores)
-        except Error as exc:
-            problems = exc.problems or []
-            if not problems:
-                print(f"{path}: {exc.message}")
-        for problem in problems:
-            print(f"{path}: {problem.path}: {problem.message}")
-        failed += bool(problems)
-        if not problems:
-            print(f"{path}: ok")
-    return 1 if failed or not paths else 0
+    problems: list[Problem] = []
+    for target in targets:
+        if target.is_dir():
+            found = list(flow_files(target).values())
+            if not found:
+                problems.append(Problem(str(target), f"no flow files ({', '.join(FLOW_SUFFIXES)}) in this folder"))
+            paths += found
+        elif not target.exists():
+            problems.append(Problem(str(target), "no such file or folder"))
+        elif target.suffix not in FLOW_SUFFIXES:
+            problems.append(Problem(str(target), f"not a flow file (expected {', '.join(FLOW_SUFFIXES)})"))
+        else:
+            paths.append(target)
+    if problems:
+        raise Error("invalid", "usage", problems[0].message, "", problems)
+    return paths
 
 
-def main(argv: list[str] | None = None) -> int:
+def _usage(where: str, message: str) -> Error:
+    return Error("invalid", "usage", f"{where}: {message}", where, [Problem("", message)])
+
+
+def _line(where: str, problem: Problem) -> str:
+    """`file: Steps[0].Uses: message`, leaving out what is empty."""
+    return ": ".join(part for part in (where, problem.path, problem.message) if part)
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowengine", description="A flow engine for file-processing pipelines.")
+    parser.add_argument("--version", action="version", version=f"flowengine {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 1234)")
     serve.add_argument("--config", type=Path, help="YAML settings file (see config.yaml)")
     serve.add_argument("--data-dir", help="where the database and the embedded store live (default ./data)")
+    serve.add_argument("--flows-dir", help="where the flow files are (default ./flows)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--no-access-log", dest="access_log", action="store_false")
     serve.set_defaults(run=_serve)
     check = sub.add_parser("validate", help="check flow files; prints every problem, exits 1 if any")
-    check.add_argument("paths", nargs="*", type=Path, default=[Path("flows")])
+    check.add_argument("paths", nargs="*", type=Path, help="flow files or folders (default: the flows dir)")
     check.add_argument("--store", action="append", default=[], help="a store name the operator configured")
     check.add_argument("--config", type=Path, help="settings file whose stores flows may name")
     check.set_defaults(run=_validate)
-    args = parser.parse_args(argv)
-    return args.run(args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except Error as exc:
+        lines = [_line(exc.location, problem) for problem in exc.problems] or [exc.message]
+        for line in lines:
+            print(f"flowengine: {line}", file=sys.stderr)
+        return USAGE_ERROR
 
 
 if __name__ == "__main__":

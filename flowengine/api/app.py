@@ -19,7 +19,7 @@ from flowengine.api.errors import ERROR_HANDLERS
 from flowengine.api.http import json_response, send_json
 from flowengine.config import Config
 from flowengine.core.lru import LRU
-from flowengine.runtime import landing, retention
+from flowengine.runtime import landing, overview, retention
 from flowengine.runtime.engine import Engine
 
 log = logging.getLogger("flowengine")
@@ -70,6 +70,7 @@ def create_app(config: Config, engine: Engine | None = None) -> HotRoutes:
         gc.freeze()  # what is loaded by now lives as long as the process: full collections need not walk it each time
         running.spawn(landing.Reconciler(running).run())
         running.spawn(retention.run(running))
+        running.spawn(overview.log_overview(running))
         try:
             yield
         finally:
