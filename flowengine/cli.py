@@ -56,12 +56,12 @@ def _validate(args: argparse.Namespace) -> int:
     from flowengine.runtime.catalog import check_files
 
     config = load_config(args.config)
-    paths = _flow_paths(args.paths or [Path(config.flows_dir)])
+    paths = _flow_paths(args.paths or [_relative(config.flows_path)])
     known_stores = [*args.store, *(s.name for s in config.stores)]
     failed = 0
     for entry in check_files(paths, known_stores):
         for problem in entry.problems:
-            print(_line(str(entry.path), problem))
+            print(problem.line(str(entry.path)))
         if not entry.problems:
             print(f"{entry.path}: ok")
         failed += bool(entry.problems)
@@ -91,13 +91,16 @@ def _flow_paths(targets: list[Path]) -> list[Path]:
     return paths
 
 
+def _relative(path: Path) -> Path:
+    """`path` as seen from here, when it is below here: what a user would have typed."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
 def _usage(where: str, message: str) -> Error:
     return Error("invalid", "usage", f"{where}: {message}", where, [Problem("", message)])
-
-
-def _line(where: str, problem: Problem) -> str:
-    """`file: Steps[0].Uses: message`, leaving out what is empty."""
-    return ": ".join(part for part in (where, problem.path, problem.message) if part)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except Error as exc:
-        lines = [_line(exc.location, problem) for problem in exc.problems] or [exc.message]
+        lines = [problem.line(exc.location) for problem in exc.problems] or [exc.message]
         for line in lines:
             print(f"flowengine: {line}", file=sys.stderr)
         return USAGE_ERROR

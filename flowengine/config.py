@@ -78,8 +78,9 @@ def load_config(path: Path | None = None, environ: dict[str, str] | None = None,
     data: dict[str, Any] = {}
     if path is not None:
         data.update(_read_file(path))
+    # Stores carry structure: config file only.
     variables = {f.name: environ.get(_variable(f.name)) for f in msgspec.structs.fields(Config) if f.name != "stores"}
-    data.update(_read_values(variables, _variable))  # stores carry structure: config.yaml only
+    data.update(_read_values(variables, _variable))
     data.update(_read_values(overrides, lambda name: "--" + name.replace("_", "-")))
     return msgspec.convert(data, Config)
 
@@ -107,7 +108,7 @@ def _read_file(path: Path) -> dict[str, Any]:
                 del loaded[name]
     problems += shape.shape_problems(loaded, Config)
     if problems:
-        raise Error("invalid", "invalid_config", _one_line(where, problems[0]), where, problems)
+        raise Error("invalid", "invalid_config", problems[0].line(where), where, problems)
     for name in PATH_SETTINGS:
         if name in loaded:
             loaded[name] = _absolute(loaded[name], path.resolve().parent)
@@ -167,17 +168,13 @@ def _seconds(value: Any) -> float:
 def _absolute(value: Any, base: Path) -> Any:
     """A path setting made absolute against `base` ("~" is the user's home); other values are left
     for the type check to report."""
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str):
         return value
     return str((base / Path(value).expanduser()).resolve())
 
 
 def _invalid(where: str, message: str) -> Error:
     return Error("invalid", "invalid_config", f"{where}: {message}", where, [Problem("", message)])
-
-
-def _one_line(where: str, problem: Problem) -> str:
-    return ": ".join(part for part in (where, problem.path, problem.message) if part)
 
 
 def ensure_secret(config: Config) -> bytes:

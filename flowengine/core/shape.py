@@ -151,7 +151,7 @@ def describe(data: Any) -> str:
     if data is None:
         return "nothing (null)"
     if isinstance(data, bool):
-        return f"{str(data).lower()}"
+        return str(data).lower()
     if isinstance(data, str):
         return f"the string {_clip(data)!r}"
     if isinstance(data, int | float):

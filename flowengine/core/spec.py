@@ -131,14 +131,13 @@ def decode_json(data: bytes, type_: type, what: str = "body"):
 def decode_flow_body(body: bytes) -> Flow | None:
     """The flow an API body `{"Flow": {...}}` defines (None: no flow), or an Error listing every problem."""
     try:
-        return _decode_body(body).flow
-    except msgspec.ValidationError:
-        pass  # rare: decode it again as plain data to find every problem, not only msgspec's first
+        try:
+            return _decode_body(body).flow
+        except msgspec.ValidationError:
+            # Rare: decode it again as plain data to find every problem, not only msgspec's first
+            # (a syntax error after the first problem surfaces only now).
+            plain = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
-        raise bad_request("malformed_json", f"body is not valid JSON: {exc}", "body") from None
-    try:
-        plain = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:  # the typed decoder stopped before reaching the bad syntax
         raise bad_request("malformed_json", f"body is not valid JSON: {exc}", "body") from None
     if isinstance(plain, dict) and list(plain) == ["Flow"]:
         return shape.convert(plain["Flow"], Flow, "body.Flow")  # paths relative to the flow, as validate's

@@ -44,7 +44,10 @@ def check_files(paths: Iterable[Path], known_stores: Collection[str] = ()) -> li
         wanted = [target for e in same_dir if e.flow for target in pycheck.targets(e.flow)]
         imports = pycheck.check_imports(directory, list(dict.fromkeys(wanted)))
         for entry in same_dir:
-            found = pycheck.import_problems(entry.flow, imports) if entry.flow else []
+            if entry.flow is None or not pycheck.targets(entry.flow):
+                checked.append(entry)  # nothing to import: its answer depends on no module
+                continue
+            found = pycheck.import_problems(entry.flow, imports)
             checked.append(msgspec.structs.replace(entry, problems=[*entry.problems, *found], imports=imports))
     order = {entry.path: i for i, entry in enumerate(entries)}
     return sorted(checked, key=lambda entry: order[entry.path])

@@ -34,4 +34,4 @@ async def log_overview(engine: Engine) -> None:
         if entry.problems:
             log.warning("flow %s (%s) cannot run, %d problem(s):", entry.name, entry.path.name, len(entry.problems))
         for problem in entry.problems:
-            log.warning("  %s", ": ".join(part for part in (entry.path.name, problem.path, problem.message) if part))
+            log.warning("  %s", problem.line(entry.path.name))
