@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import httpx
-from live import Server, wait_for_status
+from live import wait_for_status
 
 # A flow file whose one step calls tools:run (tools.py beside it) and writes what it returns.
 PYTHON_FLOW = """\
@@ -18,7 +18,7 @@ Steps: [{ID: s, Uses: t, Outputs: [{Slot: o, Edge: out}]}]
 TOOLS = """\
 import os
 from pathlib import Path
-open(%r, "a").write(f"{os.getpid()}\\n")
+open(%r, "a").write(f"{os.getpid()} {'FLOWENGINE_SECRET' in os.environ}\\n")
 def %s(inputs, flags, workdir):
     (Path(workdir) / "o.txt").write_text("done")
     return {"o": "o.txt"}
@@ -30,27 +30,30 @@ def flows(client: httpx.Client) -> dict[str, dict]:
 
 
 def test_a_python_task_that_does_not_import_is_reported_until_its_module_is_fixed(
-    flows_dir: Path, server: Server, client: httpx.Client, tmp_path: Path
+    flows_dir: Path, start_server, tmp_path: Path
 ):
+    server = start_server(secret="engine-secret")
     marker = tmp_path / "imported-by"
     (flows_dir / "tools.py").write_text(TOOLS % (str(marker), "walk"))
     (flows_dir / "job.yaml").write_text(PYTHON_FLOW % "tools")
+    with server.client() as client:
+        listed = flows(client)["job"]
+        assert not listed["Valid"]
+        assert listed["Problems"] == [
+            {"Path": "Tasks[0].Python", "Message": "cannot call 'tools:run': module 'tools' has no 'run'"}
+        ]
+        refused = client.post("/api/v1/flow/job")
+        assert refused.status_code == 422 and refused.json()["Problems"] == listed["Problems"]
 
-    listed = flows(client)["job"]
-    assert not listed["Valid"]
-    assert listed["Problems"] == [
-        {"Path": "Tasks[0].Python", "Message": "cannot call 'tools:run': module 'tools' has no 'run'"}
-    ]
-    refused = client.post("/api/v1/flow/job")
-    assert refused.status_code == 422 and refused.json()["Problems"] == listed["Problems"]
-
-    # Fixing the module is enough: the flow file itself is untouched.
-    (flows_dir / "tools.py").write_text(TOOLS % (str(marker), "run"))
-    started = client.post("/api/v1/flow/job")
-    assert started.status_code == 201, started.text
-    assert wait_for_status(client, started.json()["ID"], {"COMPLETE", "ERROR"})["Status"] == "COMPLETE"
+        # Fixing the module is enough: the flow file itself is untouched.
+        (flows_dir / "tools.py").write_text(TOOLS % (str(marker), "run"))
+        started = client.post("/api/v1/flow/job")
+        assert started.status_code == 201, started.text
+        assert wait_for_status(client, started.json()["ID"], {"COMPLETE", "ERROR"})["Status"] == "COMPLETE"
     assert server.proc is not None
-    assert str(server.proc.pid) not in marker.read_text().split()  # operator code never ran in the engine
+    imports = [line.split() for line in marker.read_text().splitlines()]
+    assert str(server.proc.pid) not in [pid for pid, _ in imports]  # operator code never ran in the engine
+    assert imports[0][1] == "False"  # and the import check does not pass the engine's secrets on
 
 
 def test_a_module_added_later_is_found(flows_dir: Path, client: httpx.Client, tmp_path: Path):
