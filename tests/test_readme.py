@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,9 +115,11 @@ def test_the_server_runs_with_absolute_paths_from_where_it_started(fresh: Fresh)
     flows = {f["Name"]: f for f in httpx.get(f"{fresh.url}/api/v1/flow").json()["Flows"]}
     assert flows["checksum-report"]["Valid"] and flows["merge-fanout"]["Valid"], flows
     assert (fresh.folder / "data" / "secret").is_file()  # the default ./data, in the folder it started in
-    log = fresh.log.read_text()
-    assert f"data dir: {fresh.folder / 'data'}" in log
-    assert f"flows dir: {fresh.folder / 'flows'}: 2 flow(s): checksum-report, merge-fanout" in log
+    found = f"flows dir: {fresh.folder / 'flows'}: 2 flow(s): checksum-report, merge-fanout"
+    deadline = time.monotonic() + 10  # the start-up overview checks the flows in the background
+    while found not in fresh.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert found in fresh.log.read_text() and f"data dir: {fresh.folder / 'data'}" in fresh.log.read_text()
 
 
 def test_the_sample_input_is_a_real_png():
