@@ -102,7 +102,7 @@ class Catalog:
         candidates = [self.directory / f"{name}{suffix}" for suffix in FLOW_SUFFIXES]
         path = next((p for p in candidates if p.is_file()), None) if is_name(name) else None
         if path is None:
-            raise Error("not_found", "not_found", f"no flow file named {name!r} in {self.directory}", "path.name")
+            raise Error("not_found", "not_found", f"no flow file named {name!r} in the flows dir", "path.name")
         [entry] = await self._current([path])
         if entry.flow is None or entry.problems:
             raise Error("invalid", "invalid_flow", f"flow file {path.name} has {len(entry.problems)} problem(s)",
