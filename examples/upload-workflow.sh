@@ -5,8 +5,8 @@
 #
 # Same steps as the reference: start a flow with an inline definition, PUT the file to the
 # presigned URL, poll until the run ends. Beyond host and port it only adds what a script run
-# unattended needs: settings from the environment, failing loudly on a rejected request, and
-# exit status 1 with the error when the run ends in ERROR.
+# unattended needs: settings from the environment, failing loudly on a missing file (exit status 2)
+# or a rejected request, and exit status 1 with the error when the run ends in ERROR.
 #
 # Settings (environment):
 #   FLOWENGINE_URL   the engine (default http://127.0.0.1:1234)
@@ -21,6 +21,17 @@ INPUT_FILE=${INPUT_FILE:-input-image.jpg}
 CONTENT_TYPE=${CONTENT_TYPE:-image/jpeg}
 FLOW_DEFINITION=${FLOW_DEFINITION:-$(dirname "$0")/flow-definition.json}
 FLOW_NAME=${FLOW_NAME:-test}
+
+# curl sends an empty body for a file it cannot open (and only warns): check both files before a
+# run exists, so a typo fails here instead of uploading 0 bytes.
+require_file() { # $1: the setting, $2: its value
+  if [ ! -f "$2" ] || [ ! -r "$2" ]; then
+    echo "error: $1=$2: no such file (or not readable)" >&2
+    exit 2
+  fi
+}
+require_file INPUT_FILE "$INPUT_FILE"
+require_file FLOW_DEFINITION "$FLOW_DEFINITION"
 
 # 1. Start a flow
 # (-sS: no progress meter in the captured output, but errors still shown.)

@@ -71,6 +71,8 @@ def run(client: httpx.Client, args: argparse.Namespace) -> int:
     for spec in args.file:
         if not Path(spec).is_file() and not Path(spec.partition("=")[2]).is_file():
             raise Failure(2, f"--file {spec}: no such file")
+    if args.definition and not args.definition.is_file():
+        raise Failure(2, f"--definition {args.definition}: no such file")
     body = args.definition.read_bytes() if args.definition else None
     doc = _call(client, "POST", f"/api/v1/flow/{args.flow}", content=body,
                 headers={"Content-Type": "application/json"} if body else {})  # fmt: skip

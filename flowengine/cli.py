@@ -1,97 +1,143 @@
-"""`flowengine serve` and `flowengine validate`."""
+"""`flowengine serve`, `flowengine validate`, `flowengine --version` (also as `python -m flowengine`).
+
+A problem with what the user typed or configured (a missing file, a bad setting) is one line
+naming it and exit status 2, never a traceback. `validate` exits 1 when a flow has problems.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import logging.config
+import os
 import sys
 from pathlib import Path
 
+from flowengine import version
 from flowengine.errors import Error, Problem
+
+USAGE_ERROR = 2
+log = logging.getLogger("flowengine")
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from flowengine.api.app import create_app
-    from flowengine.config import load_config
+    from flowengine.config import load_config, unknown_variables
     from flowengine.logs import logging_config
 
     config = load_config(
-        args.config, host=args.host, port=args.port, data_dir=args.data_dir, log_format=args.log_format
-    )
-    app = create_app(config)
-    uvicorn.run(
-        app, host=config.host, port=config.port, log_level=args.log_level, access_log=args.access_log,
-        log_config=logging_config(args.log_level, config.log_format),
+        args.config, host=args.host, port=args.port, data_dir=args.data_dir, flows_dir=args.flows_dir,
+        log_format=args.log_format,
     )  # fmt: skip
+    if config.flows_path.exists() and not config.flows_path.is_dir():
+        raise _usage(config.flows_dir, "the flows dir is not a directory")
+    try:
+        config.data_path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _usage(config.data_dir, f"cannot create the data dir: {exc.strerror}") from None
+    # Logging is set up here, for the engine's lines and uvicorn's alike, before anything is logged.
+    logging.config.dictConfig(logging_config(args.log_level, config.log_format))
+    for warning in unknown_variables(dict(os.environ)):
+        log.warning(warning)
+    app = create_app(config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, access_log=args.access_log,
+                log_config=None)  # fmt: skip
     return 0
 
 
 def _validate(args: argparse.Namespace) -> int:
     from flowengine.config import load_config
-    from flowengine.core.spec import FLOW_SUFFIXES, flow_files, load_flow_file, with_tasks
-    from flowengine.core.validate import validate
-    from flowengine.runtime.catalog import LIBRARY_DIR, Catalog, Library
+    from flowengine.runtime.catalog import LIBRARY_DIR, check_files, load_library
 
-    known_stores = [*args.store, *(s.name for s in load_config(args.config).stores)]
-    libraries: dict[Path, Library] = {}
-
-    def library_of(flows_dir: Path) -> Library:
-        if flows_dir not in libraries:
-            libraries[flows_dir] = Catalog(flows_dir).library()
-        return libraries[flows_dir]
-
-    paths: list[Path] = []
-    failed = 0
-    for target in args.paths:
-        if not target.is_dir():
-            paths.append(target)
-            continue
-        paths += list(flow_files(target).values())
-        paths += [file.path for file in library_of(target).files]  # the task library in flows/tasks/
-    for path in paths:
-        if path.suffix not in FLOW_SUFFIXES:
-            print(f"{path}: not a flow file (expected {', '.join(FLOW_SUFFIXES)})")
-            failed += 1
-            continue
-        flows_dir = path.parent.parent if path.parent.name == LIBRARY_DIR else path.parent
-        try:
-            if path.parent.name == LIBRARY_DIR:
-                files = {f.path.name: f for f in library_of(flows_dir).files}
-                problems = files[path.name].problems if path.name in files else [Problem("", "no such file")]
-            else:
-                problems = validate(with_tasks(load_flow_file(path), library_of(flows_dir).tasks), known_stores)
-        except Error as exc:
-            problems = exc.problems or []
-            if not problems:
-                print(f"{path}: {exc.message}")
+    config = load_config(args.config)
+    targets = args.paths or [_relative(config.flows_path)]
+    paths = _flow_paths(targets)
+    known_stores = [*args.store, *(s.name for s in config.stores)]
+    results: list[tuple[Path, list[Problem]]] = []
+    # Each folder's flows are checked with its task library (FOLDER/tasks/), which is checked too.
+    for folder in dict.fromkeys(p.parent.parent if p.parent.name == LIBRARY_DIR else p.parent for p in paths):
+        library = load_library(folder)
+        named = [p for p in paths if p.parent == folder / LIBRARY_DIR]
+        shown = [f for f in library.files if f.path in named or folder in targets]
+        results += [(f.path, f.problems) for f in shown]
+        flows = [p for p in paths if p.parent == folder]
+        results += [(e.path, e.problems) for e in check_files(flows, known_stores, library)]
+    for path, problems in results:
         for problem in problems:
-            print(f"{path}: {problem.path}: {problem.message}")
-        failed += bool(problems)
+            print(problem.line(str(path)))
         if not problems:
             print(f"{path}: ok")
-    return 1 if failed or not paths else 0
+    return 1 if any(problems for _, problems in results) else 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _flow_paths(targets: list[Path]) -> list[Path]:
+    """The flow files named, or found in the folders named; every target that is neither is an error."""
+    from flowengine.core.spec import FLOW_SUFFIXES, flow_files
+
+    paths: list[Path] = []
+    problems: list[Problem] = []
+    for target in targets:
+        if target.is_dir():
+            found = list(flow_files(target).values())
+            if not found:
+                problems.append(Problem(str(target), f"no flow files ({', '.join(FLOW_SUFFIXES)}) in this folder"))
+            paths += found
+        elif not target.exists():
+            problems.append(Problem(str(target), "no such file or folder"))
+        elif target.suffix not in FLOW_SUFFIXES:
+            problems.append(Problem(str(target), f"not a flow file (expected {', '.join(FLOW_SUFFIXES)})"))
+        else:
+            paths.append(target)
+    if problems:
+        raise Error("invalid", "usage", problems[0].message, "", problems)
+    return paths
+
+
+def _relative(path: Path) -> Path:
+    """`path` as seen from here, when it is below here: what a user would have typed."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def _usage(where: str, message: str) -> Error:
+    return Error("invalid", "usage", f"{where}: {message}", where, [Problem("", message)])
+
+
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flowengine", description="A flow engine for file-processing pipelines.")
+    parser.add_argument("--version", action="version", version=f"flowengine {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 1234)")
     serve.add_argument("--config", type=Path, help="YAML settings file (see config.yaml)")
     serve.add_argument("--data-dir", help="where the database and the embedded store live (default ./data)")
+    serve.add_argument("--flows-dir", help="where the flow files are (default ./flows)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     serve.add_argument("--no-access-log", dest="access_log", action="store_false")
     serve.add_argument("--log-format", choices=["text", "logfmt", "json"], help="log line format (default text)")
     serve.set_defaults(run=_serve)
     check = sub.add_parser("validate", help="check flow files; prints every problem, exits 1 if any")
-    check.add_argument("paths", nargs="*", type=Path, default=[Path("flows")])
+    check.add_argument("paths", nargs="*", type=Path, help="flow files or folders (default: the flows dir)")
     check.add_argument("--store", action="append", default=[], help="a store name the operator configured")
     check.add_argument("--config", type=Path, help="settings file whose stores flows may name")
     check.set_defaults(run=_validate)
-    args = parser.parse_args(argv)
-    return args.run(args)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except Error as exc:
+        lines = [problem.line(exc.location) for problem in exc.problems] or [exc.message]
+        for line in lines:
+            print(f"flowengine: {line}", file=sys.stderr)
+        return USAGE_ERROR
 
 
 if __name__ == "__main__":

@@ -1,35 +1,50 @@
-"""Settings: defaults here, then `config.yaml`, then `FLOWENGINE_*` environment variables.
+"""Settings: defaults here, then `config.yaml`, then `FLOWENGINE_*` environment variables, then flags.
 
-Every setting is documented with its default in the repository's `config.yaml`.
+Every setting is documented with its default in the repository's `config.yaml`. Paths are made
+absolute once, here: a relative path in a config file is relative to that file's directory, any
+other (a default, an environment variable, a flag) to the directory the engine was started in.
+Durations take seconds or a string like "15m" (see `core/durations.py`).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated, Any
 
 import msgspec
-import yaml
 
-from flowengine.core.spec import Store
+from flowengine.core import shape
+from flowengine.core.durations import parse_duration
+from flowengine.core.spec import Store, parse_yaml
+from flowengine.errors import Error, Problem
 from flowengine.logs import LogFormat
+
+PATH_SETTINGS = ("data_dir", "flows_dir")
+DURATION_SETTINGS = ("upload_ttl", "download_ttl", "input_retention", "output_retention", "sweep_interval",
+                     "reconcile_interval", "reconcile_max_interval")  # fmt: skip
+CLIENT_VARIABLES = ("FLOWENGINE_URL",)  # read by the examples and clients, not by the engine
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
-    port: int = 1234
+    port: Port = 1234
     data_dir: str = "./data"
     flows_dir: str = "./flows"
     public_url: str = ""  # base of every URL the engine hands out; empty: the request's own base URL
     secret: str = ""  # HMAC key for embedded-store URLs; empty: generated once, kept in data_dir/secret
     upload_ttl: float = 3600.0  # seconds a presigned upload URL lives (a well's TTL overrides it)
     download_ttl: float = 3600.0  # seconds a presigned download URL lives
-    max_upload_size: int = 500_000_000  # bytes, for any single object arriving on a well
-    max_body_size: int = 1_048_576  # bytes, for JSON request bodies
+    max_upload_size: AtLeastOne = 500_000_000  # bytes, for any single object arriving on a well
+    max_body_size: AtLeastOne = 1_048_576  # bytes, for JSON request bodies
     inline_flows: bool = True  # accept {"Flow": {...}} bodies (they may use the task library in flows_dir/tasks)
     inline_commands: bool = False  # let inline flows define Exec / Python tasks of their own (run on this host)
-    concurrency: int = 4  # steps running at once
+    concurrency: AtLeastOne = 4  # steps running at once
     log_tail: int = 20  # lines of a step's output kept in the run document
     input_retention: float = 86_400.0  # seconds uploaded inputs are kept
     output_retention: float = 604_800.0  # seconds step outputs are kept
@@ -37,34 +52,132 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     events_token: str = ""  # bearer token for POST /api/v1/events/*; empty: the endpoints are off
     reconcile_interval: float = 1.0  # seconds between reconciler ticks
     reconcile_max_interval: float = 60.0  # seconds: a waiting key is asked about at least this often
-    reconcile_concurrency: int = 16  # store requests in flight per reconciler tick
-    reconcile_batch: int = 200  # waiting keys checked per tick at most
+    reconcile_concurrency: AtLeastOne = 16  # store requests in flight per reconciler tick
+    reconcile_batch: AtLeastOne = 200  # waiting keys checked per tick at most
     s3_access_key: str = ""  # credentials for s3 stores declared in flow files
     s3_secret_key: str = ""
     log_format: LogFormat = "text"  # text | logfmt | json: every log line, run and step transitions included
     stores: list[Store] = []  # operator-defined stores; these may carry credentials in Params
 
+    def __post_init__(self) -> None:
+        # Steps, stores and the API never see a relative path: they run in other directories.
+        for name in PATH_SETTINGS:
+            setattr(self, name, _absolute(getattr(self, name), Path.cwd()))
+
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
 
+    @property
+    def flows_path(self) -> Path:
+        return Path(self.flows_dir)
 
-def load_config(path: Path | None = None, environ: dict[str, str] | None = None, **overrides) -> Config:
-    """Defaults < YAML file < environment (FLOWENGINE_PORT=8080) < explicit overrides (CLI flags)."""
+
+def load_config(path: Path | None = None, environ: dict[str, str] | None = None, **overrides: Any) -> Config:
+    """Defaults < YAML file < environment (FLOWENGINE_PORT=8080) < explicit overrides (CLI flags).
+
+    A setting that cannot be read raises an Error (kind "invalid") naming the file, variable or flag."""
     environ = os.environ if environ is None else environ
-    data: dict = {}
+    data: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: expected a mapping of settings")
-        data.update(loaded)
-    for field in msgspec.structs.fields(Config):
-        value = environ.get(f"FLOWENGINE_{field.name.upper()}")
-        if value is not None and field.name != "stores":
-            data[field.name] = value
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    # strict=False: environment values are strings ("8080" -> 8080).
-    return msgspec.convert(data, Config, strict=False)
+        data.update(_read_file(path))
+    # Stores carry structure: config file only.
+    variables = {f.name: environ.get(_variable(f.name)) for f in msgspec.structs.fields(Config) if f.name != "stores"}
+    data.update(_read_values(variables, _variable))
+    data.update(_read_values(overrides, lambda name: "--" + name.replace("_", "-")))
+    return msgspec.convert(data, Config)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    where = str(path)
+    try:
+        loaded = parse_yaml(path.read_bytes())
+    except FileNotFoundError:
+        raise _invalid(where, "no such file") from None
+    except OSError as exc:
+        raise _invalid(where, f"cannot read it: {exc.strerror}") from None
+    except Error as exc:
+        raise _invalid(where, exc.message) from None
+    loaded = {} if loaded is None else loaded
+    if not isinstance(loaded, dict):
+        raise _invalid(where, f"expected a mapping of settings (name: value), got {shape.describe(loaded)}")
+    problems = []
+    for name in DURATION_SETTINGS:
+        if name in loaded:
+            try:
+                loaded[name] = _seconds(loaded[name])
+            except ValueError as exc:
+                problems.append(Problem(name, str(exc)))
+                del loaded[name]
+    problems += shape.shape_problems(loaded, Config)
+    if problems:
+        raise Error("invalid", "invalid_config", problems[0].line(where), where, problems)
+    for name in PATH_SETTINGS:
+        if name in loaded:
+            loaded[name] = _absolute(loaded[name], path.resolve().parent)
+    return loaded
+
+
+def _variable(name: str) -> str:
+    return f"FLOWENGINE_{name.upper()}"
+
+
+def _read_values(values: dict[str, Any], where: Callable[[str], str]) -> dict[str, Any]:
+    """Settings given as strings (environment) or typed values (flags), each checked on its own so
+    an error names where it came from; None: not given."""
+    types = {field.name: field.type for field in msgspec.structs.fields(Config)}
+    read: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        if name in DURATION_SETTINGS:
+            read[name] = _duration(value, where(name))
+            continue
+        try:
+            read[name] = msgspec.convert(value, types[name], strict=False)  # "8080" -> 8080, "false" -> False
+        except msgspec.ValidationError:
+            raise _invalid(where(name), f"{value!r} is not {shape.expected(types[name])}") from None
+    return read
+
+
+def unknown_variables(environ: dict[str, str]) -> list[str]:
+    """A warning for each FLOWENGINE_* variable that is no setting (a typo is otherwise silent)."""
+    known = [_variable(field.name) for field in msgspec.structs.fields(Config) if field.name != "stores"]
+    warnings = []
+    for variable in sorted(environ):
+        if variable == _variable("stores"):
+            warnings.append(f"{variable} is ignored: stores are defined in the config file")
+        elif variable.startswith("FLOWENGINE_") and variable not in known and variable not in CLIENT_VARIABLES:
+            meant = difflib.get_close_matches(variable, known, 1, 0.8)
+            hint = f"; did you mean {meant[0]}?" if meant else ""
+            warnings.append(f"{variable} is not a setting and is ignored{hint}")
+    return warnings
+
+
+def _duration(value: Any, where: str) -> float:
+    try:
+        return _seconds(value)
+    except ValueError as exc:
+        raise _invalid(where, str(exc)) from None
+
+
+def _seconds(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"duration {value!r} must be more than 0 seconds")
+    return seconds
+
+
+def _absolute(value: Any, base: Path) -> Any:
+    """A path setting made absolute against `base` ("~" is the user's home); other values are left
+    for the type check to report."""
+    if not isinstance(value, str):
+        return value
+    return str((base / Path(value).expanduser()).resolve())
+
+
+def _invalid(where: str, message: str) -> Error:
+    return Error("invalid", "invalid_config", f"{where}: {message}", where, [Problem("", message)])
 
 
 def ensure_secret(config: Config) -> bytes:

@@ -31,6 +31,10 @@ class Problem(msgspec.Struct, rename="pascal", frozen=True):
     path: str
     message: str
 
+    def line(self, where: str = "") -> str:
+        """`where: path: message` (a file, a setting...), leaving out what is empty: one line for a terminal."""
+        return ": ".join(part for part in (where, self.path, self.message) if part)
+
 
 class Error(Exception):
     def __init__(

@@ -9,8 +9,9 @@ from typing import Any
 import msgspec
 import pytest
 
+from flowengine.core.durations import parse_duration
 from flowengine.core.spec import Flow
-from flowengine.core.validate import MAX_PROBLEMS, MAX_STEPS, mime_matches, parse_duration, validate
+from flowengine.core.validate import MAX_PROBLEMS, MAX_STEPS, mime_matches, validate
 from flowengine.errors import Problem
 
 # Written as a flow file would be. Steps are listed out of order on purpose: `stamp` reads
@@ -130,13 +131,16 @@ def test_valid_flow_has_no_problems() -> None:
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [(90, 90.0), ("90", 90.0), ("90s", 90.0), ("15m", 900.0), ("1h", 3600.0), ("2d", 172800.0)],
-)
+    [
+        (90, 90.0), (2.5, 2.5), (0, 0.0), ("90", 90.0), ("0.5", 0.5), ("90s", 90.0), ("15m", 900.0), ("1h", 3600.0),
+        ("2d", 172800.0), ("1.5h", 5400.0), ("1h30m", 5400.0), ("500ms", 0.5), (" 2M ", 120.0),
+    ],
+)  # fmt: skip
 def test_parse_duration(value: int | str, seconds: float) -> None:
     assert parse_duration(value) == seconds
 
 
-@pytest.mark.parametrize("value", [0, -5, "0s", "15 minutes", "1.5h", "h", "", "1w", True])
+@pytest.mark.parametrize("value", ["15 minutes", "h", "", "1w", "-5", "5mm", "1h 30m", True, None, [], float("nan")])
 def test_parse_duration_refuses(value: Any) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(value)
@@ -251,9 +255,12 @@ def test_python_is_module_colon_function(target: str) -> None:
         ("Timeout", 1e308, "at most 604800 seconds"),
         ("Backoff", -1, "from 0 to 86400 seconds"),
         ("Backoff", 86401, "from 0 to 86400 seconds"),
+        ("Timeout", "8d", "at most 604800 seconds"),
+        ("Timeout", "soon", "duration 'soon' is not a number with a unit"),
+        ("Backoff", "2d", "from 0 to 86400 seconds"),
     ],
 )
-def test_task_limits(field: str, value: int, fragment: str) -> None:
+def test_task_limits(field: str, value: int | str, fragment: str) -> None:
     doc = valid()
     doc["Tasks"][RESIZE][field] = value
     assert_only(doc, f"Tasks[{RESIZE}].{field}", fragment)
@@ -661,7 +668,7 @@ def test_ttl_bucket_names_and_unclosed_variables():
         Flow,
     )
     problems = {p.path: p.message for p in validate(flow)}
-    assert "over 7 days" in problems["DataWells[0].TTL"]
+    assert "at most 604800 seconds" in problems["DataWells[0].TTL"]
     assert "no closing" in problems["DataWells[1].Key"]
     assert "not an S3 bucket name" in problems["Stores[0].Params.bucket"]
 

@@ -22,6 +22,7 @@ from flowengine.api.errors import ERROR_HANDLERS
 from flowengine.api.http import json_response, send_json
 from flowengine.config import Config
 from flowengine.core.lru import LRU
+from flowengine.runtime import overview
 from flowengine.runtime.engine import Engine
 
 log = logging.getLogger("flowengine")
@@ -82,6 +83,7 @@ def create_app(config: Config, engine: Engine | None = None) -> HotRoutes:
         app.state.inline_plans = LRU(flow.INLINE_PLANS)
         await running.start()
         gc.freeze()  # what is loaded by now lives as long as the process: full collections need not walk it each time
+        running.spawn(overview.log_overview(running))
         try:
             yield
         finally:

@@ -11,7 +11,7 @@ from starlette.types import Receive, Scope
 from flowengine.api.documents import RunPage, run_summary
 from flowengine.api.http import JsonEndpoint, JsonHandler, base_url, engine_of, json_response, query_int, read_body
 from flowengine.core import machine
-from flowengine.core.spec import FlagDef, Flow, FlowBody, Slot, decode_json
+from flowengine.core.spec import FlagDef, Flow, Slot, decode_flow_body
 from flowengine.errors import Error, Problem, bad_request
 from flowengine.runtime.engine import Engine
 
@@ -63,7 +63,7 @@ def run_response(request: Request, run: machine.Run, flow: Flow) -> Response:
 
 async def list_flows(request: Request) -> Response:
     flows = []
-    for entry in engine_of(request).catalog.entries():
+    for entry in await engine_of(request).catalog.entries():
         flow = entry.flow
         inputs = [w.edge for w in flow.data_wells if w.source in machine.WAITING_SOURCES] if flow else []
         flows.append(FlowInfo(
@@ -74,7 +74,7 @@ async def list_flows(request: Request) -> Response:
 
 
 async def list_tasks(request: Request) -> Response:
-    library = engine_of(request).catalog.library()
+    library = await engine_of(request).catalog.library()
     tasks = [
         TaskInfo(t.name, f.path.name, "exec" if t.exec is not None else "python", t.inputs, t.outputs, t.flags,
                  f.description)
@@ -92,19 +92,20 @@ async def start_run(scope: Scope, receive: Receive) -> tuple[int, bytes]:
     name = scope["path_params"]["name"]
     body = await read_body(scope, receive, engine.config.max_body_size)
     # A client posting one definition again and again: no decoding or hashing it each time.
-    plan = state.inline_plans.get((name, body, engine.catalog.library().stamp))
+    library = await engine.catalog.library()
+    plan = state.inline_plans.get((name, body, library.stamp))
     if plan is None:
         flow = _inline_flow(engine, name, body)
-        plan = engine.plan(flow, inline=True) if flow is not None else engine.plan(engine.catalog.get(name))
+        plan = engine.plan(flow, inline=True) if flow is not None else engine.plan(await engine.catalog.get(name))
         if flow is not None and len(body) <= INLINE_PLAN_BYTES:
-            state.inline_plans.put((name, body, engine.catalog.library().stamp), plan)
+            state.inline_plans.put((name, body, library.stamp), plan)
     run = await engine.create_run(plan)
     return 201, run_json(scope, run, plan.flow)
 
 
 def _inline_flow(engine: Engine, name: str, body: bytes) -> Flow | None:
     """The flow a body defines (named after the URL unless it has a Name), or None to run the flow file."""
-    flow = decode_json(body, FlowBody).flow if body.strip() else None
+    flow = decode_flow_body(body) if body.strip() else None
     if flow is None:
         return None
     if not engine.config.inline_flows:

@@ -262,7 +262,7 @@ def _on_failed(run: Run, flow: Flow, event: StepFailed, now: float) -> list[Comm
     state.finished = now
     if state.attempts < task.max_attempts:
         state.status = RETRYING
-        state.retry_at = now + task.backoff * 2 ** (state.attempts - 1)
+        state.retry_at = now + task.backoff_seconds * 2 ** (state.attempts - 1)
         return []
     state.status = ERROR
     _fail(run, f"step {event.step!r} failed after {state.attempts} attempt(s): {event.error}", event.step)

@@ -13,9 +13,9 @@ import msgspec
 
 from flowengine.config import Config
 from flowengine.core import keys, machine
+from flowengine.core.durations import parse_duration
 from flowengine.core.machine import EdgeState
 from flowengine.core.spec import DataWell, Flow
-from flowengine.core.validate import parse_duration
 from flowengine.errors import Error
 from flowengine.stores.base import Store
 from flowengine.stores.registry import Stores

@@ -1,8 +1,8 @@
 """Flow definition types (the wire shape operators write) and loading them from YAML or JSON.
 
 Keys are PascalCase, as in the flow upload API reference. Structural problems (wrong types,
-unknown fields) are caught here by msgspec; semantic ones (unknown edges, cycles, ...) by
-`validate.py`, which reports all of them at once.
+unknown or missing keys) are caught here, all of them at once (`shape.py`); semantic ones (unknown
+edges, cycles, ...) by `validate.py`.
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 import yaml
 
-from flowengine.errors import Error, bad_request
+from flowengine.core import shape
+from flowengine.core.durations import Duration, parse_duration
+from flowengine.errors import Error, Problem, bad_request
 
 Scalar = str | int | float | bool
 T = TypeVar("T")
@@ -36,7 +38,7 @@ class DataWell(_Spec):
     store: str = "default"
     source: str | None = None  # upload | webhook | static | None (a step's output lands here)
     key: str | None = None  # template: ${RUN_ID}, ${FLOW_NAME}, ${EDGE}, ${UUID}, ${DATE}, ${TIMESTAMP}
-    ttl: int | str | None = msgspec.field(default=None, name="TTL")  # seconds, or "90s", "15m", "1h", "2d"
+    ttl: Duration | None = msgspec.field(default=None, name="TTL")  # seconds, or "90s", "15m", "1h", "2d"
     content_type: str | None = None  # declared: signed into the PUT URL, the object must carry it
     accept: list[str] = []  # MIME patterns an arriving object may have; empty: any
     size: int | None = None  # declared exact size: signed as Content-Length
@@ -79,8 +81,18 @@ class Task(_Spec):
     exec: list[str] | None = None  # argv; ${Slot} and ${Flag} expand to paths and values
     python: str | None = None  # "module:function"
     max_attempts: int = 1
-    timeout: float = 600.0  # seconds; the step is killed past it
-    backoff: float = 1.0  # seconds before the first retry, doubled for each next one
+    timeout: Duration = 600.0  # the step is killed past it: seconds, or "10m"
+    backoff: Duration = 1.0  # before the first retry, doubled for each next one: seconds, or "30s"
+
+    # Seconds, for a task `validate` passed (its durations parse).
+
+    @property
+    def timeout_seconds(self) -> float:
+        return parse_duration(self.timeout)
+
+    @property
+    def backoff_seconds(self) -> float:
+        return parse_duration(self.backoff)
 
 
 class Flow(_Spec, dict=True):  # dict: room for the cached lookups below
@@ -148,28 +160,62 @@ def decode_json(data: bytes, type_: type, what: str = "body"):
         raise bad_request("malformed_json", f"{what} is not valid JSON: {exc}", what) from None
 
 
+def decode_flow_body(body: bytes) -> Flow | None:
+    """The flow an API body `{"Flow": {...}}` defines (None: no flow), or an Error listing every problem."""
+    try:
+        try:
+            return _decode_body(body).flow
+        except msgspec.ValidationError:
+            # Rare: decode it again as plain data to find every problem, not only msgspec's first
+            # (a syntax error after the first problem surfaces only now).
+            plain = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise bad_request("malformed_json", f"body is not valid JSON: {exc}", "body") from None
+    if isinstance(plain, dict) and list(plain) == ["Flow"]:
+        return shape.convert(plain["Flow"], Flow, "body.Flow")  # paths relative to the flow, as validate's
+    return shape.convert(plain, FlowBody, "body").flow
+
+
+_decode_body = msgspec.json.Decoder(FlowBody).decode
+
+
 def load_flow_file(path: Path) -> Flow:
-    """Read one flow file (.yaml, .yml or .json); a flow without a Name takes the file's."""
+    """Read one flow file (.yaml, .yml or .json); a flow without a Name takes the file's.
+
+    Raises OSError if the file cannot be read, or an Error with every problem of its structure."""
     flow = _read(path, Flow)
     return flow if flow.name else msgspec.structs.replace(flow, name=path.stem)
 
 
 def load_library_file(path: Path) -> TaskLibrary:
+    """Read one file of the task library, like a flow file."""
     return _read(path, TaskLibrary)
 
 
 def _read(path: Path, type_: type[T]) -> T:
     raw = path.read_bytes()
-    if path.suffix == ".json":
-        return decode_json(raw, type_, path.name)
+    return shape.convert(parse_json(raw) if path.suffix == ".json" else parse_yaml(raw), type_)
+
+
+def parse_yaml(raw: bytes | str) -> Any:
+    """Plain data from YAML, or an Error whose one line says where the syntax broke."""
     try:
-        data = yaml.safe_load(raw)
+        return yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        raise Error("invalid", "malformed_yaml", f"{path.name} is not valid YAML: {exc}", path.name) from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).replace("\n", " ")
+        context = getattr(exc, "context", None)
+        message = f"not valid YAML: {where}{problem}" + (f" ({context})" if context else "")
+        raise Error("invalid", "malformed_yaml", message, "", [Problem("", message)]) from None
+
+
+def parse_json(raw: bytes) -> Any:
     try:
-        return msgspec.convert(data, type_)
-    except msgspec.ValidationError as exc:
-        raise Error.from_msgspec(exc, path.name) from None
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        message = f"not valid JSON: {exc}"
+        raise Error("invalid", "malformed_json", message, "", [Problem("", message)]) from None
 
 
 FLOW_SUFFIXES = (".yaml", ".yml", ".json")

@@ -5,7 +5,7 @@ together: names, references between stores, wells, steps and tasks, that every e
 exactly once, that steps do not wait on each other in a cycle, keys, TTLs and MIME types.
 
 Each concern is one generator of `Problem`s; `validate` chains them, so nothing stops at the
-first problem. `parse_duration` and `mime_matches` are reused by the engine.
+first problem. `mime_matches` is reused by the engine.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from itertools import chain, islice
 
 from flowengine.core import keys
+from flowengine.core.durations import Duration, parse_duration
 from flowengine.core.spec import Binding, DataWell, Flow, Slot, Step, Store, Task
 from flowengine.errors import Problem
 
@@ -31,8 +32,6 @@ PYTHON_TARGET = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-
 _MIME_NAME = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*"  # RFC 6838 restricted-name
 MIME_TYPE = re.compile(rf"{_MIME_NAME}/{_MIME_NAME}")
 MIME_PATTERN = re.compile(rf"\*/\*|{_MIME_NAME}/(\*|{_MIME_NAME})")
-DURATION = re.compile(r"([0-9]+)([smhd]?)")
-UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 # Limits on one definition. Validation is linear in a flow's size, but every event on a run walks
@@ -96,28 +95,12 @@ def _check_size(flow: Flow) -> Problems:
 # --- reusable helpers --------------------------------------------------------------------------
 
 
-MAX_TTL = 7 * 86400  # SigV4 presigned URLs live 7 days at most
+MAX_TTL = 7 * 86400.0  # SigV4 presigned URLs live 7 days at most
 MAX_TIMEOUT = 7 * 86400.0
 MAX_BACKOFF = 86400.0
 MAX_ATTEMPTS = 100
 MAX_OBJECT = 5 << 40  # S3's largest object
 BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-
-
-def parse_duration(value: int | str) -> float:
-    """Seconds in a TTL: a positive int of seconds, or a string like "90s", "15m", "1h", "2d"."""
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ValueError(f"duration {value!r} must be a whole number of seconds or a string like '15m'")
-    if isinstance(value, int):
-        seconds = value
-    else:
-        match = DURATION.fullmatch(value.strip().lower())
-        if not match:
-            raise ValueError(f"duration {value!r} is not a number with a unit s, m, h or d, like '90s' or '15m'")
-        seconds = int(match.group(1)) * UNIT_SECONDS[match.group(2)]
-    if seconds <= 0:
-        raise ValueError(f"duration {value!r} must be positive")
-    return float(seconds)
 
 
 def mime_matches(mime: str, pattern: str) -> bool:
@@ -245,10 +228,8 @@ def _check_runner(path: str, task: Task) -> Problems:
 def _check_limits(path: str, task: Task) -> Problems:
     if not 1 <= task.max_attempts <= MAX_ATTEMPTS:
         yield Problem(f"{path}.MaxAttempts", f"MaxAttempts must be from 1 to {MAX_ATTEMPTS}, got {task.max_attempts}")
-    if not 0 < task.timeout <= MAX_TIMEOUT:
-        yield Problem(f"{path}.Timeout", f"Timeout must be more than 0 and at most {MAX_TIMEOUT:g} seconds (7 days)")
-    if not 0 <= task.backoff <= MAX_BACKOFF:
-        yield Problem(f"{path}.Backoff", f"Backoff must be from 0 to {MAX_BACKOFF:g} seconds (1 day)")
+    yield from _check_duration(f"{path}.Timeout", task.timeout, MAX_TIMEOUT, "7 days", zero=False)
+    yield from _check_duration(f"{path}.Backoff", task.backoff, MAX_BACKOFF, "1 day", zero=True)
 
 
 def _check_task_names(path: str, task: Task) -> Problems:
@@ -371,7 +352,8 @@ def _check_wells(wells: list[DataWell], stores: set[str]) -> Problems:
         elif well.source == "static":
             yield Problem(f"{path}.Key", "a static well needs a Key naming the existing object")
         if well.ttl is not None:
-            yield from _check_ttl(f"{path}.TTL", well.ttl)
+            longest = "7 days, the longest a presigned URL lives"
+            yield from _check_duration(f"{path}.TTL", well.ttl, MAX_TTL, longest, zero=False)
         yield from _check_sizes(path, well)
         if well.content_type is not None:
             yield from _check_content_type(f"{path}.ContentType", well.content_type)
@@ -406,14 +388,16 @@ def _check_key(path: str, key: str, source: str | None) -> Problems:
         yield Problem(path, f"Key {key!r} {problem}")
 
 
-def _check_ttl(path: str, ttl: int | str) -> Problems:
+def _check_duration(path: str, value: Duration, most: float, human: str, *, zero: bool) -> Problems:
+    """A duration (seconds, or "15m") of at most `most` seconds, and more than 0 unless `zero`."""
     try:
-        seconds = parse_duration(ttl)
+        seconds = parse_duration(value)
     except ValueError as exc:
-        yield Problem(path, f"TTL: {exc}")
+        yield Problem(path, str(exc))
         return
-    if seconds > MAX_TTL:
-        yield Problem(path, f"TTL {ttl!r} is over 7 days, the longest a presigned URL may live")
+    if seconds < 0 or (seconds == 0 and not zero) or seconds > most:
+        bounds = f"from 0 to {most:g}" if zero else f"more than 0 and at most {most:g}"
+        yield Problem(path, f"duration {value!r} must be {bounds} seconds ({human})")
 
 
 def _check_sizes(path: str, well: DataWell) -> Problems:

@@ -181,7 +181,7 @@ class Engine:
         commands of its own only where `inline_commands` allows it: they would run on this host."""
         if inline:
             self._check_inline(flow)
-        flow = with_tasks(flow, self.catalog.library().tasks)
+        flow = with_tasks(flow, self.catalog.installed.tasks)
         definition = _encode(flow)
         digest = hashlib.sha256(definition).hexdigest()
         plan = self._plans.get(digest)
@@ -198,7 +198,7 @@ class Engine:
             return
         for i, task in enumerate(flow.tasks):
             if task.exec is not None or task.python is not None:
-                installed = ", ".join(sorted(self.catalog.library().tasks)) or "none"
+                installed = ", ".join(sorted(self.catalog.installed.tasks)) or "none"
                 raise Error(
                     "forbidden", "inline_commands_disabled",
                     f"task {task.name!r} defines a command, which an inline flow may not do on this engine "

@@ -91,13 +91,13 @@ async def _attempt(job: StepJob, work: Path) -> StepSucceeded | StepFailed:
     python_path = os.pathsep.join(p for p in (job.python_path, os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": python_path, "FLOWENGINE_RUN_ID": job.run_id,
            "FLOWENGINE_STEP_ID": step.id, "FLOWENGINE_ATTEMPT": str(job.attempt)}  # fmt: skip
-    result = await run_process(argv, work, env, job.log_path, task.timeout, job.log_tail)
+    result = await run_process(argv, work, env, job.log_path, task.timeout_seconds, job.log_tail)
 
     def failed(error: str) -> StepFailed:
         return StepFailed(step.id, job.attempt, error, result.logs)
 
     if result.returncode is None:
-        return failed(f"timed out after {task.timeout:g}s")
+        return failed(f"timed out after {task.timeout_seconds:g}s")
     if result.returncode != 0:
         return failed(f"exited with status {result.returncode}")
     if answer is not None:
