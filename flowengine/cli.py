@@ -14,8 +14,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     from flowengine.api.app import create_app
     from flowengine.config import load_config
+    from flowengine.runtime import datadir
 
     config = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir)
+    try:
+        datadir.hold(config.data_path)  # for the life of the process; before anything else touches the data dir
+    except datadir.DataDirBusy as exc:
+        print(f"flowengine: {exc}", file=sys.stderr)
+        return 1
     app = create_app(config)
     uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, access_log=args.access_log)
     return 0

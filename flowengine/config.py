@@ -5,8 +5,10 @@ Every setting is documented with its default in the repository's `config.yaml`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 import msgspec
@@ -28,6 +30,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_body_size: int = 1_048_576  # bytes, for JSON request bodies
     inline_flows: bool = True  # accept {"Flow": {...}} bodies; their Exec tasks run on this host
     concurrency: int = 4  # steps running at once
+    work_dir: str = ""  # steps' scratch dirs; empty: flowengine-<uid>-<hash of data_dir> in the system's temp dir
+    step_user: str = "nobody"  # when the engine runs as root, steps run as this user (a name or a uid)
+    step_read_paths: list[str] = []  # more directories steps may read (with Landlock), besides SYSTEM_READ
     log_tail: int = 20  # lines of a step's output kept in the run document
     input_retention: float = 86_400.0  # seconds uploaded inputs are kept
     output_retention: float = 604_800.0  # seconds step outputs are kept
@@ -45,6 +50,14 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def data_path(self) -> Path:
         return Path(self.data_dir)
 
+    @property
+    def work_path(self) -> Path:
+        """Where steps' scratch dirs go: outside the data dir, and one place per data dir."""
+        if self.work_dir:
+            return Path(self.work_dir).absolute()
+        digest = hashlib.sha256(str(self.data_path.resolve()).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"flowengine-{os.geteuid()}-{digest}"
+
 
 def load_config(path: Path | None = None, environ: dict[str, str] | None = None, **overrides) -> Config:
     """Defaults < YAML file < environment (FLOWENGINE_PORT=8080) < explicit overrides (CLI flags)."""
@@ -58,7 +71,7 @@ def load_config(path: Path | None = None, environ: dict[str, str] | None = None,
     for field in msgspec.structs.fields(Config):
         value = environ.get(f"FLOWENGINE_{field.name.upper()}")
         if value is not None and field.name != "stores":
-            data[field.name] = value
+            data[field.name] = value.split(os.pathsep) if field.name == "step_read_paths" else value
     data.update({k: v for k, v in overrides.items() if v is not None})
     # strict=False: environment values are strings ("8080" -> 8080).
     return msgspec.convert(data, Config, strict=False)

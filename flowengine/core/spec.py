@@ -74,6 +74,7 @@ class Task(_Spec):
     flags: list[FlagDef] = []
     exec: list[str] | None = None  # argv; ${Slot} and ${Flag} expand to paths and values
     python: str | None = None  # "module:function"
+    env: dict[str, str] = {}  # environment variables the step gets, beside PATH, LANG, HOME, TMPDIR and its ids
     max_attempts: int = 1
     timeout: float = 600.0  # seconds; the step is killed past it
     backoff: float = 1.0  # seconds before the first retry, doubled for each next one
