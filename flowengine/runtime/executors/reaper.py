@@ -55,7 +55,10 @@ class Reaper:
     def start(self) -> None:
         read, self._pipe = os.pipe2(os.O_CLOEXEC)
         try:
-            self._proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=read, start_new_session=True)
+            # Not the engine's environment: it holds the engine's secrets, and a process's is readable in /proc.
+            env = {k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH", "PYTHONHOME")}
+            self._proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=read, env=env,
+                                          start_new_session=True)  # fmt: skip
         finally:
             os.close(read)
         for pid in self.live:

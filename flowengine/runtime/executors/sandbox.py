@@ -48,6 +48,7 @@ DEVICES = "/dev"
 _CLONE_NEWNS, _CLONE_NEWPID = 0x00020000, 0x20000000
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC, _MS_BIND, _MS_REC, _MS_PRIVATE = 2, 4, 8, 4096, 16384, 1 << 18
 _COVER_OPTIONS = b"mode=0755,size=64k"
+_PR_SET_DUMPABLE = 4
 # setgroups, setresgid, setresuid: made as system calls, not through libc, whose wrappers apply them
 # to every thread of the process (POSIX); these must change the calling thread only.
 _ID_CALLS = {"x86_64": (116, 119, 117), "aarch64": (159, 149, 147), "riscv64": (159, 149, 147)}.get(platform.machine())
@@ -116,6 +117,9 @@ class Sandbox:
         cls, data_dir: Path, work_root: Path, flows_dir: Path, step_user: str, read_paths: Iterable[str]
     ) -> Sandbox:
         """Find out what confinement this kernel and this user allow; log what is missing."""
+        # The engine's memory and environment (its secrets) out of reach of its own user's processes:
+        # a step, when the engine is not root. Landlock alone lets a step read /proc/<engine>/environ.
+        _check(_libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0))
         reveal = _unnested([*python_dirs(), Path(flowengine.__file__).parent.resolve(), flows_dir.resolve(),
                             *(Path(p).resolve() for p in read_paths)])  # fmt: skip
         root = os.geteuid() == 0
@@ -177,8 +181,6 @@ class Sandbox:
                 self.rules.restrict_thread([(fd, landlock.ALL)])
             finally:
                 os.close(fd)
-        # The uid change also makes the engine's memory undumpable (not ptrace-able by the step's user):
-        # left so, since a vfork child shares that memory until it execs.
         ids = _drop_thread_to(self.user) if self.user is not None else {}
         return subprocess.Popen(argv, cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
                                 start_new_session=True, umask=0o077, **ids)  # fmt: skip
