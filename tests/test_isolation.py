@@ -75,8 +75,9 @@ def test_a_step_cannot_read_the_engines_memory_or_files(start_server, monkeypatc
         targets = [data / "secret", data / "flowengine.persistence.sqlite", *stored, *logs,
                    Path(f"/proc/{server.proc.pid}/environ"), Path(f"/proc/{server.proc.pid}/mem")]  # fmt: skip
         script = "; ".join(f"cat '{t}' > /dev/null 2>&1 && echo 'LEAK {t}'" for t in targets)
-        script += f"; ls -A '{data}' 2>/dev/null | grep -q . && echo 'LEAK listing'; ls '{data.parent}' > /dev/null 2>&1"
-        script += " && echo 'LEAK parent'; cat /etc/passwd > /dev/null && echo control: can read the system"
+        script += f"; ls -A '{data}' 2>/dev/null | grep -q . && echo 'LEAK listing'"
+        script += f"; ls '{data.parent}' > /dev/null 2>&1 && echo 'LEAK parent'"
+        script += "; cat /etc/passwd > /dev/null && echo control: can read the system"
         run = start(client, "snoop", one_step({"Name": "snoop", "Exec": ["sh", "-c", script]}))
         done = wait_for_status(client, run["ID"], {"COMPLETE", "ERROR"})
         text = log_of(client, run["ID"])

@@ -142,6 +142,7 @@ def test_as_root_a_step_runs_as_the_step_user_and_sees_an_empty_data_dir(places,
     finally:
         sandbox.close()
     lines = output.splitlines()
+    assert code == 0
     assert lines[0] == str(sandbox.user.uid) and lines[1] == "listed"  # nothing in the data dir to list
     assert "python runs" in lines and "hmac key" not in output
     assert lines[-1] == "1"  # the first process of its own PID namespace
@@ -193,8 +194,13 @@ def test_one_process_holds_a_data_dir_and_another_is_told_its_pid(tmp_path):
     lock = datadir.hold(data)
     assert datadir.hold(data) is lock  # the CLI and its engine share it
     assert oct(data.stat().st_mode & 0o777) == "0o700"
-    probe = [sys.executable, "-c", "import sys; from pathlib import Path; from flowengine.runtime import datadir\n"
-             "try:\n    datadir.hold(Path(sys.argv[1]))\nexcept datadir.DataDirBusy as e:\n    print(e)", str(data)]
+    probe = [
+        sys.executable,
+        "-c",
+        "import sys; from pathlib import Path; from flowengine.runtime import datadir\n"
+        "try:\n    datadir.hold(Path(sys.argv[1]))\nexcept datadir.DataDirBusy as e:\n    print(e)",
+        str(data),
+    ]
     assert f"(pid {os.getpid()})" in subprocess.run(probe, capture_output=True, text=True).stdout  # fmt: skip
     lock.release()
     assert f"(pid {os.getpid()})" in subprocess.run(probe, capture_output=True, text=True).stdout  # still held once

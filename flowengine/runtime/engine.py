@@ -144,6 +144,8 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self.reaper.stop()
+        with contextlib.suppress(OSError):
+            self.work_root.rmdir()  # empty now: every step removed its own dir
         if self.sandbox is not None:
             self.sandbox.close()
         self.db.close()

@@ -8,6 +8,7 @@ and no store credentials. What it writes is taken only as regular files inside t
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mimetypes
 import os
@@ -92,6 +93,10 @@ async def run_step(job: StepJob) -> StepSucceeded | StepFailed:
         return StepFailed(job.step.id, job.attempt, f"{type(exc).__name__}: {exc}")
     finally:
         await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)
+        # The run's dir goes with its last step. On the event loop, like the two mkdirs above: one
+        # step's rmdir never falls between another's.
+        with contextlib.suppress(OSError):
+            scratch.parent.rmdir()
 
 
 async def _attempt(job: StepJob, scratch: Path) -> StepSucceeded | StepFailed:
