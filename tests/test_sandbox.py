@@ -22,7 +22,7 @@ from flowengine.runtime import datadir
 from flowengine.runtime.engine import Engine
 from flowengine.runtime.executors import landlock
 from flowengine.runtime.executors.reaper import Reaper
-from flowengine.runtime.executors.sandbox import Cover, Reveal, Sandbox, mount_plan, python_dirs
+from flowengine.runtime.executors.sandbox import Cover, Reveal, Sandbox, StepUser, mount_plan, python_dirs
 
 P = Path
 ROOT = os.geteuid() == 0
@@ -73,6 +73,18 @@ def test_a_hidden_dir_cannot_be_revealed():
 def test_a_closed_dir_inside_a_reveal_is_covered_again_and_the_deeper_path_bound_back():
     plan = mount_plan([], [P("/srv/a"), P("/srv/a/b/c")], {P("/srv"), P("/srv/a/b")})
     assert plan == [Cover(P("/srv")), Reveal(P("/srv/a")), Cover(P("/srv/a/b")), Reveal(P("/srv/a/b/c"))]
+
+
+def test_a_sandbox_plans_the_shared_mounts_once_and_each_scratch_dir_after_them(tmp_path):
+    data, work, flows = tmp_path / "data", tmp_path / "work", tmp_path / "flows"
+    for d in (data, work, flows):
+        d.mkdir()
+    reveal = [*python_dirs(), flows]
+    sandbox = Sandbox(data_dir=data, work_root=work, reveal=reveal, user=StepUser("nobody", 65534, 65534),
+                      namespaces=True, rules=None)  # fmt: skip
+    scratch = work / "run" / "s.1"
+    assert set(sandbox._plan) | {Reveal(scratch)} == set(mount_plan([data, work], [*reveal, scratch], sandbox._closed))
+    assert Reveal(flows) in sandbox._plan  # beneath pytest's closed temp dir
 
 
 # ---------------------------------------------------------------------------------------------

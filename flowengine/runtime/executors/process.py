@@ -68,7 +68,8 @@ async def _end(proc: subprocess.Popen) -> None:
     """Kill what is left of a step, then reap its first process. Killed before the reaping, while the
     process group's number is still taken: afterwards it could be a new, unrelated group's."""
     kill_group(proc.pid)
-    await _exit_of(proc.pid)
+    if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:  # not ended yet
+        await _exit_of(proc.pid)
     proc.wait()
 
 

@@ -20,6 +20,7 @@ own threads stay as they were.
 
 from __future__ import annotations
 
+import _thread
 import ctypes
 import logging
 import os
@@ -111,6 +112,10 @@ class Sandbox:
         self.namespaces = namespaces
         self.rules = rules
         self._closed = {p for p in _dirs_on_the_way([*reveal, work_root]) if user and not _passable(p, user)}
+        # The mounts are the same for every step but its scratch dir, revealed last: it lies beneath
+        # the covered work root (or a cover above that), and nothing in the plan lies beneath it.
+        # The work root among the reveals only has the closed dirs on the way to it covered.
+        self._plan = mount_plan([data_dir, work_root], [*reveal, work_root], self._closed)
 
     @classmethod
     def prepare(
@@ -157,9 +162,7 @@ class Sandbox:
     def start(self, argv: list[str], env: dict[str, str], scratch: Path, log_fd: int) -> Future[subprocess.Popen]:
         """Start a step's process in `scratch`, its output and errors going to `log_fd`."""
         done: Future[subprocess.Popen] = Future()
-        thread = threading.Thread(target=self._start, args=(done, argv, env, scratch, log_fd),
-                                  name="step-start", daemon=True)  # fmt: skip
-        thread.start()
+        _thread.start_new_thread(self._start, (done, argv, env, scratch, log_fd))  # no handshake: done says it all
         return done
 
     def _start(self, done: Future, argv: list[str], env: dict[str, str], scratch: Path, log_fd: int) -> None:
@@ -174,7 +177,7 @@ class Sandbox:
             _check(_libc.unshare(_CLONE_NEWNS | _CLONE_NEWPID))
             os.umask(0o022)  # this thread's own now (unshare gave it its own fs attributes): covers' dirs are 0755
             _check(_libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None))  # nothing leaks back to the host
-            _apply(mount_plan([self.data_dir, self.work_root], [*self.reveal, scratch], self._closed))
+            _apply([*self._plan, Reveal(scratch)])
         if self.rules is not None:
             fd = os.open(scratch, os.O_PATH | os.O_CLOEXEC)
             try:
