@@ -7,9 +7,11 @@ import asyncio
 import ctypes
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -68,6 +70,11 @@ def test_a_revealed_dir_inside_a_hidden_one_is_bound_back_into_it():
 
 def test_a_hidden_dir_cannot_be_revealed():
     assert mount_plan([P("/srv/data")], [P("/srv/data")], set()) == [Cover(P("/srv/data"))]
+
+
+def test_a_closed_dir_to_reveal_on_the_way_to_another_is_covered_and_the_other_bound_into_it():
+    plan = mount_plan([P("/t/data"), P("/t/work")], [P("/t"), P("/t/work/run/s.1")], {P("/t")})
+    assert plan == [Cover(P("/t")), Reveal(P("/t/work/run/s.1"))]
 
 
 def test_a_closed_dir_inside_a_reveal_is_covered_again_and_the_deeper_path_bound_back():
@@ -248,23 +255,24 @@ def test_a_scratch_root_that_is_not_safe_is_refused(tmp_path, problem):
 
 
 # ---------------------------------------------------------------------------------------------
-# A runner that fails
+# The engine around a step: a runner that fails, a database that refuses a result, its own memory
 
 
 FLOW = {"Name": "f", "DataWells": [{"Edge": "out"}], "Steps": [{"ID": "s", "Uses": "t", "Outputs": [
     {"Slot": "o", "Edge": "out"}]}], "Tasks": [{"Name": "t", "Outputs": [{"Name": "o"}], "MaxAttempts": 2,
     "Backoff": 0, "Exec": ["sh", "-c", 'echo ok > "$0"', "${o}"]}]}  # fmt: skip
+LIBC = ctypes.CDLL(None, use_errno=True)
 
 
-def test_a_step_whose_runner_raises_is_retried_then_fails_never_left_running(tmp_path, monkeypatch, caplog):
-    raised = []
+@pytest.fixture
+def engine_config(tmp_path: Path) -> Iterator[Config]:
+    """An engine in this process: it makes the process undumpable, which this puts back afterwards."""
+    yield Config(data_dir=str(tmp_path / "data"), flows_dir=str(tmp_path), work_dir=str(tmp_path / "work"))
+    LIBC.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
 
-    async def broken(job):
-        raised.append(job.attempt)
-        raise RuntimeError(f"bug {job.attempt}")
 
-    monkeypatch.setattr("flowengine.runtime.engine.run_step", broken)
-    config = Config(data_dir=str(tmp_path / "data"), flows_dir=str(tmp_path), work_dir=str(tmp_path / "work"))
+def run_flow(config: Config) -> machine.Run:
+    """Start an engine, run FLOW to its end (5 s at most), stop the engine; the run as it ended."""
 
     async def scenario() -> machine.Run:
         engine = Engine(config)
@@ -278,28 +286,51 @@ def test_a_step_whose_runner_raises_is_retried_then_fails_never_left_running(tmp
         finally:
             await engine.stop()
 
-    run = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_a_step_whose_runner_raises_is_retried_then_fails_never_left_running(engine_config, monkeypatch, caplog):
+    raised = []
+
+    async def broken(job):
+        raised.append(job.attempt)
+        raise RuntimeError(f"bug {job.attempt}")
+
+    monkeypatch.setattr("flowengine.runtime.engine.run_step", broken)
+    run = run_flow(engine_config)
     assert raised == [1, 2]  # the first failure was retried, as any failure is
     assert run.status == machine.ERROR
     assert run.error == "step 's' failed after 2 attempt(s): internal error: RuntimeError: bug 2"
     assert "the runner failed" in caplog.text and "RuntimeError: bug 1" in caplog.text
 
 
-def test_the_engines_memory_and_environment_are_out_of_its_own_users_reach(tmp_path):
+def test_a_result_the_database_refuses_for_a_moment_is_recorded_once_it_takes_it(engine_config, monkeypatch, caplog):
+    refused = []
+    apply = Engine.apply
+
+    def flaky(self: Engine, run_id: str, event: machine.Event) -> machine.Run:
+        if isinstance(event, machine.StepSucceeded) and len(refused) < 2:
+            refused.append(event)
+            raise sqlite3.OperationalError("disk I/O error")
+        return apply(self, run_id, event)
+
+    monkeypatch.setattr(Engine, "apply", flaky)
+    run = run_flow(engine_config)
+    assert len(refused) == 2
+    assert run.status == machine.COMPLETE and run.steps["s"].attempts == 1  # the same result, not a new attempt
+    assert caplog.text.count("recording the result of step 's' failed") == 2
+
+
+def test_the_engines_memory_and_environment_are_out_of_its_own_users_reach(engine_config):
     """Landlock does not stop a step of the engine's own user from reading /proc/<engine>/environ:
     a process that is not dumpable has its /proc files owned by root, and cannot be traced."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    config = Config(data_dir=str(tmp_path / "data"), flows_dir=str(tmp_path), work_dir=str(tmp_path / "work"))
 
     async def dumpable_while_running() -> int:
-        engine = Engine(config)
+        engine = Engine(engine_config)
         await engine.start()
         try:
-            return libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)
+            return LIBC.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0)
         finally:
             await engine.stop()
 
-    try:
-        assert asyncio.run(dumpable_while_running()) == 0
-    finally:
-        libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # this test process, as it was
+    assert asyncio.run(dumpable_while_running()) == 0

@@ -81,9 +81,10 @@ def mount_plan(hide: Iterable[Path], reveal: Iterable[Path], closed: Collection[
     are plain tmpfs directories). A cover inside another cover is needed only where a reveal in
     between brought the real contents back; a reveal only where a cover is the nearest mark above.
     """
-    hidden = set(hide)
-    covers = hidden | {parent for path in reveal for parent in path.parents if parent in closed}
-    marks = sorted([*map(Cover, covers), *(Reveal(p) for p in reveal if p not in hidden)],
+    covers = set(hide) | {parent for path in reveal for parent in path.parents if parent in closed}
+    # A path both to reveal and to cover stays covered: hidden, or closed to the step's user anyway
+    # (deeper reveals are bound into its cover).
+    marks = sorted([*map(Cover, covers), *(Reveal(p) for p in reveal if p not in covers)],
                    key=lambda m: (len(m.path.parts), m.path))  # fmt: skip
     plan: list[Cover | Reveal] = []
     for mark in marks:
@@ -122,6 +123,8 @@ class Sandbox:
         cls, data_dir: Path, work_root: Path, flows_dir: Path, step_user: str, read_paths: Iterable[str]
     ) -> Sandbox:
         """Find out what confinement this kernel and this user allow; log what is missing."""
+        if sys.platform != "linux":
+            raise RuntimeError("flowengine runs steps on Linux only (pidfd, Landlock, namespaces)")
         # The engine's memory and environment (its secrets) out of reach of its own user's processes:
         # a step, when the engine is not root. Landlock alone lets a step read /proc/<engine>/environ.
         _check(_libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0))
@@ -129,7 +132,7 @@ class Sandbox:
                             *(Path(p).resolve() for p in read_paths)])  # fmt: skip
         root = os.geteuid() == 0
         user = step_user_ids(step_user) if root else None
-        abi = landlock.abi_version() if sys.platform == "linux" else 0
+        abi = landlock.abi_version()
         rules = None
         if abi:
             rules = landlock.Rules(abi)
