@@ -7,16 +7,23 @@ Each step below tries what a hostile one would, and says in its log when somethi
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
-from live import free_port, wait_for_status
+from live import Server, free_port, wait_for_status
 from test_api import inline, start, upload_well
+
+from flowengine.runtime.executors import landlock
+
+AS_USER = Path(__file__).parent / "as_user.py"
+NOBODY = 65534
 
 SECRETS = {"FLOWENGINE_S3_SECRET_KEY": "s3-secret-6f1e", "FLOWENGINE_EVENTS_TOKEN": "events-token-93ab",
            "AWS_SECRET_ACCESS_KEY": "aws-secret-27cd"}  # fmt: skip
@@ -239,3 +246,34 @@ def test_a_second_engine_on_a_live_data_dir_refuses_and_leaves_it_alone(start_se
         assert (data / "tmp").is_dir()
         done = wait_for_status(client, run["ID"], {"COMPLETE", "ERROR"})
         assert done["Status"] == "COMPLETE", done  # its running step was left alone
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not landlock.abi_version(), reason="needs root (for nobody), Landlock")
+def test_an_engine_that_is_not_root_keeps_its_steps_from_its_data_dir_and_its_secrets():
+    """The usual deployment: the engine runs as an ordinary user, and so do its steps. Landlock
+    keeps them from the data dir, and the engine's /proc files are not theirs to read."""
+    base = Path(tempfile.mkdtemp(prefix="flowengine-as-nobody-"))  # outside pytest's dirs, closed to nobody
+    data, flows = base / "data", base / "flows"
+    flows.mkdir()
+    for path in (base, flows):
+        os.chown(path, NOBODY, NOBODY)
+    server = Server(data, flows, events_token=SECRETS["FLOWENGINE_EVENTS_TOKEN"])
+    server.prefix = [sys.executable, str(AS_USER), "nobody", "--"]
+    try:
+        server.start()
+        pid = server.proc.pid
+        checks = [f"cat {data}/secret", f"ls {data}", f"cat /proc/{pid}/environ", f"echo x > {data}/planted",
+                  f"cat /proc/{pid}/mem"] + ([f"kill -0 {pid}"] if landlock.abi_version() >= 6 else [])  # fmt: skip
+        script = "; ".join(f"{c} > /dev/null 2>&1 && echo 'LEAK {c}'" for c in checks) + "; id -u; env"
+        with server.client() as client:
+            run = start(client, "snoop", one_step({"Name": "snoop", "Exec": ["sh", "-c", script]}))
+            done = wait_for_status(client, run["ID"], {"COMPLETE", "ERROR"})
+            text = log_of(client, run["ID"])
+        assert done["Status"] == "COMPLETE", done
+        assert "LEAK" not in text, text
+        assert f"{NOBODY}\n" in text  # the engine's own user: no step user when it is not root
+        assert SECRETS["FLOWENGINE_EVENTS_TOKEN"] not in text
+        assert (data / "secret").stat().st_uid == NOBODY and not (data / "planted").exists()
+    finally:
+        server.stop()
+        shutil.rmtree(base)

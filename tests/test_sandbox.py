@@ -322,7 +322,7 @@ def test_a_result_the_database_refuses_for_a_moment_is_recorded_once_it_takes_it
 
 
 def test_the_engines_memory_and_environment_are_out_of_its_own_users_reach(engine_config):
-    """Landlock does not stop a step of the engine's own user from reading /proc/<engine>/environ:
+    """Where there is no Landlock, a step of the engine's own user could read /proc/<engine>/environ:
     a process that is not dumpable has its /proc files owned by root, and cannot be traced."""
 
     async def dumpable_while_running() -> int:

@@ -125,8 +125,8 @@ class Sandbox:
         """Find out what confinement this kernel and this user allow; log what is missing."""
         if sys.platform != "linux":
             raise RuntimeError("flowengine runs steps on Linux only (pidfd, Landlock, namespaces)")
-        # The engine's memory and environment (its secrets) out of reach of its own user's processes:
-        # a step, when the engine is not root. Landlock alone lets a step read /proc/<engine>/environ.
+        # The engine's memory and environment (its secrets) out of reach of its own user's processes
+        # (a step, when the engine is not root) even without Landlock, which also keeps them out.
         _check(_libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0))
         reveal = _unnested([*python_dirs(), Path(flowengine.__file__).parent.resolve(), flows_dir.resolve(),
                             *(Path(p).resolve() for p in read_paths)])  # fmt: skip
