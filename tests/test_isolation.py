@@ -255,7 +255,8 @@ def test_an_engine_that_is_not_root_keeps_its_steps_from_its_data_dir_and_its_se
     base = Path(tempfile.mkdtemp(prefix="flowengine-as-nobody-"))  # outside pytest's dirs, closed to nobody
     data, flows = base / "data", base / "flows"
     flows.mkdir()
-    for path in (base, flows):
+    (flows / "pytasks.py").write_text(PYTASKS + "\ndef hello(inputs, flags, workdir):\n    print('python runs')\n")
+    for path in (base, flows, flows / "pytasks.py"):
         os.chown(path, NOBODY, NOBODY)
     server = Server(data, flows, events_token=SECRETS["FLOWENGINE_EVENTS_TOKEN"])
     server.prefix = [sys.executable, str(AS_USER), "nobody", "--"]
@@ -269,7 +270,10 @@ def test_an_engine_that_is_not_root_keeps_its_steps_from_its_data_dir_and_its_se
             run = start(client, "snoop", one_step({"Name": "snoop", "Exec": ["sh", "-c", script]}))
             done = wait_for_status(client, run["ID"], {"COMPLETE", "ERROR"})
             text = log_of(client, run["ID"])
+            python = start(client, "python", one_step({"Name": "hello", "Python": "pytasks:hello"}))
+            ran = wait_for_status(client, python["ID"], {"COMPLETE", "ERROR"})
         assert done["Status"] == "COMPLETE", done
+        assert ran["Status"] == "COMPLETE" and ran["Steps"][0]["Logs"] == ["python runs"], ran
         assert "LEAK" not in text, text
         assert f"{NOBODY}\n" in text  # the engine's own user: no step user when it is not root
         assert SECRETS["FLOWENGINE_EVENTS_TOKEN"] not in text
