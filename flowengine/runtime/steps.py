@@ -24,6 +24,7 @@ import msgspec
 from flowengine.core.keys import VAR
 from flowengine.core.machine import EdgeState, ObjectMeta, StepFailed, StepSucceeded
 from flowengine.core.spec import Scalar, Step, Task
+from flowengine.runtime.executors import pyrun
 from flowengine.runtime.executors.process import run_process
 from flowengine.runtime.executors.pyrun import Request
 from flowengine.runtime.executors.reaper import Reaper
@@ -120,9 +121,10 @@ async def _attempt(job: StepJob, scratch: Path) -> StepSucceeded | StepFailed:
         answer = scratch / "answer.json"
         request = Request(task.python or "", inputs, flags, str(scratch), str(answer))
         (scratch / "request.json").write_bytes(msgspec.json.encode(request))
-        # -B: importing the task's module must not leave __pycache__ in the flows directory;
-        # -P: the scratch dir (the current directory) is not a place to import from.
-        argv = [sys.executable, "-B", "-P", "-m", "flowengine.runtime.executors.pyrun", str(scratch / "request.json")]
+        # The shim by its path, not as a module: it imports nothing of flowengine, which the step's
+        # Python may not find where the engine's did. -B: importing the task's module leaves no
+        # __pycache__ in the flows directory; -P: the shim's own directory is not a place to import from.
+        argv = [sys.executable, "-B", "-P", pyrun.__file__, str(scratch / "request.json")]
     if job.sandbox.user is not None:
         _give(scratch, job.sandbox.user.uid, job.sandbox.user.gid)
     result = await run_process(argv, scratch, step_env(job, scratch), job.log_path, task.timeout, job.log_tail,
