@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from flowengine.config import Config
+from flowengine.config import Config, load_config
 from flowengine.core import machine
 from flowengine.core.spec import Flow
 from flowengine.runtime import datadir
@@ -225,6 +225,20 @@ def test_one_process_holds_a_data_dir_and_another_is_told_its_pid(tmp_path):
     assert f"(pid {os.getpid()})" in subprocess.run(probe, capture_output=True, text=True).stdout  # still held once
     lock.release()
     assert subprocess.run(probe, capture_output=True, text=True).stdout == ""  # free
+
+
+def test_the_default_scratch_root_is_outside_the_data_dir_and_one_per_data_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a, b = load_config(environ={}), load_config(environ={}, data_dir=str(tmp_path / "other"))
+    assert a.work_path.is_absolute() and not a.work_path.is_relative_to(tmp_path)
+    assert a.work_path != b.work_path
+    assert a.work_path == load_config(environ={}, data_dir=str(tmp_path / "data")).work_path  # the same dir, spelled so
+    assert load_config(environ={"FLOWENGINE_WORK_DIR": "scratch"}).work_path == tmp_path / "scratch"
+
+
+def test_step_read_paths_come_from_the_environment_like_path(tmp_path):
+    config = load_config(environ={"FLOWENGINE_STEP_READ_PATHS": f"/opt/tools{os.pathsep}/srv/models"})
+    assert config.step_read_paths == ["/opt/tools", "/srv/models"]
 
 
 def test_the_scratch_root_is_made_private_and_emptied(tmp_path):
