@@ -26,6 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
     from flowengine.api.app import create_app
     from flowengine.config import load_config, unknown_variables
     from flowengine.logs import logging_config
+    from flowengine.runtime import datadir
 
     config = load_config(
         args.config, host=args.host, port=args.port, data_dir=args.data_dir, flows_dir=args.flows_dir,
@@ -37,6 +38,11 @@ def _serve(args: argparse.Namespace) -> int:
         config.data_path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise _usage(config.data_dir, f"cannot create the data dir: {exc.strerror}") from None
+    try:
+        datadir.hold(config.data_path)  # for the life of the process; before anything else touches the data dir
+    except datadir.DataDirBusy as exc:
+        print(f"flowengine: {exc}", file=sys.stderr)
+        return 1
     # Logging is set up here, for the engine's lines and uvicorn's alike, before anything is logged.
     logging.config.dictConfig(logging_config(args.log_level, config.log_format))
     for warning in unknown_variables(dict(os.environ)):

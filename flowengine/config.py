@@ -9,8 +9,10 @@ Durations take seconds or a string like "15m" (see `core/durations.py`).
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import secrets
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,7 +25,8 @@ from flowengine.core.spec import Store, parse_yaml
 from flowengine.errors import Error, Problem
 from flowengine.logs import LogFormat
 
-PATH_SETTINGS = ("data_dir", "flows_dir")
+PATH_SETTINGS = ("data_dir", "flows_dir", "work_dir")  # "" (work_dir's default) stays ""
+LIST_SETTINGS = ("step_read_paths",)
 DURATION_SETTINGS = ("upload_ttl", "download_ttl", "input_retention", "output_retention", "sweep_interval",
                      "reconcile_interval", "reconcile_max_interval")  # fmt: skip
 CLIENT_VARIABLES = ("FLOWENGINE_URL",)  # read by the examples and clients, not by the engine
@@ -45,6 +48,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     inline_flows: bool = True  # accept {"Flow": {...}} bodies (they may use the task library in flows_dir/tasks)
     inline_commands: bool = False  # let inline flows define Exec / Python tasks of their own (run on this host)
     concurrency: AtLeastOne = 4  # steps running at once
+    work_dir: str = ""  # steps' scratch dirs; empty: flowengine-<uid>-<hash of data_dir> in the system's temp dir
+    step_user: str = "nobody"  # when the engine runs as root, steps run as this user (a name or a uid)
+    step_read_paths: list[str] = []  # more directories steps may read (with Landlock), besides SYSTEM_READ
     log_tail: int = 20  # lines of a step's output kept in the run document
     input_retention: float = 86_400.0  # seconds uploaded inputs are kept
     output_retention: float = 604_800.0  # seconds step outputs are kept
@@ -71,6 +77,14 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     @property
     def flows_path(self) -> Path:
         return Path(self.flows_dir)
+
+    @property
+    def work_path(self) -> Path:
+        """Where steps' scratch dirs go: outside the data dir, and one place per data dir."""
+        if self.work_dir:
+            return Path(self.work_dir)
+        digest = hashlib.sha256(str(self.data_path.resolve()).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"flowengine-{os.geteuid()}-{digest}"
 
 
 def load_config(path: Path | None = None, environ: dict[str, str] | None = None, **overrides: Any) -> Config:
@@ -133,6 +147,8 @@ def _read_values(values: dict[str, Any], where: Callable[[str], str]) -> dict[st
         if name in DURATION_SETTINGS:
             read[name] = _duration(value, where(name))
             continue
+        if name in LIST_SETTINGS and isinstance(value, str):
+            value = value.split(os.pathsep)  # FLOWENGINE_STEP_READ_PATHS=/opt/a:/opt/b, like PATH
         try:
             read[name] = msgspec.convert(value, types[name], strict=False)  # "8080" -> 8080, "false" -> False
         except msgspec.ValidationError:
@@ -171,7 +187,7 @@ def _seconds(value: Any) -> float:
 def _absolute(value: Any, base: Path) -> Any:
     """A path setting made absolute against `base` ("~" is the user's home); other values are left
     for the type check to report."""
-    if not isinstance(value, str):
+    if not isinstance(value, str) or not value:
         return value
     return str((base / Path(value).expanduser()).resolve())
 

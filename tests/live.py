@@ -23,6 +23,8 @@ def free_port() -> int:
 class Server:
     """Starts the service with a data dir and flows dir of its own; settings go in as FLOWENGINE_* env."""
 
+    prefix: list[str] = []  # a command that runs the server's command line (as_user.py)
+
     def __init__(
         self,
         data_dir: Path,
@@ -48,7 +50,7 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWENGINE_")}
         env["FLOWENGINE_FLOWS_DIR"] = str(self.flows_dir)
         env.update({f"FLOWENGINE_{k.upper()}": str(v) for k, v in self.settings.items()})
-        args = [sys.executable, "-m", "flowengine.cli", "serve", "--port", str(self.port),
+        args = [*self.prefix, sys.executable, "-m", "flowengine.cli", "serve", "--port", str(self.port),
                 "--data-dir", str(self.data_dir), "--log-level", self.log_level, "--no-access-log"]  # fmt: skip
         if self.config:
             args += ["--config", self.config]

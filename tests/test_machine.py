@@ -17,6 +17,7 @@ from flowengine.core.machine import (
     ERROR,
     FROM_STEP,
     IDLE,
+    MAX_INTERRUPTIONS,
     READY,
     RETRYING,
     RUNNING,
@@ -33,6 +34,7 @@ from flowengine.core.machine import (
     Refresh,
     Run,
     StepFailed,
+    StepInterrupted,
     StepStarted,
     StepSucceeded,
     Tick,
@@ -182,6 +184,12 @@ def mix_started() -> Run:
     """`gen` dispatched at start (READY, attempt 1), well `u` still empty."""
     run, commands = start(MIX, "run-mix", mix_edges(), T0)
     assert commands == [Dispatch("gen", 1)]
+    return run
+
+
+def mix_running() -> Run:
+    """`gen` running attempt 1, well `u` still empty."""
+    run, _ = advance(mix_started(), MIX, StepStarted("gen", 1), T0 + 1)
     return run
 
 
@@ -783,6 +791,149 @@ def test_terminal_failure_stops_a_parallel_retrying_step_without_abort():
 
 
 # ---------------------------------------------------------------------------------------------
+# StepInterrupted: the engine stopped or died while an attempt ran
+
+
+def test_an_interrupted_attempt_is_followed_by_a_new_one_at_once():
+    run, commands = advance(hop_running(), HOP, StepInterrupted("first", 1), T0 + 50)
+    first = run.steps["first"]
+    assert commands == [Dispatch("first", 2)]
+    assert (first.status, first.attempts, first.interrupted) == (READY, 2, 1)
+    assert first.error == "attempt 1 was interrupted: the engine stopped while it ran"
+    assert (first.started, first.finished, first.retry_at) == (None, None, None)
+    assert run.status == RUNNING
+    assert next_wake(run) is None  # nothing waits on time: the new attempt is dispatched already
+
+
+def test_an_interruption_does_not_count_against_max_attempts():
+    # `right` runs task `once`: MaxAttempts 1. The engine crashing is not the step failing.
+    run, commands = advance(fan_running(), FAN, StepInterrupted("right", 1), T0 + 5)
+    assert commands == [Dispatch("right", 2)]
+    run, _ = advance(run, FAN, StepStarted("right", 2), T0 + 6)
+    run, _ = advance(run, FAN, StepFailed("right", 2, "bad"), T0 + 7)
+    assert run.status == ERROR
+    assert run.error == "step 'right' failed after 1 attempt(s): bad"
+    assert (run.steps["right"].attempts, run.steps["right"].interrupted) == (2, 1)
+
+
+def test_retries_after_an_interruption_count_failures_only_with_the_backoff_of_the_first():
+    # `first` runs task `work`: MaxAttempts 3, Backoff 2 doubling.
+    run, _ = play(hop_running(), HOP, (StepInterrupted("first", 1), T0 + 3), (StepStarted("first", 2), T0 + 4))
+    run, _ = advance(run, HOP, StepFailed("first", 2, "boom"), T0 + 10)
+    assert (run.steps["first"].status, run.steps["first"].retry_at) == (RETRYING, T0 + 12)  # the first failure
+    run, commands = advance(run, HOP, Tick(), T0 + 12)
+    assert commands == [Dispatch("first", 3)]
+    run, _ = play(run, HOP, (StepStarted("first", 3), T0 + 13), (StepFailed("first", 3, "boom"), T0 + 20))
+    assert run.steps["first"].retry_at == T0 + 24
+    run, _ = play(run, HOP, (Tick(), T0 + 24), (StepStarted("first", 4), T0 + 25))
+    run, _ = advance(run, HOP, StepFailed("first", 4, "boom"), T0 + 30)
+    assert run.status == ERROR
+    assert run.error == "step 'first' failed after 3 attempt(s): boom"
+    assert run.steps["first"].attempts == 4
+
+
+def test_a_new_attempt_after_an_interruption_can_succeed():
+    run, _ = play(hop_running(), HOP, (StepInterrupted("first", 1), T0 + 3), (StepStarted("first", 2), T0 + 4))
+    run, _ = advance(run, HOP, StepSucceeded("first", 2, {"mid": OBJ}, ["done"]), T0 + 5)
+    first = run.steps["first"]
+    assert (first.status, first.error, first.logs, first.attempts) == (COMPLETE, None, ["done"], 2)
+    assert run.edges["mid"].object == OBJ
+
+
+@pytest.mark.parametrize(
+    "late", [StepSucceeded("first", 1, {"mid": OBJ}), StepFailed("first", 1, "boom"), StepStarted("first", 1)],
+    ids=["succeeded", "failed", "started"],
+)  # fmt: skip
+def test_a_report_from_the_interrupted_attempt_is_stale(late: Event):
+    run, _ = advance(hop_running(), HOP, StepInterrupted("first", 1), T0 + 3)
+    new, commands = advance(run, HOP, late, T0 + 4)
+    assert new is run
+    assert commands == []
+    assert run.edges["mid"].object is None
+
+
+def _retrying() -> Run:
+    run, _ = advance(hop_running(), HOP, StepFailed("first", 1, "boom"), T0 + 3)
+    return run
+
+
+@pytest.mark.parametrize(
+    ("base", "event"),
+    [
+        pytest.param(hop_running, StepInterrupted("first", 2), id="future-attempt"),
+        pytest.param(hop_running, StepInterrupted("first", 0), id="stale-attempt"),
+        pytest.param(hop_running, StepInterrupted("second", 0), id="idle-step"),
+        pytest.param(hop_running, StepInterrupted("ghost", 1), id="unknown-step"),
+        pytest.param(mix_started, StepInterrupted("gen", 1), id="dispatched-not-started"),
+        pytest.param(_retrying, StepInterrupted("first", 1), id="retrying"),
+        pytest.param(lambda: advance(hop_running(), HOP, StepSucceeded("first", 1, {"mid": OBJ}), T0 + 3)[0],
+                     StepInterrupted("first", 1), id="complete"),
+    ],
+)  # fmt: skip
+def test_an_interruption_that_does_not_fit_changes_nothing(base: Any, event: StepInterrupted):
+    """Only a running attempt can be cut short: one merely dispatched never started (the shell
+    dispatches it again as it was), and a finished or waiting one has no process to lose."""
+    run = base()
+    new, commands = advance(run, flow_of(run), event, T0 + 4)  # before the retry is due
+    assert new is run
+    assert commands == []
+
+
+def flow_of(run: Run) -> Flow:
+    return {"hop": HOP, "fan": FAN, "mix": MIX, "wells": WELLS}[run.flow]
+
+
+def test_the_same_interruption_twice_is_one():
+    run, _ = advance(hop_running(), HOP, StepInterrupted("first", 1), T0 + 3)
+    again, commands = advance(run, HOP, StepInterrupted("first", 1), T0 + 4)
+    assert again is run
+    assert commands == []
+    assert run.steps["first"].interrupted == 1
+
+
+def test_an_interruption_leaves_a_parallel_step_alone():
+    run, commands = advance(fan_running(), FAN, StepInterrupted("left", 1), T0 + 5)
+    assert commands == [Dispatch("left", 2)]
+    right = run.steps["right"]
+    assert (right.status, right.attempts, right.interrupted, right.started) == (RUNNING, 1, 0, T0 + 2)
+
+
+def test_a_step_interrupted_again_and_again_fails_the_run():
+    run = hop_running()
+    for attempt in range(1, MAX_INTERRUPTIONS):
+        run, commands = advance(run, HOP, StepInterrupted("first", attempt), T0 + 10 * attempt)
+        assert commands == [Dispatch("first", attempt + 1)]
+        run, _ = advance(run, HOP, StepStarted("first", attempt + 1), T0 + 10 * attempt + 1)
+    run, commands = advance(run, HOP, StepInterrupted("first", MAX_INTERRUPTIONS), T0 + 100)
+    assert commands == []
+    first = run.steps["first"]
+    assert (first.status, first.attempts, first.interrupted) == (ERROR, MAX_INTERRUPTIONS, MAX_INTERRUPTIONS)
+    assert run.status == ERROR
+    assert run.error == f"step 'first' was interrupted {MAX_INTERRUPTIONS} times by the engine stopping"
+    assert run.failed_step == "first"
+
+
+def test_the_interruption_limit_counts_interruptions_not_failures():
+    run = hop_running()  # MaxAttempts 3: failures in between do not bring the run to its limit sooner
+    for attempt in range(1, MAX_INTERRUPTIONS):
+        run, _ = advance(run, HOP, StepInterrupted("first", attempt), T0 + attempt)
+        run, _ = advance(run, HOP, StepStarted("first", attempt + 1), T0 + attempt)
+    run, _ = advance(run, HOP, StepFailed("first", MAX_INTERRUPTIONS, "boom"), T0 + 10)
+    assert run.steps["first"].status == RETRYING  # 1 failure of 3
+    assert run.status == RUNNING
+
+
+def test_an_interruption_on_the_last_failed_attempt_count_still_runs_again():
+    run, _ = advance(fan_running(), FAN, StepFailed("left", 1, "flaky"), T0 + 3)  # `copy`: 2 attempts
+    run, _ = play(run, FAN, (Tick(), T0 + 4), (StepStarted("left", 2), T0 + 5))
+    run, commands = advance(run, FAN, StepInterrupted("left", 2), T0 + 6)
+    assert commands == [Dispatch("left", 3)]  # the interrupted second attempt is owed
+    run, _ = play(run, FAN, (StepStarted("left", 3), T0 + 7), (StepFailed("left", 3, "flaky"), T0 + 8))
+    assert run.status == ERROR
+    assert run.error == "step 'left' failed after 2 attempt(s): flaky"
+
+
+# ---------------------------------------------------------------------------------------------
 # Tick: well deadlines
 
 
@@ -954,17 +1105,23 @@ def test_cancel_on_a_terminal_run_changes_nothing(status: str):
 # Terminal runs
 
 
-# Each of these changes `mix_started()`: gen READY attempt 1, well u empty with its deadline.
+# Each of these changes `live(event)`: `mix_started()` (gen READY attempt 1, well u empty with its
+# deadline), or for an interruption, which only a running attempt fits, `mix_running()`.
 EVERY_EVENT = [
     pytest.param(Landed("u", OBJ), id="Landed"),
     pytest.param(StepStarted("gen", 1), id="StepStarted"),
     pytest.param(StepSucceeded("gen", 1, {"g": OBJ}), id="StepSucceeded"),
     pytest.param(StepFailed("gen", 1, "boom"), id="StepFailed"),
+    pytest.param(StepInterrupted("gen", 1), id="StepInterrupted"),
     pytest.param(Tick(), id="Tick"),
     pytest.param(Cancel(), id="Cancel"),
     pytest.param(Refresh(T0 + 5_000), id="Refresh"),
 ]
 LATE = T0 + 1_000  # past u's deadline: a Tick would expire it
+
+
+def live(event: Event) -> Run:
+    return mix_running() if isinstance(event, StepInterrupted) else mix_started()
 
 
 def test_every_event_type_is_covered():
@@ -974,7 +1131,7 @@ def test_every_event_type_is_covered():
 @pytest.mark.parametrize("event", EVERY_EVENT)
 def test_each_event_changes_a_live_run(event: Event):
     """The control for the test below: on a live run every one of these events does something."""
-    run = mix_started()
+    run = live(event)
     new, _ = advance(run, MIX, event, LATE)
     assert new is not run
     assert new != run
@@ -983,7 +1140,7 @@ def test_each_event_changes_a_live_run(event: Event):
 @pytest.mark.parametrize("status", sorted(TERMINAL))
 @pytest.mark.parametrize("event", EVERY_EVENT)
 def test_terminal_runs_ignore_every_event(status: str, event: Event):
-    run = structs.replace(mix_started(), status=status, error="over")
+    run = structs.replace(live(event), status=status, error="over")
     before = snapshot(run)
     new, commands = advance(run, MIX, event, LATE)
     assert new is run
@@ -1110,6 +1267,24 @@ LIVES: dict[str, tuple[Flow, Any, list[tuple[Event, float]]]] = {
             (Cancel("enough"), T0 + 11),
         ],
     ),
+    "restarts": (
+        FAN,
+        fan_edges,
+        [
+            (Landed("raw", OBJ), T0 + 1),
+            (StepStarted("left", 1), T0 + 2),
+            (StepStarted("right", 1), T0 + 2),
+            (StepInterrupted("left", 1), T0 + 3),
+            (StepInterrupted("right", 1), T0 + 3),
+            (StepSucceeded("left", 1, {"l": OBJ}), T0 + 4),
+            (StepStarted("left", 2), T0 + 5),
+            (StepStarted("right", 2), T0 + 5),
+            (StepInterrupted("right", 2), T0 + 6),
+            (StepSucceeded("left", 2, {"l": OBJ}), T0 + 7),
+            (StepStarted("right", 3), T0 + 8),
+            (StepFailed("right", 3, "bad"), T0 + 9),
+        ],
+    ),
     "expiry": (
         WELLS,
         wells_edges,
@@ -1153,6 +1328,7 @@ def test_lives_end_where_expected():
     assert ends == {
         "hop": (COMPLETE, None),
         "fan": (ERROR, "step 'right' failed after 1 attempt(s): bad"),
+        "restarts": (ERROR, "step 'right' failed after 1 attempt(s): bad"),
         "mix": (STOPPED, "enough"),
         "expiry": (ERROR, "upload for edge 'b' expired"),
         "rejected": (ERROR, "object for edge 'raw' has type 'text/plain', not one of image/*"),

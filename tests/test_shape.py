@@ -41,7 +41,7 @@ def test_every_structural_problem_is_listed_with_its_path() -> None:
         ("timeout", "unknown key 'timeout', did you mean 'Timeout'?"),
         ("max_attempts", "unknown key 'max_attempts', did you mean 'MaxAttempts'?"),
         ("Timout", "unknown key 'Timout', did you mean 'Timeout'?"),
-        ("Colour", "unknown key 'Colour' (known keys: Name, Inputs, Outputs, Flags, Exec, Python, MaxAttempts, "
+        ("Colour", "unknown key 'Colour' (known keys: Name, Inputs, Outputs, Flags, Exec, Python, Env, MaxAttempts, "
                    "Timeout, Backoff)"),
     ],
 )  # fmt: skip

@@ -292,6 +292,30 @@ def test_exec_variables_are_slots_or_flags() -> None:
     assert_only(doc, f"Tasks[{RESIZE}].Exec[3]", "unknown variable ${height}")
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("1ST", "x", "may not start with a digit"),
+        ("MY-VAR", "x", "may only use letters, digits and '_'"),
+        ("", "x", "may only use letters"),
+        ("FLOWENGINE_RUN_ID", "x", "are set by the engine"),
+        ("FLOWENGINE_TOKEN", "x", "are set by the engine"),
+        ("OK", "a\0b", "NUL"),
+    ],
+)
+def test_task_env_names_and_values(name: str, value: str, fragment: str) -> None:
+    doc = valid()
+    doc["Tasks"][STAMP]["Env"] = {"GOOD_NAME": "kept", name: value}
+    assert_only(doc, f"Tasks[{STAMP}].Env.{name}", fragment)
+
+
+def test_task_env_values_are_strings() -> None:
+    doc = valid()
+    doc["Tasks"][STAMP]["Env"] = {"WIDTH": 256}
+    with pytest.raises(msgspec.ValidationError, match=r"Expected `str`, got `int` - at `\$.Tasks\[0\].Env"):
+        msgspec.convert(doc, Flow)
+
+
 # --- steps -------------------------------------------------------------------------------------
 
 

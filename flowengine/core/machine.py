@@ -24,6 +24,10 @@ TERMINAL = frozenset({STOPPED, COMPLETE, ERROR})
 IDLE, READY, RETRYING = "IDLE", "READY", "RETRYING"
 ACTIVE_STEP = frozenset({READY, RUNNING, RETRYING})
 FROM_STEP = "step"  # an edge's source when a step's output fills it
+# An attempt cut short by the engine stopping or dying is not the step's failure: it runs again as a
+# new attempt, not counted against MaxAttempts. A step interrupted this many times fails the run
+# (an engine that dies each time it runs a step would otherwise run it forever).
+MAX_INTERRUPTIONS = 5
 WAITING_SOURCES = ("upload", "webhook")  # sources a client fills: the run waits for them
 
 
@@ -50,7 +54,8 @@ class EdgeState(msgspec.Struct, omit_defaults=True, gc=False):
 
 class StepState(msgspec.Struct, omit_defaults=True, gc=False):
     status: str = IDLE
-    attempts: int = 0
+    attempts: int = 0  # attempts started, interrupted ones included: each has its own number and log
+    interrupted: int = 0  # of those, how many the engine's stop or crash cut short
     error: str | None = None
     logs: list[str] = []
     started: float | None = None
@@ -95,6 +100,13 @@ class StepFailed(msgspec.Struct, tag=True, frozen=True):
     logs: list[str] = []
 
 
+class StepInterrupted(msgspec.Struct, tag=True, frozen=True):
+    """The engine stopped or died while this attempt ran (found RUNNING at start): its process is gone."""
+
+    step: str
+    attempt: int
+
+
 class Tick(msgspec.Struct, tag=True, frozen=True):
     """A timer fired: deadlines and retry times up to `now` are due."""
 
@@ -107,7 +119,7 @@ class Refresh(msgspec.Struct, tag=True, frozen=True):
     deadline: float  # the new TTL for every well still empty
 
 
-Event = Landed | StepStarted | StepSucceeded | StepFailed | Tick | Cancel | Refresh
+Event = Landed | StepStarted | StepSucceeded | StepFailed | StepInterrupted | Tick | Cancel | Refresh
 
 
 # Commands: what the shell must do.
@@ -260,12 +272,29 @@ def _on_failed(run: Run, flow: Flow, event: StepFailed, now: float) -> list[Comm
     state.error = event.error
     state.logs = event.logs
     state.finished = now
-    if state.attempts < task.max_attempts:
+    failures = state.attempts - state.interrupted
+    if failures < task.max_attempts:
         state.status = RETRYING
-        state.retry_at = now + task.backoff_seconds * 2 ** (state.attempts - 1)
+        state.retry_at = now + task.backoff_seconds * 2 ** (failures - 1)
         return []
     state.status = ERROR
-    _fail(run, f"step {event.step!r} failed after {state.attempts} attempt(s): {event.error}", event.step)
+    _fail(run, f"step {event.step!r} failed after {failures} attempt(s): {event.error}", event.step)
+    return []
+
+
+def _on_interrupted(run: Run, flow: Flow, event: StepInterrupted, now: float) -> list[Command]:
+    state = _current(run, event.step, event.attempt, frozenset({RUNNING}))
+    if state is None:
+        return []
+    state.interrupted += 1
+    state.error = f"attempt {event.attempt} was interrupted: the engine stopped while it ran"
+    state.finished = now
+    if state.interrupted < MAX_INTERRUPTIONS:
+        state.status = RETRYING
+        state.retry_at = now  # at once: _settle dispatches the next attempt
+        return []
+    state.status = ERROR
+    _fail(run, f"step {event.step!r} was interrupted {state.interrupted} times by the engine stopping", event.step)
     return []
 
 
@@ -295,6 +324,7 @@ _HANDLERS = {
     StepStarted: _on_started,
     StepSucceeded: _on_succeeded,
     StepFailed: _on_failed,
+    StepInterrupted: _on_interrupted,
     Tick: _on_tick,
     Cancel: _on_cancel,
     Refresh: _on_refresh,

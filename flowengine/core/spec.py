@@ -80,6 +80,7 @@ class Task(_Spec):
     flags: list[FlagDef] = []
     exec: list[str] | None = None  # argv; ${Slot} and ${Flag} expand to paths and values
     python: str | None = None  # "module:function"
+    env: dict[str, str] = {}  # environment variables the step gets, beside PATH, LANG, HOME, TMPDIR and its ids
     max_attempts: int = 1
     timeout: Duration = 600.0  # the step is killed past it: seconds, or "10m"
     backoff: Duration = 1.0  # before the first retry, doubled for each next one: seconds, or "30s"

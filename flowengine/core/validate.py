@@ -32,6 +32,8 @@ PYTHON_TARGET = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-
 _MIME_NAME = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*"  # RFC 6838 restricted-name
 MIME_TYPE = re.compile(rf"{_MIME_NAME}/{_MIME_NAME}")
 MIME_PATTERN = re.compile(rf"\*/\*|{_MIME_NAME}/(\*|{_MIME_NAME})")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+RESERVED_ENV = "FLOWENGINE_"
 
 
 # Limits on one definition. Validation is linear in a flow's size, but every event on a run walks
@@ -211,6 +213,7 @@ def _check_tasks(tasks: list[Task]) -> Problems:
         yield from _check_task_names(path, task)
         yield from _check_slot_types(path, task)
         yield from _check_exec_vars(path, task)
+        yield from _check_env(path, task)
 
 
 def _check_runner(path: str, task: Task) -> Problems:
@@ -271,6 +274,19 @@ def _check_exec_vars(path: str, task: Task) -> Problems:
                     f"unknown variable ${{{name}}}: not an input slot, output slot or flag "
                     f"of task {task.name!r} (known: {_quoted(sorted(known))})",
                 )
+
+
+def _check_env(path: str, task: Task) -> Problems:
+    """Names a shell can use; values execve can pass; the ids the engine sets are its own."""
+    for name, value in task.env.items():
+        where = f"{path}.Env.{name}"
+        if not ENV_NAME.fullmatch(name):
+            yield Problem(where, f"environment variable name {name!r} may only use letters, digits and '_', "
+                                 "and may not start with a digit")  # fmt: skip
+        elif name.startswith(RESERVED_ENV):
+            yield Problem(where, f"{RESERVED_ENV}* variables are set by the engine (run, step and attempt ids)")
+        if "\0" in value:
+            yield Problem(where, "an environment value may not contain a NUL character")
 
 
 # --- steps -------------------------------------------------------------------------------------

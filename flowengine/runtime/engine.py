@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import shutil
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -24,14 +25,26 @@ from flowengine.config import Config, ensure_secret
 from flowengine.core import machine
 from flowengine.core.ids import uuid7
 from flowengine.core.lru import LRU
-from flowengine.core.machine import Abort, Command, Dispatch, EdgeState, Event, ObjectMeta, Run
+from flowengine.core.machine import (
+    Abort,
+    Command,
+    Dispatch,
+    EdgeState,
+    Event,
+    ObjectMeta,
+    Run,
+    StepFailed,
+    StepSucceeded,
+)
 from flowengine.core.plans import EdgePlan, Plan, make_plan, well_ttl
 from flowengine.core.spec import Flow, with_tasks
 from flowengine.core.validate import validate
 from flowengine.errors import Error, conflict, not_found
 from flowengine.persistence.sqlite import Database, RunRow, Wait
-from flowengine.runtime import landing, retention
+from flowengine.runtime import datadir, landing, retention
 from flowengine.runtime.catalog import Catalog
+from flowengine.runtime.executors.reaper import Reaper
+from flowengine.runtime.executors.sandbox import Sandbox
 from flowengine.runtime.metrics import Metrics
 from flowengine.runtime.retention import LOGS
 from flowengine.runtime.steps import StepJob, run_step
@@ -70,11 +83,11 @@ class Engine:
         self.clock = clock
         self.new_id = new_id
         data = config.data_path
-        data.mkdir(parents=True, exist_ok=True)
+        self._lock = datadir.hold(data)  # before anything in the data dir is touched
         self.db = Database(data / "flowengine.db")
         self.stores = Stores(config, ensure_secret(config), clock)
         self.catalog = Catalog(Path(config.flows_dir), self.stores.configured.keys())
-        self.work_root = data / "work"
+        self.work_root = config.work_path
         self.log_root = data / "logs"
         self.python_path = str(Path(config.flows_dir).resolve())  # where Python tasks import from
         self._flows: LRU[str, Flow] = LRU(FLOW_CACHE)  # decoded definitions, by digest
@@ -88,18 +101,21 @@ class Engine:
         self.metrics = Metrics(self.db.count_by_status, self.db.count_waits)
         self.loops = Supervisor(on_failure=lambda name: self.metrics.loop_failures.labels(name).inc())
         self._creations: list[tuple[_Creation, asyncio.Future[None]]] = []
+        self.sandbox: Sandbox | None = None
+        self.reaper = Reaper()
 
     # lifecycle
 
     async def start(self) -> None:
-        """Resume after a stop or a crash: re-dispatch interrupted steps, restart the timers."""
-        shutil.rmtree(self.work_root, ignore_errors=True)
+        """Resume after a stop or a crash: interrupted steps run again, the timers restart."""
+        datadir.prepare_work_root(self.work_root, self.config.data_path)
         shutil.rmtree(self.config.data_path / "tmp", ignore_errors=True)
         (self.config.data_path / "tmp").mkdir(parents=True, exist_ok=True)
+        self.sandbox = Sandbox.prepare(self.config.data_path.resolve(), self.work_root, Path(self.config.flows_dir),
+                                       self.config.step_user, self.config.step_read_paths)  # fmt: skip
+        self.reaper.start()
         for row in self.db.runs_with_status(machine.RUNNING):
-            for name, state in row.run.steps.items():
-                if state.status in (machine.READY, machine.RUNNING):
-                    self._dispatch(row.run.id, self.flow_of(row.definition), Dispatch(name, state.attempts))
+            self._resume(row)
         self.spawn_loop("timers", self._timers, self._until_next_wake)
         self.spawn_loop("checkpoints", self._checkpoint, every(CHECKPOINT_INTERVAL))
         self.spawn_loop("reconciler", landing.Reconciler(self).tick, every(self.config.reconcile_interval))
@@ -107,6 +123,17 @@ class Engine:
         self.spawn_loop("event-loop-lag", self.metrics.sample_event_loop_lag, every(0))
         self.spawn(self.stores.prepare_configured())
         self.spawn(self._recover_local_uploads())
+
+    def _resume(self, row: RunRow) -> None:
+        """Carry on with a run the last process left RUNNING. An attempt that was running then was cut
+        short (its process is gone): the machine starts a new attempt, with its own scratch dir and
+        log. One that was dispatched but never started is dispatched again as it was."""
+        flow = self.flow_of(row.definition)
+        for name, state in row.run.steps.items():
+            if state.status == machine.RUNNING:
+                self.apply(row.run.id, machine.StepInterrupted(name, state.attempts))
+            elif state.status == machine.READY:
+                self._dispatch(row.run.id, flow, Dispatch(name, state.attempts))
 
     async def _recover_local_uploads(self) -> None:
         """An upload whose file was in place when the process died, before its run advanced."""
@@ -130,7 +157,13 @@ class Engine:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self.reaper.stop()
+        with contextlib.suppress(OSError):
+            self.work_root.rmdir()  # empty now: every step removed its own dir
+        if self.sandbox is not None:
+            self.sandbox.close()
         self.db.close()
+        self._lock.release()
 
     # reading
 
@@ -368,9 +401,29 @@ class Engine:
                 log_path=self.log_root / run_id / f"{step.id}.{command.attempt}.log",
                 log_tail=self.config.log_tail,
                 python_path=self.python_path,
+                sandbox=self.sandbox,
+                reaper=self.reaper,
             )
-            event = await run_step(job)
-        self.apply(run_id, event)
+            try:
+                event = await run_step(job)
+            except Exception as exc:  # a fault of the engine's own, around the step: the attempt fails, visibly
+                log.exception("step %r of run %s, attempt %d: the runner failed", step.id, run_id, command.attempt)
+                event = StepFailed(step.id, command.attempt, f"internal error: {type(exc).__name__}: {exc}")
+        await self._report(run_id, event)
+
+    async def _report(self, run_id: str, event: StepSucceeded | StepFailed) -> None:
+        """Apply a step's result; a database that refuses it for a moment is tried again until it
+        takes it, so that no step is left RUNNING for good."""
+        delay = 0.1
+        while True:
+            try:
+                self.apply(run_id, event)
+                return
+            except (sqlite3.Error, OSError):
+                log.exception("run %s: recording the result of step %r failed; retrying in %gs", run_id,
+                              event.step, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def _checkpoint(self) -> None:
         await asyncio.to_thread(self.db.checkpoint)  # if it fails, the WAL only grows until the next one

@@ -1,14 +1,19 @@
 """Run one attempt of one step: materialize its inputs, run it, store its outputs.
 
 The answer is an event for the state machine (StepSucceeded or StepFailed); nothing here
-changes a run. A step sees only local files: it never holds store credentials.
+changes a run. A step sees only local files in a scratch dir of its own, outside the data dir:
+copies of its inputs (never the stored objects), an explicit environment (never the engine's),
+and no store credentials. What it writes is taken only as regular files inside that dir.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import mimetypes
 import os
 import shutil
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -19,9 +24,17 @@ import msgspec
 from flowengine.core.keys import VAR
 from flowengine.core.machine import EdgeState, ObjectMeta, StepFailed, StepSucceeded
 from flowengine.core.spec import Scalar, Step, Task
+from flowengine.runtime.executors import pyrun
 from flowengine.runtime.executors.process import run_process
 from flowengine.runtime.executors.pyrun import Request
+from flowengine.runtime.executors.reaper import Reaper
+from flowengine.runtime.executors.sandbox import Sandbox
 from flowengine.stores.base import Store, StoreUnavailable
+
+# Where a step finds programs: this Python's own bin dir first, then the usual system ones.
+STEP_PATH = os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
+                             "/usr/bin", "/sbin", "/bin"])  # fmt: skip
+MAX_ANSWER = 1 << 20  # bytes: a Python task's answer names its output files, nothing more
 
 
 class StepJob(msgspec.Struct, kw_only=True):
@@ -31,10 +44,16 @@ class StepJob(msgspec.Struct, kw_only=True):
     attempt: int
     edges: dict[str, EdgeState]
     store_of: Callable[[EdgeState], Store]
-    work_root: Path
+    work_root: Path  # scratch dirs go beneath: work_root/run/step.attempt
     log_path: Path
     log_tail: int
     python_path: str  # where a Python task's module is found: the flows directory
+    sandbox: Sandbox
+    reaper: Reaper
+
+
+class Refused(Exception):
+    """What the step left cannot be taken as its output (the message says why)."""
 
 
 def flag_values(step: Step, task: Task) -> dict[str, Scalar]:
@@ -53,29 +72,45 @@ def expand_arg(arg: str, values: dict[str, str]) -> str:
     return VAR.sub(lambda m: values.get(m.group(1), m.group(0)), arg)
 
 
+def step_env(job: StepJob, scratch: Path) -> dict[str, str]:
+    """The step's whole environment: nothing of the engine's (its secrets live there)."""
+    env = {"PATH": STEP_PATH, "LANG": "C.UTF-8", "HOME": str(scratch / "home"), "TMPDIR": str(scratch / "tmp")}
+    env.update(job.task.env)
+    if job.task.python is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (job.python_path, job.task.env.get("PYTHONPATH")) if p)
+    env.update(FLOWENGINE_RUN_ID=job.run_id, FLOWENGINE_STEP_ID=job.step.id, FLOWENGINE_ATTEMPT=str(job.attempt))
+    return env
+
+
 async def run_step(job: StepJob) -> StepSucceeded | StepFailed:
-    work = job.work_root / job.run_id / f"{job.step.id}.{job.attempt}"
-    await anyio.to_thread.run_sync(shutil.rmtree, work, True)
-    work.mkdir(parents=True)
+    scratch = job.work_root / job.run_id / f"{job.step.id}.{job.attempt}"
+    await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)  # a dispatch again of an attempt that never ran
+    scratch.parent.mkdir(exist_ok=True)
+    scratch.parent.chmod(0o711)  # passable, not listable: other steps' dirs stay unknown
+    scratch.mkdir(mode=0o700)
     try:
-        return await _attempt(job, work)
+        return await _attempt(job, scratch)
     except (StoreUnavailable, OSError) as exc:
         return StepFailed(job.step.id, job.attempt, f"{type(exc).__name__}: {exc}")
     finally:
-        await anyio.to_thread.run_sync(shutil.rmtree, work, True)
+        await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)
+        # The run's dir goes with its last step. On the event loop, like the two mkdirs above: one
+        # step's rmdir never falls between another's.
+        with contextlib.suppress(OSError):
+            scratch.parent.rmdir()
 
 
-async def _attempt(job: StepJob, work: Path) -> StepSucceeded | StepFailed:
+async def _attempt(job: StepJob, scratch: Path) -> StepSucceeded | StepFailed:
     step, task = job.step, job.task
     inputs: dict[str, str] = {}
     for b in step.inputs:
         edge = job.edges[b.edge]
-        dest = work / "in" / b.slot / PurePosixPath(edge.key).name
-        await job.store_of(edge).download(edge.key, dest)
+        dest = scratch / "in" / b.slot / PurePosixPath(edge.key).name
+        await job.store_of(edge).download(edge.key, dest)  # a copy: the stored object is out of the step's reach
         inputs[b.slot] = str(dest)
-    outputs = {b.slot: work / "out" / b.slot / PurePosixPath(job.edges[b.edge].key).name for b in step.outputs}
-    for path in outputs.values():
-        path.parent.mkdir(parents=True)
+    outputs = {b.slot: scratch / "out" / b.slot / PurePosixPath(job.edges[b.edge].key).name for b in step.outputs}
+    for path in [*(p.parent for p in outputs.values()), scratch / "home", scratch / "tmp"]:
+        path.mkdir(parents=True)
     flags = flag_values(step, task)
 
     if task.exec is not None:
@@ -83,15 +118,17 @@ async def _attempt(job: StepJob, work: Path) -> StepSucceeded | StepFailed:
         argv = [expand_arg(a, values) for a in task.exec]
         answer = None
     else:
-        answer = work / "answer.json"
-        request = Request(task.python or "", inputs, flags, str(work), str(answer))
-        (work / "request.json").write_bytes(msgspec.json.encode(request))
-        # -B: importing the task's module must not leave __pycache__ in the operator's flows directory.
-        argv = [sys.executable, "-B", "-m", "flowengine.runtime.executors.pyrun", str(work / "request.json")]
-    python_path = os.pathsep.join(p for p in (job.python_path, os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONPATH": python_path, "FLOWENGINE_RUN_ID": job.run_id,
-           "FLOWENGINE_STEP_ID": step.id, "FLOWENGINE_ATTEMPT": str(job.attempt)}  # fmt: skip
-    result = await run_process(argv, work, env, job.log_path, task.timeout_seconds, job.log_tail)
+        answer = scratch / "answer.json"
+        request = Request(task.python or "", inputs, flags, str(scratch), str(answer))
+        (scratch / "request.json").write_bytes(msgspec.json.encode(request))
+        # The shim by its path, not as a module: it imports nothing of flowengine, which the step's
+        # Python may not find where the engine's did. -B: importing the task's module leaves no
+        # __pycache__ in the flows directory; -P: the shim's own directory is not a place to import from.
+        argv = [sys.executable, "-B", "-P", pyrun.__file__, str(scratch / "request.json")]
+    if job.sandbox.user is not None:
+        _give(scratch, job.sandbox.user.uid, job.sandbox.user.gid)
+    result = await run_process(argv, scratch, step_env(job, scratch), job.log_path, task.timeout_seconds, job.log_tail,
+                               job.sandbox, job.reaper)  # fmt: skip
 
     def failed(error: str) -> StepFailed:
         return StepFailed(step.id, job.attempt, error, result.logs)
@@ -100,15 +137,88 @@ async def _attempt(job: StepJob, work: Path) -> StepSucceeded | StepFailed:
         return failed(f"timed out after {task.timeout_seconds:g}s")
     if result.returncode != 0:
         return failed(f"exited with status {result.returncode}")
-    if answer is not None:
-        returned = msgspec.json.decode(answer.read_bytes(), type=dict[str, str])
-        outputs = {slot: work / returned[slot] if slot in returned else path for slot, path in outputs.items()}
-
-    written: dict[str, ObjectMeta] = {}
-    for b in step.outputs:
-        path, edge = outputs[b.slot], job.edges[b.edge]
-        if not path.is_file():
-            return failed(f"output {b.slot!r} was not written")
-        info = await job.store_of(edge).upload(edge.key, path, output_type(task, b.slot, edge))
-        written[b.edge] = ObjectMeta(info.size, info.content_type, info.etag)
+    try:
+        written = await _store_outputs(job, scratch, _output_paths(scratch, outputs, answer))
+    except Refused as exc:
+        return failed(str(exc))
     return StepSucceeded(step.id, job.attempt, written, result.logs)
+
+
+def _give(scratch: Path, uid: int, gid: int) -> None:
+    """Hand the scratch dir and all in it (the engine made it all; the step has not run yet) to the step's user."""
+    os.chown(scratch, uid, gid)
+    for parent, dirs, files in os.walk(scratch):
+        for name in [*dirs, *files]:
+            os.chown(os.path.join(parent, name), uid, gid, follow_symlinks=False)
+
+
+def _output_paths(scratch: Path, outputs: dict[str, Path], answer: Path | None) -> dict[str, PurePosixPath]:
+    """Each output slot's file, relative to the scratch dir. A Python task names its own."""
+    chosen = {slot: PurePosixPath(path.relative_to(scratch)) for slot, path in outputs.items()}
+    if answer is None:
+        return chosen
+    fd = _open_inside(scratch, PurePosixPath(answer.name), "the Python task's answer")
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(MAX_ANSWER + 1)
+    try:
+        if len(raw) > MAX_ANSWER:
+            raise msgspec.DecodeError(f"over {MAX_ANSWER} bytes")
+        returned = msgspec.json.decode(raw, type=dict[str, str])
+    except msgspec.MsgspecError as exc:
+        raise Refused(f"the Python task's answer is not a JSON object of output paths: {exc}") from None
+    for slot, path in returned.items():
+        if slot in chosen:
+            chosen[slot] = _relative(scratch, slot, PurePosixPath(path))
+    return chosen
+
+
+def _relative(scratch: Path, slot: str, path: PurePosixPath) -> PurePosixPath:
+    """A returned output path, relative to the scratch dir; refused if it leads out of it."""
+    if path.is_absolute():
+        if not path.is_relative_to(scratch):
+            raise Refused(f"output {slot!r} is {str(path)!r}, outside the step's scratch dir")
+        path = path.relative_to(scratch)
+    if ".." in path.parts or not path.parts:
+        raise Refused(f"output {slot!r} is {str(path)!r}, outside the step's scratch dir")
+    return path
+
+
+def _open_inside(scratch: Path, path: PurePosixPath, what: str) -> int:
+    """Open a file the step wrote, for reading: a regular file, reached from the scratch dir
+    through directories only. A symlink anywhere on the way is refused, never followed (it
+    could point at anything the engine can read), and so is a FIFO or device (it could block or
+    never end)."""
+    fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for part in path.parts[:-1]:
+            inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        leaf = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+    except FileNotFoundError:
+        raise Refused(f"{what} was not written") from None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise Refused(f"{what} ({path}) is a symbolic link or lies beyond one: only regular files count") from None
+        raise
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(leaf).st_mode):
+        os.close(leaf)
+        raise Refused(f"{what} ({path}) is not a regular file")
+    return leaf
+
+
+async def _store_outputs(job: StepJob, scratch: Path, paths: dict[str, PurePosixPath]) -> dict[str, ObjectMeta]:
+    written: dict[str, ObjectMeta] = {}
+    for b in job.step.outputs:
+        edge = job.edges[b.edge]
+        fd = _open_inside(scratch, paths[b.slot], f"output {b.slot!r}")
+        try:
+            # The store reads the file this descriptor holds: whatever happens to the path meanwhile.
+            info = await job.store_of(edge).upload(edge.key, Path(f"/proc/self/fd/{fd}"),
+                                                   output_type(job.task, b.slot, edge))  # fmt: skip
+        finally:
+            os.close(fd)
+        written[b.edge] = ObjectMeta(info.size, info.content_type, info.etag)
+    return written

@@ -64,7 +64,7 @@ class Store(Protocol):
     async def stat(self, key: str) -> ObjectInfo | None: ...
 
     async def download(self, key: str, dest: Path) -> ObjectInfo:
-        """Copy the object to a local file (streamed; hard-linked where the store is local)."""
+        """Copy the object to a local file (streamed; never a link to the stored object, which must stay as stored)."""
         ...
 
     async def upload(self, key: str, src: Path, content_type: str) -> ObjectInfo:

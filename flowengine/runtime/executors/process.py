@@ -1,15 +1,17 @@
-"""Run one subprocess with a timeout, its stdout and stderr going to a log file."""
+"""Run one step's process with a timeout, confined by the sandbox, its output going to a log file."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
+import subprocess
 from collections import deque
 from pathlib import Path
 
 import msgspec
+
+from flowengine.runtime.executors.reaper import Reaper, kill_group
+from flowengine.runtime.executors.sandbox import Sandbox
 
 
 class ProcessResult(msgspec.Struct, frozen=True):
@@ -18,31 +20,57 @@ class ProcessResult(msgspec.Struct, frozen=True):
 
 
 async def run_process(
-    argv: list[str], cwd: Path, env: dict[str, str], log_path: Path, timeout: float, tail: int
+    argv: list[str],
+    scratch: Path,
+    env: dict[str, str],
+    log_path: Path,
+    timeout: float,
+    tail: int,
+    sandbox: Sandbox,
+    reaper: Reaper,
 ) -> ProcessResult:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-            start_new_session=True,  # its own process group: a kill reaches its children too
-        )  # fmt: skip
+        starting = asyncio.wrap_future(sandbox.start(argv, env, scratch, log.fileno()))
         try:
-            returncode: int | None = await asyncio.wait_for(proc.wait(), timeout)
-        except TimeoutError:
-            _kill_group(proc.pid)
-            await proc.wait()
-            returncode = None
+            proc = await asyncio.shield(starting)
         except asyncio.CancelledError:
-            _kill_group(proc.pid)
-            with contextlib.suppress(ProcessLookupError):
-                await asyncio.shield(proc.wait())
+            await _end(await starting)  # cancelled while it started: it must not run on unwatched
             raise
-    return ProcessResult(returncode, last_lines(log_path, tail))
+    reaper.add(proc.pid)
+    timed_out = False
+    try:
+        await asyncio.wait_for(_exit_of(proc.pid), timeout)
+    except TimeoutError:
+        timed_out = True
+    finally:
+        # What the step leaves behind (its process group; as root, its PID namespace) ends with it,
+        # and at a timeout or a cancel, all of it.
+        await _end(proc)
+        reaper.remove(proc.pid)
+    return ProcessResult(None if timed_out else proc.returncode, last_lines(log_path, tail))
 
 
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+async def _exit_of(pid: int) -> None:
+    """Wait until process `pid` has ended, without reaping it."""
+    fd = os.pidfd_open(pid)
+    loop = asyncio.get_running_loop()
+    ended = loop.create_future()
+    loop.add_reader(fd, lambda: ended.done() or ended.set_result(None))
+    try:
+        await ended
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+async def _end(proc: subprocess.Popen) -> None:
+    """Kill what is left of a step, then reap its first process. Killed before the reaping, while the
+    process group's number is still taken: afterwards it could be a new, unrelated group's."""
+    kill_group(proc.pid)
+    if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:  # not ended yet
+        await _exit_of(proc.pid)
+    proc.wait()
 
 
 def last_lines(path: Path, count: int) -> list[str]:

@@ -1,4 +1,4 @@
-"""`python -m flowengine.runtime.executors.pyrun REQUEST.json`: call a task's `module:function` in a child.
+"""`python pyrun.py REQUEST.json`: call a task's `module:function` in a step's process.
 
 The function is called as `function(inputs={slot: path}, flags={...}, workdir=path)` and returns
 `{output slot: path}`; the answer is written to the file named in the request.
