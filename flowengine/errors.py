@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 from typing import Literal
 
@@ -13,6 +14,7 @@ Kind = Literal[
     "unauthorized",  # no credential, or one that is not valid
     "forbidden",  # a valid credential that may not do this
     "not_found",
+    "request_timeout",  # the client did not send its request in time
     "conflict",  # the state of things does not allow it now
     "precondition_failed",
     "too_large",
@@ -69,3 +71,16 @@ def bad_request(code: str, message: str, location: str) -> Error:
 def already_exists(key: str) -> Error:
     """A PUT whose URL signed `If-None-Match: *` found the object there."""
     return Error("precondition_failed", "precondition_failed", f"object {key!r} already exists", "header.If-None-Match")
+
+
+def storage_full(exc: OSError, what: str, location: str = "") -> Error | None:
+    """The domain error for an OSError that says a disk (or a quota) is full; None for any other."""
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    return insufficient_storage(what, location)
+
+
+def insufficient_storage(what: str, location: str = "") -> Error:
+    return Error("insufficient_storage", "insufficient_storage",
+                 f"the engine's disk is full: {what} was not stored; retry once space is freed",
+                 location)  # fmt: skip

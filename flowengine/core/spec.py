@@ -113,6 +113,10 @@ def decode_json(data: bytes, type_: type, what: str = "body"):
         raise Error.from_msgspec(exc, what) from None
     except msgspec.DecodeError as exc:
         raise bad_request("malformed_json", f"{what} is not valid JSON: {exc}", what) from None
+    except UnicodeDecodeError:  # msgspec checks UTF-8 only when it decodes a string
+        raise bad_request("malformed_json", f"{what} is not valid JSON: a string is not valid UTF-8", what) from None
+    except RecursionError:  # msgspec's own depth guard, also for values it skips (unknown fields)
+        raise bad_request("malformed_json", f"{what} is nested too deeply to decode", what) from None
 
 
 def load_flow_file(path: Path) -> Flow:

@@ -60,7 +60,9 @@ class Signer:
         if missing:
             raise SignatureError(f"signed header(s) missing from the request: {', '.join(missing)}")
         signed = {n: headers[n] for n in names}
-        if not hmac.compare_digest(self._mac(method, resource, expires, signed), signature):
+        # Bytes: compare_digest refuses str with non-ASCII characters, which a client may send.
+        expected = self._mac(method, resource, expires, signed).encode()
+        if not hmac.compare_digest(expected, signature.encode("utf-8", "replace")):
             raise SignatureError("signature does not match (a tampered URL, or a signed header with another value)")
         if now > expires:
             raise SignatureError("the URL has expired")
