@@ -10,14 +10,13 @@ from flowengine.errors import Error
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from flowengine.api import server
     from flowengine.api.app import create_app
     from flowengine.config import load_config
 
     config = load_config(args.config, host=args.host, port=args.port, data_dir=args.data_dir)
     app = create_app(config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, access_log=args.access_log)
+    server.run(app, config, log_level=args.log_level, access_log=args.access_log)
     return 0
 
 
