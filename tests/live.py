@@ -24,13 +24,21 @@ class Server:
     """Starts the service with a data dir and flows dir of its own; settings go in as FLOWENGINE_* env."""
 
     def __init__(
-        self, data_dir: Path, flows_dir: Path, port: int | None = None, config: str | None = None, **settings: Any
+        self,
+        data_dir: Path,
+        flows_dir: Path,
+        port: int | None = None,
+        config: str | None = None,
+        *,
+        access_log: bool = False,  # the access log (and info lines) go to `log` too
+        **settings: Any,
     ) -> None:
         self.data_dir = data_dir
         self.flows_dir = flows_dir
         self.port = port or free_port()
         self.config = config
         self.settings = settings
+        self.access_log = access_log
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.log = data_dir.parent / f"server-{self.port}.log"
@@ -39,8 +47,9 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWENGINE_")}
         env["FLOWENGINE_FLOWS_DIR"] = str(self.flows_dir)
         env.update({f"FLOWENGINE_{k.upper()}": str(v) for k, v in self.settings.items()})
+        quiet = ["--log-level", "warning", "--no-access-log"]
         args = [sys.executable, "-m", "flowengine.cli", "serve", "--port", str(self.port),
-                "--data-dir", str(self.data_dir), "--log-level", "warning", "--no-access-log"]  # fmt: skip
+                "--data-dir", str(self.data_dir), *(["--log-level", "info"] if self.access_log else quiet)]  # fmt: skip
         if self.config:
             args += ["--config", self.config]
         with open(self.log, "ab") as log:

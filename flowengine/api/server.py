@@ -174,7 +174,8 @@ def connection_cap(max_connections: int, descriptors: int) -> int:
 # Query parameters that make a URL a credential: the embedded store's and webhooks' signature, and
 # SigV4's (whose credential names the access key). Also when the URL is itself percent-encoded.
 _SECRET_PARAM = re.compile(
-    r"((?:X-Signature|X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token)(?:=|%3D))[^&\s\"'<>]*", re.IGNORECASE
+    r"((?:X-Signature|X-Amz-Signature|X-Amz-Credential|X-Amz-Security-Token)(?:=|%3D))(?:(?!%26)[^&\s\"'<>])*",
+    re.IGNORECASE,
 )
 
 
