@@ -116,7 +116,7 @@ class Database:
                 raise
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL:
-                raise insufficient_storage("the change") from exc
+                raise insufficient_storage("the database change") from exc
             raise
 
     # definitions
