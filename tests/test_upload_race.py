@@ -6,9 +6,11 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -84,3 +86,22 @@ def test_of_two_uploads_at_once_exactly_one_wins(start_server, flows_dir: Path, 
 
     with ThreadPoolExecutor(4) as pool:  # four runs at a time, each with its own pair of racing uploads
         list(pool.map(trial, range(TRIALS)))
+
+
+def test_of_two_direct_uploads_at_once_to_an_s3_well_one_wins(start_server, s3: dict[str, Any]) -> None:
+    # Storing into S3 takes a while (the engine awaits the upload): the well is claimed meanwhile.
+    server: Server = start_server(s3_access_key=s3["access_key"], s3_secret_key=s3["secret_key"])
+    params = {"endpoint": s3["endpoint"], "bucket": s3["bucket"], "prefix": f"race-{uuid.uuid4().hex[:12]}",
+              "secure": False}  # fmt: skip
+    flow = {"Flow": {"Stores": [{"Name": "s3", "Type": "s3", "Params": params}],
+                     "DataWells": [{"Edge": "input", "Store": "s3", "Source": "upload"}]}}  # fmt: skip
+    with server.client() as client:
+        for _ in range(4):
+            run = client.post("/api/v1/flow/s3race", json=flow).json()
+            answers = race("POST", f"{server.url}/api/v1/upload/{run['ID']}/input")
+            assert sorted(a.status_code for _, a in answers) == [200, 409], [a.text for _, a in answers]
+            [winner] = [body for body, a in answers if a.status_code == 200]
+            doc = wait_for_status(client, run["ID"], {"COMPLETE"})
+            [artifact] = doc["Artifacts"]
+            assert httpx.get(artifact["GetURL"]).content == winner
+            assert artifact["Size"] == len(winner)
