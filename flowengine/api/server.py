@@ -103,6 +103,12 @@ class EdgeProtocol(HttpToolsProtocol):
             self._body_timer = None
         super().on_message_complete()
 
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to what its parser refuses (a control character in a header...), in plain text.
+        message = "the request is not valid HTTP/1.1 (its request line or a header is malformed)"
+        self.transport.write(raw_response(Error("bad_request", "malformed_request", message, "request")))
+        self.transport.close()
+
     def _headers_late(self) -> None:
         self._header_timer = None
         if self.transport.is_closing():
