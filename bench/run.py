@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from load import Client, encode_request, run_load
+from load import JSON, Client, encode_request, run_load
 
 HOST = "127.0.0.1"
 BENCH = Path(__file__).resolve().parent
@@ -196,8 +196,7 @@ def cpu_note(result: dict) -> str:
 
 def create_vs_sqlite(load: Load, srv: Server, workdir: Path, args: argparse.Namespace) -> dict:
     body = json.dumps({"Flow": {"DataWells": [UPLOAD_WELL]}}).encode()
-    request = encode_request("POST", "/api/v1/flow/bench-create", f"{HOST}:{srv.port}", body,
-                             {"Content-Type": "application/json"})  # fmt: skip
+    request = encode_request("POST", "/api/v1/flow/bench-create", f"{HOST}:{srv.port}", body, JSON)
     load.rate(srv, request, args.create_conns, args.warmup)
     rounds, txns = [], []
     for i in range(args.rounds):  # alternate, so drift on the machine hits both alike
