@@ -211,7 +211,7 @@ def create_vs_sqlite(load: Load, srv: Server, workdir: Path, args: argparse.Name
 def status_vs_bare(load: Load, srv: Server, workdir: Path, args: argparse.Namespace) -> dict:
     client = Client(HOST, srv.port)
     try:
-        doc = expect(client.request("POST", "/api/v1/flow/bench-status", json.dumps(chain_flow(1)).encode()), 201)
+        doc = expect(client.request("POST", "/api/v1/flow/bench-status", json.dumps(chain_flow(1)).encode(), JSON), 201)
         target = f"/api/v1/flow/status/{json.loads(doc)['ID']}"
         body = expect(client.request("GET", target), 200)
     finally:
@@ -246,7 +246,7 @@ def epoch(stamp: str) -> float:
 
 def start_and_upload(client: Client, flow: dict) -> tuple[str, float]:
     """Create a run, PUT its upload; returns (status target, perf_counter when the PUT answered)."""
-    doc = json.loads(expect(client.request("POST", "/api/v1/flow/bench-latency", json.dumps(flow).encode()), 201))
+    doc = json.loads(expect(client.request("POST", "/api/v1/flow/bench-latency", json.dumps(flow).encode(), JSON), 201))
     url = doc["WaitingURLs"][0]
     put = urlsplit(url["PutURL"])
     expect(client.request("PUT", f"{put.path}?{put.query}", b"x" * 1024, url.get("Headers") or {}), 200)

@@ -28,7 +28,7 @@ from run import HOST, UPLOAD_WELL, chain_flow, engine, expect
 def status_target(port: int) -> str:
     client = Client(HOST, port)
     try:
-        doc = expect(client.request("POST", "/api/v1/flow/bench-status", json.dumps(chain_flow(1)).encode()), 201)
+        doc = expect(client.request("POST", "/api/v1/flow/bench-status", json.dumps(chain_flow(1)).encode(), JSON), 201)
         return f"/api/v1/flow/status/{json.loads(doc)['ID']}"
     finally:
         client.close()

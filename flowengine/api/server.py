@@ -30,6 +30,7 @@ from flowengine.api.errors import STATUS, ErrorBody, error_response
 from flowengine.config import Config
 from flowengine.errors import Error
 
+UNSTAMPED = -1.0  # a deadline's start, for the next sweep to stamp
 RESERVED_FDS = 256  # descriptors kept, beyond the connection cap, for the database, stores, steps and logs
 log = logging.getLogger("flowengine.server")
 _encode = msgspec.json.Encoder().encode
@@ -39,6 +40,11 @@ class Limits(msgspec.Struct, frozen=True):
     header_timeout: float  # seconds from a connection's opening (or a request's first byte) to its whole head
     body_timeout: float  # seconds a request body may pause
     max_connections: int
+
+    @property
+    def sweep_interval(self) -> float:
+        """How often the deadlines are checked: each is enforced at most a tenth late (and a second)."""
+        return min(max(min(self.header_timeout, self.body_timeout) / 10, 0.05), 1.0)
 
 
 def raw_response(error: Error) -> bytes:
@@ -50,39 +56,50 @@ def raw_response(error: Error) -> bytes:
 
 
 class EdgeProtocol(HttpToolsProtocol):
-    limits: Limits  # set on the subclass `protocol()` makes for a server
+    """uvicorn's httptools protocol with deadlines for a request's head and for pauses in its body.
+
+    The deadlines are checked by one sweep over all connections a few times a second, which also
+    stamps the times they start from: a request only marks what it waits for. (Two timers, or
+    even reading the clock, per request cost a status poll several percent of its CPU time.)"""
+
+    limits: Limits  # set on the subclass `protocol()` makes for each server, with:
+    sweeping = False  # whether that server's sweep is scheduled
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._body_timer: asyncio.TimerHandle | None = None
-        self._body_seen = 0.0  # loop time the body last made progress
+        self._head_since: float | None = None  # since when a request's head is awaited (None: it is not)
+        self._body_seen: float | None = None  # when the body being received last made progress (None: none is)
         self._partial = False  # some of a request's head has arrived
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._header_timer = self.loop.call_later(self.limits.header_timeout, self._headers_late)
+        self._head_since = UNSTAMPED
+        cls = type(self)
+        if not cls.sweeping:
+            cls.sweeping = True
+            self.loop.call_later(cls.limits.sweep_interval, cls._sweep, self.loop, self.connections)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._header_timer, self._body_timer):
-            if timer is not None:
-                timer.cancel()
-        super().connection_lost(exc)
+    @classmethod
+    def _sweep(cls, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+        now = loop.time()
+        for connection in list(connections):
+            if isinstance(connection, EdgeProtocol) and not connection.transport.is_closing():
+                connection._check_deadlines(now)
+        if connections:
+            loop.call_later(cls.limits.sweep_interval, cls._sweep, loop, connections)
+        else:
+            cls.sweeping = False  # the next connection starts it again
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._partial = True
-        if self._header_timer is None:  # the next request on a kept-alive connection
-            self._header_timer = self.loop.call_later(self.limits.header_timeout, self._headers_late)
+        if self._head_since is None:  # the next request on a kept-alive connection
+            self._head_since = UNSTAMPED
 
     def on_headers_complete(self) -> None:
         self._partial = False
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-        if any(name in (b"content-length", b"transfer-encoding") for name, _ in self.headers):
-            self._body_seen = self.loop.time()
-            self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_late)
+        self._head_since = None
+        self._body_seen = UNSTAMPED  # on_message_complete clears it at once for a request without a body
         cap = self.limits.max_connections
         if len(self.connections) <= cap and len(self.tasks) < cap:
             super().on_headers_complete()
@@ -94,13 +111,11 @@ class EdgeProtocol(HttpToolsProtocol):
             self.app = app
 
     def on_body(self, body: bytes) -> None:
-        self._body_seen = self.loop.time()
+        self._body_seen = UNSTAMPED
         super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+        self._body_seen = None
         super().on_message_complete()
 
     def send_400_response(self, msg: str) -> None:
@@ -109,30 +124,27 @@ class EdgeProtocol(HttpToolsProtocol):
         self.transport.write(raw_response(Error("bad_request", "malformed_request", message, "request")))
         self.transport.close()
 
-    def _headers_late(self) -> None:
-        self._header_timer = None
-        if self.transport.is_closing():
+    def _check_deadlines(self, now: float) -> None:
+        limits = self.limits
+        if self._head_since == UNSTAMPED:
+            self._head_since = now
+        elif self._head_since is not None and now - self._head_since >= limits.header_timeout:
+            if self._partial:
+                self._time_out(f"the request's headers did not arrive within {limits.header_timeout:g} s", "header")
+            else:  # a connection that sent nothing is closed without a word (as uvicorn does between requests)
+                self.transport.close()
             return
-        if self._partial:
-            self._time_out(f"the request's headers did not arrive within {self.limits.header_timeout:g} s", "header")
-        else:  # a connection that sent nothing is closed without a word, as uvicorn closes one idle between requests
-            self.transport.close()
-
-    def _body_late(self) -> None:
-        self._body_timer = None
         cycle = self.cycle
-        if self.transport.is_closing() or cycle is None or not cycle.more_body:
+        if self._body_seen is None or cycle is None:
             return
-        now = self.loop.time()
-        if self.flow.read_paused or cycle.waiting_for_100_continue:
-            self._body_seen = now  # not the client's doing: the app has not read what came, or not asked yet
-        idle, timeout = now - self._body_seen, self.limits.body_timeout
-        if idle < timeout:
-            self._body_timer = self.loop.call_later(timeout - idle, self._body_late)
-            return
-        # The app, waiting for the rest of the body, is told the client went away (connection_lost).
-        self._time_out(f"the request's body stopped arriving: nothing for {timeout:g} s", "body",
-                       answer=not cycle.response_started)  # fmt: skip
+        if self._body_seen == UNSTAMPED or self.flow.read_paused or cycle.waiting_for_100_continue:
+            # Progress since the last sweep, or a pause that is not the client's doing: the app has not
+            # read what came, or not asked for the body yet.
+            self._body_seen = now
+        elif now - self._body_seen >= limits.body_timeout:
+            # The app, waiting for the rest of the body, is told the client went away (connection_lost).
+            self._time_out(f"the request's body stopped arriving: nothing for {limits.body_timeout:g} s", "body",
+                           answer=not cycle.response_started)  # fmt: skip
 
     def _time_out(self, message: str, location: str, answer: bool = True) -> None:
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "a client"
