@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import msgspec
@@ -73,11 +75,15 @@ def already_exists(key: str) -> Error:
     return Error("precondition_failed", "precondition_failed", f"object {key!r} already exists", "header.If-None-Match")
 
 
-def storage_full(exc: OSError, what: str, location: str = "") -> Error | None:
-    """The domain error for an OSError that says a disk (or a quota) is full; None for any other."""
-    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-        return None
-    return insufficient_storage(what, location)
+@contextmanager
+def disk_full_is_insufficient_storage(what: str, location: str = "") -> Iterator[None]:
+    """Inside, an OSError saying the disk (or a quota) is full becomes the domain error."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise insufficient_storage(what, location) from exc
+        raise
 
 
 def insufficient_storage(what: str, location: str = "") -> Error:

@@ -20,7 +20,15 @@ import msgspec
 from flowengine.core import machine
 from flowengine.core.machine import EdgeState, ObjectMeta, Run
 from flowengine.core.spec import Flow
-from flowengine.errors import Error, Kind, already_exists, bad_request, conflict, not_found, storage_full
+from flowengine.errors import (
+    Error,
+    Kind,
+    already_exists,
+    bad_request,
+    conflict,
+    disk_full_is_insufficient_storage,
+    not_found,
+)
 from flowengine.runtime.engine import Engine
 from flowengine.stores.base import ObjectInfo, Store
 from flowengine.stores.local import LocalStore
@@ -54,24 +62,22 @@ def too_large(limit: int) -> Error:
 async def spool(body: AsyncIterator[bytes], limit: int, directory: Path) -> tuple[Path, int, str]:
     """Stream a body to a temp file, refusing it past `limit` bytes; returns (path, size, md5)."""
     path, size, digest = None, 0, hashlib.md5(usedforsecurity=False)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=directory, prefix="in-")
-        path = Path(name)
-        with os.fdopen(fd, "wb") as out:
-            async for chunk in body:
-                size += len(chunk)
-                if size > limit:
-                    raise too_large(limit)
-                digest.update(chunk)
-                out.write(chunk)
-    except BaseException as exc:
-        if path is not None:
-            path.unlink(missing_ok=True)
-        full = storage_full(exc, "the upload", "body") if isinstance(exc, OSError) else None
-        if full:
-            raise full from exc
-        raise
+    with disk_full_is_insufficient_storage("the upload", "body"):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=directory, prefix="in-")
+            path = Path(name)
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in body:
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large(limit)
+                    digest.update(chunk)
+                    out.write(chunk)
+        except BaseException:
+            if path is not None:
+                path.unlink(missing_ok=True)
+            raise
     return path, size, digest.hexdigest()
 
 

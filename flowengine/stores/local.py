@@ -18,7 +18,7 @@ import anyio
 import msgspec
 
 from flowengine.core.keys import is_name, key_problem
-from flowengine.errors import storage_full
+from flowengine.errors import disk_full_is_insufficient_storage
 from flowengine.stores.base import ObjectInfo, Presigned, PutConditions
 from flowengine.stores.signing import Signer, local_resource
 
@@ -82,29 +82,27 @@ class LocalStore:
         dest, meta = self.path(key), self._meta_path(key)
         meta_tmp = temp.with_suffix(".meta")
         placed = False
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            meta.parent.mkdir(parents=True, exist_ok=True)
-            meta_tmp.write_bytes(_meta_encode(info))
-            if overwrite:
-                os.replace(temp, dest)
-            else:
-                try:
-                    os.link(temp, dest)  # atomic create-if-absent
-                except FileExistsError:
-                    return False
-            placed = True
-            os.replace(meta_tmp, meta)
-        except OSError as exc:
-            if placed:
-                dest.unlink(missing_ok=True)
-            full = storage_full(exc, f"object {key!r}", "body")
-            if full:
-                raise full from exc
-            raise
-        finally:
-            meta_tmp.unlink(missing_ok=True)
-            temp.unlink(missing_ok=True)
+        with disk_full_is_insufficient_storage(f"object {key!r}", "body"):
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                meta.parent.mkdir(parents=True, exist_ok=True)
+                meta_tmp.write_bytes(_meta_encode(info))
+                if overwrite:
+                    os.replace(temp, dest)
+                else:
+                    try:
+                        os.link(temp, dest)  # atomic create-if-absent
+                    except FileExistsError:
+                        return False
+                placed = True
+                os.replace(meta_tmp, meta)
+            except OSError:
+                if placed:
+                    dest.unlink(missing_ok=True)
+                raise
+            finally:
+                meta_tmp.unlink(missing_ok=True)
+                temp.unlink(missing_ok=True)
         return True
 
     # the Store interface
@@ -132,18 +130,16 @@ class LocalStore:
         digest = hashlib.md5(usedforsecurity=False)
         fd, name = tempfile.mkstemp(dir=self.tmp_root, prefix="copy-")
         size = 0
-        try:
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
-                while chunk := f.read(CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-        except OSError as exc:
-            os.unlink(name)
-            full = storage_full(exc, f"object {key!r}")
-            if full:
-                raise full from exc
-            raise
+        with disk_full_is_insufficient_storage(f"object {key!r}"):
+            try:
+                with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+                    while chunk := f.read(CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+                        size += len(chunk)
+            except BaseException:
+                os.unlink(name)
+                raise
         return Path(name), ObjectInfo(size, content_type, digest.hexdigest(), os.path.getmtime(name))
 
     async def delete(self, key: str) -> None:
