@@ -8,11 +8,14 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 import yaml
 
 from flowengine.core.spec import Store
+
+Positive = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -26,9 +29,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     download_ttl: float = 3600.0  # seconds a presigned download URL lives
     max_upload_size: int = 500_000_000  # bytes, for any single object arriving on a well
     max_body_size: int = 1_048_576  # bytes, for JSON request bodies
-    header_timeout: float = 10.0  # seconds for a request's headers to arrive whole; then 408 and closed
-    body_timeout: float = 30.0  # seconds a request's body may stop arriving; then 408 and closed
-    max_connections: int = 4096  # open connections at once (idle ones too); past it requests are answered 503
+    header_timeout: Positive = 10.0  # seconds for a request's headers to arrive whole; then 408 and closed
+    body_timeout: Positive = 30.0  # seconds a request's body may stop arriving; then 408 and closed
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 4096  # open at once (idle ones too); then 503
     inline_flows: bool = True  # accept {"Flow": {...}} bodies; their Exec tasks run on this host
     concurrency: int = 4  # steps running at once
     log_tail: int = 20  # lines of a step's output kept in the run document
