@@ -119,8 +119,7 @@ class Request(msgspec.Struct, kw_only=True):
     json_body: Any = None  # a JSON body, mutated field by field
 
     def target(self) -> str:
-        path = "/".join(quote(s, safe="") if isinstance(s, str) else "".join(f"%{b:02X}" for b in s)
-                        for s in self.segments)  # fmt: skip
+        path = "/".join(_encode(s) for s in self.segments)
         query = "&".join(f"{quote(k, safe='')}={_encode(v)}" for k, v in self.query)
         return f"/{path}" + (f"?{query}" if query else "")
 
@@ -130,11 +129,11 @@ def _encode(value: str | bytes) -> str:
 
 
 def signed(url: str, method: str, **fields: Any) -> Request:
-    """A request to a presigned URL; its signature's query and the path after the route's prefix are fields."""
+    """A request to a presigned URL: /store/{store}/{key...} or /api/v1/hook/{run}/{edge}, and its query."""
     parts = urlsplit(url)
     segments = parts.path.strip("/").split("/")
-    fixed = 2 if segments[0] == "store" else 3  # /store/{store}/{key...}, /api/v1/hook/{run}/{edge}
-    return Request(method=method, segments=segments, fixed=fixed - 1, query=parse_qsl(parts.query), **fields)
+    fixed = 1 if segments[0] == "store" else 3
+    return Request(method=method, segments=segments, fixed=fixed, query=parse_qsl(parts.query), **fields)
 
 
 def route(method: str, path: str, fixed: int, **fields: Any) -> Request:
@@ -220,8 +219,8 @@ def mutated(draw: st.DrawFn, request: Request) -> Request:
     elif kind == "query":
         del changed.query[where]
     elif kind == "header":
-        if name_value := draw(st.one_of(st.none(), header_value)):
-            changed.headers[where] = name_value
+        if value := draw(st.one_of(st.none(), header_value)):
+            changed.headers[where] = value
         else:
             changed.headers.pop(where, None)
     elif kind == "body":

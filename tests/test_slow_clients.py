@@ -77,7 +77,7 @@ def test_idle_and_trickling_connections_neither_starve_the_server_nor_live_for_e
     start_server: Callable[..., Server], upload_flow
 ) -> None:
     with open_file_limit(512):  # a thousand idle sockets are more than these descriptors
-        server = start_server(header_timeout=4)
+        server = start_server(header_timeout=5)
     assert server.proc is not None
     limits = Path(f"/proc/{server.proc.pid}/limits").read_text()
     [line] = [line for line in limits.splitlines() if line.startswith("Max open files")]
