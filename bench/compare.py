@@ -21,7 +21,7 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from load import encode_request, run_load
+from load import JSON, encode_request, run_load
 from run import HOST, UPLOAD_WELL, cpu_seconds, engine
 from spy import status_target
 
@@ -30,7 +30,7 @@ def request_for(load: str, port: int) -> bytes:
     if load == "status":
         return encode_request("GET", status_target(port), f"{HOST}:{port}")
     body = json.dumps({"Flow": {"DataWells": [UPLOAD_WELL]}}).encode()
-    return encode_request("POST", "/api/v1/flow/bench-compare", f"{HOST}:{port}", body)
+    return encode_request("POST", "/api/v1/flow/bench-compare", f"{HOST}:{port}", body, JSON)
 
 
 def main() -> int:

@@ -16,6 +16,8 @@ import contextlib
 import socket
 import time
 
+JSON = {"Content-Type": "application/json"}  # the flow API takes JSON bodies only with this type
+
 
 def encode_request(
     method: str, target: str, host: str, body: bytes = b"", headers: dict[str, str] | None = None

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from load import Client, encode_request, run_load
+from load import JSON, Client, encode_request, run_load
 
 HOST = "127.0.0.1"
 BENCH = Path(__file__).resolve().parent
@@ -198,8 +198,7 @@ def cpu_note(result: dict) -> str:
 
 def create_vs_sqlite(load: Load, srv: Server, workdir: Path, args: argparse.Namespace) -> dict:
     body = json.dumps({"Flow": {"DataWells": [UPLOAD_WELL]}}).encode()
-    request = encode_request("POST", "/api/v1/flow/bench-create", f"{HOST}:{srv.port}", body,
-                             {"Content-Type": "application/json"})  # fmt: skip
+    request = encode_request("POST", "/api/v1/flow/bench-create", f"{HOST}:{srv.port}", body, JSON)
     load.rate(srv, request, args.create_conns, args.warmup)
     rounds, txns = [], []
     for i in range(args.rounds):  # alternate, so drift on the machine hits both alike
@@ -214,7 +213,7 @@ def create_vs_sqlite(load: Load, srv: Server, workdir: Path, args: argparse.Name
 def status_vs_bare(load: Load, srv: Server, workdir: Path, args: argparse.Namespace) -> dict:
     client = Client(HOST, srv.port)
     try:
-        doc = expect(client.request("POST", "/api/v1/flow/bench-status", json.dumps(chain_flow(1)).encode()), 201)
+        doc = expect(client.request("POST", "/api/v1/flow/bench-status", json.dumps(chain_flow(1)).encode(), JSON), 201)
         target = f"/api/v1/flow/status/{json.loads(doc)['ID']}"
         body = expect(client.request("GET", target), 200)
     finally:
@@ -249,7 +248,7 @@ def epoch(stamp: str) -> float:
 
 def start_and_upload(client: Client, flow: dict) -> tuple[str, float]:
     """Create a run, PUT its upload; returns (status target, perf_counter when the PUT answered)."""
-    doc = json.loads(expect(client.request("POST", "/api/v1/flow/bench-latency", json.dumps(flow).encode()), 201))
+    doc = json.loads(expect(client.request("POST", "/api/v1/flow/bench-latency", json.dumps(flow).encode(), JSON), 201))
     url = doc["WaitingURLs"][0]
     put = urlsplit(url["PutURL"])
     expect(client.request("PUT", f"{put.path}?{put.query}", b"x" * 1024, url.get("Headers") or {}), 200)

@@ -20,7 +20,7 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from load import encode_request, run_load
+from load import JSON, encode_request, run_load
 from run import HOST, UPLOAD_WELL, engine
 
 
@@ -45,7 +45,7 @@ def main() -> int:
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool, \
                 engine(tmp, "soak") as srv:  # fmt: skip
             db = tmp / "soak" / "flowengine.db"
-            request = encode_request("POST", "/api/v1/flow/bench-soak", f"{HOST}:{srv.port}", body)
+            request = encode_request("POST", "/api/v1/flow/bench-soak", f"{HOST}:{srv.port}", body, JSON)
             print(f"{'time':>6} {'runs/s':>8} {'failed':>7} {'WAL MB':>7} {'DB MB':>7} {'RSS MB':>7}")
             elapsed = 0.0
             while elapsed < args.seconds:

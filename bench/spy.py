@@ -21,14 +21,14 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from load import Client, encode_request, run_load
+from load import JSON, Client, encode_request, run_load
 from run import HOST, UPLOAD_WELL, chain_flow, engine, expect
 
 
 def status_target(port: int) -> str:
     client = Client(HOST, port)
     try:
-        doc = expect(client.request("POST", "/api/v1/flow/bench-status", json.dumps(chain_flow(1)).encode()), 201)
+        doc = expect(client.request("POST", "/api/v1/flow/bench-status", json.dumps(chain_flow(1)).encode(), JSON), 201)
         return f"/api/v1/flow/status/{json.loads(doc)['ID']}"
     finally:
         client.close()
@@ -85,7 +85,7 @@ def main() -> int:
         with engine(workdir, "profile") as srv:
             if args.load == "create":
                 body = json.dumps({"Flow": {"DataWells": [UPLOAD_WELL]}}).encode()
-                request = encode_request("POST", "/api/v1/flow/bench-profile", f"{HOST}:{srv.port}", body)
+                request = encode_request("POST", "/api/v1/flow/bench-profile", f"{HOST}:{srv.port}", body, JSON)
             else:
                 request = encode_request("GET", status_target(srv.port), f"{HOST}:{srv.port}")
             pool.submit(run_load, HOST, srv.port, request, conns, 1.0).result(timeout=60)  # warm up

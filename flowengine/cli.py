@@ -21,8 +21,7 @@ log = logging.getLogger("flowengine")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from flowengine.api import server
     from flowengine.api.app import create_app
     from flowengine.config import load_config, unknown_variables
     from flowengine.logs import logging_config
@@ -48,8 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
     for warning in unknown_variables(dict(os.environ)):
         log.warning(warning)
     app = create_app(config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level, access_log=args.access_log,
-                log_config=None)  # fmt: skip
+    server.run(app, config, log_level=args.log_level, access_log=args.access_log)
     return 0
 
 

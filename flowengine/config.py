@@ -33,6 +33,8 @@ CLIENT_VARIABLES = ("FLOWENGINE_URL",)  # read by the examples and clients, not 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
 
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
@@ -48,6 +50,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     inline_flows: bool = True  # accept {"Flow": {...}} bodies (they may use the task library in flows_dir/tasks)
     inline_commands: bool = False  # let inline flows define Exec / Python tasks of their own (run on this host)
     concurrency: AtLeastOne = 4  # steps running at once
+    header_timeout: Positive = 10.0  # seconds for a request's headers to arrive whole; then 408 and closed
+    body_timeout: Positive = 30.0  # seconds a request's body may stop arriving; then 408 and closed
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 4096  # open at once (idle ones too); then 503
     work_dir: str = ""  # steps' scratch dirs; empty: flowengine-<uid>-<hash of data_dir> in the system's temp dir
     step_user: str = "nobody"  # when the engine runs as root, steps run as this user (a name or a uid)
     step_read_paths: list[str] = []  # more directories steps may read (with Landlock), besides SYSTEM_READ

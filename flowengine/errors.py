@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import errno
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Literal
 
 import msgspec
@@ -13,6 +16,7 @@ Kind = Literal[
     "unauthorized",  # no credential, or one that is not valid
     "forbidden",  # a valid credential that may not do this
     "not_found",
+    "request_timeout",  # the client did not send its request in time
     "conflict",  # the state of things does not allow it now
     "precondition_failed",
     "too_large",
@@ -73,3 +77,20 @@ def bad_request(code: str, message: str, location: str) -> Error:
 def already_exists(key: str) -> Error:
     """A PUT whose URL signed `If-None-Match: *` found the object there."""
     return Error("precondition_failed", "precondition_failed", f"object {key!r} already exists", "header.If-None-Match")
+
+
+@contextmanager
+def disk_full_is_insufficient_storage(what: str, location: str = "") -> Iterator[None]:
+    """Inside, an OSError saying the disk (or a quota) is full becomes the domain error."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise insufficient_storage(what, location) from exc
+        raise
+
+
+def insufficient_storage(what: str, location: str = "") -> Error:
+    return Error("insufficient_storage", "insufficient_storage",
+                 f"the engine's disk is full: {what} was not stored; retry once space is freed",
+                 location)  # fmt: skip

@@ -32,6 +32,8 @@ class Server:
         port: int | None = None,
         config: str | None = None,
         log_level: str = "warning",
+        *,
+        access_log: bool = False,  # the access log (and info lines) go to `log` too
         **settings: Any,
     ) -> None:
         self.data_dir = data_dir
@@ -42,6 +44,7 @@ class Server:
         # (inline_commands: false), which tests/test_library.py covers by passing inline_commands=False.
         self.settings = {"inline_commands": True, **settings}
         self.log_level = log_level
+        self.access_log = access_log
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
         self.log = data_dir.parent / f"server-{self.port}.log"
@@ -50,8 +53,9 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWENGINE_")}
         env["FLOWENGINE_FLOWS_DIR"] = str(self.flows_dir)
         env.update({f"FLOWENGINE_{k.upper()}": str(v) for k, v in self.settings.items()})
+        quiet = ["--log-level", self.log_level, "--no-access-log"]
         args = [*self.prefix, sys.executable, "-m", "flowengine.cli", "serve", "--port", str(self.port),
-                "--data-dir", str(self.data_dir), "--log-level", self.log_level, "--no-access-log"]  # fmt: skip
+                "--data-dir", str(self.data_dir), *(["--log-level", "info"] if self.access_log else quiet)]  # fmt: skip
         if self.config:
             args += ["--config", self.config]
         with open(self.log, "ab") as log:

@@ -462,7 +462,8 @@ def test_the_same_definition_posted_again_makes_a_new_run_each_time_named_by_its
 
 def test_a_key_too_long_for_any_run_is_refused_before_anything_is_stored(client):
     before = runs_total(client)
-    refused = client.post(f"/api/v1/flow/{'n' * 1000}", json=inline([upload_well()]))  # the default key has the name
+    long_key = upload_well(Key="${FLOW_NAME}/" * 8 + "${RUN_ID}")  # 8 names of 128 characters
+    refused = client.post(f"/api/v1/flow/{'n' * 128}", json=inline([long_key]))
     assert refused.status_code == 422 and refused.json()["Code"] == "invalid_key"
     assert refused.json()["Location"] == "DataWells[0].Key" and "longer than 1024 bytes" in refused.json()["Message"]
     assert runs_total(client) == before

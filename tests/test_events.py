@@ -208,7 +208,7 @@ def test_a_wrong_or_missing_token_is_401(client: httpx.Client, path: str, author
 @pytest.mark.parametrize("path", ENDPOINTS)
 @pytest.mark.parametrize("body", [b"{not json", b"", b'{"Records": [', b"\xff\xfe"])
 def test_malformed_json_is_400(client: httpx.Client, path: str, body: bytes) -> None:
-    answer = client.post(path, content=body, headers=AUTH)
+    answer = client.post(path, content=body, headers={**AUTH, "Content-Type": "application/json"})
     assert answer.status_code == 400
     assert answer.json()["Code"] == "malformed_json"
 

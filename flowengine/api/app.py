@@ -16,12 +16,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from flowengine.api import events, flow, upload
+from flowengine.api import browser, events, flow, upload
 from flowengine.api.documents import RenderedDocuments
-from flowengine.api.errors import ERROR_HANDLERS
+from flowengine.api.errors import ERROR_HANDLERS, error_response
 from flowengine.api.http import json_response, send_json
 from flowengine.config import Config
 from flowengine.core.lru import LRU
+from flowengine.errors import Error
 from flowengine.runtime import overview
 from flowengine.runtime.engine import Engine
 
@@ -54,13 +55,27 @@ class HotRoutes:
     """The ASGI entry point: the two busiest routes (creating a run, polling its status) are
     matched here by hand, ahead of Starlette's middleware and router, which cost about a tenth of
     a run's creation (bench/README.md). Everything else, and these routes whenever `hot_route`
-    declines, goes through the Starlette app; errors go to the same handlers either way."""
+    declines, goes through the Starlette app; errors go to the same handlers either way. What a
+    browser may do (browser.py) is decided here first, for every route."""
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: Starlette, public_url: str) -> None:
         self.app = app
+        self.presigned = browser.presigned_cors(app)
+        self.public_url = public_url
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = flow.hot_route(scope) if scope["type"] == "http" else None
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if browser.is_presigned(scope["path"]):
+            await self.presigned(scope, receive, send)
+            return
+        try:
+            browser.refuse_cross_site(scope, self.public_url)
+        except Error as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        handler = flow.hot_route(scope)
         if handler is None:
             await self.app(scope, receive, send)
             return
@@ -102,4 +117,4 @@ def create_app(config: Config, engine: Engine | None = None) -> HotRoutes:
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False  # an API answers the URL it was given, 404 or not
-    return HotRoutes(app)
+    return HotRoutes(app, config.public_url)

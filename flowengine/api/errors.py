@@ -6,7 +6,7 @@ import logging
 
 import msgspec
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from flowengine.errors import Error, Kind, Problem
@@ -20,6 +20,7 @@ STATUS: dict[Kind, int] = {
     "unauthorized": 401,
     "forbidden": 403,
     "not_found": 404,
+    "request_timeout": 408,
     "conflict": 409,
     "precondition_failed": 412,
     "too_large": 413,
@@ -65,6 +66,11 @@ async def _store_down(request: Request, exc: Exception) -> Response:
     return error_response(Error("unavailable", "store_unavailable", f"a store did not answer: {exc}"))
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # Nobody reads this answer; what matters is that a client hanging up is not logged as a failure.
+    return error_response(Error("bad_request", "client_disconnected", "the client went away mid-request", "body"))
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(Error("internal", "internal_error", "the server failed; see its log"))
@@ -75,5 +81,6 @@ ERROR_HANDLERS = {
     Error: _domain_error,
     HTTPException: _http_error,
     StoreUnavailable: _store_down,
+    ClientDisconnect: _client_gone,
     Exception: _unexpected,
 }

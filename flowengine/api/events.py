@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from flowengine.api.http import engine_of, json_response, read_body
+from flowengine.api.http import engine_of, json_response, read_json
 from flowengine.core.spec import decode_json
 from flowengine.errors import Error
 from flowengine.runtime.engine import Engine
@@ -93,7 +93,7 @@ def is_object_created(event_name: str) -> bool:
 
 async def s3_events(request: Request) -> Response:
     engine = _authorize(request)
-    body = decode_json(await read_body(request.scope, request.receive, MAX_EVENT_BODY), S3Notification)
+    body = decode_json(await read_json(request.scope, request.receive, MAX_EVENT_BODY), S3Notification)
     records = body.records or []
     matched = 0
     for record in records:
@@ -116,7 +116,7 @@ def filer_object(event: FilerEvent) -> tuple[str, str] | None:
 
 async def seaweedfs_events(request: Request) -> Response:
     engine = _authorize(request)
-    event = decode_json(await read_body(request.scope, request.receive, MAX_EVENT_BODY), FilerEvent)
+    event = decode_json(await read_json(request.scope, request.receive, MAX_EVENT_BODY), FilerEvent)
     found = filer_object(event)
     matched = await notify(engine, f"s3:{found[0]}", found[1]) if found else False
     return json_response(Received(1, int(matched)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import reprlib
+
 import msgspec
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
@@ -9,8 +11,9 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope
 
 from flowengine.api.documents import RunPage, run_summary
-from flowengine.api.http import JsonEndpoint, JsonHandler, base_url, engine_of, json_response, query_int, read_body
+from flowengine.api.http import JsonEndpoint, JsonHandler, base_url, engine_of, json_response, query_int, read_json
 from flowengine.core import machine
+from flowengine.core.keys import NAME_RULE, is_name
 from flowengine.core.spec import FlagDef, Flow, Slot, decode_flow_body
 from flowengine.errors import Error, Problem, bad_request
 from flowengine.runtime.engine import Engine
@@ -90,7 +93,9 @@ async def start_run(scope: Scope, receive: Receive) -> tuple[int, bytes]:
     state = scope["app"].state
     engine: Engine = state.engine
     name = scope["path_params"]["name"]
-    body = await read_body(scope, receive, engine.config.max_body_size)
+    if not is_name(name):
+        raise bad_request("invalid_name", f"flow name {reprlib.repr(name)} {NAME_RULE}", "path.name")
+    body = await read_json(scope, receive, engine.config.max_body_size)
     # A client posting one definition again and again: no decoding or hashing it each time.
     library = await engine.catalog.library()
     plan = state.inline_plans.get((name, body, library.stamp))

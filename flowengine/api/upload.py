@@ -7,7 +7,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from flowengine.api.flow import run_response
-from flowengine.api.http import engine_of
+from flowengine.api.http import engine_of, whole_number
 from flowengine.core.keys import key_problem
 from flowengine.errors import Error, already_exists, bad_request, conflict, not_found
 from flowengine.runtime.ingest import DEFAULT_TYPE, Upload, receive
@@ -19,9 +19,10 @@ def _length(request: Request) -> int | None:
     raw = request.headers.get("content-length")
     if raw is None:
         return None
-    if not raw.isdigit():
+    length = whole_number(raw)
+    if length is None or length < 0:
         raise bad_request("invalid_header", "Content-Length must be a whole number", "header.Content-Length")
-    return int(raw)
+    return length
 
 
 def _content_type(request: Request) -> str:

@@ -15,11 +15,13 @@ VAR = re.compile(r"\$\{([^}]*)\}")  # `${NAME}` in key templates and Exec argume
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_KEY_BYTES = 1024  # S3's limit on a key
+MAX_NAME = 128  # a name is part of file names (a step's log is `{step}.{attempt}.log`): well under 255 bytes
+NAME_RULE = f"may only use letters, digits, '.', '_' and '-' (not '.' or '..'), at most {MAX_NAME} characters"
 
 
 def is_name(value: str) -> bool:
     """Flow, store and step names and edges: they appear in URLs, keys and directory names."""
-    return bool(_NAME.fullmatch(value)) and value not in (".", "..")
+    return len(value) <= MAX_NAME and bool(_NAME.fullmatch(value)) and value not in (".", "..")
 
 
 def template_vars(template: str) -> list[str]:

@@ -151,33 +151,37 @@ class FlowBody(msgspec.Struct, rename="pascal", forbid_unknown_fields=True, kw_o
     flow: Flow | None = None
 
 
-def decode_json(data: bytes, type_: type, what: str = "body"):
+def decode_json(data: bytes, type_: Any, what: str = "body") -> Any:
     """Decode JSON into `type_`, turning msgspec's message into a 4xx naming the field."""
+    decoder = _DECODERS.get(type_) or _DECODERS.setdefault(type_, msgspec.json.Decoder(type_))
     try:
-        return msgspec.json.decode(data, type=type_)
+        return decoder.decode(data)
     except msgspec.ValidationError as exc:
         raise Error.from_msgspec(exc, what) from None
     except msgspec.DecodeError as exc:
         raise bad_request("malformed_json", f"{what} is not valid JSON: {exc}", what) from None
+    except UnicodeDecodeError:  # msgspec checks UTF-8 only when it decodes a string
+        raise bad_request("malformed_json", f"{what} is not valid JSON: a string is not valid UTF-8", what) from None
+    except RecursionError:  # msgspec's own depth guard, also for values it skips (unknown fields)
+        raise bad_request("malformed_json", f"{what} is nested too deeply to decode", what) from None
+
+
+_DECODERS: dict[Any, msgspec.json.Decoder] = {}
 
 
 def decode_flow_body(body: bytes) -> Flow | None:
     """The flow an API body `{"Flow": {...}}` defines (None: no flow), or an Error listing every problem."""
     try:
-        try:
-            return _decode_body(body).flow
-        except msgspec.ValidationError:
-            # Rare: decode it again as plain data to find every problem, not only msgspec's first
-            # (a syntax error after the first problem surfaces only now).
-            plain = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise bad_request("malformed_json", f"body is not valid JSON: {exc}", "body") from None
+        return decode_json(body, FlowBody).flow
+    except Error as exc:
+        if exc.code != "invalid_field":
+            raise
+    # Rare: msgspec stops at the first problem; decoded again as plain data, every one is found (a
+    # syntax error after the first problem surfaces only now).
+    plain = decode_json(body, Any)
     if isinstance(plain, dict) and list(plain) == ["Flow"]:
         return shape.convert(plain["Flow"], Flow, "body.Flow")  # paths relative to the flow, as validate's
     return shape.convert(plain, FlowBody, "body").flow
-
-
-_decode_body = msgspec.json.Decoder(FlowBody).decode
 
 
 def load_flow_file(path: Path) -> Flow:

@@ -161,7 +161,7 @@ def _check_identifier(path: str, what: str, value: str) -> Problems:
     if not value:
         yield Problem(path, f"{what} is empty")
     elif not keys.is_name(value):
-        yield Problem(path, f"{what} {value!r} may only use letters, digits, '.', '_' and '-' (not '.' or '..')")
+        yield Problem(path, f"{what} {value!r} {keys.NAME_RULE}")
 
 
 # --- name and stores ---------------------------------------------------------------------------

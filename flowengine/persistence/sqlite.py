@@ -16,6 +16,7 @@ import msgspec
 import sqlite_utils
 
 from flowengine.core.machine import Run
+from flowengine.errors import insufficient_storage
 
 WAL_KEEP = 64 << 20  # bytes of WAL file kept for reuse after a checkpoint; the rest is truncated
 _encode = msgspec.json.Encoder().encode
@@ -103,13 +104,20 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        self.conn.execute("BEGIN IMMEDIATE")
+        """All or nothing. A full disk is a domain error (insufficient_storage), not an sqlite3 one."""
         try:
-            yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:  # a failed COMMIT may have rolled back already
+                    self.conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL:
+                raise insufficient_storage("the database change") from exc
             raise
-        self.conn.execute("COMMIT")
 
     # definitions
 

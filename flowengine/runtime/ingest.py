@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -17,13 +18,23 @@ from pathlib import Path
 import msgspec
 
 from flowengine.core import machine
-from flowengine.core.machine import ObjectMeta, Run
-from flowengine.errors import Error, Kind, already_exists, bad_request, conflict, not_found
+from flowengine.core.machine import EdgeState, ObjectMeta, Run
+from flowengine.core.spec import Flow
+from flowengine.errors import (
+    Error,
+    Kind,
+    already_exists,
+    bad_request,
+    conflict,
+    disk_full_is_insufficient_storage,
+    not_found,
+)
 from flowengine.runtime.engine import Engine
-from flowengine.stores.base import ObjectInfo
+from flowengine.stores.base import ObjectInfo, Store
 from flowengine.stores.local import LocalStore
 
 DEFAULT_TYPE = "application/octet-stream"
+log = logging.getLogger("flowengine.runtime.ingest")
 
 
 class Upload(msgspec.Struct, frozen=True):
@@ -35,26 +46,38 @@ class Upload(msgspec.Struct, frozen=True):
     no_overwrite: bool = False
 
 
+class Stored(msgspec.Struct, frozen=True):
+    """A spooled upload on its way into the store."""
+
+    path: Path
+    key: str
+    meta: ObjectMeta
+    no_overwrite: bool
+
+
 def too_large(limit: int) -> Error:
     return Error("too_large", "too_large", f"the body is over the size limit of {limit} bytes", "body")
 
 
 async def spool(body: AsyncIterator[bytes], limit: int, directory: Path) -> tuple[Path, int, str]:
     """Stream a body to a temp file, refusing it past `limit` bytes; returns (path, size, md5)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=directory, prefix="in-")
-    path, size, digest = Path(name), 0, hashlib.md5(usedforsecurity=False)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            async for chunk in body:
-                size += len(chunk)
-                if size > limit:
-                    raise too_large(limit)
-                digest.update(chunk)
-                out.write(chunk)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    path, size, digest = None, 0, hashlib.md5(usedforsecurity=False)
+    with disk_full_is_insufficient_storage("the upload", "body"):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=directory, prefix="in-")
+            path = Path(name)
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in body:
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_large(limit)
+                    digest.update(chunk)
+                    out.write(chunk)
+        except BaseException:
+            if path is not None:
+                path.unlink(missing_ok=True)
+            raise
     return path, size, digest.hexdigest()
 
 
@@ -70,7 +93,15 @@ def _refusal(problem: machine.LandingProblem) -> Error:
     return Error(kind, code, problem.message, "body")
 
 
-async def receive(engine: Engine, run_id: str, edge_name: str, body: AsyncIterator[bytes], upload: Upload) -> Run:
+# The wells an upload is being stored into right now, by (run ID, edge). Uploads to one well may
+# arrive at once: each spools its body, and the first to finish claims the well, stores its object
+# and fills the edge; the others get 409 and never touch the stored object. (Run IDs are unique, so
+# one set serves every engine in the process.)
+_storing: set[tuple[str, str]] = set()
+
+
+def _open_well(engine: Engine, run_id: str, edge_name: str) -> tuple[Run, Flow, EdgeState]:
+    """The run, its flow and the edge, if the edge takes an upload now; else the 404 / 409 saying why not."""
     run, flow = engine.get_run(run_id)
     edge = run.edges.get(edge_name)
     if edge is None:
@@ -81,6 +112,13 @@ async def receive(engine: Engine, run_id: str, edge_name: str, body: AsyncIterat
         raise conflict(f"edge {edge_name!r} is filled by a step's output, not by an upload", "path.edgeName")
     if edge.object is not None:
         raise conflict(f"edge {edge_name!r} is already filled", "path.edgeName")
+    if (run_id, edge_name) in _storing:
+        raise conflict(f"another upload to edge {edge_name!r} finished first and is being stored", "path.edgeName")
+    return run, flow, edge
+
+
+async def receive(engine: Engine, run_id: str, edge_name: str, body: AsyncIterator[bytes], upload: Upload) -> Run:
+    _, flow, edge = _open_well(engine, run_id, edge_name)
     limit = min(edge.max_size or engine.config.max_upload_size, engine.config.max_upload_size)
     if upload.length is not None and upload.length > limit:
         raise too_large(limit)
@@ -95,14 +133,41 @@ async def receive(engine: Engine, run_id: str, edge_name: str, body: AsyncIterat
         problem = machine.landing_problem(edge_name, edge, meta)
         if problem:
             raise _refusal(problem)
-        info = ObjectInfo(size, upload.content_type, md5, engine.clock())
-        if isinstance(store, LocalStore):
-            if not store.commit(path, edge.key, info, overwrite=not upload.no_overwrite):
-                raise already_exists(edge.key)
-        else:
-            info = await store.upload(edge.key, path, upload.content_type)
-            meta = ObjectMeta(info.size, info.content_type, info.etag)
+        _open_well(engine, run_id, edge_name)  # again: another upload may have filled it while this one spooled
+        _storing.add((run_id, edge_name))
+        try:
+            return await _store(engine, store, run_id, edge_name, Stored(path, edge.key, meta, upload.no_overwrite))
+        finally:
+            _storing.discard((run_id, edge_name))
     finally:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-    return engine.apply(run_id, machine.Landed(edge_name, meta))
+
+
+async def _store(engine: Engine, store: Store, run_id: str, edge_name: str, upload: Stored) -> Run:
+    """Store a spooled upload and fill the edge with it. What the run records is what is stored: if
+    the run does not take the object (the database is full, the run ended meanwhile), it is deleted."""
+    meta = upload.meta
+    if isinstance(store, LocalStore):
+        info = ObjectInfo(meta.size, meta.content_type, meta.etag, engine.clock())
+        if not store.commit(upload.path, upload.key, info, overwrite=not upload.no_overwrite):
+            raise already_exists(upload.key)
+    else:
+        info = await store.upload(upload.key, upload.path, meta.content_type)
+        meta = ObjectMeta(info.size, info.content_type, info.etag)
+    try:
+        run = engine.apply(run_id, machine.Landed(edge_name, meta))
+    except BaseException:
+        await _discard(store, upload.key)
+        raise
+    if run.edges[edge_name].object != meta:
+        await _discard(store, upload.key)
+        raise conflict(f"run {run_id!r} is {run.status}: it did not take the upload", "path.runID")
+    return run
+
+
+async def _discard(store: Store, key: str) -> None:
+    try:
+        await store.delete(key)
+    except Exception:  # the upload is refused either way: say which object is left over
+        log.exception("could not delete %s/%s, which its run did not take", store.location, key)

@@ -18,6 +18,7 @@ import anyio
 import msgspec
 
 from flowengine.core.keys import is_name, key_problem
+from flowengine.errors import disk_full_is_insufficient_storage
 from flowengine.stores.base import ObjectInfo, Presigned, PutConditions
 from flowengine.stores.signing import Signer, local_resource
 
@@ -76,23 +77,32 @@ class LocalStore:
             return None
 
     def commit(self, temp: Path, key: str, info: ObjectInfo, overwrite: bool = True) -> bool:
-        """Move a finished temp file into place; False if it exists and `overwrite` is off."""
-        dest = self.path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        meta = self._meta_path(key)
-        meta.parent.mkdir(parents=True, exist_ok=True)
-        if not overwrite:
-            try:
-                os.link(temp, dest)  # atomic create-if-absent
-            except FileExistsError:
-                temp.unlink(missing_ok=True)
-                return False
-            temp.unlink()
+        """Move a finished temp file into place with its metadata; False if it exists and `overwrite`
+        is off. All or nothing: a full disk leaves no object without metadata, nor metadata without one."""
+        dest, meta = self.path(key), self._meta_path(key)
         meta_tmp = temp.with_suffix(".meta")
-        meta_tmp.write_bytes(_meta_encode(info))
-        os.replace(meta_tmp, meta)
-        if overwrite:
-            os.replace(temp, dest)
+        placed = False
+        with disk_full_is_insufficient_storage(f"object {key!r}", "body"):
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                meta.parent.mkdir(parents=True, exist_ok=True)
+                meta_tmp.write_bytes(_meta_encode(info))
+                if overwrite:
+                    os.replace(temp, dest)
+                else:
+                    try:
+                        os.link(temp, dest)  # atomic create-if-absent
+                    except FileExistsError:
+                        return False
+                placed = True
+                os.replace(meta_tmp, meta)
+            except OSError:
+                if placed:
+                    dest.unlink(missing_ok=True)
+                raise
+            finally:
+                meta_tmp.unlink(missing_ok=True)
+                temp.unlink(missing_ok=True)
         return True
 
     # the Store interface
@@ -110,19 +120,24 @@ class LocalStore:
         return info
 
     async def upload(self, key: str, src: Path, content_type: str) -> ObjectInfo:
-        temp, info = await anyio.to_thread.run_sync(self._copy, src, content_type)
+        temp, info = await anyio.to_thread.run_sync(self._copy, src, content_type, key)
         self.commit(temp, key, info)  # on the event loop, like every other change to the store's directories
         return info
 
-    def _copy(self, src: Path, content_type: str) -> tuple[Path, ObjectInfo]:
+    def _copy(self, src: Path, content_type: str, key: str) -> tuple[Path, ObjectInfo]:
         digest = hashlib.md5(usedforsecurity=False)
         fd, name = tempfile.mkstemp(dir=self.tmp_root, prefix="copy-")
         size = 0
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
+        with disk_full_is_insufficient_storage(f"object {key!r}"):
+            try:
+                with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+                    while chunk := f.read(CHUNK):
+                        digest.update(chunk)
+                        out.write(chunk)
+                        size += len(chunk)
+            except BaseException:
+                os.unlink(name)
+                raise
         return Path(name), ObjectInfo(size, content_type, digest.hexdigest(), os.path.getmtime(name))
 
     async def delete(self, key: str) -> None:

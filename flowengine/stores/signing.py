@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 
 _BLOCK = 64  # SHA-256's block size in bytes
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")  # an HTTP token (RFC 9110)
 
 
 class SignatureError(Exception):
@@ -56,11 +58,15 @@ class Signer:
         except (KeyError, ValueError):
             raise SignatureError("the URL is not presigned: X-Expires and X-Signature are required") from None
         names = [n for n in query.get("X-SignedHeaders", "").split(";") if n]
+        if not all(_HEADER_NAME.fullmatch(n) for n in names):
+            raise SignatureError("X-SignedHeaders must list header names, separated by ';'")
         missing = [n for n in names if n not in headers]
         if missing:
             raise SignatureError(f"signed header(s) missing from the request: {', '.join(missing)}")
         signed = {n: headers[n] for n in names}
-        if not hmac.compare_digest(self._mac(method, resource, expires, signed), signature):
+        # Bytes: compare_digest refuses str with non-ASCII characters, which a client may send.
+        expected = self._mac(method, resource, expires, signed).encode()
+        if not hmac.compare_digest(expected, signature.encode("utf-8", "replace")):
             raise SignatureError("signature does not match (a tampered URL, or a signed header with another value)")
         if now > expires:
             raise SignatureError("the URL has expired")
