@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +48,23 @@ def assert_inverted(source: Path, result: Path) -> None:
     assert any(x + y == 255 for x, y in pairs)
 
 
-def run(
-    comfy: StandIn, tmp_path: Path, prompt_id: str = "lease-1", graph: dict[str, Any] = GRAPH, **kwargs: Any
-) -> list[Output]:
-    source = kwargs.pop("source", None) or picture(tmp_path / "in" / "photo.png")
-    files = kwargs.pop("files", {("1", "image"): source})
-    workdir = tmp_path / "out" / prompt_id
-    return asyncio.run(run_graph(comfy.url, graph, files, prompt_id, workdir, poll_interval=0.05, **kwargs))
+def graph_run(
+    comfy: StandIn,
+    tmp_path: Path,
+    prompt_id: str = "lease-1",
+    graph: dict[str, Any] = GRAPH,
+    source: Path | None = None,
+    files: dict[tuple[str, str], Path] | None = None,
+    **kwargs: Any,
+) -> Coroutine[Any, Any, list[Output]]:
+    """run_graph of GRAPH on a picture, polling fast, never for long (a broken driver fails, not hangs)."""
+    files = {("1", "image"): source or picture(tmp_path / "in" / "photo.png")} if files is None else files
+    kwargs = {"poll_interval": 0.05, "timeout": 10, **kwargs}
+    return run_graph(comfy.url, graph, files, prompt_id, tmp_path / "out" / prompt_id, **kwargs)
+
+
+def run(comfy: StandIn, tmp_path: Path, prompt_id: str = "lease-1", **kwargs: Any) -> list[Output]:
+    return asyncio.run(graph_run(comfy, tmp_path, prompt_id, **kwargs))
 
 
 async def until(condition: Callable[[], bool], timeout: float = 10) -> None:
@@ -120,16 +130,22 @@ def test_a_failing_progress_callback_does_not_stop_the_prompt(comfy: StandIn, tm
     assert output.path.exists()
 
 
+def test_the_socket_saying_the_prompt_ended_brings_the_outcome_at_once(comfy: StandIn, tmp_path: Path):
+    comfy.node_delay = 0.1
+    [output] = run(comfy, tmp_path, poll_interval=60)
+    assert output.path.exists()
+
+
 def test_the_outcome_comes_from_the_history_when_the_socket_delivers_nothing(comfy: StandIn, tmp_path: Path):
-    comfy.ws_drop = set(MESSAGES)
+    comfy.ws_drop, comfy.node_delay = set(MESSAGES), 0.1  # still running at the first look at the history
     source = picture(tmp_path / "in" / "photo.png")
-    [output] = run(comfy, tmp_path, source=source, timeout=10)
+    [output] = run(comfy, tmp_path, source=source)
     assert_inverted(source, output.path)
 
 
 def test_the_outcome_comes_from_the_history_without_any_socket(comfy: StandIn, tmp_path: Path):
-    comfy.ws_refuse = True
-    [output] = run(comfy, tmp_path, timeout=10)
+    comfy.ws_refuse, comfy.node_delay = True, 0.1
+    [output] = run(comfy, tmp_path)
     assert output.path.exists() and comfy.ws_connections == 0
 
 
@@ -140,7 +156,7 @@ def test_a_socket_closed_mid_run_is_connected_again_and_progress_goes_on(comfy: 
     async def on_progress(progress: Progress) -> None:
         seen.append(progress)
 
-    [output] = run(comfy, tmp_path, on_progress=on_progress, timeout=10)
+    [output] = run(comfy, tmp_path, on_progress=on_progress)
     assert output.path.exists()
     assert comfy.ws_connections >= 2
     # the first socket closed during node 1 (after status, status, start, cached, progress_state, executing)
@@ -236,12 +252,9 @@ def test_a_graph_with_one_invalid_output_is_rejected_and_stopped(comfy: StandIn,
 
 def test_cancelling_interrupts_the_running_prompt_in_comfyui(comfy: StandIn, tmp_path: Path):
     comfy.node_delay, comfy.progress_steps = 0.5, 5
-    source = picture(tmp_path / "in" / "photo.png")
 
     async def scenario() -> None:
-        task = asyncio.create_task(
-            run_graph(comfy.url, GRAPH, {("1", "image"): source}, "lease-9", tmp_path / "out", poll_interval=0.05)
-        )
+        task = asyncio.create_task(graph_run(comfy, tmp_path, "lease-9"))
         await until(lambda: "lease-9" in comfy.started)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -260,9 +273,7 @@ def test_cancelling_a_queued_prompt_takes_it_off_the_queue_and_spares_the_others
     source = picture(tmp_path / "in" / "photo.png", shade=90)
 
     async def scenario() -> None:
-        task = asyncio.create_task(
-            run_graph(comfy.url, GRAPH, {("1", "image"): source}, "lease-4", tmp_path / "out", poll_interval=0.05)
-        )
+        task = asyncio.create_task(graph_run(comfy, tmp_path, "lease-4", source=source))
         await until(lambda: "lease-4" in comfy.posted)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -277,12 +288,9 @@ def test_cancelling_a_queued_prompt_takes_it_off_the_queue_and_spares_the_others
 
 def test_an_interrupt_from_someone_else_is_a_retryable_error(comfy: StandIn, tmp_path: Path):
     comfy.node_delay = 0.3
-    source = picture(tmp_path / "in" / "photo.png")
 
     async def scenario() -> None:
-        task = asyncio.create_task(
-            run_graph(comfy.url, GRAPH, {("1", "image"): source}, "lease-5", tmp_path / "out", poll_interval=0.05)
-        )
+        task = asyncio.create_task(graph_run(comfy, tmp_path, "lease-5"))
         await until(lambda: "lease-5" in comfy.started)
         async with httpx.AsyncClient() as client:
             await client.post(f"{comfy.url}/interrupt")  # the ComfyUI page's Cancel button
@@ -306,13 +314,10 @@ def test_a_timeout_stops_the_prompt_in_comfyui(comfy: StandIn, tmp_path: Path):
 
 def test_a_comfyui_that_restarts_and_forgets_the_prompt_is_a_retryable_error(comfy: StandIn, tmp_path: Path):
     comfy.node_delay = 2.0
-    source = picture(tmp_path / "in" / "photo.png")
     restarted: list[StandIn] = []
 
     async def scenario() -> list[Output]:
-        task = asyncio.create_task(
-            run_graph(comfy.url, GRAPH, {("1", "image"): source}, "lease-8", tmp_path / "out", poll_interval=0.05)
-        )
+        task = asyncio.create_task(graph_run(comfy, tmp_path, "lease-8"))
         await until(lambda: "lease-8" in comfy.started)
         await asyncio.to_thread(comfy.stop)
         restarted.append(StandIn(tmp_path / "comfyui", port=comfy.port).start())
@@ -332,13 +337,7 @@ def test_a_comfyui_away_longer_than_the_grace_is_a_retryable_error(comfy: StandI
     comfy.node_delay = 2.0
 
     async def scenario() -> None:
-        source = picture(tmp_path / "in" / "photo.png")
-        task = asyncio.create_task(
-            run_graph(
-                comfy.url, GRAPH, {("1", "image"): source}, "lease-2", tmp_path / "out",
-                poll_interval=0.05, unreachable_grace=0.5,
-            )
-        )  # fmt: skip
+        task = asyncio.create_task(graph_run(comfy, tmp_path, "lease-2", unreachable_grace=0.5))
         await until(lambda: "lease-2" in comfy.started)
         await asyncio.to_thread(comfy.stop)
         await task
@@ -354,10 +353,9 @@ def test_concurrent_prompts_with_same_named_inputs_do_not_collide(comfy: StandIn
     second = picture(tmp_path / "b" / "photo.png", shade=100)
 
     async def both() -> list[list[Output]]:
-        return await asyncio.gather(*(
-            run_graph(comfy.url, GRAPH, {("1", "image"): source}, lease, tmp_path / lease, poll_interval=0.05)
-            for source, lease in ((first, "lease-a"), (second, "lease-b"))
-        ))  # fmt: skip
+        return await asyncio.gather(
+            graph_run(comfy, tmp_path, "lease-a", source=first), graph_run(comfy, tmp_path, "lease-b", source=second)
+        )
 
     [[a], [b]] = asyncio.run(both())
     assert_inverted(first, a.path)
