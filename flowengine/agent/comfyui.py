@@ -124,7 +124,8 @@ async def run_graph(
     downloaded into `workdir`.
 
     A prompt_id ComfyUI already has (queued, running or in its history) is followed, not submitted again.
-    Cancelling the task (or `timeout` passing) deletes the prompt from ComfyUI's queue and interrupts it.
+    `timeout` (seconds) bounds the whole run: uploads, queueing, execution and downloads. Cancelling the
+    task, or the timeout passing, deletes the prompt from ComfyUI's queue and interrupts it.
     ComfyUI may stop answering for `unreachable_grace` seconds before the run fails (retryable).
     Raises ComfyUIError."""
     _check_bindings(graph, files)
@@ -304,7 +305,8 @@ class _Prompt:
                 with contextlib.suppress(TimeoutError):  # not worth holding the prompt back for
                     await asyncio.wait_for(self.socket_tried.wait(), 5.0)
                 await self._submit(files)
-                self._update(message="queued")
+                if not self.message:  # the socket may have told more already
+                    self._update(message="queued")
             outputs = await self._wait()
         finally:
             for task in (watcher, reporter):
