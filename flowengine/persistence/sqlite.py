@@ -2,6 +2,11 @@
 
 Every state change is one `transaction()`. WAL with synchronous=NORMAL survives a killed
 process (kill -9) without losing a committed transaction; only a power cut can drop the last few.
+
+Nothing that serves a request or a background loop reads a number of rows that grows with the
+database: listings page by key (`id < ?`), totals come from counters that triggers keep in the
+same transaction as every change of a run's status, and scans over runs or waits go in batches.
+The schema's version is SQLite's `user_version`; opening an older database upgrades it in place.
 """
 
 from __future__ import annotations
@@ -18,8 +23,36 @@ import sqlite_utils
 from flowengine.core.machine import Run
 
 WAL_KEEP = 64 << 20  # bytes of WAL file kept for reuse after a checkpoint; the rest is truncated
+SCHEMA_VERSION = 1
 _encode = msgspec.json.Encoder().encode
 _decode_run = msgspec.json.Decoder(Run).decode
+
+
+_COUNTS = (
+    "CREATE TABLE IF NOT EXISTS status_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS flow_counts (
+        flow TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (flow, status)
+    ) WITHOUT ROWID""",
+    """CREATE TRIGGER IF NOT EXISTS runs_counted_in AFTER INSERT ON runs BEGIN
+        INSERT INTO status_counts VALUES (new.status, 1) ON CONFLICT DO UPDATE SET n = n + 1;
+        INSERT INTO flow_counts VALUES (new.flow, new.status, 1) ON CONFLICT DO UPDATE SET n = n + 1;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS runs_counted_out AFTER DELETE ON runs BEGIN
+        UPDATE status_counts SET n = n - 1 WHERE status = old.status;
+        UPDATE flow_counts SET n = n - 1 WHERE flow = old.flow AND status = old.status;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS runs_recounted AFTER UPDATE OF status, flow ON runs
+    WHEN old.status IS NOT new.status OR old.flow IS NOT new.flow BEGIN
+        UPDATE status_counts SET n = n - 1 WHERE status = old.status;
+        UPDATE flow_counts SET n = n - 1 WHERE flow = old.flow AND status = old.status;
+        INSERT INTO status_counts VALUES (new.status, 1) ON CONFLICT DO UPDATE SET n = n + 1;
+        INSERT INTO flow_counts VALUES (new.flow, new.status, 1) ON CONFLICT DO UPDATE SET n = n + 1;
+    END""",
+    "DELETE FROM flow_counts",
+    "DELETE FROM status_counts",
+    "INSERT INTO flow_counts SELECT flow, status, count(*) FROM runs GROUP BY flow, status",
+    "INSERT INTO status_counts SELECT status, sum(n) FROM flow_counts GROUP BY status",
+)
 
 
 class Wait(msgspec.Struct, frozen=True, gc=False):
@@ -29,9 +62,39 @@ class Wait(msgspec.Struct, frozen=True, gc=False):
     edge: str
 
 
+class ScheduledWait(msgspec.Struct, frozen=True, gc=False):
+    wait: Wait
+    next_check: float  # when the reconciler asks the store about this key by itself next
+    checks: int  # how often it has
+
+
 class RunRow(msgspec.Struct, frozen=True, gc=False):  # see machine.Run
     run: Run
     definition: str  # hash of the flow definition the run follows
+
+
+_TREE = "replace(key, '/', char(1))"  # a key in tree order: '/' before every character a key may hold
+_MAX_KEY = "\U0010ffff"  # after every key, as far as a comparison goes
+
+
+def _prefix_end(prefix: str) -> str:
+    """The least string after every string that starts with `prefix`."""
+    stem = prefix.rstrip(_MAX_KEY)
+    if not stem:
+        return _MAX_KEY
+    after = ord(stem[-1]) + 1
+    return stem[:-1] + chr(0xE000 if 0xD800 <= after <= 0xDFFF else after)  # past the surrogates: not UTF-8
+
+
+def _filters(status: str | None, flow: str | None) -> tuple[list[str], list[str]]:
+    where, params = [], []
+    if status:
+        where.append("status = ?")
+        params.append(status)
+    if flow:
+        where.append("flow = ?")
+        params.append(flow)
+    return where, params
 
 
 class Database:
@@ -72,9 +135,21 @@ class Database:
         db["runs"].create_index(["status", "id"], if_not_exists=True)
         db["runs"].create_index(["flow", "id"], if_not_exists=True)
         db["runs"].create_index(["wake_at"], if_not_exists=True)
-        # Only waits the reconciler asks about (S3): embedded-store waits have none, and cost no index write.
-        self.conn.execute("DROP INDEX IF EXISTS idx_waits_next_check")  # the full index of earlier versions
-        self.conn.execute("CREATE INDEX IF NOT EXISTS waits_due ON waits (next_check) WHERE next_check IS NOT NULL")
+        self.conn.execute("DROP INDEX IF EXISTS idx_waits_next_check")  # indexes of earlier versions
+        self.conn.execute("DROP INDEX IF EXISTS waits_due")  # the reconciler walks waits by key (landing.py)
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version < 1:
+            with self.transaction():
+                self._add_counts()
+                self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _add_counts(self) -> None:
+        """Version 1: runs by status and by flow and status, kept by triggers in the transaction of
+        every change, and counted once from the runs an earlier version left."""
+        for statement in _COUNTS:
+            self.conn.execute(statement)
+        # Both filters at once: a page without scanning past the other flows' (or statuses') runs.
+        self.conn.execute("CREATE INDEX IF NOT EXISTS idx_runs_flow_status_id ON runs (flow, status, id)")
 
     def close(self) -> None:
         with self._checkpoint_lock:
@@ -138,24 +213,38 @@ class Database:
         row = self.conn.execute("SELECT doc, definition FROM runs WHERE id = ?", (run_id,)).fetchone()
         return RunRow(_decode_run(row[0]), row[1]) if row else None
 
-    def list_runs(self, status: str | None, flow: str | None, limit: int, offset: int) -> tuple[list[Run], int]:
-        where, params = [], []
-        if status:
-            where.append("status = ?")
-            params.append(status)
-        if flow:
-            where.append("flow = ?")
-            params.append(flow)
+    def list_runs(
+        self, status: str | None, flow: str | None, limit: int, *, before: str | None = None, offset: int = 0
+    ) -> list[Run]:
+        """Runs newest first (by ID), with the filters given; `before`: only those whose ID sorts before
+        it, which is how a page follows the one before (an index range, however deep). An `offset`
+        skips rows one by one instead: its cost grows with it."""
+        where, params = _filters(status, flow)
+        if before is not None:
+            where.append("id < ?")
+            params.append(before)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        total = self.conn.execute(f"SELECT count(*) FROM runs{clause}", params).fetchone()[0]
         rows = self.conn.execute(
-            f"SELECT doc FROM runs{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
-            [*params, limit, offset],
+            f"SELECT doc FROM runs{clause} ORDER BY id DESC LIMIT ? OFFSET ?", [*params, limit, offset]
         )
-        return [_decode_run(r[0]) for r in rows], total
+        return [_decode_run(r[0]) for r in rows]
 
-    def runs_with_status(self, status: str) -> list[RunRow]:
-        rows = self.conn.execute("SELECT doc, definition FROM runs WHERE status = ?", (status,))
+    def count_runs(self, status: str | None, flow: str | None) -> int:
+        """How many runs match the filters, from the counters (a few rows, however many runs)."""
+        table = "flow_counts" if flow else "status_counts"
+        where, params = _filters(status, flow)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        return self.conn.execute(f"SELECT coalesce(sum(n), 0) FROM {table}{clause}", params).fetchone()[0]
+
+    def last_run_id(self) -> str | None:
+        return self.conn.execute("SELECT max(id) FROM runs").fetchone()[0]
+
+    def runs_with_status(self, status: str, after: str, until: str, limit: int) -> list[RunRow]:
+        """Up to `limit` runs with that status and an ID in (after, until], in ID order: one batch of a scan."""
+        rows = self.conn.execute(
+            "SELECT doc, definition FROM runs WHERE status = ? AND id > ? AND id <= ? ORDER BY id LIMIT ?",
+            (status, after, until, limit),
+        )
         return [RunRow(_decode_run(doc), definition) for doc, definition in rows]
 
     def due_runs(self, now: float, limit: int = 500) -> list[str]:
@@ -181,9 +270,23 @@ class Database:
                 return wait
         return None
 
-    def unscheduled_waits(self) -> list[Wait]:
-        rows = self.conn.execute("SELECT location, key, run_id, edge FROM waits WHERE next_check IS NULL")
-        return [Wait(*r) for r in rows]
+    def wait_locations(self) -> list[str]:
+        """The locations anything waits in (a few), one index seek each, however many waits."""
+        found: list[str] = []
+        while row := self.conn.execute(
+            "SELECT location FROM waits WHERE location > ? ORDER BY location LIMIT 1", (found[-1] if found else "",)
+        ).fetchone():
+            found.append(row[0])
+        return found
+
+    def unscheduled_waits(self, location: str, after: str, limit: int) -> list[Wait]:
+        """Waits the reconciler never asks about (embedded-store uploads), by key after `after`: one batch."""
+        rows = self.conn.execute(
+            "SELECT key, run_id, edge FROM waits WHERE location = ? AND key > ? AND next_check IS NULL"
+            " ORDER BY key LIMIT ?",
+            (location, after, limit),
+        )
+        return [Wait(location, *r) for r in rows]
 
     def wait_for(self, location: str, key: str) -> Wait | None:
         row = self.conn.execute(
@@ -194,17 +297,59 @@ class Database:
     def drop_waits(self, waits: list[Wait]) -> None:
         self.conn.executemany("DELETE FROM waits WHERE location = ? AND key = ?", [(w.location, w.key) for w in waits])
 
-    def due_waits(self, now: float, limit: int) -> list[tuple[Wait, int]]:
-        rows = self.conn.execute(
-            "SELECT location, key, run_id, edge, checks FROM waits WHERE next_check <= ? ORDER BY next_check LIMIT ?",
-            (now, limit),
-        )
-        return [(Wait(r[0], r[1], r[2], r[3]), r[4]) for r in rows]
+    # The reconciler's walk through a location's waits, in key order (see runtime/landing.py).
 
-    def reschedule_wait(self, wait: Wait, next_check: float, checks: int) -> None:
+    def waits_after(self, location: str, after: str, limit: int) -> list[ScheduledWait]:
+        """The next `limit` waits the reconciler asks about in `location`, with keys after `after`."""
+        rows = self.conn.execute(
+            "SELECT key, run_id, edge, next_check, checks FROM waits"
+            " WHERE location = ? AND key > ? AND next_check IS NOT NULL ORDER BY key LIMIT ?",
+            (location, after, limit),
+        )
+        return [ScheduledWait(Wait(location, r[0], r[1], r[2]), r[3], r[4]) for r in rows]
+
+    def last_wait_key(self, location: str, prefix: str) -> str | None:
+        """The greatest key awaited in `location` that starts with `prefix`."""
+        return self.conn.execute(
+            "SELECT max(key) FROM waits WHERE location = ? AND key >= ? AND key < ?",
+            (location, prefix, _prefix_end(prefix)),
+        ).fetchone()[0]
+
+    def settled_waits(
+        self, location: str, first: str, last: str | None, prefix: str, limit: int
+    ) -> tuple[int, str | None]:
+        """The waits one listing has answered for: those from `first` through `last` (to the end of
+        `prefix` when `last` is None) both in byte order and in tree order ('/' before every other
+        character, the order of a server that lists directory by directory), at most `limit` of them
+        in byte order, and none from the first that is in one span but not in the other. Returns how
+        many, and the last one."""
+        end = last + "\x01" if last is not None else _prefix_end(prefix)  # keys hold no control characters
+        span = "SELECT key FROM waits WHERE location = ? AND key >= ? AND key < ? ORDER BY key LIMIT ?"
+        outside = self.conn.execute(
+            f"SELECT min(key) FROM ({span}) WHERE {_TREE} < replace(?, '/', char(1))"
+            f" OR (? IS NOT NULL AND {_TREE} > replace(?, '/', char(1)))",
+            (location, first, end, limit, first, last, last),
+        ).fetchone()[0]
+        return self.conn.execute(
+            f"SELECT count(*), max(key) FROM ({span})", (location, first, outside or end, limit)
+        ).fetchone()
+
+    def waits_at(self, location: str, keys: list[str]) -> list[Wait]:
+        """The waits for any of these keys (at most a listing's worth)."""
+        marks = ", ".join("?" * len(keys))
+        rows = self.conn.execute(
+            f"SELECT key, run_id, edge FROM waits WHERE location = ? AND key IN ({marks}) ORDER BY key",
+            (location, *keys),
+        )
+        return [Wait(location, *r) for r in rows]
+
+    def back_off_waits(self, location: str, first: str, last: str, now: float, base: float, most: float) -> None:
+        """The waits from `first` through `last` were asked about one by one: ask again after twice as
+        long as the time before (`base` at first, `most` at most)."""
         self.conn.execute(
-            "UPDATE waits SET next_check = ?, checks = ? WHERE location = ? AND key = ?",
-            (next_check, checks, wait.location, wait.key),
+            "UPDATE waits SET next_check = ? + min(? * (1 << min(checks, 30)), ?), checks = checks + 1"
+            " WHERE location = ? AND key >= ? AND key <= ? AND next_check IS NOT NULL",
+            (now, base, most, location, first, last),
         )
 
     # expiries: when a run's object is past retention and is to be deleted
