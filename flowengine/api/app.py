@@ -30,9 +30,12 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    problems = await request.app.state.engine.store_problems()
-    return json_response({"Status": "ready" if not problems else "degraded", "Stores": problems},
-                         200 if not problems else 503)  # fmt: skip
+    """Ready unless a store does not answer. Recovery after a restart does not count against it: the
+    engine serves meanwhile, and `Recovery` shows how far it has come."""
+    engine = request.app.state.engine
+    problems = await engine.store_problems()
+    return json_response({"Status": "ready" if not problems else "degraded", "Stores": problems,
+                          "Recovery": engine.recovery}, 200 if not problems else 503)  # fmt: skip
 
 
 class HotRoutes:

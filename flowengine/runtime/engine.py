@@ -41,9 +41,19 @@ from flowengine.stores.registry import Stores
 FLOW_CACHE = 1024  # decoded flow definitions kept in memory
 RUN_CACHE = 10_000  # recently used runs kept in memory
 CHECKPOINT_INTERVAL = 1.0  # seconds between copies of the WAL into the database (in a worker thread)
+RECOVERY_BATCH = 500  # rows read at a time when resuming after a restart
+RECOVERY_BACKLOG = 1000  # dispatched steps at most before resuming more interrupted runs
 log = logging.getLogger("flowengine")
 _decode_flow = msgspec.json.Decoder(Flow).decode
 _encode = msgspec.json.Encoder().encode
+
+
+class Recovery(msgspec.Struct, rename="pascal"):
+    """How far resuming after a restart has come (for /readyz)."""
+
+    done: bool = False
+    runs: int = 0  # interrupted runs resumed
+    waits: int = 0  # embedded-store waits looked at for an upload that landed before a crash
 
 
 class _Creation(msgspec.Struct):
@@ -84,27 +94,79 @@ class Engine:
         self._sleep_until = math.inf
         self._background: list[asyncio.Task] = []
         self._creations: list[tuple[_Creation, asyncio.Future[None]]] = []
+        self.recovery = Recovery()
 
     # lifecycle
 
     async def start(self) -> None:
-        """Resume after a stop or a crash: re-dispatch interrupted steps, restart the timers."""
+        """Resume after a stop or a crash. Only clearing the scratch dirs happens before the engine
+        serves; the rest of the recovery (`_recover`) runs in the background."""
         shutil.rmtree(self.work_root, ignore_errors=True)
         shutil.rmtree(self.config.data_path / "tmp", ignore_errors=True)
         (self.config.data_path / "tmp").mkdir(parents=True, exist_ok=True)
-        for row in self.db.runs_with_status(machine.RUNNING):
-            for name, state in row.run.steps.items():
-                if state.status in (machine.READY, machine.RUNNING):
-                    self._dispatch(row.run.id, self.flow_of(row.definition), Dispatch(name, state.attempts))
         self.spawn(self._timer_loop())
         self.spawn(self._checkpoints())
         self.spawn(self.stores.prepare_configured())
-        self.spawn(self._recover_local_uploads())
+        self.spawn(self._recover())
 
-    async def _recover_local_uploads(self) -> None:
+    async def _recover(self) -> None:
+        """Carry on with the runs a stop or a crash interrupted, then advance the runs whose embedded
+        upload landed just before a crash. Both go through the database RECOVERY_BATCH rows at a time,
+        the event loop free in between, so the memory it takes and the time before the engine serves
+        do not grow with the database. Should it fail, it starts over (every part of it is idempotent)."""
+        until = self.db.last_run_id()  # runs created from here on are this process's own
+        delay = 1.0
+        while True:
+            try:
+                await self._resume_interrupted(until)
+                break
+            except Exception:
+                log.exception("resuming after a restart failed; trying again in %.0f s", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+        self.recovery.done = True
+        log.info("recovery done: %d interrupted runs resumed, %d embedded waits looked at",
+                 self.recovery.runs, self.recovery.waits)  # fmt: skip
+
+    async def _resume_interrupted(self, until: str | None) -> None:
+        self.recovery = Recovery()
+        after = ""
+        while until is not None and (rows := self.db.runs_with_status(machine.RUNNING, after, until, RECOVERY_BATCH)):
+            for row in rows:
+                self._resume(row)
+            self.recovery.runs += len(rows)
+            after = rows[-1].run.id
+            await self._step_backlog_below(RECOVERY_BACKLOG)
+        for location in self.db.wait_locations():
+            if location.startswith("local:"):
+                await self._recover_local_uploads(location)
+
+    def _resume(self, row: RunRow) -> None:
+        """Dispatch again the steps of an interrupted run that were ready or running. The engine serves
+        meanwhile: a step an event has already dispatched again is left alone."""
+        flow = self.flow_of(row.definition)
+        for name, state in row.run.steps.items():
+            if state.status in (machine.READY, machine.RUNNING) and (row.run.id, name) not in self._steps:
+                self._dispatch(row.run.id, flow, Dispatch(name, state.attempts))
+
+    async def _step_backlog_below(self, limit: int) -> None:
+        """Let the event loop serve, then wait until fewer than `limit` steps are dispatched (each is a
+        task held in memory)."""
+        await asyncio.sleep(0)
+        while len(self._steps) >= limit:
+            await asyncio.sleep(0.05)
+
+    async def _recover_local_uploads(self, location: str) -> None:
         """An upload whose file was in place when the process died, before its run advanced."""
-        for wait in self.db.unscheduled_waits():
-            await landing.notice(self, wait)
+        store = self.stores.local(location.removeprefix("local:"))
+        after = ""
+        while waits := self.db.unscheduled_waits(location, after, RECOVERY_BATCH):
+            for wait in waits:
+                if store.stat_now(wait.key) is not None:  # most are not there: one stat() each to tell
+                    await landing.notice(self, wait)
+            self.recovery.waits += len(waits)
+            after = waits[-1].key
+            await asyncio.sleep(0)
 
     def spawn(self, job: Coroutine[Any, Any, None]) -> None:
         """Run a background loop until the engine stops."""
