@@ -15,6 +15,7 @@ from live import wait_for_status
 from flowengine.config import Config
 from flowengine.core import machine
 from flowengine.core.spec import Flow
+from flowengine.persistence.sqlite import Database
 from flowengine.runtime import engine as engine_module
 from flowengine.runtime.engine import Engine
 from flowengine.runtime.ingest import Upload, receive
@@ -39,6 +40,14 @@ async def until(condition, timeout: float = 15.0) -> None:
         await asyncio.sleep(0.01)
 
 
+async def crash(engine: Engine) -> None:
+    """Stop the engine as a kill would: without recording a clean stop."""
+    await engine.stop()
+    db = Database(engine.db.path)
+    assert db.take_clean_stop()
+    db.close()
+
+
 def test_uploads_that_landed_before_a_crash_are_found_in_batches_with_the_event_loop_free_between(
     tmp_path, monkeypatch
 ):
@@ -48,7 +57,7 @@ def test_uploads_that_landed_before_a_crash_are_found_in_batches_with_the_event_
         first = engine_on(tmp_path)
         plan = first.plan(UPLOAD)
         runs = await asyncio.gather(*(first.create_run(plan) for _ in range(600)))
-        await first.stop()
+        await crash(first)
         landed = runs[::60]  # as if each upload's file was in place when the process died
         store = first.stores.local("default")
         for run in landed:
@@ -169,21 +178,28 @@ def test_a_step_an_event_dispatched_before_recovery_reached_its_run_runs_once(tm
     assert marker.read_text() == "b\n"
 
 
-def test_readiness_shows_recovery_after_a_kill_9_restart(start_server, tmp_path):
-    runs = 3
+def test_readiness_shows_recovery_which_looks_for_uploads_only_after_a_crash(start_server, tmp_path):
     data = tmp_path / "kept"
     server = start_server(data_dir=data)
     with server.client() as client:
-        for _ in range(runs):
+        for _ in range(3):
             assert client.post("/api/v1/flow/r", json={"Flow": msgspec.to_builtins(UPLOAD)}).status_code == 201
+
+    def recovered() -> dict:
+        deadline = time.monotonic() + 10
+        while (ready := httpx.get(f"{server.url}/readyz").json())["Recovery"]["Done"] is not True:
+            assert time.monotonic() < deadline, ready
+            time.sleep(0.05)
+        assert ready["Status"] == "ready"
+        return ready["Recovery"]
+
     server.kill9()
     server = start_server(data_dir=data, port=server.port)
-    deadline = time.monotonic() + 10
-    while (ready := httpx.get(f"{server.url}/readyz").json())["Recovery"]["Done"] is not True:
-        assert time.monotonic() < deadline, ready
-        time.sleep(0.05)
-    assert ready["Status"] == "ready" and ready["Recovery"] == {"Done": True, "Runs": 0, "Waits": runs}
+    assert recovered() == {"Done": True, "Crashed": True, "Runs": 0, "Waits": 3}
     with server.client() as client:
         waiting = client.get("/api/v1/flow/runs", params={"status": "WAITING"}).json()
-        assert waiting["Total"] == runs
+        assert waiting["Total"] == 3
         wait_for_status(client, waiting["Runs"][0]["ID"], {"WAITING"})
+    server.stop()  # SIGTERM: a clean stop, after which no upload can be half landed
+    server = start_server(data_dir=data, port=server.port)
+    assert recovered() == {"Done": True, "Crashed": False, "Runs": 0, "Waits": 0}

@@ -28,7 +28,7 @@ _encode = msgspec.json.Encoder().encode
 _decode_run = msgspec.json.Decoder(Run).decode
 
 
-_COUNTS = (
+_VERSION_1 = (
     "CREATE TABLE IF NOT EXISTS status_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
     """CREATE TABLE IF NOT EXISTS flow_counts (
         flow TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (flow, status)
@@ -48,6 +48,8 @@ _COUNTS = (
         INSERT INTO status_counts VALUES (new.status, 1) ON CONFLICT DO UPDATE SET n = n + 1;
         INSERT INTO flow_counts VALUES (new.flow, new.status, 1) ON CONFLICT DO UPDATE SET n = n + 1;
     END""",
+    # What one engine process leaves for the next, such as whether it stopped cleanly.
+    "CREATE TABLE IF NOT EXISTS engine_state (name TEXT PRIMARY KEY, value) WITHOUT ROWID",
     "DELETE FROM flow_counts",
     "DELETE FROM status_counts",
     "INSERT INTO flow_counts SELECT flow, status, count(*) FROM runs GROUP BY flow, status",
@@ -140,13 +142,13 @@ class Database:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if version < 1:
             with self.transaction():
-                self._add_counts()
+                self._upgrade_to_1()
                 self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
-    def _add_counts(self) -> None:
+    def _upgrade_to_1(self) -> None:
         """Version 1: runs by status and by flow and status, kept by triggers in the transaction of
-        every change, and counted once from the runs an earlier version left."""
-        for statement in _COUNTS:
+        every change, and counted once from the runs an earlier version left; the engine's state."""
+        for statement in _VERSION_1:
             self.conn.execute(statement)
         # Both filters at once: a page without scanning past the other flows' (or statuses') runs.
         self.conn.execute("CREATE INDEX IF NOT EXISTS idx_runs_flow_status_id ON runs (flow, status, id)")
@@ -185,6 +187,17 @@ class Database:
             self.conn.execute("ROLLBACK")
             raise
         self.conn.execute("COMMIT")
+
+    # the engine's own state
+
+    def mark_clean_stop(self) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO engine_state VALUES ('clean_stop', 1)")
+
+    def take_clean_stop(self) -> bool:
+        """Whether the last engine on this database stopped cleanly; the next start has to ask anew."""
+        with self.transaction():
+            taken = self.conn.execute("DELETE FROM engine_state WHERE name = 'clean_stop' RETURNING value")
+            return bool(taken.fetchall())
 
     # definitions
 

@@ -52,6 +52,7 @@ class Recovery(msgspec.Struct, rename="pascal"):
     """How far resuming after a restart has come (for /readyz)."""
 
     done: bool = False
+    crashed: bool = True  # the engine had not stopped cleanly: embedded uploads may have landed unnoticed
     runs: int = 0  # interrupted runs resumed
     waits: int = 0  # embedded-store waits looked at for an upload that landed before a crash
 
@@ -104,6 +105,7 @@ class Engine:
         shutil.rmtree(self.work_root, ignore_errors=True)
         shutil.rmtree(self.config.data_path / "tmp", ignore_errors=True)
         (self.config.data_path / "tmp").mkdir(parents=True, exist_ok=True)
+        self.recovery.crashed = not self.db.take_clean_stop()
         self.spawn(self._timer_loop())
         self.spawn(self._checkpoints())
         self.spawn(self.stores.prepare_configured())
@@ -129,7 +131,7 @@ class Engine:
                  self.recovery.runs, self.recovery.waits)  # fmt: skip
 
     async def _resume_interrupted(self, until: str | None) -> None:
-        self.recovery = Recovery()
+        self.recovery = Recovery(crashed=self.recovery.crashed)
         after = ""
         while until is not None and (rows := self.db.runs_with_status(machine.RUNNING, after, until, RECOVERY_BATCH)):
             for row in rows:
@@ -137,7 +139,7 @@ class Engine:
             self.recovery.runs += len(rows)
             after = rows[-1].run.id
             await self._step_backlog_below(RECOVERY_BACKLOG)
-        for location in self.db.wait_locations():
+        for location in self.db.wait_locations() if self.recovery.crashed else ():
             if location.startswith("local:"):
                 await self._recover_local_uploads(location)
 
@@ -157,16 +159,17 @@ class Engine:
             await asyncio.sleep(0.05)
 
     async def _recover_local_uploads(self, location: str) -> None:
-        """An upload whose file was in place when the process died, before its run advanced."""
+        """An upload whose file was in place when the process died, before its run advanced. Every
+        waiting key is looked at (a stat() each, in a worker thread): nothing durable tells which
+        uploads were under way."""
         store = self.stores.local(location.removeprefix("local:"))
         after = ""
         while waits := self.db.unscheduled_waits(location, after, RECOVERY_BATCH):
-            for wait in waits:
-                if store.stat_now(wait.key) is not None:  # most are not there: one stat() each to tell
-                    await landing.notice(self, wait)
+            in_place = await asyncio.to_thread(lambda batch=waits: [w for w in batch if store.stat_now(w.key)])
+            for wait in in_place:
+                await landing.notice(self, wait)
             self.recovery.waits += len(waits)
             after = waits[-1].key
-            await asyncio.sleep(0)
 
     def spawn(self, job: Coroutine[Any, Any, None]) -> None:
         """Run a background loop until the engine stops."""
@@ -179,6 +182,9 @@ class Engine:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # No upload can be half landed now: an embedded upload's file and its run's advance happen in
+        # one step of the event loop (ingest.receive). The next start need not look for one.
+        self.db.mark_clean_stop()
         self.db.close()
 
     # reading
