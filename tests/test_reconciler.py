@@ -226,3 +226,26 @@ def test_a_burst_of_uploads_is_taken_a_batch_of_requests_at_a_time_on_a_byte_ord
         await engine.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_lone_waiting_key_is_listed_on_the_backoff_schedule_not_every_tick(
+    tmp_path: Path, s3: dict[str, Any], monkeypatch: Any
+) -> None:
+    counted = Counted(monkeypatch, ByteOrderStore)
+    clock = Clock()
+
+    async def scenario() -> None:
+        engine = engine_for(tmp_path, clock, s3, reconcile_max_interval=16)
+        (run,) = await create(engine, "lone", s3_params(s3, "lone"), 1)
+        store = ByteOrderStore(f"s3:{s3['bucket']}", "lone")
+        engine.store_of = lambda flow, edge: store  # type: ignore[method-assign]
+        reconciler = landing.Reconciler(engine)
+        for _ in range(64):
+            clock.now += 1.0
+            await reconciler.tick()
+        assert counted.calls <= 9  # after 1, 2, 4, 8, 16, 16, 16, 16 s, not 64 times
+        store.objects[run.edges["in"].key] = ObjectInfo(6, "text/plain", "etag", clock.now)
+        await tick_until(engine, clock, lambda: status(engine, run) == machine.COMPLETE, 17, 200, counted)
+        await engine.stop()
+
+    asyncio.run(scenario())

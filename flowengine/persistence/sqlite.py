@@ -64,12 +64,6 @@ class Wait(msgspec.Struct, frozen=True, gc=False):
     edge: str
 
 
-class ScheduledWait(msgspec.Struct, frozen=True, gc=False):
-    wait: Wait
-    next_check: float  # when the reconciler asks the store about this key by itself next
-    checks: int  # how often it has
-
-
 class RunRow(msgspec.Struct, frozen=True, gc=False):  # see machine.Run
     run: Run
     definition: str  # hash of the flow definition the run follows
@@ -312,14 +306,24 @@ class Database:
 
     # The reconciler's walk through a location's waits, in key order (see runtime/landing.py).
 
-    def waits_after(self, location: str, after: str, limit: int) -> list[ScheduledWait]:
-        """The next `limit` waits the reconciler asks about in `location`, with keys after `after`."""
-        rows = self.conn.execute(
-            "SELECT key, run_id, edge, next_check, checks FROM waits"
-            " WHERE location = ? AND key > ? AND next_check IS NOT NULL ORDER BY key LIMIT ?",
-            (location, after, limit),
+    def due_waits(self, location: str, after: str, now: float, limit: int, scan: int) -> tuple[list[Wait], str | None]:
+        """Up to `limit` waits due by `now` among the next `scan` the reconciler asks about in
+        `location` (by key, after `after`); and, when fewer were due, the last key looked at, or None
+        when no more follow it."""
+        window = (
+            "SELECT key, run_id, edge, next_check FROM waits"
+            " WHERE location = ? AND key > ? AND next_check IS NOT NULL ORDER BY key LIMIT ?"
         )
-        return [ScheduledWait(Wait(location, r[0], r[1], r[2]), r[3], r[4]) for r in rows]
+        rows = self.conn.execute(
+            f"SELECT key, run_id, edge FROM ({window}) WHERE next_check <= ? LIMIT ?",
+            (location, after, scan, now, limit),
+        ).fetchall()
+        if len(rows) == limit:
+            return [Wait(location, *r) for r in rows], None
+        count, last = self.conn.execute(
+            f"SELECT count(*), max(key) FROM ({window})", (location, after, scan)
+        ).fetchone()
+        return [Wait(location, *r) for r in rows], last if count == scan else None
 
     def last_wait_key(self, location: str, prefix: str) -> str | None:
         """The greatest key awaited in `location` that starts with `prefix`."""

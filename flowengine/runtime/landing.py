@@ -11,9 +11,12 @@ key order, a sweep that goes on from where the last tick stopped, and makes at m
   upload is noticed within seconds.
 - Where they lie far apart among other objects, a listing answers for one key only, as a HEAD
   does: there the sweep asks about each key by itself with HEAD (and lists again now and then,
-  to notice when keys come close), on a backoff schedule: soon after the URL was handed out, then
-  less and less often (`reconcile_max_interval`). A few waiting keys in a huge bucket never cost
-  more than a request each.
+  to notice when keys come close). A few waiting keys in a huge bucket never cost more than a
+  request each.
+- A key asked about by itself, with HEAD or by a listing that answered for a key or two only,
+  is asked about again on a backoff schedule: soon after the URL was handed out, then less and
+  less often (`reconcile_max_interval`). Keys a listing answers for by the thousand are looked at
+  on every sweep: there it costs next to nothing.
 
 Servers order a listing differently: S3 and MinIO by bytes, servers that keep directories
 (SeaweedFS) directory by directory, where 'a/b' comes before 'a-b'. A listing answers only for
@@ -103,30 +106,23 @@ class Reconciler:
         return batch - budget.left
 
     async def _sweep(self, location: str, budget: Budget) -> None:
-        """Settle waits from where this location's sweep stopped, until the budget is spent or every
-        wait has been settled once (the next tick then starts over)."""
+        """Settle due waits from where this location's sweep stopped, until the budget is spent or the
+        sweep has gone through every wait once (the next tick then starts over)."""
         db = self.engine.db
         cursor = self._cursor.get(location, "")
         try:
             for _ in range(STEPS):
                 if not budget.left:
                     break
-                if self._heads.get(location, RELIST) >= RELIST:  # keys lie close, or it is time to look again
-                    ahead = db.waits_after(location, cursor, 1)
-                    if not ahead:
-                        cursor = ""  # every wait settled once: the next tick starts over
-                        break
-                    cursor = await self._list(ahead[0].wait, budget)
-                    continue
-                read = db.waits_after(location, cursor, SCAN)
-                now = self.engine.clock()
-                due = [w.wait for w in read if w.next_check <= now][: self.engine.config.reconcile_concurrency]
+                apart = self._heads.get(location, RELIST) < RELIST  # keys lie apart, and no listing is due
+                wanted = self.engine.config.reconcile_concurrency if apart else 1
+                due, looked_to = db.due_waits(location, cursor, self.engine.clock(), wanted, SCAN)
                 if due:
-                    cursor = await self._ask_each(due, budget) or cursor
-                elif len(read) == SCAN:
-                    cursor = read[-1].wait.key  # nothing due among these
+                    cursor = await (self._ask_each(due, budget) if apart else self._list(due[0], budget)) or cursor
+                elif looked_to:
+                    cursor = looked_to  # nothing due among these
                 else:
-                    cursor = ""
+                    cursor = ""  # through every wait: the next tick starts over
                     break
         except StoreUnavailable as exc:
             log.warning("reconciler: %s unavailable, its runs keep waiting: %s", location, exc)
@@ -160,10 +156,11 @@ class Reconciler:
         if not through:  # the page ended before reaching `first` (in one of the two orders)
             self._heads[location] = 0
             return await self._ask_each([first], budget) or first.key[:-1]
-        if settled >= DENSE:
-            self._heads.pop(location, None)
-        else:
+        if page.truncated and settled < DENSE:  # other objects between the waiting keys: ask one by one
             self._heads[location] = 0
+        else:
+            self._heads.pop(location, None)
+        if settled < DENSE:  # a listing for a key or two: as often as a HEAD would be
             with db.transaction():
                 self._back_off(location, first.key, through)
         return through
