@@ -175,7 +175,7 @@ class S3Store:
         """One ListObjectsV2 request (S3 answers at most 1,000 keys), keys only, without the store prefix.
 
         Not minio's list_objects: it reads on into the next page by itself, and it parses every
-        object's metadata (about 60 ms a page of 1,000, against well under 1 ms for the keys alone)."""
+        object's metadata (about 60 ms a page of 1,000, against half a millisecond for the keys alone)."""
         if prefix and (problem := key_problem(prefix + "x")):
             raise ValueError(f"prefix {prefix!r} {problem}")
         query = {"list-type": "2", "delimiter": "", "max-keys": str(limit), "prefix": self._full_prefix(prefix)}
