@@ -183,10 +183,11 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         # No upload can be half landed now: an embedded upload's file and its run's advance happen in
-        # one step of the event loop (ingest.receive). The next start need not look for one (should
-        # this write fail, it looks).
-        with contextlib.suppress(sqlite3.Error):
-            self.db.mark_clean_stop()
+        # one step of the event loop (ingest.receive). Unless a crash's recovery is still unfinished,
+        # the next start need not look for one (should this write fail, it looks).
+        if self.recovery.done:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.mark_clean_stop()
         self.db.close()
 
     # reading
