@@ -61,7 +61,7 @@ from flowengine.config import Config
 from flowengine.core import machine
 from flowengine.core.ids import uuid7
 from flowengine.core.spec import Flow
-from flowengine.persistence.sqlite import Wait
+from flowengine.persistence.sqlite import NewRun, Wait
 from flowengine.runtime.engine import Engine
 
 TTL = "6d"  # waiting runs outlive the bench (S3 presigns at most 7 days)
@@ -98,7 +98,7 @@ def build(data: Path, flow: dict, count: int, settings: dict[str, Any], running:
                               None if e.store.kind == "local" else now + 1.0)
                              for e in plan.edges if e.name in machine.waiting_edges(run)]  # fmt: skip
                     assert engine.db.claim_waits(waits) is None
-                    engine.db.insert_run(run, plan.digest, machine.next_wake(run))
+                    engine.db.insert_runs([NewRun(run, plan.digest, machine.next_wake(run))])
                     if definition is flow:
                         made.append(run)
     engine.db.checkpoint()

@@ -13,14 +13,14 @@ import pytest
 
 from flowengine.config import Config
 from flowengine.core import machine
-from flowengine.persistence.sqlite import Database
+from flowengine.persistence.sqlite import Database, NewRun
 from flowengine.runtime.engine import Engine
 
 
 def insert_runs(db: Database, count: int, first: int = 0) -> None:
     for i in range(first, first + count):
         with db.transaction():
-            db.insert_run(machine.Run(f"run-{i}", "f", machine.WAITING, 1.0, 1.0, {}, {}), "digest", None)
+            db.insert_runs([NewRun(machine.Run(f"run-{i}", "f", machine.WAITING, 1.0, 1.0, {}, {}), "digest", None)])
 
 
 def test_the_committing_connection_never_checkpoints_and_checkpoint_copies_the_whole_wal(tmp_path):
@@ -102,13 +102,14 @@ def test_counts_follow_every_insert_and_status_change_in_the_same_transaction(tm
                 run = runs[rng.choice(list(runs))]
                 run.status = rng.choice(statuses)
                 db.save_run(run, None)
-            else:
-                run = runs[f"r{i:04d}"] = _run(f"r{i:04d}", rng.choice("abc"), rng.choice(statuses))
-                db.insert_run(run, "digest", None)
+            else:  # a group commit's worth, of several flows and statuses
+                new = [_run(f"r{i:04d}-{j}", rng.choice("abc"), rng.choice(statuses)) for j in range(rng.randint(1, 6))]
+                db.insert_runs([NewRun(run, "digest", None) for run in new])
+                runs.update((run.id, run) for run in new)
     assert _counted(db) == _truth(runs)
     with pytest.raises(RuntimeError), db.transaction():  # a change rolled back takes its counts with it
         run = next(iter(runs.values()))
-        db.insert_run(_run("rolled-back", "a", machine.WAITING), "digest", None)
+        db.insert_runs([NewRun(_run("rolled-back", "a", machine.WAITING), "digest", None)])
         db.save_run(msgspec.structs.replace(run, status="OTHER"), None)
         raise RuntimeError
     assert _counted(db) == _truth(runs) != _truth({**runs, "x": _run("x", "a", machine.WAITING)})
@@ -123,8 +124,7 @@ def test_a_database_of_the_version_before_counts_is_upgraded_in_place(tmp_path):
         for i in range(50)
     }
     with db.transaction():
-        for run in runs.values():
-            db.insert_run(run, "digest", None)
+        db.insert_runs([NewRun(run, "digest", None) for run in runs.values()])
     db.close()
     as_before_counts(path)
     db = Database(path)  # opening it upgrades it
@@ -142,7 +142,7 @@ def as_before_counts(path) -> None:
     """Make a database what version 0 (before the counters) left: no counters, no triggers, no
     version. The SQL lives here, not in the engine, because it undoes the engine's own upgrade."""
     conn = sqlite3.connect(path)
-    for name in ("runs_counted_in", "runs_counted_out", "runs_recounted"):
+    for name in ("runs_counted_out", "runs_recounted"):
         conn.execute(f"DROP TRIGGER {name}")
     conn.execute("DROP TABLE status_counts")
     conn.execute("DROP TABLE flow_counts")
@@ -156,7 +156,7 @@ def test_pages_by_key_see_every_run_once_newest_first(tmp_path):
     db = Database(tmp_path / "db.sqlite")
     with db.transaction():
         for i in range(23):
-            db.insert_run(_run(f"r{i:02d}", "ab"[i % 2], machine.WAITING), "digest", None)
+            db.insert_runs([NewRun(_run(f"r{i:02d}", "ab"[i % 2], machine.WAITING), "digest", None)])
     seen, before = [], None
     while page := db.list_runs(None, "a", 5, before=before):
         seen += [r.id for r in page]

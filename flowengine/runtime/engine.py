@@ -30,7 +30,7 @@ from flowengine.core.plans import EdgePlan, Plan, make_plan, well_ttl
 from flowengine.core.spec import Flow
 from flowengine.core.validate import validate
 from flowengine.errors import Error, conflict, not_found
-from flowengine.persistence.sqlite import Database, RunRow, Wait
+from flowengine.persistence.sqlite import Database, NewRun, RunRow, Wait
 from flowengine.runtime import landing
 from flowengine.runtime.catalog import Catalog
 from flowengine.runtime.retention import LOGS
@@ -281,11 +281,13 @@ class Engine:
         refused: dict[int, Error] = {}
         try:
             with self.db.transaction():
+                rows = []
                 for i, (creation, _) in enumerate(batch):
                     try:
-                        self._insert(creation)
+                        rows.append(self._claim(creation))
                     except Error as exc:
                         refused[i] = exc
+                self.db.insert_runs(rows)
         except Exception as exc:
             for _, future in batch:
                 future.set_exception(exc)
@@ -296,7 +298,9 @@ class Engine:
             else:
                 future.set_result(None)
 
-    def _insert(self, c: _Creation) -> None:
+    def _claim(self, c: _Creation) -> NewRun:
+        """Claim a creation's waits and store its definition, or refuse it before it writes anything;
+        returns its run's row, which the batch inserts with the others'."""
         # Embedded-store uploads come through the engine and land at once: the reconciler need not
         # ask about them (start() does, once, for uploads a crash interrupted).
         checks = [(w, None if w.location.startswith("local:") else c.first_check) for w in c.waits]
@@ -307,7 +311,7 @@ class Engine:
             raise conflict(f"another run is already waiting for {taken.key!r} in store {store!r}", f"{place}.Key")
         if c.plan.digest not in self._flows:
             self.db.put_definition(c.plan.digest, c.plan.definition)
-        self.db.insert_run(c.run, c.plan.digest, c.wake)
+        return NewRun(c.run, c.plan.digest, c.wake)
 
     # applying events
 
