@@ -62,9 +62,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     sweep_interval: float = 600.0  # seconds between retention sweeps
     events_token: str = ""  # bearer token for POST /api/v1/events/*; empty: the endpoints are off
     reconcile_interval: float = 1.0  # seconds between reconciler ticks
-    reconcile_max_interval: float = 60.0  # seconds: a waiting key is asked about at least this often
-    reconcile_concurrency: AtLeastOne = 16  # store requests in flight per reconciler tick
-    reconcile_batch: AtLeastOne = 200  # waiting keys checked per tick at most
+    reconcile_max_interval: float = 60.0  # seconds: a key asked about alone is asked at least this often
+    reconcile_concurrency: AtLeastOne = 16  # HEADs in flight per reconciler tick
+    reconcile_batch: AtLeastOne = 200  # store requests (listings and HEADs) per tick at most
     s3_access_key: str = ""  # credentials for s3 stores declared in flow files
     s3_secret_key: str = ""
     log_format: LogFormat = "text"  # text | logfmt | json: every log line, run and step transitions included

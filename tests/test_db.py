@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import sqlite3
 import threading
 import time
 
+import msgspec
+import pytest
+
 from flowengine.config import Config
 from flowengine.core import machine
-from flowengine.persistence.sqlite import Database
+from flowengine.persistence.sqlite import Database, NewRun
 from flowengine.runtime.engine import Engine
 
 
 def insert_runs(db: Database, count: int, first: int = 0) -> None:
     for i in range(first, first + count):
         with db.transaction():
-            db.insert_run(machine.Run(f"run-{i}", "f", machine.WAITING, 1.0, 1.0, {}, {}), "digest", None)
+            db.insert_runs([NewRun(machine.Run(f"run-{i}", "f", machine.WAITING, 1.0, 1.0, {}, {}), "digest", None)])
 
 
 def test_the_committing_connection_never_checkpoints_and_checkpoint_copies_the_whole_wal(tmp_path):
@@ -65,3 +70,97 @@ def test_the_engine_checkpoints_in_the_background(tmp_path, monkeypatch):
         return frames
 
     assert asyncio.run(wal_frames_after_a_pause()) < 10  # not the hundred commits before the pause
+
+
+def _run(run_id: str, flow: str, status: str) -> machine.Run:
+    return machine.Run(run_id, flow, status, 1.0, 1.0, {}, {})
+
+
+def _counted(db: Database) -> dict[tuple[str | None, str | None], int]:
+    """Every total the listing can ask for, from the counters."""
+    statuses = [None, *machine.TERMINAL, machine.WAITING, machine.RUNNING]
+    return {(s, f): db.count_runs(s, f) for s in statuses for f in (None, "a", "b", "c")}
+
+
+def _truth(runs: dict[str, machine.Run]) -> dict[tuple[str | None, str | None], int]:
+    statuses = [None, *machine.TERMINAL, machine.WAITING, machine.RUNNING]
+    return {
+        (s, f): sum(1 for r in runs.values() if s in (None, r.status) and f in (None, r.flow))
+        for s in statuses
+        for f in (None, "a", "b", "c")
+    }
+
+
+def test_counts_follow_every_insert_and_status_change_in_the_same_transaction(tmp_path):
+    db = Database(tmp_path / "db.sqlite")
+    rng = random.Random(7)
+    runs: dict[str, machine.Run] = {}
+    statuses = [machine.WAITING, machine.RUNNING, machine.COMPLETE, machine.ERROR, machine.STOPPED]
+    for i in range(300):
+        with db.transaction():
+            if runs and rng.random() < 0.6:
+                run = runs[rng.choice(list(runs))]
+                run.status = rng.choice(statuses)
+                db.save_run(run, None)
+            else:  # a group commit's worth, of several flows and statuses
+                new = [_run(f"r{i:04d}-{j}", rng.choice("abc"), rng.choice(statuses)) for j in range(rng.randint(1, 6))]
+                db.insert_runs([NewRun(run, "digest", None) for run in new])
+                runs.update((run.id, run) for run in new)
+    assert _counted(db) == _truth(runs)
+    with pytest.raises(RuntimeError), db.transaction():  # a change rolled back takes its counts with it
+        run = next(iter(runs.values()))
+        db.insert_runs([NewRun(_run("rolled-back", "a", machine.WAITING), "digest", None)])
+        db.save_run(msgspec.structs.replace(run, status="OTHER"), None)
+        raise RuntimeError
+    assert _counted(db) == _truth(runs) != _truth({**runs, "x": _run("x", "a", machine.WAITING)})
+    db.close()
+
+
+def test_a_database_of_the_version_before_counts_is_upgraded_in_place(tmp_path):
+    path = tmp_path / "db.sqlite"
+    db = Database(path)
+    runs = {
+        f"r{i}": _run(f"r{i}", "ab"[i % 2], [machine.WAITING, machine.COMPLETE, machine.ERROR][i % 3])
+        for i in range(50)
+    }
+    with db.transaction():
+        db.insert_runs([NewRun(run, "digest", None) for run in runs.values()])
+    db.close()
+    as_before_counts(path)
+    db = Database(path)  # opening it upgrades it
+    assert _counted(db) == _truth(runs)
+    with db.transaction():
+        run = runs["r0"]
+        run.status = machine.COMPLETE
+        db.save_run(run, None)
+    assert _counted(db) == _truth(runs)
+    assert [r.id for r in db.list_runs(machine.WAITING, "a", 3)] == ["r6", "r48", "r42"]
+    db.close()
+
+
+def as_before_counts(path) -> None:
+    """Make a database what version 0 (before the counters) left: no counters, no triggers, no
+    version. The SQL lives here, not in the engine, because it undoes the engine's own upgrade."""
+    conn = sqlite3.connect(path)
+    for name in ("runs_counted_out", "runs_recounted"):
+        conn.execute(f"DROP TRIGGER {name}")
+    conn.execute("DROP TABLE status_counts")
+    conn.execute("DROP TABLE flow_counts")
+    conn.execute("DROP INDEX idx_runs_flow_status_id")
+    conn.execute("PRAGMA user_version = 0")
+    conn.commit()
+    conn.close()
+
+
+def test_pages_by_key_see_every_run_once_newest_first(tmp_path):
+    db = Database(tmp_path / "db.sqlite")
+    with db.transaction():
+        for i in range(23):
+            db.insert_runs([NewRun(_run(f"r{i:02d}", "ab"[i % 2], machine.WAITING), "digest", None)])
+    seen, before = [], None
+    while page := db.list_runs(None, "a", 5, before=before):
+        seen += [r.id for r in page]
+        before = page[-1].id
+    assert seen == [f"r{i:02d}" for i in range(22, -1, -2)]
+    assert [r.id for r in db.list_runs(machine.WAITING, None, 2, offset=3)] == ["r19", "r18"]
+    db.close()

@@ -18,7 +18,7 @@ import pytest
 import s3server
 from minio import Minio
 
-from flowengine.stores.base import PutConditions, StoreUnavailable
+from flowengine.stores.base import KeyPage, PutConditions, StoreUnavailable
 from flowengine.stores.s3 import S3Store
 
 pytestmark = pytest.mark.anyio
@@ -199,6 +199,24 @@ async def test_list_by_prefix(s3_store: S3Store, tmp_path: Path) -> None:
     assert await s3_store.list("c/") == {}
 
 
+async def test_list_keys_is_one_page_after_a_key_in_the_servers_order(s3_store: S3Store, tmp_path: Path) -> None:
+    src = tmp_path / "small.txt"
+    src.write_bytes(BODY)
+    odd = "a/x & <y> 'ü' \"z\".txt"  # XML-escaped in the listing
+    keys = ["a/1.txt", "a/2.txt", "a/3.txt", "a/sub/4.txt", odd, "b/5.txt"]
+    for key in keys:
+        await s3_store.upload(key, src, "text/plain")
+    page = await s3_store.list_keys("a/", limit=2)
+    assert page.keys == ["a/1.txt", "a/2.txt"] and page.truncated  # without the store's prefix
+    rest = await s3_store.list_keys("a/", start_after="a/2.txt")
+    assert set(rest.keys) == {"a/3.txt", "a/sub/4.txt", odd} and not rest.truncated
+    assert (await s3_store.list_keys("a/3")).keys == ["a/3.txt"]  # a string prefix
+    assert (await s3_store.list_keys("", start_after="a/x")).keys[-1] == "b/5.txt"
+    assert await s3_store.list_keys("c/") == KeyPage([], False)
+    with pytest.raises(ValueError):
+        await s3_store.list_keys("../")
+
+
 async def test_upload_download_and_read_a_multi_mib_file(s3_store: S3Store, tmp_path: Path) -> None:
     size = 12 * 1024 * 1024 + 7  # above minio's 5 MiB part size: a multipart upload
     src = tmp_path / "big.bin"
@@ -264,6 +282,8 @@ async def test_dead_endpoint_is_unavailable_quickly(s3: dict[str, Any]) -> None:
         await dead.stat("a.txt")
     with pytest.raises(StoreUnavailable):
         await dead.list("")
+    with pytest.raises(StoreUnavailable):
+        await dead.list_keys("")
     assert time.monotonic() - started < 5
 
 

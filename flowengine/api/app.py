@@ -24,7 +24,7 @@ from flowengine.config import Config
 from flowengine.core.lru import LRU
 from flowengine.errors import Error
 from flowengine.runtime import overview
-from flowengine.runtime.engine import Engine
+from flowengine.runtime.engine import Engine, Recovery
 
 log = logging.getLogger("flowengine")
 
@@ -34,16 +34,22 @@ async def healthz(request: Request) -> Response:
 
 
 class Readiness(msgspec.Struct, rename="pascal"):
+    """Ready unless a store does not answer or a background loop keeps failing. Recovery after a
+    restart does not count against it: the engine serves meanwhile, and `Recovery` shows how far
+    it has come."""
+
     status: Literal["ready", "degraded"]
     stores: dict[str, str]  # stores that do not answer, with why
     loops: dict[str, str]  # background loops whose last iteration failed, with the error
+    recovery: Recovery
 
 
 async def readyz(request: Request) -> Response:
     engine = request.app.state.engine
     stores, loops = await engine.store_problems(), engine.loops.failing()
     ready = not stores and not loops
-    return json_response(Readiness("ready" if ready else "degraded", stores, loops), 200 if ready else 503)
+    status = "ready" if ready else "degraded"
+    return json_response(Readiness(status, stores, loops, engine.recovery), 200 if ready else 503)
 
 
 async def metrics(request: Request) -> Response:

@@ -89,11 +89,12 @@ class RunSummary(_Doc):
     error: str = ""
 
 
-class RunPage(_Doc):
+class RunPage(msgspec.Struct, rename="pascal", gc=False):
     runs: list[RunSummary]
-    total: int
+    total: int  # every run the filters match
     limit: int
     offset: int
+    next: str | None  # the cursor of the next page (?cursor=), null on the last one
 
 
 @functools.lru_cache(maxsize=4096)

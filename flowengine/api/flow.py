@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import reprlib
 
 import msgspec
@@ -20,6 +21,7 @@ from flowengine.runtime.engine import Engine
 
 INLINE_PLANS = 1024  # inline definitions remembered by the bytes posted, with their plans
 INLINE_PLAN_BYTES = 16_384  # bigger bodies are decoded each time, which keeps that memory small
+MAX_CURSOR_ID = 100  # characters of a run ID in a cursor (UUIDs have 36)
 STATUSES = (machine.STOPPED, machine.WAITING, machine.RUNNING, machine.COMPLETE, machine.ERROR)
 
 
@@ -125,14 +127,41 @@ async def run_status(scope: Scope, receive: Receive) -> tuple[int, bytes]:
 
 
 async def list_runs(request: Request) -> Response:
+    """A page of runs, newest first. `Next` is the cursor of the page after it (null on the last page);
+    `Total` counts every run the filters match, from counters rather than a scan."""
     status = request.query_params.get("status")
     if status is not None and status.upper() not in STATUSES:
         raise bad_request("invalid_query", f"status must be one of {', '.join(STATUSES)}", "query.status")
+    status = status.upper() if status else None
+    flow = request.query_params.get("flow") or None
     limit = query_int(request, "limit", 50, 1, 500)
     offset = query_int(request, "offset", 0, 0, 10**9)
+    cursor = request.query_params.get("cursor")
+    before = _decode_cursor(cursor) if cursor else None
+    if before is not None and offset:
+        raise bad_request("invalid_query", "give either cursor or offset, not both", "query.offset")
     db = engine_of(request).db
-    runs, total = db.list_runs(status.upper() if status else None, request.query_params.get("flow"), limit, offset)
-    return json_response(RunPage([run_summary(r) for r in runs], total, limit, offset))
+    runs = db.list_runs(status, flow, limit + 1, before=before, offset=offset)
+    after = _encode_cursor(runs[limit - 1].id) if len(runs) > limit else None
+    summaries = [run_summary(r) for r in runs[:limit]]
+    return json_response(RunPage(summaries, db.count_runs(status, flow), limit, offset, after))
+
+
+def _encode_cursor(run_id: str) -> str:
+    return base64.urlsafe_b64encode(run_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    """The run ID a page ended at. Cursors are opaque to clients: anything not made by
+    `_encode_cursor` is refused."""
+    try:
+        run_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (ValueError, UnicodeError):
+        run_id = ""
+    if not (0 < len(run_id) <= MAX_CURSOR_ID and run_id.isprintable()) or _encode_cursor(run_id) != cursor:
+        raise bad_request("invalid_query", "cursor is not one this API handed out (take Next from a page)",
+                          "query.cursor")  # fmt: skip
+    return run_id
 
 
 async def step_log(request: Request) -> Response:

@@ -2,12 +2,18 @@
 
 Every state change is one `transaction()`. WAL with synchronous=NORMAL survives a killed
 process (kill -9) without losing a committed transaction; only a power cut can drop the last few.
+
+Nothing that serves a request or a background loop reads a number of rows that grows with the
+database: listings page by key (`id < ?`), totals come from counters kept in the same transaction
+as every new run and every change of a run's status, and scans over runs or waits go in batches.
+The schema's version is SQLite's `user_version`; opening an older database upgrades it in place.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,8 +25,34 @@ from flowengine.core.machine import Run
 from flowengine.errors import insufficient_storage
 
 WAL_KEEP = 64 << 20  # bytes of WAL file kept for reuse after a checkpoint; the rest is truncated
+SCHEMA_VERSION = 1
 _encode = msgspec.json.Encoder().encode
 _decode_run = msgspec.json.Decoder(Run).decode
+
+
+_VERSION_1 = (
+    "CREATE TABLE IF NOT EXISTS status_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS flow_counts (
+        flow TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (flow, status)
+    ) WITHOUT ROWID""",
+    """CREATE TRIGGER IF NOT EXISTS runs_counted_out AFTER DELETE ON runs BEGIN
+        UPDATE status_counts SET n = n - 1 WHERE status = old.status;
+        UPDATE flow_counts SET n = n - 1 WHERE flow = old.flow AND status = old.status;
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS runs_recounted AFTER UPDATE OF status, flow ON runs
+    WHEN old.status IS NOT new.status OR old.flow IS NOT new.flow BEGIN
+        UPDATE status_counts SET n = n - 1 WHERE status = old.status;
+        UPDATE flow_counts SET n = n - 1 WHERE flow = old.flow AND status = old.status;
+        INSERT INTO status_counts VALUES (new.status, 1) ON CONFLICT DO UPDATE SET n = n + 1;
+        INSERT INTO flow_counts VALUES (new.flow, new.status, 1) ON CONFLICT DO UPDATE SET n = n + 1;
+    END""",
+    # What one engine process leaves for the next, such as whether it stopped cleanly.
+    "CREATE TABLE IF NOT EXISTS engine_state (name TEXT PRIMARY KEY, value) WITHOUT ROWID",
+    "DELETE FROM flow_counts",
+    "DELETE FROM status_counts",
+    "INSERT INTO flow_counts SELECT flow, status, count(*) FROM runs GROUP BY flow, status",
+    "INSERT INTO status_counts SELECT status, sum(n) FROM flow_counts GROUP BY status",
+)
 
 
 class Wait(msgspec.Struct, frozen=True, gc=False):
@@ -30,9 +62,39 @@ class Wait(msgspec.Struct, frozen=True, gc=False):
     edge: str
 
 
+class NewRun(msgspec.Struct, frozen=True, gc=False):
+    run: Run
+    definition: str
+    wake_at: float | None  # machine.next_wake(run)
+
+
 class RunRow(msgspec.Struct, frozen=True, gc=False):  # see machine.Run
     run: Run
     definition: str  # hash of the flow definition the run follows
+
+
+_TREE = "replace(key, '/', char(1))"  # a key in tree order: '/' before every character a key may hold
+_MAX_KEY = "\U0010ffff"  # after every key, as far as a comparison goes
+
+
+def _prefix_end(prefix: str) -> str:
+    """The least string after every string that starts with `prefix`."""
+    stem = prefix.rstrip(_MAX_KEY)
+    if not stem:
+        return _MAX_KEY
+    after = ord(stem[-1]) + 1
+    return stem[:-1] + chr(0xE000 if 0xD800 <= after <= 0xDFFF else after)  # past the surrogates: not UTF-8
+
+
+def _filters(status: str | None, flow: str | None) -> tuple[list[str], list[str]]:
+    where, params = [], []
+    if status:
+        where.append("status = ?")
+        params.append(status)
+    if flow:
+        where.append("flow = ?")
+        params.append(flow)
+    return where, params
 
 
 class Database:
@@ -73,9 +135,22 @@ class Database:
         db["runs"].create_index(["status", "id"], if_not_exists=True)
         db["runs"].create_index(["flow", "id"], if_not_exists=True)
         db["runs"].create_index(["wake_at"], if_not_exists=True)
-        # Only waits the reconciler asks about (S3): embedded-store waits have none, and cost no index write.
-        self.conn.execute("DROP INDEX IF EXISTS idx_waits_next_check")  # the full index of earlier versions
-        self.conn.execute("CREATE INDEX IF NOT EXISTS waits_due ON waits (next_check) WHERE next_check IS NOT NULL")
+        self.conn.execute("DROP INDEX IF EXISTS idx_waits_next_check")  # indexes of earlier versions
+        self.conn.execute("DROP INDEX IF EXISTS waits_due")  # the reconciler walks waits by key (landing.py)
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version < 1:
+            with self.transaction():
+                self._upgrade_to_1()
+                self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _upgrade_to_1(self) -> None:
+        """Version 1: runs by status and by flow and status, kept in the transaction of every change
+        (by insert_runs, and by triggers on a status change or a delete), and counted once from the
+        runs an earlier version left; the engine's state."""
+        for statement in _VERSION_1:
+            self.conn.execute(statement)
+        # Both filters at once: a page without scanning past the other flows' (or statuses') runs.
+        self.conn.execute("CREATE INDEX IF NOT EXISTS idx_runs_flow_status_id ON runs (flow, status, id)")
 
     def close(self) -> None:
         with self._checkpoint_lock:
@@ -119,6 +194,17 @@ class Database:
                 raise insufficient_storage("the database change") from exc
             raise
 
+    # the engine's own state
+
+    def mark_clean_stop(self) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO engine_state VALUES ('clean_stop', 1)")
+
+    def take_clean_stop(self) -> bool:
+        """Whether the last engine on this database stopped cleanly; the next start has to ask anew."""
+        with self.transaction():
+            taken = self.conn.execute("DELETE FROM engine_state WHERE name = 'clean_stop' RETURNING value")
+            return bool(taken.fetchall())
+
     # definitions
 
     def put_definition(self, digest: str, body: bytes) -> None:
@@ -129,11 +215,24 @@ class Database:
 
     # runs
 
-    def insert_run(self, run: Run, definition: str, wake_at: float | None) -> None:
-        self.conn.execute(
+    def insert_runs(self, rows: list[NewRun]) -> None:
+        """New runs, counted in the same statements' transaction: one counter update per flow and
+        status among them rather than a trigger's two per run (which cost a creation some 5 us)."""
+        self.conn.executemany(
             "INSERT INTO runs (id, flow, status, created, updated, wake_at, definition, doc)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (run.id, run.flow, run.status, run.created, run.updated, wake_at, definition, _encode(run)),
+            [(r.run.id, r.run.flow, r.run.status, r.run.created, r.run.updated, r.wake_at, r.definition,
+              _encode(r.run)) for r in rows],
+        )  # fmt: skip
+        by_flow = Counter((r.run.flow, r.run.status) for r in rows)
+        self.conn.executemany(
+            "INSERT INTO flow_counts VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n",
+            [(flow, status, n) for (flow, status), n in by_flow.items()],
+        )
+        by_status = Counter(r.run.status for r in rows)
+        self.conn.executemany(
+            "INSERT INTO status_counts VALUES (?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n",
+            list(by_status.items()),
         )
 
     def save_run(self, run: Run, wake_at: float | None) -> None:
@@ -146,24 +245,38 @@ class Database:
         row = self.conn.execute("SELECT doc, definition FROM runs WHERE id = ?", (run_id,)).fetchone()
         return RunRow(_decode_run(row[0]), row[1]) if row else None
 
-    def list_runs(self, status: str | None, flow: str | None, limit: int, offset: int) -> tuple[list[Run], int]:
-        where, params = [], []
-        if status:
-            where.append("status = ?")
-            params.append(status)
-        if flow:
-            where.append("flow = ?")
-            params.append(flow)
+    def list_runs(
+        self, status: str | None, flow: str | None, limit: int, *, before: str | None = None, offset: int = 0
+    ) -> list[Run]:
+        """Runs newest first (by ID), with the filters given; `before`: only those whose ID sorts before
+        it, which is how a page follows the one before (an index range, however deep). An `offset`
+        skips rows one by one instead: its cost grows with it."""
+        where, params = _filters(status, flow)
+        if before is not None:
+            where.append("id < ?")
+            params.append(before)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        total = self.conn.execute(f"SELECT count(*) FROM runs{clause}", params).fetchone()[0]
         rows = self.conn.execute(
-            f"SELECT doc FROM runs{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
-            [*params, limit, offset],
+            f"SELECT doc FROM runs{clause} ORDER BY id DESC LIMIT ? OFFSET ?", [*params, limit, offset]
         )
-        return [_decode_run(r[0]) for r in rows], total
+        return [_decode_run(r[0]) for r in rows]
 
-    def runs_with_status(self, status: str) -> list[RunRow]:
-        rows = self.conn.execute("SELECT doc, definition FROM runs WHERE status = ?", (status,))
+    def count_runs(self, status: str | None, flow: str | None) -> int:
+        """How many runs match the filters, from the counters (a few rows, however many runs)."""
+        table = "flow_counts" if flow else "status_counts"
+        where, params = _filters(status, flow)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        return self.conn.execute(f"SELECT coalesce(sum(n), 0) FROM {table}{clause}", params).fetchone()[0]
+
+    def last_run_id(self) -> str | None:
+        return self.conn.execute("SELECT max(id) FROM runs").fetchone()[0]
+
+    def runs_with_status(self, status: str, after: str, until: str, limit: int) -> list[RunRow]:
+        """Up to `limit` runs with that status and an ID in (after, until], in ID order: one batch of a scan."""
+        rows = self.conn.execute(
+            "SELECT doc, definition FROM runs WHERE status = ? AND id > ? AND id <= ? ORDER BY id LIMIT ?",
+            (status, after, until, limit),
+        )
         return [RunRow(_decode_run(doc), definition) for doc, definition in rows]
 
     def due_runs(self, now: float, limit: int = 500) -> list[str]:
@@ -189,9 +302,23 @@ class Database:
                 return wait
         return None
 
-    def unscheduled_waits(self) -> list[Wait]:
-        rows = self.conn.execute("SELECT location, key, run_id, edge FROM waits WHERE next_check IS NULL")
-        return [Wait(*r) for r in rows]
+    def wait_locations(self) -> list[str]:
+        """The locations anything waits in (a few), one index seek each, however many waits."""
+        found: list[str] = []
+        while row := self.conn.execute(
+            "SELECT location FROM waits WHERE location > ? ORDER BY location LIMIT 1", (found[-1] if found else "",)
+        ).fetchone():
+            found.append(row[0])
+        return found
+
+    def unscheduled_waits(self, location: str, after: str, limit: int) -> list[Wait]:
+        """Waits the reconciler never asks about (embedded-store uploads), by key after `after`: one batch."""
+        rows = self.conn.execute(
+            "SELECT key, run_id, edge FROM waits WHERE location = ? AND key > ? AND next_check IS NULL"
+            " ORDER BY key LIMIT ?",
+            (location, after, limit),
+        )
+        return [Wait(location, *r) for r in rows]
 
     def wait_for(self, location: str, key: str) -> Wait | None:
         row = self.conn.execute(
@@ -202,17 +329,69 @@ class Database:
     def drop_waits(self, waits: list[Wait]) -> None:
         self.conn.executemany("DELETE FROM waits WHERE location = ? AND key = ?", [(w.location, w.key) for w in waits])
 
-    def due_waits(self, now: float, limit: int) -> list[tuple[Wait, int]]:
-        rows = self.conn.execute(
-            "SELECT location, key, run_id, edge, checks FROM waits WHERE next_check <= ? ORDER BY next_check LIMIT ?",
-            (now, limit),
-        )
-        return [(Wait(r[0], r[1], r[2], r[3]), r[4]) for r in rows]
+    # The reconciler's walk through a location's waits, in key order (see runtime/landing.py).
 
-    def reschedule_wait(self, wait: Wait, next_check: float, checks: int) -> None:
+    def due_waits(self, location: str, after: str, now: float, limit: int, scan: int) -> tuple[list[Wait], str | None]:
+        """Up to `limit` waits due by `now` among the next `scan` the reconciler asks about in
+        `location` (by key, after `after`); and, when fewer were due, the last key looked at, or None
+        when no more follow it."""
+        window = (
+            "SELECT key, run_id, edge, next_check FROM waits"
+            " WHERE location = ? AND key > ? AND next_check IS NOT NULL ORDER BY key LIMIT ?"
+        )
+        rows = self.conn.execute(
+            f"SELECT key, run_id, edge FROM ({window}) WHERE next_check <= ? LIMIT ?",
+            (location, after, scan, now, limit),
+        ).fetchall()
+        if len(rows) == limit:
+            return [Wait(location, *r) for r in rows], None
+        count, last = self.conn.execute(
+            f"SELECT count(*), max(key) FROM ({window})", (location, after, scan)
+        ).fetchone()
+        return [Wait(location, *r) for r in rows], last if count == scan else None
+
+    def last_wait_key(self, location: str, prefix: str) -> str | None:
+        """The greatest key awaited in `location` that starts with `prefix`."""
+        return self.conn.execute(
+            "SELECT max(key) FROM waits WHERE location = ? AND key >= ? AND key < ?",
+            (location, prefix, _prefix_end(prefix)),
+        ).fetchone()[0]
+
+    def settled_waits(
+        self, location: str, first: str, last: str | None, prefix: str, limit: int
+    ) -> tuple[int, str | None]:
+        """The waits one listing has answered for: those from `first` through `last` (to the end of
+        `prefix` when `last` is None) both in byte order and in tree order ('/' before every other
+        character, the order of a server that lists directory by directory), at most `limit` of them
+        in byte order, and none from the first that is in one span but not in the other. Returns how
+        many, and the last one."""
+        end = last + "\x01" if last is not None else _prefix_end(prefix)  # keys hold no control characters
+        span = "SELECT key FROM waits WHERE location = ? AND key >= ? AND key < ? ORDER BY key LIMIT ?"
+        outside = self.conn.execute(
+            f"SELECT min(key) FROM ({span}) WHERE {_TREE} < replace(?, '/', char(1))"
+            f" OR (? IS NOT NULL AND {_TREE} > replace(?, '/', char(1)))",
+            (location, first, end, limit, first, last, last),
+        ).fetchone()[0]
+        return self.conn.execute(
+            f"SELECT count(*), max(key) FROM ({span})", (location, first, outside or end, limit)
+        ).fetchone()
+
+    def waits_at(self, location: str, keys: list[str]) -> list[Wait]:
+        """The waits for any of these keys (at most a listing's worth)."""
+        marks = ", ".join("?" * len(keys))
+        rows = self.conn.execute(
+            f"SELECT key, run_id, edge FROM waits WHERE location = ? AND key IN ({marks}) ORDER BY key",
+            (location, *keys),
+        )
+        return [Wait(location, *r) for r in rows]
+
+    def back_off_waits(self, location: str, first: str, last: str, now: float, base: float, most: float) -> None:
+        """The waits from `first` through `last` were asked about one by one: ask again after twice as
+        long as the time before (`base` at first, `most` at most)."""
         self.conn.execute(
-            "UPDATE waits SET next_check = ?, checks = ? WHERE location = ? AND key = ?",
-            (next_check, checks, wait.location, wait.key),
+            "UPDATE waits SET next_check = ? + min(? * (1 << min(checks, 30)), ?), checks = checks + 1"
+            " WHERE location = ? AND key >= ? AND key <= ? AND next_check IS NOT NULL",
+            (now, base, most, location, first, last),
         )
 
     # expiries: when a run's object is past retention and is to be deleted

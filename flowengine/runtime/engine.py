@@ -40,7 +40,7 @@ from flowengine.core.plans import EdgePlan, Plan, make_plan, well_ttl
 from flowengine.core.spec import Flow, with_tasks
 from flowengine.core.validate import validate
 from flowengine.errors import Error, conflict, not_found
-from flowengine.persistence.sqlite import Database, RunRow, Wait
+from flowengine.persistence.sqlite import Database, NewRun, RunRow, Wait
 from flowengine.runtime import datadir, landing, retention
 from flowengine.runtime.catalog import Catalog
 from flowengine.runtime.executors.reaper import Reaper
@@ -55,10 +55,21 @@ from flowengine.stores.registry import Stores
 FLOW_CACHE = 1024  # decoded flow definitions kept in memory
 RUN_CACHE = 10_000  # recently used runs kept in memory
 CHECKPOINT_INTERVAL = 1.0  # seconds between copies of the WAL into the database (in a worker thread)
+RECOVERY_BATCH = 500  # rows read at a time when resuming after a restart
+RECOVERY_BACKLOG = 1000  # dispatched steps at most before resuming more interrupted runs
 log = logging.getLogger("flowengine")
 events_log = logging.getLogger("flowengine.runs")  # one line per run and step transition
 _decode_flow = msgspec.json.Decoder(Flow).decode
 _encode = msgspec.json.Encoder().encode
+
+
+class Recovery(msgspec.Struct, rename="pascal"):
+    """How far resuming after a restart has come (for /readyz)."""
+
+    done: bool = False
+    crashed: bool = True  # the engine had not stopped cleanly: embedded uploads may have landed unnoticed
+    runs: int = 0  # interrupted runs resumed
+    waits: int = 0  # embedded-store waits looked at for an upload that landed before a crash
 
 
 class _Creation(msgspec.Struct):
@@ -103,42 +114,93 @@ class Engine:
         self._creations: list[tuple[_Creation, asyncio.Future[None]]] = []
         self.sandbox: Sandbox | None = None
         self.reaper = Reaper()
+        self.recovery = Recovery()
 
     # lifecycle
 
     async def start(self) -> None:
-        """Resume after a stop or a crash: interrupted steps run again, the timers restart."""
+        """Resume after a stop or a crash. Only preparing the scratch dirs and the sandbox happens
+        before the engine serves; the rest of the recovery (`_recover`) runs in the background."""
         datadir.prepare_work_root(self.work_root, self.config.data_path)
         shutil.rmtree(self.config.data_path / "tmp", ignore_errors=True)
         (self.config.data_path / "tmp").mkdir(parents=True, exist_ok=True)
         self.sandbox = Sandbox.prepare(self.config.data_path.resolve(), self.work_root, Path(self.config.flows_dir),
                                        self.config.step_user, self.config.step_read_paths)  # fmt: skip
         self.reaper.start()
-        for row in self.db.runs_with_status(machine.RUNNING):
-            self._resume(row)
+        self.recovery.crashed = not self.db.take_clean_stop()
         self.spawn_loop("timers", self._timers, self._until_next_wake)
         self.spawn_loop("checkpoints", self._checkpoint, every(CHECKPOINT_INTERVAL))
         self.spawn_loop("reconciler", landing.Reconciler(self).tick, every(self.config.reconcile_interval))
         self.spawn_loop("sweeper", lambda: retention.sweep(self), every(self.config.sweep_interval))
         self.spawn_loop("event-loop-lag", self.metrics.sample_event_loop_lag, every(0))
         self.spawn(self.stores.prepare_configured())
-        self.spawn(self._recover_local_uploads())
+        self.spawn(self._recover())
+
+    async def _recover(self) -> None:
+        """Carry on with the runs a stop or a crash interrupted, then advance the runs whose embedded
+        upload landed just before a crash. Both go through the database RECOVERY_BATCH rows at a time,
+        the event loop free in between, so the memory it takes and the time before the engine serves
+        do not grow with the database. Should it fail, it starts over (every part of it is idempotent)."""
+        until = self.db.last_run_id()  # runs created from here on are this process's own
+        delay = 1.0
+        while True:
+            try:
+                await self._resume_interrupted(until)
+                break
+            except Exception:
+                log.exception("resuming after a restart failed; trying again in %.0f s", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+        self.recovery.done = True
+        log.info("recovery done: %d interrupted runs resumed, %d embedded waits looked at",
+                 self.recovery.runs, self.recovery.waits)  # fmt: skip
+
+    async def _resume_interrupted(self, until: str | None) -> None:
+        self.recovery = Recovery(crashed=self.recovery.crashed)
+        after = ""
+        while until is not None and (rows := self.db.runs_with_status(machine.RUNNING, after, until, RECOVERY_BATCH)):
+            for row in rows:
+                self._resume(row)
+            self.recovery.runs += len(rows)
+            after = rows[-1].run.id
+            await self._step_backlog_below(RECOVERY_BACKLOG)
+        for location in self.db.wait_locations() if self.recovery.crashed else ():
+            if location.startswith("local:"):
+                await self._recover_local_uploads(location)
 
     def _resume(self, row: RunRow) -> None:
         """Carry on with a run the last process left RUNNING. An attempt that was running then was cut
         short (its process is gone): the machine starts a new attempt, with its own scratch dir and
-        log. One that was dispatched but never started is dispatched again as it was."""
+        log. One that was dispatched but never started is dispatched again as it was. The engine
+        serves meanwhile: a step an event has already dispatched again is left alone."""
         flow = self.flow_of(row.definition)
         for name, state in row.run.steps.items():
+            if (row.run.id, name) in self._steps:
+                continue
             if state.status == machine.RUNNING:
                 self.apply(row.run.id, machine.StepInterrupted(name, state.attempts))
             elif state.status == machine.READY:
                 self._dispatch(row.run.id, flow, Dispatch(name, state.attempts))
 
-    async def _recover_local_uploads(self) -> None:
-        """An upload whose file was in place when the process died, before its run advanced."""
-        for wait in self.db.unscheduled_waits():
-            await landing.notice(self, wait, "recovery")
+    async def _step_backlog_below(self, limit: int) -> None:
+        """Let the event loop serve, then wait until fewer than `limit` steps are dispatched (each is a
+        task held in memory)."""
+        await asyncio.sleep(0)
+        while len(self._steps) >= limit:
+            await asyncio.sleep(0.05)
+
+    async def _recover_local_uploads(self, location: str) -> None:
+        """An upload whose file was in place when the process died, before its run advanced. Every
+        waiting key is looked at (a stat() each, in a worker thread): nothing durable tells which
+        uploads were under way."""
+        store = self.stores.local(location.removeprefix("local:"))
+        after = ""
+        while waits := self.db.unscheduled_waits(location, after, RECOVERY_BATCH):
+            in_place = await asyncio.to_thread(lambda batch=waits: [w for w in batch if store.stat_now(w.key)])
+            for wait in in_place:
+                await landing.notice(self, wait, "recovery")
+            self.recovery.waits += len(waits)
+            after = waits[-1].key
 
     def spawn(self, job: Coroutine[Any, Any, None]) -> None:
         """Run a background job until it ends or the engine stops; if it fails, the log says so."""
@@ -162,6 +224,12 @@ class Engine:
             self.work_root.rmdir()  # empty now: every step removed its own dir
         if self.sandbox is not None:
             self.sandbox.close()
+        # No upload can be half landed now: an embedded upload's file and its run's advance happen in
+        # one step of the event loop (ingest.receive). Unless a crash's recovery is still unfinished,
+        # the next start need not look for one (should this write fail, it looks).
+        if self.recovery.done:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.mark_clean_stop()
         self.db.close()
         self._lock.release()
 
@@ -274,11 +342,13 @@ class Engine:
         refused: dict[int, Error] = {}
         try:
             with self.db.transaction():
+                rows = []
                 for i, (creation, _) in enumerate(batch):
                     try:
-                        self._insert(creation)
+                        rows.append(self._claim(creation))
                     except Error as exc:
                         refused[i] = exc
+                self.db.insert_runs(rows)
         except Exception as exc:
             for _, future in batch:
                 future.set_exception(exc)
@@ -289,7 +359,9 @@ class Engine:
             else:
                 future.set_result(None)
 
-    def _insert(self, c: _Creation) -> None:
+    def _claim(self, c: _Creation) -> NewRun:
+        """Claim a creation's waits and store its definition, or refuse it before it writes anything;
+        returns its run's row, which the batch inserts with the others'."""
         # Embedded-store uploads come through the engine and land at once: the reconciler need not
         # ask about them (start() does, once, for uploads a crash interrupted).
         checks = [(w, None if w.location.startswith("local:") else c.first_check) for w in c.waits]
@@ -300,7 +372,7 @@ class Engine:
             raise conflict(f"another run is already waiting for {taken.key!r} in store {store!r}", f"{place}.Key")
         if c.plan.digest not in self._flows:
             self.db.put_definition(c.plan.digest, c.plan.definition)
-        self.db.insert_run(c.run, c.plan.digest, c.wake)
+        return NewRun(c.run, c.plan.digest, c.wake)
 
     # applying events
 

@@ -44,6 +44,13 @@ class PutConditions(msgspec.Struct, frozen=True):
         return signed
 
 
+class KeyPage(msgspec.Struct, frozen=True):
+    """One listing request's answer."""
+
+    keys: list[str]  # in the server's order, which is byte order on S3 and MinIO, directory by directory elsewhere
+    truncated: bool  # more keys follow the last one
+
+
 class StoreUnavailable(Exception):
     """The store did not answer (down, unreachable, credentials refused)."""
 
@@ -62,6 +69,11 @@ class Store(Protocol):
     def presign_get(self, key: str, expires: float, base_url: str) -> Presigned: ...
 
     async def stat(self, key: str) -> ObjectInfo | None: ...
+
+    async def list_keys(self, prefix: str, start_after: str = "", limit: int = 1000) -> KeyPage:
+        """One request's worth of keys (at most `limit`) that start with `prefix` and come after
+        `start_after`, in the server's order."""
+        ...
 
     async def download(self, key: str, dest: Path) -> ObjectInfo:
         """Copy the object to a local file (streamed; never a link to the stored object, which must stay as stored)."""

@@ -19,7 +19,7 @@ import msgspec
 
 from flowengine.core.keys import is_name, key_problem
 from flowengine.errors import disk_full_is_insufficient_storage
-from flowengine.stores.base import ObjectInfo, Presigned, PutConditions
+from flowengine.stores.base import KeyPage, ObjectInfo, Presigned, PutConditions
 from flowengine.stores.signing import Signer, local_resource
 
 CHUNK = 1 << 20
@@ -148,6 +148,30 @@ class LocalStore:
 
     async def check(self) -> None:
         return None
+
+    async def list_keys(self, prefix: str, start_after: str = "", limit: int = 1000) -> KeyPage:
+        """Keys directory by directory, each directory's entries by name (so 'a/b' before 'a-b')."""
+        return await anyio.to_thread.run_sync(self._list_keys, prefix, start_after, limit)
+
+    def _list_keys(self, prefix: str, start_after: str, limit: int) -> KeyPage:
+        after = start_after.split("/") if start_after else []
+        found: list[str] = []
+
+        def walk(directory: Path, parts: list[str]) -> None:
+            for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+                path = [*parts, entry.name]
+                key = "/".join(path)
+                if entry.is_dir(follow_symlinks=False):
+                    # Only into a directory that can hold a key under `prefix`, after `start_after`.
+                    if (prefix.startswith(key + "/") or (key + "/").startswith(prefix)) and path >= after[: len(path)]:
+                        walk(Path(entry.path), path)
+                elif key.startswith(prefix) and path > after:
+                    found.append(key)
+                if len(found) > limit:
+                    return
+
+        walk(self.root, [])
+        return KeyPage(found[:limit], len(found) > limit)
 
 
 def copy_file(src: Path, dest: Path) -> None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import html
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -28,7 +30,7 @@ from urllib3 import BaseHTTPResponse, HTTPHeaderDict
 
 from flowengine.core.keys import key_problem
 from flowengine.stores import sigv4
-from flowengine.stores.base import ObjectInfo, Presigned, PutConditions, StoreUnavailable
+from flowengine.stores.base import KeyPage, ObjectInfo, Presigned, PutConditions, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -47,6 +49,10 @@ _UNAVAILABLE_CODES = frozenset(
     }
 )
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject"})
+# A ListObjectsV2 answer, read for its keys only. Keys are XML-escaped (no encoding-type asked for);
+# only <Contents> elements have a <Key>.
+_LISTED_KEY = re.compile(r"<Key>([^<]*)</Key>")
+_TRUNCATED = re.compile(r"<IsTruncated>\s*true\s*</IsTruncated>", re.IGNORECASE)
 
 
 class S3Store:
@@ -164,6 +170,22 @@ class S3Store:
             return found
 
         return await self._run(collect)
+
+    async def list_keys(self, prefix: str, start_after: str = "", limit: int = 1000) -> KeyPage:
+        """One ListObjectsV2 request (S3 answers at most 1,000 keys), keys only, without the store prefix.
+
+        Not minio's list_objects: it reads on into the next page by itself, and it parses every
+        object's metadata (about 60 ms a page of 1,000, against half a millisecond for the keys alone)."""
+        if prefix and (problem := key_problem(prefix + "x")):
+            raise ValueError(f"prefix {prefix!r} {problem}")
+        query = {"list-type": "2", "delimiter": "", "max-keys": str(limit), "prefix": self._full_prefix(prefix)}
+        if start_after:
+            query["start-after"] = self._full_prefix(start_after)
+        response = await self._run(self._client._execute, "GET", self.bucket, query_params=query)
+        body = response.data.decode()
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        keys = [(html.unescape(k) if "&" in k else k)[cut:] for k in _LISTED_KEY.findall(body)]
+        return KeyPage(keys, bool(_TRUNCATED.search(body)))
 
     async def read(self, key: str) -> AsyncIterator[bytes]:
         """The object's bytes in chunks; FileNotFoundError if it does not exist."""
