@@ -228,7 +228,7 @@ async def drive(engine: Engine, clock: Clock, ticks: int) -> dict[str, Any]:
         requests.append(await reconciler.tick())
         walls.append(time.perf_counter() - started)
     assert reconciler.requests == sum(requests)
-    return {"requests": requests, "walls": walls, "waits": engine.db.count_waits()}
+    return {"requests": requests, "walls": walls, "waits": await engine.db.count_waits()}
 
 
 def copy_engine(engine: Engine, dest: Path, s3: dict[str, Any], clock: Clock) -> Engine:
@@ -247,7 +247,7 @@ async def reconciler_cost(s3: dict[str, Any], root: Path, waiting: int, ticks: i
     engine = engine_on(root / "engine", s3, clock)
     created = await create_runs(engine, s3, waiting)
     rows = [{"what": f"create {waiting:,} runs (in-process)", "seconds": created}]
-    assert engine.db.count_waits() == waiting
+    assert await engine.db.count_waits() == waiting
     replays: list[tuple[str, Engine, Clock]] = []
     if replay:
         snap = Clock(start)
@@ -261,7 +261,7 @@ async def reconciler_cost(s3: dict[str, Any], root: Path, waiting: int, ticks: i
     for what, other, other_clock in replays:
         rows.append({"what": what, "ticks": replay, **await drive(other, other_clock, replay)})
     for each in [engine, *(e for _, e, _ in replays)]:
-        each.db.close()
+        await each.db.close()
     return rows
 
 

@@ -30,6 +30,7 @@ lag: N runs WAITING for an upload on an S3 store (a SeaweedFS the bench starts, 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import io
 import json
@@ -61,7 +62,7 @@ from flowengine.config import Config
 from flowengine.core import machine
 from flowengine.core.ids import uuid7
 from flowengine.core.spec import Flow
-from flowengine.persistence.sqlite import NewRun, Wait
+from flowengine.persistence.base import NewRun, Wait
 from flowengine.runtime.engine import Engine
 
 TTL = "6d"  # waiting runs outlive the bench (S3 presigns at most 7 days)
@@ -85,25 +86,31 @@ def build(data: Path, flow: dict, count: int, settings: dict[str, Any], running:
         if not n:
             continue
         plan = engine.plan(msgspec.convert(definition, Flow))
-        with engine.db.transaction():
-            engine.db.put_definition(plan.digest, plan.definition)
-        for first in range(0, n, BATCH):
-            with engine.db.transaction():
-                for _ in range(min(BATCH, n - first)):
-                    now = time.time()
-                    run_id = uuid7()
-                    edges = {e.name: e.state(run_id, now) for e in plan.edges}
-                    run, _ = machine.start(plan.flow, run_id, edges, now)
-                    waits = [(Wait(e.store.location, e.store.full_key(edges[e.name].key), run_id, e.name),
-                              None if e.store.kind == "local" else now + 1.0)
-                             for e in plan.edges if e.name in machine.waiting_edges(run)]  # fmt: skip
-                    assert engine.db.claim_waits(waits) is None
-                    engine.db.insert_runs([NewRun(run, plan.digest, machine.next_wake(run))])
-                    if definition is flow:
-                        made.append(run)
+        made += asyncio.run(_store(engine, plan, n, keep=definition is flow))
     engine.db.checkpoint()
-    engine.db.close()
+    asyncio.run(engine.db.close())
     print(f"  built {count:,} runs in {time.perf_counter() - started:.0f} s", flush=True)
+    return made
+
+
+async def _store(engine: Engine, plan: Any, n: int, keep: bool) -> list[Any]:
+    made = []
+    async with engine.db.transaction() as tx:
+        await tx.put_definition(plan.digest, plan.definition)
+    for first in range(0, n, BATCH):
+        async with engine.db.transaction() as tx:
+            for _ in range(min(BATCH, n - first)):
+                now = time.time()
+                run_id = uuid7()
+                edges = {e.name: e.state(run_id, now) for e in plan.edges}
+                run, _ = machine.start(plan.flow, run_id, edges, now)
+                waits = [(Wait(e.store.location, e.store.full_key(edges[e.name].key), run_id, e.name),
+                          None if e.store.kind == "local" else now + 1.0)
+                         for e in plan.edges if e.name in machine.waiting_edges(run)]  # fmt: skip
+                assert await tx.claim_waits(waits) is None
+                await tx.insert_runs([NewRun(run, plan.digest, machine.next_wake(run))])
+                if keep:
+                    made.append(run)
     return made
 
 

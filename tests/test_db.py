@@ -13,22 +13,25 @@ import pytest
 
 from flowengine.config import Config
 from flowengine.core import machine
-from flowengine.persistence.sqlite import Database, NewRun
+from flowengine.persistence.base import NewRun
+from flowengine.persistence.sqlite import SqliteDatabase as Database
 from flowengine.runtime.engine import Engine
 
 
-def insert_runs(db: Database, count: int, first: int = 0) -> None:
+async def insert_runs(db: Database, count: int, first: int = 0) -> None:
     for i in range(first, first + count):
-        with db.transaction():
-            db.insert_runs([NewRun(machine.Run(f"run-{i}", "f", machine.WAITING, 1.0, 1.0, {}, {}), "digest", None)])
+        async with db.transaction() as tx:
+            await tx.insert_runs(
+                [NewRun(machine.Run(f"run-{i}", "f", machine.WAITING, 1.0, 1.0, {}, {}), "digest", None)]
+            )
 
 
 def test_the_committing_connection_never_checkpoints_and_checkpoint_copies_the_whole_wal(tmp_path):
     db = Database(tmp_path / "flowengine.db")
-    insert_runs(db, 1500)  # well past SQLite's automatic checkpoint at 1,000 pages, had it been on
+    asyncio.run(insert_runs(db, 1500))  # well past SQLite's automatic checkpoint at 1,000 pages, had it been on
     frames, copied = db.checkpoint()
     assert frames > 1000 and copied == frames
-    db.close()
+    asyncio.run(db.close())
     assert db.checkpoint() == (0, 0)  # after close: nothing, and no connection reopened
 
 
@@ -39,7 +42,7 @@ def test_under_steady_writes_checkpoints_still_let_the_wal_start_over(tmp_path):
 
     def writer() -> None:  # the engine's committing connection, never idle for long
         while not done.is_set():
-            insert_runs(db, 1, first=written[0])
+            asyncio.run(insert_runs(db, 1, first=written[0]))
             written[0] += 1
 
     thread = threading.Thread(target=writer)
@@ -56,15 +59,15 @@ def test_under_steady_writes_checkpoints_still_let_the_wal_start_over(tmp_path):
 
 
 def test_the_engine_checkpoints_in_the_background(tmp_path, monkeypatch):
-    monkeypatch.setattr("flowengine.runtime.engine.CHECKPOINT_INTERVAL", 0.05)
+    monkeypatch.setattr("flowengine.runtime.engine.HOUSEKEEPING_INTERVAL", 0.05)
     engine = Engine(Config(data_dir=str(tmp_path), flows_dir=str(tmp_path)))
 
     async def wal_frames_after_a_pause() -> int:
         await engine.start()
-        insert_runs(engine.db, 100)
+        await insert_runs(engine.db, 100)
         await asyncio.sleep(0.3)
         # Once everything in the WAL is in the database, the next commit starts the WAL over.
-        insert_runs(engine.db, 1, first=100)
+        await insert_runs(engine.db, 1, first=100)
         frames = engine.db.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
         await engine.stop()
         return frames
@@ -79,7 +82,7 @@ def _run(run_id: str, flow: str, status: str) -> machine.Run:
 def _counted(db: Database) -> dict[tuple[str | None, str | None], int]:
     """Every total the listing can ask for, from the counters."""
     statuses = [None, *machine.TERMINAL, machine.WAITING, machine.RUNNING]
-    return {(s, f): db.count_runs(s, f) for s in statuses for f in (None, "a", "b", "c")}
+    return {(s, f): asyncio.run(db.count_runs(s, f)) for s in statuses for f in (None, "a", "b", "c")}
 
 
 def _truth(runs: dict[str, machine.Run]) -> dict[tuple[str | None, str | None], int]:
@@ -96,24 +99,33 @@ def test_counts_follow_every_insert_and_status_change_in_the_same_transaction(tm
     rng = random.Random(7)
     runs: dict[str, machine.Run] = {}
     statuses = [machine.WAITING, machine.RUNNING, machine.COMPLETE, machine.ERROR, machine.STOPPED]
-    for i in range(300):
-        with db.transaction():
-            if runs and rng.random() < 0.6:
-                run = runs[rng.choice(list(runs))]
-                run.status = rng.choice(statuses)
-                db.save_run(run, None)
-            else:  # a group commit's worth, of several flows and statuses
-                new = [_run(f"r{i:04d}-{j}", rng.choice("abc"), rng.choice(statuses)) for j in range(rng.randint(1, 6))]
-                db.insert_runs([NewRun(run, "digest", None) for run in new])
-                runs.update((run.id, run) for run in new)
+
+    async def changes() -> None:
+        for i in range(300):
+            async with db.transaction() as tx:
+                if runs and rng.random() < 0.6:
+                    run = runs[rng.choice(list(runs))]
+                    run.status = rng.choice(statuses)
+                    await tx.save_run(run, None)
+                else:  # a group commit's worth, of several flows and statuses
+                    count = rng.randint(1, 6)
+                    new = [_run(f"r{i:04d}-{j}", rng.choice("abc"), rng.choice(statuses)) for j in range(count)]
+                    await tx.insert_runs([NewRun(run, "digest", None) for run in new])
+                    runs.update((run.id, run) for run in new)
+
+    async def rolled_back() -> None:
+        async with db.transaction() as tx:  # a change rolled back takes its counts with it
+            run = next(iter(runs.values()))
+            await tx.insert_runs([NewRun(_run("rolled-back", "a", machine.WAITING), "digest", None)])
+            await tx.save_run(msgspec.structs.replace(run, status="OTHER"), None)
+            raise RuntimeError
+
+    asyncio.run(changes())
     assert _counted(db) == _truth(runs)
-    with pytest.raises(RuntimeError), db.transaction():  # a change rolled back takes its counts with it
-        run = next(iter(runs.values()))
-        db.insert_runs([NewRun(_run("rolled-back", "a", machine.WAITING), "digest", None)])
-        db.save_run(msgspec.structs.replace(run, status="OTHER"), None)
-        raise RuntimeError
+    with pytest.raises(RuntimeError):
+        asyncio.run(rolled_back())
     assert _counted(db) == _truth(runs) != _truth({**runs, "x": _run("x", "a", machine.WAITING)})
-    db.close()
+    asyncio.run(db.close())
 
 
 def test_a_database_of_the_version_before_counts_is_upgraded_in_place(tmp_path):
@@ -123,19 +135,26 @@ def test_a_database_of_the_version_before_counts_is_upgraded_in_place(tmp_path):
         f"r{i}": _run(f"r{i}", "ab"[i % 2], [machine.WAITING, machine.COMPLETE, machine.ERROR][i % 3])
         for i in range(50)
     }
-    with db.transaction():
-        db.insert_runs([NewRun(run, "digest", None) for run in runs.values()])
-    db.close()
+
+    async def insert() -> None:
+        async with db.transaction() as tx:
+            await tx.insert_runs([NewRun(run, "digest", None) for run in runs.values()])
+        await db.close()
+
+    async def change() -> list[str]:
+        async with upgraded.transaction() as tx:
+            run = runs["r0"]
+            run.status = machine.COMPLETE
+            await tx.save_run(run, None)
+        return [r.id for r in await upgraded.list_runs(machine.WAITING, "a", 3)]
+
+    asyncio.run(insert())
     as_before_counts(path)
-    db = Database(path)  # opening it upgrades it
-    assert _counted(db) == _truth(runs)
-    with db.transaction():
-        run = runs["r0"]
-        run.status = machine.COMPLETE
-        db.save_run(run, None)
-    assert _counted(db) == _truth(runs)
-    assert [r.id for r in db.list_runs(machine.WAITING, "a", 3)] == ["r6", "r48", "r42"]
-    db.close()
+    upgraded = Database(path)  # opening it upgrades it
+    assert _counted(upgraded) == _truth(runs)
+    assert asyncio.run(change()) == ["r6", "r48", "r42"]
+    assert _counted(upgraded) == _truth(runs)
+    asyncio.run(upgraded.close())
 
 
 def as_before_counts(path) -> None:
@@ -154,13 +173,19 @@ def as_before_counts(path) -> None:
 
 def test_pages_by_key_see_every_run_once_newest_first(tmp_path):
     db = Database(tmp_path / "db.sqlite")
-    with db.transaction():
-        for i in range(23):
-            db.insert_runs([NewRun(_run(f"r{i:02d}", "ab"[i % 2], machine.WAITING), "digest", None)])
-    seen, before = [], None
-    while page := db.list_runs(None, "a", 5, before=before):
-        seen += [r.id for r in page]
-        before = page[-1].id
+
+    async def pages() -> tuple[list[str], list[str]]:
+        async with db.transaction() as tx:
+            for i in range(23):
+                await tx.insert_runs([NewRun(_run(f"r{i:02d}", "ab"[i % 2], machine.WAITING), "digest", None)])
+        seen, before = [], None
+        while page := await db.list_runs(None, "a", 5, before=before):
+            seen += [r.id for r in page]
+            before = page[-1].id
+        offset = [r.id for r in await db.list_runs(machine.WAITING, None, 2, offset=3)]
+        await db.close()
+        return seen, offset
+
+    seen, offset = asyncio.run(pages())
     assert seen == [f"r{i:02d}" for i in range(22, -1, -2)]
-    assert [r.id for r in db.list_runs(machine.WAITING, None, 2, offset=3)] == ["r19", "r18"]
-    db.close()
+    assert offset == ["r19", "r18"]

@@ -27,7 +27,7 @@ def test_documents_are_reused_until_the_run_or_the_minute_changes_or_an_artifact
         assert docs.get(run, FLOW, "http://other") is not first  # another base URL, other URLs
 
         now[0] += 1
-        landed = engine.apply(run.id, machine.Landed("in", machine.ObjectMeta(1, "text/plain", "e")))
+        landed = await engine.apply(run.id, machine.Landed("in", machine.ObjectMeta(1, "text/plain", "e")))
         done = docs.get(landed, FLOW, "http://h")
         assert b'"Status":"COMPLETE"' in done and b"GetURL" in done
         now[0] += 20  # past the minute: download URLs are minted anew
@@ -37,5 +37,6 @@ def test_documents_are_reused_until_the_run_or_the_minute_changes_or_an_artifact
         expired = docs.get(landed, FLOW, "http://h")
         assert expired is not again and b'"Expired":true' in expired and b"GetURL" not in expired
 
+        await engine.db.close()
+
     asyncio.run(scenario())
-    engine.db.close()

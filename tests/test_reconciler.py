@@ -12,7 +12,7 @@ import io
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +107,12 @@ async def create(engine: Engine, name: str, params: dict[str, Any], count: int) 
     return [await engine.create_run(plan) for _ in range(count)]
 
 
-async def tick_until(engine: Engine, clock: Clock, done: Callable[[], bool], ticks: int, batch: int,
+async def tick_until(engine: Engine, clock: Clock, done: Callable[[], Awaitable[bool]], ticks: int, batch: int,
                      counted: Counted) -> list[int]:  # fmt: skip
     """Ticks (one simulated second each) until `done`; the store requests each one made."""
     reconciler, spent = landing.Reconciler(engine), []
     for _ in range(ticks):
-        if done():
+        if await done():
             return spent
         clock.now += 1.0
         before = counted.calls
@@ -122,8 +122,12 @@ async def tick_until(engine: Engine, clock: Clock, done: Callable[[], bool], tic
     raise AssertionError(f"not done after {ticks} ticks: {spent}")
 
 
-def status(engine: Engine, run: Run) -> str:
-    return engine.get_run(run.id)[0].status
+async def status(engine: Engine, run: Run) -> str:
+    return (await engine.get_run(run.id))[0].status
+
+
+async def all_in(engine: Engine, runs: list[Run], wanted: str) -> bool:
+    return [await status(engine, r) for r in runs] == [wanted] * len(runs)
 
 
 def test_close_keys_are_listed_far_fewer_requests_than_keys_and_never_over_the_batch(
@@ -141,10 +145,10 @@ def test_close_keys_are_listed_far_fewer_requests_than_keys_and_never_over_the_b
         landed = runs[5::40]
         for run in landed:
             put(client, s3["bucket"], f"{prefix}/{run.edges['in'].key}")
-        spent = await tick_until(engine, clock, lambda: all(status(engine, r) == machine.COMPLETE for r in landed),
+        spent = await tick_until(engine, clock, lambda: all_in(engine, landed, machine.COMPLETE),
                                  60, 8, counted)  # fmt: skip
         assert sum(spent) < len(runs) / 10  # a HEAD per waiting key would take 600 requests
-        assert {r.id for r in runs if status(engine, r) != machine.WAITING} == {r.id for r in landed}
+        assert {r.id for r in runs if await status(engine, r) != machine.WAITING} == {r.id for r in landed}
         await engine.stop()
 
     asyncio.run(scenario())
@@ -174,8 +178,8 @@ def test_keys_far_apart_are_asked_about_one_by_one_less_and_less_often(
         # again now and then: nowhere near a request per key per second.
         assert sum(spent[30:]) <= 3 * 60 / 16 + 6 and max(spent) <= 8, spent
         put(client, s3["bucket"], f"{prefix}/{runs[1].edges['in'].key}")
-        await tick_until(engine, clock, lambda: status(engine, runs[1]) == machine.COMPLETE, 20, 8, counted)
-        assert [status(engine, r) for r in runs] == [machine.WAITING, machine.COMPLETE, machine.WAITING]
+        await tick_until(engine, clock, lambda: all_in(engine, [runs[1]], machine.COMPLETE), 20, 8, counted)
+        assert [await status(engine, r) for r in runs] == [machine.WAITING, machine.COMPLETE, machine.WAITING]
         await engine.stop()
 
     asyncio.run(scenario())
@@ -219,10 +223,10 @@ def test_a_burst_of_uploads_is_taken_a_batch_of_requests_at_a_time_on_a_byte_ord
             store.objects[run.edges["in"].key] = ObjectInfo(6, "text/plain", "etag", clock.now)
         for i in range(200):
             store.objects[f"inputs/b/{uuid7()}/in-{i}"] = ObjectInfo(1, "text/plain", "etag", clock.now)
-        spent = await tick_until(engine, clock, lambda: all(status(engine, r) == machine.COMPLETE for r in landed),
+        spent = await tick_until(engine, clock, lambda: all_in(engine, landed, machine.COMPLETE),
                                  200, 3, counted)  # fmt: skip
         assert len(spent) >= len(landed) / 3  # each found object costs a HEAD: 3 requests a tick at most
-        assert {r.id for r in runs if status(engine, r) != machine.WAITING} == {r.id for r in landed}
+        assert {r.id for r in runs if await status(engine, r) != machine.WAITING} == {r.id for r in landed}
         await engine.stop()
 
     asyncio.run(scenario())
@@ -245,7 +249,7 @@ def test_a_lone_waiting_key_is_listed_on_the_backoff_schedule_not_every_tick(
             await reconciler.tick()
         assert counted.calls <= 9  # after 1, 2, 4, 8, 16, 16, 16, 16 s, not 64 times
         store.objects[run.edges["in"].key] = ObjectInfo(6, "text/plain", "etag", clock.now)
-        await tick_until(engine, clock, lambda: status(engine, run) == machine.COMPLETE, 17, 200, counted)
+        await tick_until(engine, clock, lambda: all_in(engine, [run], machine.COMPLETE), 17, 200, counted)
         await engine.stop()
 
     asyncio.run(scenario())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import time
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ from live import wait_for_status
 from flowengine.config import Config
 from flowengine.core import machine
 from flowengine.core.spec import Flow
-from flowengine.persistence.sqlite import Database
+from flowengine.persistence.sqlite import SqliteDatabase as Database
 from flowengine.runtime import engine as engine_module
 from flowengine.runtime.engine import Engine
 from flowengine.runtime.ingest import Upload, receive
@@ -34,18 +35,35 @@ def engine_on(data: Path, **settings: object) -> Engine:
 
 
 async def until(condition, timeout: float = 15.0) -> None:
+    """Wait until `condition()` (a bool, or an awaitable of one) holds."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not await _holds(condition()):
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.01)
+
+
+async def _holds(result) -> bool:
+    return await result if inspect.isawaitable(result) else result
+
+
+async def run_of(engine: Engine, run_id: str) -> machine.Run:
+    return (await engine.get_run(run_id))[0]
+
+
+async def all_complete(engine: Engine, runs: list[machine.Run]) -> bool:
+    return [(await run_of(engine, r.id)).status for r in runs] == [machine.COMPLETE] * len(runs)
+
+
+async def step_status(engine: Engine, run_id: str, step: str, status: str) -> bool:
+    return (await run_of(engine, run_id)).steps[step].status == status
 
 
 async def crash(engine: Engine) -> None:
     """Stop the engine as a kill would: without recording a clean stop."""
     await engine.stop()
     db = Database(engine.db.path)
-    db.take_clean_stop()
-    db.close()
+    await db.take_clean_stop()
+    await db.close()
 
 
 def test_uploads_that_landed_before_a_crash_are_found_in_batches_with_the_event_loop_free_between(
@@ -70,8 +88,8 @@ def test_uploads_that_landed_before_a_crash_are_found_in_batches_with_the_event_
         turns = 0
         read = second.db.unscheduled_waits
 
-        def spied(location: str, after: str, limit: int) -> list:
-            rows = read(location, after, limit)
+        async def spied(location: str, after: str, limit: int) -> list:
+            rows = await read(location, after, limit)
             batches.append((len(rows), turns))
             return rows
 
@@ -90,7 +108,7 @@ def test_uploads_that_landed_before_a_crash_are_found_in_batches_with_the_event_
         assert sum(n for n, _ in batches) == 600 and max(n for n, _ in batches) == 50
         assert all(b[1] > a[1] for a, b in itertools.pairwise(batches))  # others ran between batches
         assert second.recovery.waits == 600
-        statuses = {r.id: second.get_run(r.id)[0].status for r in runs}
+        statuses = {r.id: (await run_of(second, r.id)).status for r in runs}
         assert {i for i, s in statuses.items() if s == machine.COMPLETE} == {r.id for r in landed}
         await second.stop()
 
@@ -144,7 +162,7 @@ def test_interrupted_runs_resume_in_batches_without_dispatching_more_than_a_boun
 
         second._dispatch = counted  # type: ignore[method-assign]
         await second.start()
-        await until(lambda: all(second.get_run(r.id)[0].status == machine.COMPLETE for r in runs), 60)
+        await until(lambda: all_complete(second, runs), 60)
         await until(lambda: second.recovery.done)
         assert second.recovery.runs == 30
         assert most <= 6 + 4  # the backlog bound, plus one batch
@@ -190,10 +208,10 @@ def test_a_step_an_event_dispatched_before_recovery_reached_its_run_runs_once(tm
         second._recover = held  # type: ignore[method-assign]
         await second.start()
         await receive(second, run.id, "later", body(), Upload("text/plain", 5))  # dispatches "second"
-        await until(lambda: second.get_run(run.id)[0].steps["second"].status == machine.RUNNING)
+        await until(lambda: step_status(second, run.id, "second", machine.RUNNING))
         go_on.set()  # recovery now finds "first" READY and "second" RUNNING, already this process's
-        await until(lambda: second.get_run(run.id)[0].status == machine.COMPLETE)
-        attempts.append(second.get_run(run.id)[0].steps["second"].attempts)
+        await until(lambda: all_complete(second, [run]))
+        attempts.append((await run_of(second, run.id)).steps["second"].attempts)
         await second.stop()
 
     asyncio.run(scenario())

@@ -20,6 +20,7 @@ import pytest
 from flowengine.config import Config, load_config
 from flowengine.core import machine
 from flowengine.core.spec import Flow
+from flowengine.persistence.sqlite import SqliteDatabase
 from flowengine.runtime import datadir
 from flowengine.runtime.engine import Engine
 from flowengine.runtime.executors import landlock
@@ -294,7 +295,9 @@ def run_flow(config: Config) -> machine.Run:
         try:
             run = await engine.create_run(engine.plan(msgspec.convert(FLOW, Flow)))
             deadline = time.monotonic() + 5
-            while (run := engine.get_run(run.id)[0]).status not in machine.TERMINAL and time.monotonic() < deadline:
+            while (
+                run := (await engine.get_run(run.id))[0]
+            ).status not in machine.TERMINAL and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             return run
         finally:
@@ -320,15 +323,15 @@ def test_a_step_whose_runner_raises_is_retried_then_fails_never_left_running(eng
 
 def test_a_result_the_database_refuses_for_a_moment_is_recorded_once_it_takes_it(engine_config, monkeypatch, caplog):
     refused = []
-    apply = Engine.apply
+    save = SqliteDatabase.save_run
 
-    def flaky(self: Engine, run_id: str, event: machine.Event) -> machine.Run:
-        if isinstance(event, machine.StepSucceeded) and len(refused) < 2:
-            refused.append(event)
-            raise sqlite3.OperationalError("disk I/O error")
-        return apply(self, run_id, event)
+    async def flaky(self: SqliteDatabase, run: machine.Run, wake_at: float | None) -> None:
+        if run.steps["s"].status == machine.COMPLETE and len(refused) < 2:
+            refused.append(run)
+            raise sqlite3.OperationalError("disk I/O error")  # inside the transaction: it rolls back
+        await save(self, run, wake_at)
 
-    monkeypatch.setattr(Engine, "apply", flaky)
+    monkeypatch.setattr(SqliteDatabase, "save_run", flaky)
     run = run_flow(engine_config)
     assert len(refused) == 2
     assert run.status == machine.COMPLETE and run.steps["s"].attempts == 1  # the same result, not a new attempt

@@ -53,8 +53,9 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    registry = request.app.state.engine.metrics.registry
-    return Response(generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    engine = request.app.state.engine
+    await engine.metrics.read_database(engine.db)
+    return Response(generate_latest(engine.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 class HotRoutes:

@@ -122,7 +122,7 @@ def _inline_flow(engine: Engine, name: str, body: bytes) -> Flow | None:
 
 
 async def run_status(scope: Scope, receive: Receive) -> tuple[int, bytes]:
-    run, flow = scope["app"].state.engine.get_run(scope["path_params"]["run_id"])
+    run, flow = await scope["app"].state.engine.get_run(scope["path_params"]["run_id"])
     return 200, run_json(scope, run, flow)
 
 
@@ -141,10 +141,10 @@ async def list_runs(request: Request) -> Response:
     if before is not None and offset:
         raise bad_request("invalid_query", "give either cursor or offset, not both", "query.offset")
     db = engine_of(request).db
-    runs = db.list_runs(status, flow, limit + 1, before=before, offset=offset)
+    runs = await db.list_runs(status, flow, limit + 1, before=before, offset=offset)
     after = _encode_cursor(runs[limit - 1].id) if len(runs) > limit else None
     summaries = [run_summary(r) for r in runs[:limit]]
-    return json_response(RunPage(summaries, db.count_runs(status, flow), limit, offset, after))
+    return json_response(RunPage(summaries, await db.count_runs(status, flow), limit, offset, after))
 
 
 def _encode_cursor(run_id: str) -> str:
@@ -167,7 +167,7 @@ def _decode_cursor(cursor: str) -> str:
 async def step_log(request: Request) -> Response:
     """A step's whole output (the run document keeps only its last lines): ?attempt=N, default the last."""
     engine = engine_of(request)
-    run, _ = engine.get_run(request.path_params["run_id"])
+    run, _ = await engine.get_run(request.path_params["run_id"])
     step_id = request.path_params["step_id"]
     state = run.steps.get(step_id)
     if state is None:
@@ -181,14 +181,14 @@ async def step_log(request: Request) -> Response:
 
 async def cancel_run(request: Request) -> Response:
     engine = engine_of(request)
-    engine.cancel(request.path_params["run_id"])
-    return run_response(request, *engine.get_run(request.path_params["run_id"]))
+    await engine.cancel(request.path_params["run_id"])
+    return run_response(request, *await engine.get_run(request.path_params["run_id"]))
 
 
 async def refresh_run(request: Request) -> Response:
     engine = engine_of(request)
-    engine.refresh(request.path_params["run_id"])
-    return run_response(request, *engine.get_run(request.path_params["run_id"]))
+    await engine.refresh(request.path_params["run_id"])
+    return run_response(request, *await engine.get_run(request.path_params["run_id"]))
 
 
 FLOW_PREFIX = "/api/v1/flow/"

@@ -55,7 +55,7 @@ async def put_object(request: Request) -> Response:
     no_overwrite = signed.get("if-none-match") == "*"
     if no_overwrite and store.stat_now(key) is not None:
         raise already_exists(key)
-    wait = engine.db.wait_for(store.location, key)
+    wait = await engine.db.wait_for(store.location, key)
     if wait is None:
         raise conflict(f"no run is waiting for {key!r}: its edge is already filled or its run has ended", "path.key")
     declared = int(signed["content-length"]) if "content-length" in signed else None
@@ -77,7 +77,7 @@ async def _ingest(request: Request, run_id: str, edge: str) -> Response:
     engine = engine_of(request)
     upload = Upload(_content_type(request), _length(request))
     await receive(engine, run_id, edge, request.stream(), upload)
-    return run_response(request, *engine.get_run(run_id))
+    return run_response(request, *await engine.get_run(run_id))
 
 
 async def direct_upload(request: Request) -> Response:

@@ -11,18 +11,20 @@ The schema's version is SQLite's `user_version`; opening an older database upgra
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import msgspec
 import sqlite_utils
 
 from flowengine.core.machine import Run
-from flowengine.errors import insufficient_storage
+from flowengine.errors import Error, insufficient_storage
+from flowengine.persistence.base import NewRun, RunRow, Wait
 
 WAL_KEEP = 64 << 20  # bytes of WAL file kept for reuse after a checkpoint; the rest is truncated
 SCHEMA_VERSION = 1
@@ -55,24 +57,6 @@ _VERSION_1 = (
 )
 
 
-class Wait(msgspec.Struct, frozen=True, gc=False):
-    location: str  # a store's location ("local:default", "s3:bucket")
-    key: str  # the object's full key in that location
-    run_id: str
-    edge: str
-
-
-class NewRun(msgspec.Struct, frozen=True, gc=False):
-    run: Run
-    definition: str
-    wake_at: float | None  # machine.next_wake(run)
-
-
-class RunRow(msgspec.Struct, frozen=True, gc=False):  # see machine.Run
-    run: Run
-    definition: str  # hash of the flow definition the run follows
-
-
 _TREE = "replace(key, '/', char(1))"  # a key in tree order: '/' before every character a key may hold
 _MAX_KEY = "\U0010ffff"  # after every key, as far as a comparison goes
 
@@ -97,7 +81,9 @@ def _filters(status: str | None, flow: str | None) -> tuple[list[str], list[str]
     return where, params
 
 
-class Database:
+class SqliteDatabase:
+    """The embedded default: one SQLite file under the data dir, one connection, written by one engine."""
+
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -113,6 +99,7 @@ class Database:
         self._checkpointer: sqlite3.Connection | None = None
         self._checkpoint_lock = threading.Lock()  # close() waits for a checkpoint under way
         self._closed = False
+        self._turn = asyncio.Lock()  # one transaction at a time on the one connection
         self._create_schema()
 
     def _create_schema(self) -> None:
@@ -139,7 +126,7 @@ class Database:
         self.conn.execute("DROP INDEX IF EXISTS waits_due")  # the reconciler walks waits by key (landing.py)
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if version < 1:
-            with self.transaction():
+            with self._transaction():
                 self._upgrade_to_1()
                 self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -152,7 +139,11 @@ class Database:
         # Both filters at once: a page without scanning past the other flows' (or statuses') runs.
         self.conn.execute("CREATE INDEX IF NOT EXISTS idx_runs_flow_status_id ON runs (flow, status, id)")
 
-    def close(self) -> None:
+    async def housekeeping(self) -> None:
+        """Copy the WAL into the database, in a worker thread (see checkpoint)."""
+        await asyncio.to_thread(self.checkpoint)
+
+    async def close(self) -> None:
         with self._checkpoint_lock:
             if self._checkpointer is not None:
                 self._checkpointer.close()
@@ -177,9 +168,18 @@ class Database:
             _, frames, copied = self._checkpointer.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             return frames, copied
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqliteDatabase]:
+        """All or nothing. The queries inside run on this one connection, so the transaction is this
+        object; transactions take turns. None yields to the event loop once it has begun: every
+        query here is a plain call that returns at once."""
+        async with self._turn:
+            with self._transaction():
+                yield self
+
     @contextmanager
-    def transaction(self) -> Iterator[None]:
-        """All or nothing. A full disk is a domain error (insufficient_storage), not an sqlite3 one."""
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN .. COMMIT, or ROLLBACK; SQLite's failures become domain errors."""
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
@@ -190,32 +190,30 @@ class Database:
                     self.conn.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL:
-                raise insufficient_storage("the database change") from exc
-            raise
+            raise _domain_error(exc) from exc
 
     # the engine's own state
 
-    def mark_clean_stop(self) -> None:
+    async def mark_clean_stop(self) -> None:
         self.conn.execute("INSERT OR REPLACE INTO engine_state VALUES ('clean_stop', 1)")
 
-    def take_clean_stop(self) -> bool:
+    async def take_clean_stop(self) -> bool:
         """Whether the last engine on this database stopped cleanly; the next start has to ask anew."""
-        with self.transaction():
+        async with self.transaction():
             taken = self.conn.execute("DELETE FROM engine_state WHERE name = 'clean_stop' RETURNING value")
             return bool(taken.fetchall())
 
     # definitions
 
-    def put_definition(self, digest: str, body: bytes) -> None:
+    async def put_definition(self, digest: str, body: bytes) -> None:
         self.conn.execute("INSERT OR IGNORE INTO definitions (hash, body) VALUES (?, ?)", (digest, body))
 
-    def definition(self, digest: str) -> bytes:
+    async def definition(self, digest: str) -> bytes:
         return self.conn.execute("SELECT body FROM definitions WHERE hash = ?", (digest,)).fetchone()[0]
 
     # runs
 
-    def insert_runs(self, rows: list[NewRun]) -> None:
+    async def insert_runs(self, rows: list[NewRun]) -> None:
         """New runs, counted in the same statements' transaction: one counter update per flow and
         status among them rather than a trigger's two per run (which cost a creation some 5 us)."""
         self.conn.executemany(
@@ -235,17 +233,17 @@ class Database:
             list(by_status.items()),
         )
 
-    def save_run(self, run: Run, wake_at: float | None) -> None:
+    async def save_run(self, run: Run, wake_at: float | None) -> None:
         self.conn.execute(
             "UPDATE runs SET status = ?, updated = ?, wake_at = ?, doc = ? WHERE id = ?",
             (run.status, run.updated, wake_at, _encode(run), run.id),
         )
 
-    def load_run(self, run_id: str) -> RunRow | None:
+    async def load_run(self, run_id: str) -> RunRow | None:
         row = self.conn.execute("SELECT doc, definition FROM runs WHERE id = ?", (run_id,)).fetchone()
         return RunRow(_decode_run(row[0]), row[1]) if row else None
 
-    def list_runs(
+    async def list_runs(
         self, status: str | None, flow: str | None, limit: int, *, before: str | None = None, offset: int = 0
     ) -> list[Run]:
         """Runs newest first (by ID), with the filters given; `before`: only those whose ID sorts before
@@ -261,17 +259,17 @@ class Database:
         )
         return [_decode_run(r[0]) for r in rows]
 
-    def count_runs(self, status: str | None, flow: str | None) -> int:
+    async def count_runs(self, status: str | None, flow: str | None) -> int:
         """How many runs match the filters, from the counters (a few rows, however many runs)."""
         table = "flow_counts" if flow else "status_counts"
         where, params = _filters(status, flow)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         return self.conn.execute(f"SELECT coalesce(sum(n), 0) FROM {table}{clause}", params).fetchone()[0]
 
-    def last_run_id(self) -> str | None:
+    async def last_run_id(self) -> str | None:
         return self.conn.execute("SELECT max(id) FROM runs").fetchone()[0]
 
-    def runs_with_status(self, status: str, after: str, until: str, limit: int) -> list[RunRow]:
+    async def runs_with_status(self, status: str, after: str, until: str, limit: int) -> list[RunRow]:
         """Up to `limit` runs with that status and an ID in (after, until], in ID order: one batch of a scan."""
         rows = self.conn.execute(
             "SELECT doc, definition FROM runs WHERE status = ? AND id > ? AND id <= ? ORDER BY id LIMIT ?",
@@ -279,16 +277,16 @@ class Database:
         )
         return [RunRow(_decode_run(doc), definition) for doc, definition in rows]
 
-    def due_runs(self, now: float, limit: int = 500) -> list[str]:
+    async def due_runs(self, now: float, limit: int = 500) -> list[str]:
         rows = self.conn.execute("SELECT id FROM runs WHERE wake_at <= ? ORDER BY wake_at LIMIT ?", (now, limit))
         return [r[0] for r in rows]
 
-    def next_wake(self) -> float | None:
+    async def next_wake(self) -> float | None:
         return self.conn.execute("SELECT min(wake_at) FROM runs").fetchone()[0]
 
     # waits: which run edge an object key fills
 
-    def claim_waits(self, waits: list[tuple[Wait, float | None]]) -> Wait | None:
+    async def claim_waits(self, waits: list[tuple[Wait, float | None]]) -> Wait | None:
         """Store waits, each with when the reconciler should first look (None: never). If a key is
         awaited already, store none of them and return the wait that collided."""
         for i, (wait, first_check) in enumerate(waits):
@@ -302,7 +300,7 @@ class Database:
                 return wait
         return None
 
-    def wait_locations(self) -> list[str]:
+    async def wait_locations(self) -> list[str]:
         """The locations anything waits in (a few), one index seek each, however many waits."""
         found: list[str] = []
         while row := self.conn.execute(
@@ -311,7 +309,7 @@ class Database:
             found.append(row[0])
         return found
 
-    def unscheduled_waits(self, location: str, after: str, limit: int) -> list[Wait]:
+    async def unscheduled_waits(self, location: str, after: str, limit: int) -> list[Wait]:
         """Waits the reconciler never asks about (embedded-store uploads), by key after `after`: one batch."""
         rows = self.conn.execute(
             "SELECT key, run_id, edge FROM waits WHERE location = ? AND key > ? AND next_check IS NULL"
@@ -320,18 +318,20 @@ class Database:
         )
         return [Wait(location, *r) for r in rows]
 
-    def wait_for(self, location: str, key: str) -> Wait | None:
+    async def wait_for(self, location: str, key: str) -> Wait | None:
         row = self.conn.execute(
             "SELECT run_id, edge FROM waits WHERE location = ? AND key = ?", (location, key)
         ).fetchone()
         return Wait(location, key, row[0], row[1]) if row else None
 
-    def drop_waits(self, waits: list[Wait]) -> None:
+    async def drop_waits(self, waits: list[Wait]) -> None:
         self.conn.executemany("DELETE FROM waits WHERE location = ? AND key = ?", [(w.location, w.key) for w in waits])
 
     # The reconciler's walk through a location's waits, in key order (see runtime/landing.py).
 
-    def due_waits(self, location: str, after: str, now: float, limit: int, scan: int) -> tuple[list[Wait], str | None]:
+    async def due_waits(
+        self, location: str, after: str, now: float, limit: int, scan: int
+    ) -> tuple[list[Wait], str | None]:
         """Up to `limit` waits due by `now` among the next `scan` the reconciler asks about in
         `location` (by key, after `after`); and, when fewer were due, the last key looked at, or None
         when no more follow it."""
@@ -350,14 +350,14 @@ class Database:
         ).fetchone()
         return [Wait(location, *r) for r in rows], last if count == scan else None
 
-    def last_wait_key(self, location: str, prefix: str) -> str | None:
+    async def last_wait_key(self, location: str, prefix: str) -> str | None:
         """The greatest key awaited in `location` that starts with `prefix`."""
         return self.conn.execute(
             "SELECT max(key) FROM waits WHERE location = ? AND key >= ? AND key < ?",
             (location, prefix, _prefix_end(prefix)),
         ).fetchone()[0]
 
-    def settled_waits(
+    async def settled_waits(
         self, location: str, first: str, last: str | None, prefix: str, limit: int
     ) -> tuple[int, str | None]:
         """The waits one listing has answered for: those from `first` through `last` (to the end of
@@ -376,7 +376,7 @@ class Database:
             f"SELECT count(*), max(key) FROM ({span})", (location, first, outside or end, limit)
         ).fetchone()
 
-    def waits_at(self, location: str, keys: list[str]) -> list[Wait]:
+    async def waits_at(self, location: str, keys: list[str]) -> list[Wait]:
         """The waits for any of these keys (at most a listing's worth)."""
         marks = ", ".join("?" * len(keys))
         rows = self.conn.execute(
@@ -385,7 +385,7 @@ class Database:
         )
         return [Wait(location, *r) for r in rows]
 
-    def back_off_waits(self, location: str, first: str, last: str, now: float, base: float, most: float) -> None:
+    async def back_off_waits(self, location: str, first: str, last: str, now: float, base: float, most: float) -> None:
         """The waits from `first` through `last` were asked about one by one: ask again after twice as
         long as the time before (`base` at first, `most` at most)."""
         self.conn.execute(
@@ -396,23 +396,30 @@ class Database:
 
     # expiries: when a run's object is past retention and is to be deleted
 
-    def add_expiries(self, run_id: str, expiries: dict[str, float]) -> None:
+    async def add_expiries(self, run_id: str, expiries: dict[str, float]) -> None:
         self.conn.executemany(
             "INSERT OR IGNORE INTO expiries (run_id, edge, expires_at) VALUES (?, ?, ?)",
             [(run_id, edge, at) for edge, at in expiries.items()],
         )
 
-    def due_expiries(self, now: float, limit: int) -> list[tuple[str, str]]:
+    async def due_expiries(self, now: float, limit: int) -> list[tuple[str, str]]:
         rows = self.conn.execute(
             "SELECT run_id, edge FROM expiries WHERE expires_at <= ? ORDER BY expires_at LIMIT ?", (now, limit)
         )
         return [(r[0], r[1]) for r in rows]
 
-    def drop_expiry(self, run_id: str, edge: str) -> None:
+    async def drop_expiry(self, run_id: str, edge: str) -> None:
         self.conn.execute("DELETE FROM expiries WHERE run_id = ? AND edge = ?", (run_id, edge))
 
-    def count_by_status(self) -> dict[str, int]:
-        return dict(self.conn.execute("SELECT status, count(*) FROM runs GROUP BY status").fetchall())
+    async def count_by_status(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT status, n FROM status_counts WHERE n > 0").fetchall())
 
-    def count_waits(self) -> int:
+    async def count_waits(self) -> int:
         return self.conn.execute("SELECT count(*) FROM waits").fetchone()[0]
+
+
+def _domain_error(exc: sqlite3.OperationalError) -> Error:
+    if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:  # made by hand: no code
+        return insufficient_storage("the database change")
+    # Locked past the busy timeout (another process holds it), an I/O error, a read-only file...
+    return Error("unavailable", "database_unavailable", f"the database refused the change: {exc}")

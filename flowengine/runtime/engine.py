@@ -13,7 +13,6 @@ import hashlib
 import logging
 import math
 import shutil
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -40,7 +39,8 @@ from flowengine.core.plans import EdgePlan, Plan, make_plan, well_ttl
 from flowengine.core.spec import Flow, with_tasks
 from flowengine.core.validate import validate
 from flowengine.errors import Error, conflict, not_found
-from flowengine.persistence.sqlite import Database, NewRun, RunRow, Wait
+from flowengine.persistence.base import Database, NewRun, Queries, RunRow, Wait
+from flowengine.persistence.sqlite import SqliteDatabase
 from flowengine.runtime import datadir, landing, retention
 from flowengine.runtime.catalog import Catalog
 from flowengine.runtime.executors.reaper import Reaper
@@ -54,7 +54,7 @@ from flowengine.stores.registry import Stores
 
 FLOW_CACHE = 1024  # decoded flow definitions kept in memory
 RUN_CACHE = 10_000  # recently used runs kept in memory
-CHECKPOINT_INTERVAL = 1.0  # seconds between copies of the WAL into the database (in a worker thread)
+HOUSEKEEPING_INTERVAL = 1.0  # seconds between the database's housekeeping (SQLite: WAL checkpoints)
 RECOVERY_BATCH = 500  # rows read at a time when resuming after a restart
 RECOVERY_BACKLOG = 1000  # dispatched steps at most before resuming more interrupted runs
 log = logging.getLogger("flowengine")
@@ -95,7 +95,7 @@ class Engine:
         self.new_id = new_id
         data = config.data_path
         self._lock = datadir.hold(data)  # before anything in the data dir is touched
-        self.db = Database(data / "flowengine.db")
+        self.db: Database = SqliteDatabase(data / "flowengine.db")
         self.stores = Stores(config, ensure_secret(config), clock)
         self.catalog = Catalog(Path(config.flows_dir), self.stores.configured.keys())
         self.work_root = config.work_path
@@ -109,7 +109,7 @@ class Engine:
         self._wake = asyncio.Event()
         self._sleep_until = math.inf
         self._background: list[asyncio.Task] = []
-        self.metrics = Metrics(self.db.count_by_status, self.db.count_waits)
+        self.metrics = Metrics()
         self.loops = Supervisor(on_failure=lambda name: self.metrics.loop_failures.labels(name).inc())
         self._creations: list[tuple[_Creation, asyncio.Future[None]]] = []
         self.sandbox: Sandbox | None = None
@@ -127,9 +127,9 @@ class Engine:
         self.sandbox = Sandbox.prepare(self.config.data_path.resolve(), self.work_root, Path(self.config.flows_dir),
                                        self.config.step_user, self.config.step_read_paths)  # fmt: skip
         self.reaper.start()
-        self.recovery.crashed = not self.db.take_clean_stop()
+        self.recovery.crashed = not await self.db.take_clean_stop()
         self.spawn_loop("timers", self._timers, self._until_next_wake)
-        self.spawn_loop("checkpoints", self._checkpoint, every(CHECKPOINT_INTERVAL))
+        self.spawn_loop("housekeeping", self.db.housekeeping, every(HOUSEKEEPING_INTERVAL))
         self.spawn_loop("reconciler", landing.Reconciler(self).tick, every(self.config.reconcile_interval))
         self.spawn_loop("sweeper", lambda: retention.sweep(self), every(self.config.sweep_interval))
         self.spawn_loop("event-loop-lag", self.metrics.sample_event_loop_lag, every(0))
@@ -141,7 +141,7 @@ class Engine:
         upload landed just before a crash. Both go through the database RECOVERY_BATCH rows at a time,
         the event loop free in between, so the memory it takes and the time before the engine serves
         do not grow with the database. Should it fail, it starts over (every part of it is idempotent)."""
-        until = self.db.last_run_id()  # runs created from here on are this process's own
+        until = await self.db.last_run_id()  # runs created from here on are this process's own
         delay = 1.0
         while True:
             try:
@@ -158,27 +158,30 @@ class Engine:
     async def _resume_interrupted(self, until: str | None) -> None:
         self.recovery = Recovery(crashed=self.recovery.crashed)
         after = ""
-        while until is not None and (rows := self.db.runs_with_status(machine.RUNNING, after, until, RECOVERY_BATCH)):
+        while until is not None:
+            rows = await self.db.runs_with_status(machine.RUNNING, after, until, RECOVERY_BATCH)
+            if not rows:
+                break
             for row in rows:
-                self._resume(row)
+                await self._resume(row)
             self.recovery.runs += len(rows)
             after = rows[-1].run.id
             await self._step_backlog_below(RECOVERY_BACKLOG)
-        for location in self.db.wait_locations() if self.recovery.crashed else ():
+        for location in await self.db.wait_locations() if self.recovery.crashed else ():
             if location.startswith("local:"):
                 await self._recover_local_uploads(location)
 
-    def _resume(self, row: RunRow) -> None:
+    async def _resume(self, row: RunRow) -> None:
         """Carry on with a run the last process left RUNNING. An attempt that was running then was cut
         short (its process is gone): the machine starts a new attempt, with its own scratch dir and
         log. One that was dispatched but never started is dispatched again as it was. The engine
         serves meanwhile: a step an event has already dispatched again is left alone."""
-        flow = self.flow_of(row.definition)
+        flow = await self.flow_of(row.definition)
         for name, state in row.run.steps.items():
             if (row.run.id, name) in self._steps:
                 continue
             if state.status == machine.RUNNING:
-                self.apply(row.run.id, machine.StepInterrupted(name, state.attempts))
+                await self.apply(row.run.id, machine.StepInterrupted(name, state.attempts))
             elif state.status == machine.READY:
                 self._dispatch(row.run.id, flow, Dispatch(name, state.attempts))
 
@@ -195,7 +198,7 @@ class Engine:
         uploads were under way."""
         store = self.stores.local(location.removeprefix("local:"))
         after = ""
-        while waits := self.db.unscheduled_waits(location, after, RECOVERY_BATCH):
+        while waits := await self.db.unscheduled_waits(location, after, RECOVERY_BATCH):
             in_place = await asyncio.to_thread(lambda batch=waits: [w for w in batch if store.stat_now(w.key)])
             for wait in in_place:
                 await landing.notice(self, wait, "recovery")
@@ -228,30 +231,30 @@ class Engine:
         # one step of the event loop (ingest.receive). Unless a crash's recovery is still unfinished,
         # the next start need not look for one (should this write fail, it looks).
         if self.recovery.done:
-            with contextlib.suppress(sqlite3.Error):
-                self.db.mark_clean_stop()
-        self.db.close()
+            with contextlib.suppress(Error):
+                await self.db.mark_clean_stop()
+        await self.db.close()
         self._lock.release()
 
     # reading
 
-    def flow_of(self, digest: str) -> Flow:
+    async def flow_of(self, digest: str, db: Queries | None = None) -> Flow:
         flow = self._flows.get(digest)
         if flow is None:
-            flow = _decode_flow(self.db.definition(digest))
+            flow = _decode_flow(await (db or self.db).definition(digest))
             self._flows.put(digest, flow)
         return flow
 
-    def get_run(self, run_id: str) -> tuple[Run, Flow]:
+    async def get_run(self, run_id: str) -> tuple[Run, Flow]:
         """A run as last committed. Recent runs come from memory: this process is their only
         writer, and every commit refreshes the copy (so a status poll costs no query)."""
         row = self._runs.get(run_id)
         if row is None:
-            row = self.db.load_run(run_id)
+            row = await self.db.load_run(run_id)
             if row is None:
                 raise not_found("run", run_id, "path.runID")
             self._runs.put(run_id, row)
-        return row.run, self.flow_of(row.definition)
+        return row.run, await self.flow_of(row.definition)
 
     def store_of(self, flow: Flow, edge: EdgeState) -> Store:
         return self.stores.resolve(flow, edge.store)
@@ -334,21 +337,21 @@ class Engine:
         future = asyncio.get_running_loop().create_future()
         self._creations.append((creation, future))
         if len(self._creations) == 1:
-            asyncio.get_running_loop().call_soon(self._flush_creations)
+            asyncio.get_running_loop().create_task(self._flush_creations())
         return future
 
-    def _flush_creations(self) -> None:
+    async def _flush_creations(self) -> None:
         batch, self._creations = self._creations, []
         refused: dict[int, Error] = {}
         try:
-            with self.db.transaction():
+            async with self.db.transaction() as tx:
                 rows = []
                 for i, (creation, _) in enumerate(batch):
                     try:
-                        rows.append(self._claim(creation))
+                        rows.append(await self._claim(tx, creation))
                     except Error as exc:
                         refused[i] = exc
-                self.db.insert_runs(rows)
+                await tx.insert_runs(rows)
         except Exception as exc:
             for _, future in batch:
                 future.set_exception(exc)
@@ -359,43 +362,43 @@ class Engine:
             else:
                 future.set_result(None)
 
-    def _claim(self, c: _Creation) -> NewRun:
+    async def _claim(self, tx: Queries, c: _Creation) -> NewRun:
         """Claim a creation's waits and store its definition, or refuse it before it writes anything;
         returns its run's row, which the batch inserts with the others'."""
         # Embedded-store uploads come through the engine and land at once: the reconciler need not
         # ask about them (start() does, once, for uploads a crash interrupted).
         checks = [(w, None if w.location.startswith("local:") else c.first_check) for w in c.waits]
-        taken = self.db.claim_waits(checks)
+        taken = await tx.claim_waits(checks)
         if taken:
             store = c.run.edges[taken.edge].store
             place = next(e.place for e in c.plan.edges if e.name == taken.edge)
             raise conflict(f"another run is already waiting for {taken.key!r} in store {store!r}", f"{place}.Key")
         if c.plan.digest not in self._flows:
-            self.db.put_definition(c.plan.digest, c.plan.definition)
+            await tx.put_definition(c.plan.digest, c.plan.definition)
         return NewRun(c.run, c.plan.digest, c.wake)
 
     # applying events
 
-    def apply(self, run_id: str, event: Event) -> Run:
+    async def apply(self, run_id: str, event: Event) -> Run:
         """Apply one event to one run in one transaction; then carry out its commands."""
-        with self.db.transaction():
-            row = self.db.load_run(run_id)
+        async with self.db.transaction() as tx:
+            row = await tx.load_run(run_id)
             if row is None:
                 raise not_found("run", run_id, "path.runID")
-            flow = self.flow_of(row.definition)
+            flow = await self.flow_of(row.definition, tx)
             run, commands = machine.advance(row.run, flow, event, self.clock())
             if run is row.run:
                 return run
             wake = machine.next_wake(run)
-            self.db.save_run(run, wake)
+            await tx.save_run(run, wake)
             filled = [n for n, e in run.edges.items() if e.object and not row.run.edges[n].object]
             still = set(machine.waiting_edges(run))
             gone = [n for n in machine.waiting_edges(row.run) if n not in still]
-            self.db.drop_waits([_wait(self.store_of(flow, run.edges[n]), run, n) for n in gone])
+            await tx.drop_waits([_wait(self.store_of(flow, run.edges[n]), run, n) for n in gone])
             expiries = self._expiries(run, filled)
             if run.status in machine.TERMINAL and run.steps:
                 expiries[LOGS] = self.clock() + self.config.output_retention  # the steps' logs go with the outputs
-            self.db.add_expiries(run.id, expiries)
+            await tx.add_expiries(run.id, expiries)
         self._runs.put(run.id, RunRow(run, row.definition))
         self._after_commit(row.run, run, flow, commands, wake)
         return run
@@ -422,27 +425,28 @@ class Engine:
         due = {name: self.expires_at(run.edges[name]) for name in edges}
         return {name: at for name, at in due.items() if at != math.inf}
 
-    def object_landed(self, location: str, key: str, info: ObjectInfo, via: str) -> Run | None:
+    async def object_landed(self, location: str, key: str, info: ObjectInfo, via: str) -> Run | None:
         """An object appeared (`via` a notification or the reconciler): advance the run waiting for
         it, if any. Unknown keys are ignored."""
-        wait = self.db.wait_for(location, key)
+        wait = await self.db.wait_for(location, key)
         if wait is None:
             return None
         if info.modified:
             self.metrics.landing_lag.labels(via).observe(max(0.0, self.clock() - info.modified))
-        return self.apply(wait.run_id, machine.Landed(wait.edge, ObjectMeta(info.size, info.content_type, info.etag)))
+        landed = machine.Landed(wait.edge, ObjectMeta(info.size, info.content_type, info.etag))
+        return await self.apply(wait.run_id, landed)
 
-    def cancel(self, run_id: str) -> Run:
-        return self.apply(run_id, machine.Cancel())
+    async def cancel(self, run_id: str) -> Run:
+        return await self.apply(run_id, machine.Cancel())
 
-    def refresh(self, run_id: str) -> Run:
+    async def refresh(self, run_id: str) -> Run:
         """New upload URLs for the wells still empty: their TTL starts again (the shortest one, for all)."""
-        run, flow = self.get_run(run_id)
+        run, flow = await self.get_run(run_id)
         waiting = machine.waiting_edges(run)
         if not waiting:
             raise conflict(f"run {run_id!r} is {run.status}: it waits for no upload", "path.runID")
         ttl = min(well_ttl(flow.well(edge), self.config) for edge in waiting)
-        return self.apply(run_id, machine.Refresh(math.ceil(self.clock() + ttl)))
+        return await self.apply(run_id, machine.Refresh(math.ceil(self.clock() + ttl)))
 
     # steps
 
@@ -457,7 +461,7 @@ class Engine:
 
     async def _run_step(self, run_id: str, flow: Flow, command: Dispatch) -> None:
         async with self._slots:
-            run = self.apply(run_id, machine.StepStarted(command.step, command.attempt))
+            run = await self.apply(run_id, machine.StepStarted(command.step, command.attempt))
             state = run.steps.get(command.step)
             if state is None or state.attempts != command.attempt or state.status != machine.RUNNING:
                 return
@@ -489,24 +493,23 @@ class Engine:
         delay = 0.1
         while True:
             try:
-                self.apply(run_id, event)
+                await self.apply(run_id, event)
                 return
-            except (sqlite3.Error, OSError):
+            except Error as exc:
+                if exc.kind not in ("unavailable", "insufficient_storage"):
+                    raise
                 log.exception("run %s: recording the result of step %r failed; retrying in %gs", run_id,
                               event.step, delay)  # fmt: skip
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
 
-    async def _checkpoint(self) -> None:
-        await asyncio.to_thread(self.db.checkpoint)  # if it fails, the WAL only grows until the next one
-
     # timers
 
     async def _timers(self) -> None:
         """Apply a Tick to every run that is due, and note when the next one is."""
-        for run_id in self.db.due_runs(self.clock()):
-            self.apply(run_id, machine.Tick())
-        nxt = self.db.next_wake()
+        for run_id in await self.db.due_runs(self.clock()):
+            await self.apply(run_id, machine.Tick())
+        nxt = await self.db.next_wake()
         self._sleep_until = math.inf if nxt is None else nxt
         self._wake.clear()
 

@@ -34,7 +34,7 @@ from flowengine.stores.base import ObjectInfo, Store
 from flowengine.stores.local import LocalStore
 
 DEFAULT_TYPE = "application/octet-stream"
-log = logging.getLogger("flowengine.runtime.ingest")
+log = logging.getLogger("flowengine.ingest")
 
 
 class Upload(msgspec.Struct, frozen=True):
@@ -100,9 +100,9 @@ def _refusal(problem: machine.LandingProblem) -> Error:
 _storing: set[tuple[str, str]] = set()
 
 
-def _open_well(engine: Engine, run_id: str, edge_name: str) -> tuple[Run, Flow, EdgeState]:
+async def _open_well(engine: Engine, run_id: str, edge_name: str) -> tuple[Run, Flow, EdgeState]:
     """The run, its flow and the edge, if the edge takes an upload now; else the 404 / 409 saying why not."""
-    run, flow = engine.get_run(run_id)
+    run, flow = await engine.get_run(run_id)
     edge = run.edges.get(edge_name)
     if edge is None:
         raise not_found("edge", edge_name, "path.edgeName")
@@ -118,7 +118,7 @@ def _open_well(engine: Engine, run_id: str, edge_name: str) -> tuple[Run, Flow, 
 
 
 async def receive(engine: Engine, run_id: str, edge_name: str, body: AsyncIterator[bytes], upload: Upload) -> Run:
-    _, flow, edge = _open_well(engine, run_id, edge_name)
+    _, flow, edge = await _open_well(engine, run_id, edge_name)
     limit = min(edge.max_size or engine.config.max_upload_size, engine.config.max_upload_size)
     if upload.length is not None and upload.length > limit:
         raise too_large(limit)
@@ -133,7 +133,7 @@ async def receive(engine: Engine, run_id: str, edge_name: str, body: AsyncIterat
         problem = machine.landing_problem(edge_name, edge, meta)
         if problem:
             raise _refusal(problem)
-        _open_well(engine, run_id, edge_name)  # again: another upload may have filled it while this one spooled
+        await _open_well(engine, run_id, edge_name)  # again: another upload may have filled it while this one spooled
         _storing.add((run_id, edge_name))
         try:
             return await _store(engine, store, run_id, edge_name, Stored(path, edge.key, meta, upload.no_overwrite))
@@ -156,7 +156,7 @@ async def _store(engine: Engine, store: Store, run_id: str, edge_name: str, uplo
         info = await store.upload(upload.key, upload.path, meta.content_type)
         meta = ObjectMeta(info.size, info.content_type, info.etag)
     try:
-        run = engine.apply(run_id, machine.Landed(edge_name, meta))
+        run = await engine.apply(run_id, machine.Landed(edge_name, meta))
     except BaseException:
         await _discard(store, upload.key)
         raise

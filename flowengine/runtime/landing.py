@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 from flowengine.core.machine import Run
 from flowengine.errors import Error
-from flowengine.persistence.sqlite import Wait
+from flowengine.persistence.base import Queries, Wait
 from flowengine.stores.base import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ async def notice(engine: Engine, wait: Wait, via: str) -> Run | None:
     """Look at the object a wait names; if it is there, advance its run. Stat gives the truth
     (size, type, ETag) whatever the notification claimed. `via`: who asked (for the lag metric)."""
     try:
-        run, flow = engine.get_run(wait.run_id)
+        run, flow = await engine.get_run(wait.run_id)
     except Error:
         return None
     edge = run.edges.get(wait.edge)
@@ -61,12 +61,12 @@ async def notice(engine: Engine, wait: Wait, via: str) -> Run | None:
     info = await engine.store_of(flow, edge).stat(edge.key)
     if info is None:
         return None
-    return engine.object_landed(wait.location, wait.key, info, via)
+    return await engine.object_landed(wait.location, wait.key, info, via)
 
 
 async def notify(engine: Engine, location: str, key: str) -> bool:
     """A notification said `key` landed in `location`; True when a run was waiting for it."""
-    wait = engine.db.wait_for(location, key)
+    wait = await engine.db.wait_for(location, key)
     if wait is None:
         return False
     try:
@@ -100,7 +100,7 @@ class Reconciler:
         """Go on with every location's sweep; returns how many store requests it made."""
         batch = self.engine.config.reconcile_batch
         budget = Budget(batch)
-        locations = [loc for loc in self.engine.db.wait_locations() if not loc.startswith("local:")]
+        locations = [loc for loc in await self.engine.db.wait_locations() if not loc.startswith("local:")]
         await asyncio.gather(*(self._sweep(loc, budget) for loc in locations))
         self.requests += batch - budget.left
         self.engine.metrics.reconciler_checks.inc(batch - budget.left)
@@ -117,7 +117,7 @@ class Reconciler:
                     break
                 apart = self._heads.get(location, RELIST) < RELIST  # keys lie apart, and no listing is due
                 wanted = self.engine.config.reconcile_concurrency if apart else 1
-                due, looked_to = db.due_waits(location, cursor, self.engine.clock(), wanted, SCAN)
+                due, looked_to = await db.due_waits(location, cursor, self.engine.clock(), wanted, SCAN)
                 if due:
                     cursor = await (self._ask_each(due, budget) if apart else self._list(due[0], budget)) or cursor
                 elif looked_to:
@@ -134,22 +134,22 @@ class Reconciler:
         key the sweep goes on after."""
         engine, db, location = self.engine, self.engine.db, first.location
         try:
-            run, flow = engine.get_run(first.run_id)
+            run, flow = await engine.get_run(first.run_id)
         except Error:
             return first.key  # the run is gone, and with it the wait
         edge = run.edges[first.edge]
         store = engine.store_of(flow, edge)
         base = first.key[: len(first.key) - len(edge.key)]  # the store's own prefix, as the location names keys
-        prefix = _common_prefix(first.key, db.last_wait_key(location, base) or first.key)
+        prefix = _common_prefix(first.key, await db.last_wait_key(location, base) or first.key)
         budget.take(1)
         page = await store.list_keys(prefix[len(base) :], edge.key[:-1], LIST_PAGE)
         keys = [base + k for k in page.keys]
         if page.truncated and not keys:
             settled, through = 0, None  # a server may answer an empty page with more to come: nothing learnt
         else:
-            settled, through = db.settled_waits(location, first.key, keys[-1] if page.truncated else None, prefix,
-                                                SETTLE)  # fmt: skip
-        found = db.waits_at(location, keys) if keys else []
+            last = keys[-1] if page.truncated else None
+            settled, through = await db.settled_waits(location, first.key, last, prefix, SETTLE)
+        found = await db.waits_at(location, keys) if keys else []
         looked = found[: budget.take(len(found))]
         await asyncio.gather(*(self._look(w) for w in looked))
         if len(looked) < len(found):  # out of requests: the next tick goes on from the first not looked at
@@ -162,8 +162,8 @@ class Reconciler:
         else:
             self._heads.pop(location, None)
         if settled < DENSE:  # a listing for a key or two: as often as a HEAD would be
-            with db.transaction():
-                self._back_off(location, first.key, through)
+            async with db.transaction() as tx:
+                await self._back_off(tx, location, first.key, through)
         return through
 
     async def _ask_each(self, waits: list[Wait], budget: Budget) -> str | None:
@@ -172,16 +172,16 @@ class Reconciler:
         if not asked:
             return None
         location = asked[0].location
-        with self.engine.db.transaction():  # first: a slow store must not make the next tick ask again
+        async with self.engine.db.transaction() as tx:  # first: a slow store must not make the next tick ask again
             for wait in asked:
-                self._back_off(location, wait.key, wait.key)
+                await self._back_off(tx, location, wait.key, wait.key)
         await asyncio.gather(*(self._look(w) for w in asked))
         self._heads[location] = self._heads.get(location, 0) + len(asked)
         return asked[-1].key
 
-    def _back_off(self, location: str, first: str, last: str) -> None:
+    async def _back_off(self, tx: Queries, location: str, first: str, last: str) -> None:
         config = self.engine.config
-        self.engine.db.back_off_waits(
+        await tx.back_off_waits(
             location, first, last, self.engine.clock(), config.reconcile_interval, config.reconcile_max_interval
         )
 

@@ -2,47 +2,31 @@
 
 Each engine has a registry of its own (tests run several engines in one process). Counters move
 where things happen: transitions after each commit, landings as they are noticed, loop failures in
-the supervisor. Gauges that summarise the database are read when Prometheus scrapes.
+the supervisor. Gauges that summarise the database are read when Prometheus scrapes (read_database).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.process_collector import ProcessCollector
-from prometheus_client.registry import Collector
 
-from flowengine.core.machine import Transition
+from flowengine.core.machine import COMPLETE, ERROR, RUNNING, STOPPED, WAITING, Transition
+from flowengine.persistence.base import Queries
 
 LAG_INTERVAL = 0.25  # seconds between event-loop lag samples
 _DURATIONS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600)
 _LAGS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 300)
 
 
-class _Gauges(Collector):
-    """Gauges computed at scrape time from the engine's state."""
-
-    def __init__(self, runs_by_status: Callable[[], dict[str, int]], waiting: Callable[[], int]) -> None:
-        self.runs_by_status = runs_by_status
-        self.waiting = waiting
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        runs = GaugeMetricFamily("flowengine_runs", "Runs in the database by status", labels=["status"])
-        for status, count in sorted(self.runs_by_status().items()):
-            runs.add_metric([status], count)
-        yield runs
-        yield GaugeMetricFamily("flowengine_waiting_uploads", "Wells waiting for an object", value=self.waiting())
-
-
 class Metrics:
-    def __init__(self, runs_by_status: Callable[[], dict[str, int]], waiting: Callable[[], int]) -> None:
+    def __init__(self) -> None:
         self.registry = registry = CollectorRegistry()
         ProcessCollector(registry=registry)  # memory, CPU, open descriptors
-        registry.register(_Gauges(runs_by_status, waiting))
+        self.runs = Gauge("flowengine_runs", "Runs in the database by status", ["status"], registry=registry)
+        self.waiting = Gauge("flowengine_waiting_uploads", "Wells waiting for an object", registry=registry)
         self.transitions = Counter(
             "flowengine_transitions", "Run and step transitions, by kind (run.created, step.failed, ...)",
             ["kind"], registry=registry,
@@ -70,6 +54,13 @@ class Metrics:
             "flowengine_event_loop_lag_seconds", "How late the event loop runs a timer: time it spends blocked",
             buckets=_LAGS, registry=registry,
         )  # fmt: skip
+
+    async def read_database(self, db: Queries) -> None:
+        """The gauges that summarise the database, read when Prometheus scrapes."""
+        counts = await db.count_by_status()
+        for status in (STOPPED, WAITING, RUNNING, COMPLETE, ERROR):
+            self.runs.labels(status).set(counts.get(status, 0))
+        self.waiting.set(await db.count_waits())
 
     def observe(self, transitions: list[Transition]) -> None:
         for t in transitions:

@@ -35,15 +35,14 @@ async def sweep(engine: Engine) -> int:
     deleted = 0
     skipped: set[tuple[str, str]] = set()  # due, on a store that is down: left for the next sweep
     down: set[int] = set()  # stores that failed in this sweep: not asked again until the next one
-    while due := [d for d in engine.db.due_expiries(engine.clock(), BATCH + len(skipped)) if d not in skipped]:
+    while due := [d for d in await engine.db.due_expiries(engine.clock(), BATCH + len(skipped)) if d not in skipped]:
         for run_id, edge_name in due:
             if edge_name == LOGS:
                 await anyio.to_thread.run_sync(shutil.rmtree, engine.log_root / run_id, True)
-                with engine.db.transaction():
-                    engine.db.drop_expiry(run_id, edge_name)
+                await engine.db.drop_expiry(run_id, edge_name)
                 continue
             try:
-                run, flow = engine.get_run(run_id)
+                run, flow = await engine.get_run(run_id)
                 edge = run.edges[edge_name]
                 store = engine.store_of(flow, edge)
                 if id(store) in down:
@@ -57,7 +56,6 @@ async def sweep(engine: Engine) -> int:
                 continue
             except (Error, KeyError):
                 pass  # the run or edge is gone: nothing left to delete
-            with engine.db.transaction():
-                engine.db.drop_expiry(run_id, edge_name)
+            await engine.db.drop_expiry(run_id, edge_name)
             deleted += 1
     return deleted

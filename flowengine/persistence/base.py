@@ -1,0 +1,144 @@
+"""The one interface every read and write of engine state goes through.
+
+Two implementations: `sqlite.SqliteDatabase` (the embedded default) and, for several engines on one
+database, PostgreSQL. No SQL lives outside them. Every method is a coroutine. A change that must
+be whole is made inside `transaction()`, whose object has the same methods: inside it, loading a
+run locks that run against other writers until the commit, so events on one run never interleave
+(on SQLite there is one writer anyway). Failures of the database itself are domain errors:
+`insufficient_storage` (disk full) or `unavailable` (locked, unreachable).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+import msgspec
+
+from flowengine.core.machine import Run
+
+
+class Wait(msgspec.Struct, frozen=True, gc=False):
+    location: str  # a store's location ("local:default", "s3:bucket")
+    key: str  # the object's full key in that location
+    run_id: str
+    edge: str
+
+
+class NewRun(msgspec.Struct, frozen=True, gc=False):
+    run: Run
+    definition: str
+    wake_at: float | None  # machine.next_wake(run)
+
+
+class RunRow(msgspec.Struct, frozen=True, gc=False):  # see machine.Run
+    run: Run
+    definition: str  # hash of the flow definition the run follows
+
+
+class Queries(Protocol):
+    # the engine's own state
+    async def mark_clean_stop(self) -> None: ...
+
+    async def take_clean_stop(self) -> bool:
+        """Whether the last engine on this database stopped cleanly; the next start has to ask anew."""
+        ...
+
+    # definitions: flows as stored, by the hash of their encoding
+    async def put_definition(self, digest: str, body: bytes) -> None: ...
+
+    async def definition(self, digest: str) -> bytes: ...
+
+    # runs
+    async def insert_runs(self, rows: list[NewRun]) -> None:
+        """New runs, counted (see count_runs) in the same transaction."""
+        ...
+
+    async def save_run(self, run: Run, wake_at: float | None) -> None: ...
+
+    async def load_run(self, run_id: str) -> RunRow | None:
+        """The run as committed; inside a transaction, locked until it ends."""
+        ...
+
+    async def list_runs(
+        self, status: str | None, flow: str | None, limit: int, *, before: str | None = None, offset: int = 0
+    ) -> list[Run]:
+        """Runs newest first (by ID); `before`: only those whose ID sorts before it (a page after
+        another, at the cost of the first); `offset` skips rows one by one."""
+        ...
+
+    async def count_runs(self, status: str | None, flow: str | None) -> int:
+        """How many runs match, from counters: the cost does not grow with the runs."""
+        ...
+
+    async def count_by_status(self) -> dict[str, int]: ...
+
+    async def last_run_id(self) -> str | None: ...
+
+    async def runs_with_status(self, status: str, after: str, until: str, limit: int) -> list[RunRow]:
+        """Up to `limit` runs with that status and an ID in (after, until], in ID order: one batch of a scan."""
+        ...
+
+    async def due_runs(self, now: float, limit: int = 500) -> list[str]:
+        """Runs whose next timer (TTL, retry) is due by `now`."""
+        ...
+
+    async def next_wake(self) -> float | None: ...
+
+    # waits: which run's edge an object key fills
+    async def claim_waits(self, waits: list[tuple[Wait, float | None]]) -> Wait | None:
+        """Store waits, each with when the reconciler should first look (None: never). If a key is
+        awaited already, store none of them and return the wait that collided."""
+        ...
+
+    async def wait_for(self, location: str, key: str) -> Wait | None: ...
+
+    async def drop_waits(self, waits: list[Wait]) -> None: ...
+
+    async def count_waits(self) -> int: ...
+
+    async def wait_locations(self) -> list[str]:
+        """The locations anything waits in (a few)."""
+        ...
+
+    async def unscheduled_waits(self, location: str, after: str, limit: int) -> list[Wait]:
+        """Waits the reconciler never asks about (embedded-store uploads), by key after `after`: one batch."""
+        ...
+
+    # the reconciler's walk through a location's waits, in key order (see runtime/landing.py)
+    async def due_waits(
+        self, location: str, after: str, now: float, limit: int, scan: int
+    ) -> tuple[list[Wait], str | None]: ...
+
+    async def last_wait_key(self, location: str, prefix: str) -> str | None: ...
+
+    async def settled_waits(
+        self, location: str, first: str, last: str | None, prefix: str, limit: int
+    ) -> tuple[int, str | None]: ...
+
+    async def waits_at(self, location: str, keys: list[str]) -> list[Wait]: ...
+
+    async def back_off_waits(
+        self, location: str, first: str, last: str, now: float, base: float, most: float
+    ) -> None: ...
+
+    # expiries: when a run's object is past retention and is to be deleted
+    async def add_expiries(self, run_id: str, expiries: dict[str, float]) -> None: ...
+
+    async def due_expiries(self, now: float, limit: int) -> list[tuple[str, str]]: ...
+
+    async def drop_expiry(self, run_id: str, edge: str) -> None: ...
+
+
+class Database(Queries, Protocol):
+    def transaction(self) -> AbstractAsyncContextManager[Queries]:
+        """All or nothing: commits when the block ends, rolls back if it raises. No I/O other than
+        the database's inside it: it holds locks (and, on SQLite, the one connection)."""
+        ...
+
+    async def housekeeping(self) -> None:
+        """What the database needs now and then (SQLite: copy the WAL into the file); the engine
+        calls it every second."""
+        ...
+
+    async def close(self) -> None: ...
