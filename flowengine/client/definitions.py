@@ -69,8 +69,8 @@ def with_flags(flow: Mapping[str, Any], flags: list[tuple[str, str, Any]]) -> di
     for step, flag, value in flags:
         if step not in steps:
             known = ", ".join(str(s) for s in steps) or "none"
-            raise InputError(f"flag {step}.{flag}: the flow has no step {step!r} (its steps: {known})")
+            raise InputError(f"{step}.{flag}: the flow has no step {step!r} (its steps: {known})")
         if not isinstance(steps[step].get("Flags") or {}, dict):
-            raise InputError(f"flag {step}.{flag}: the step's Flags are not a mapping")
+            raise InputError(f"{step}.{flag}: the step's Flags are not a mapping")
         steps[step]["Flags"] = {**(steps[step].get("Flags") or {}), flag: value}
     return flow
