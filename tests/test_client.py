@@ -277,7 +277,11 @@ def test_a_download_of_the_wrong_size_leaves_no_file(server: Server, tmp_path: P
             with pytest.raises(TransferError, match=problem):
                 client.download(lying, "loud", out / "loud.txt")
             assert list(out.iterdir()) == []  # neither the file nor its temp file
+        (out / "taken").mkdir()
+        with pytest.raises(TransferError, match="taken: cannot write it: Is a directory"):
+            client.download(run, "loud", out / "taken")
         assert client.download(run, "loud", out / "loud.txt").read_bytes() == b"SOME WORDS\n"
+        assert sorted(p.name for p in out.iterdir()) == ["loud.txt", "taken"]
 
 
 def test_output_file_names_never_leave_the_out_dir():

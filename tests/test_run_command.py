@@ -24,7 +24,8 @@ FAILING = {
     "Name": "fails",
     "DataWells": [{"Edge": "doc", "Source": "upload"}, {"Edge": "out"}],
     "Tasks": [{"Name": "boom", "Inputs": [{"Name": "src"}], "Outputs": [{"Name": "dst"}],
-               "Exec": ["sh", "-c", "echo looking at the input; echo 'disk on fire' >&2; exit 3", "${src}"]}],
+               "Exec": ["sh", "-c", "echo looking at the input; printf '\\033[2Jwiped\\n'; echo 'disk on fire' >&2;"
+                        "exit 3", "${src}"]}],
     "Steps": [{"ID": "burn", "Uses": "boom", "Inputs": [{"Slot": "src", "Edge": "doc"}],
                "Outputs": [{"Slot": "dst", "Edge": "out"}]}],
 }  # fmt: skip
@@ -101,6 +102,7 @@ def test_a_failed_run_exits_1_with_the_reason_the_step_and_its_log(server: Serve
     assert "ended ERROR: step 'burn' failed after 1 attempt(s): exited with status 3" in done.stderr
     assert "failed step: burn (boom), attempt 1" in done.stderr
     assert "  | disk on fire" in done.stderr and "  | looking at the input" in done.stderr
+    assert "  | \\x1b[2Jwiped" in done.stderr and "\x1b" not in done.stderr  # shown, not obeyed
     assert done.stdout == "" and sorted(p.name for p in work.iterdir()) == ["fails.yaml", "first.txt", "second.txt",
                                                                              "slow.json"]  # fmt: skip
 
@@ -194,6 +196,13 @@ def test_a_second_ctrl_c_quits_at_once_when_the_cancel_hangs(server: Server, wor
         proc.kill()
     assert proc.returncode == 130, err
     assert "Ctrl-C again to quit at once" in err and "Traceback" not in err
+
+
+def test_the_engine_starts_without_importing_the_client():
+    loaded = subprocess.run([sys.executable, "-c", "import sys, flowengine.cli; print(sorted(sys.modules))"],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    for module in ("'flowengine.client'", "'httpx'", "'rich'"):
+        assert module not in loaded
 
 
 def test_on_a_terminal_the_view_is_redrawn_in_place(shipped: Server, work: Path):

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from flowengine.client.clients import Client
 from flowengine.client.definitions import input_edges, is_flow_file, load_definition, with_flags
-from flowengine.client.display import Display, make_display
+from flowengine.client.display import Display, make_display, printable
 from flowengine.client.documents import RunDoc
 from flowengine.client.errors import ApiError, ClientError, InputError, Invalid, NotFound, WaitTimeout
 from flowengine.client.protocol import check_inputs, output_paths
@@ -75,8 +75,8 @@ def main(args: argparse.Namespace) -> int:
             code = _stop(session, FAILED, _describe(exc))
         finally:
             display.close()
-    for line in session.report:
-        print(f"flowengine run: {line}" if line and not line.startswith(" ") else line, file=sys.stderr)
+    for line in map(printable, session.report):
+        print(line if line.startswith("  ") else f"flowengine run: {line}", file=sys.stderr)
     for path in session.saved:
         print(path)
     return code
@@ -141,11 +141,11 @@ def follow(session: Session) -> int:
     run = session.run = client.wait(run.id, timeout=plan.timeout, on_update=display.show)
     if run.status != "COMPLETE":
         return failed(session, run)
-    for edge, dest in output_paths(run, plan.out).items():
-        art = run.artifact(edge)
-        assert art is not None
-        bar = display.transfer(f"{edge} → {dest}", art.size, upload=False)
-        session.saved.append(client.download(run, edge, dest, progress=bar.update))
+    paths = output_paths(run, plan.out)
+    for art in run.outputs:
+        dest = paths[art.edge_name]
+        bar = display.transfer(f"{art.edge_name} → {dest}", art.size, upload=False)
+        session.saved.append(client.download(run, art.edge_name, dest, progress=bar.update))
         bar.finish()
     if not session.quiet:
         session.report.append(f"run {run.id}: COMPLETE, {len(session.saved)} output(s) in {plan.out}")

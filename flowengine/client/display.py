@@ -77,6 +77,17 @@ def step_note(step: StepDoc) -> str:
     return step.error
 
 
+_CONTROLS = {
+    c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0)) if c not in (0x09, 0x0A)
+}  # tabs and line ends stay
+
+
+def printable(text: str) -> str:
+    """Text from the engine (errors, a step's log) with its control characters shown, not obeyed:
+    a log line cannot move the cursor or clear the screen."""
+    return text.translate(_CONTROLS)
+
+
 class _Nothing:
     def update(self, done: int, total: int) -> None:
         pass
@@ -131,7 +142,7 @@ class Lines:
         self.status = ""
 
     def note(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
+        print(printable(text), file=self.out, flush=True)
 
     def transfer(self, label: str, total: int, upload: bool) -> Transfer:
         return _LineTransfer(self.out, label, total, "uploading" if upload else "downloading")
@@ -164,14 +175,15 @@ class Lines:
 class _BarTransfer:
     def __init__(self, progress: Any, label: str, total: int) -> None:
         self.progress = progress
-        self.task = progress.add_task(label, total=total)
+        self.total = total
+        self.task = progress.add_task(printable(label), total=total)
 
     def update(self, done: int, total: int) -> None:
+        self.total = total
         self.progress.update(self.task, completed=done, total=total)
 
     def finish(self) -> None:
-        task = self.progress.tasks[self.task]
-        self.progress.update(self.task, completed=task.total)
+        self.progress.update(self.task, completed=self.total)
         self.progress.stop_task(self.task)  # its time and rate stop where they were
 
 
@@ -223,11 +235,12 @@ class LiveView:
         now = time.time()
         for step in run.steps:
             status = Text(step.status, STYLES.get(step.status, "dim"))
-            table.add_row(step.id, step.uses, status, str(step.attempts or ""), step_time(step, now), step_note(step))
+            table.add_row(printable(step.id), printable(step.uses), status, str(step.attempts or ""),
+                          step_time(step, now), printable(step_note(step)))  # fmt: skip
         return table
 
     def note(self, text: str) -> None:
-        self.live.console.print(text, markup=False, highlight=False)
+        self.live.console.print(printable(text), markup=False, highlight=False)
 
     def transfer(self, label: str, total: int, upload: bool) -> Transfer:
         return _BarTransfer(self.uploads if upload else self.downloads, label, total)

@@ -91,7 +91,7 @@ class FileBody:
         sent = 0
         if self.progress:
             self.progress(0, self.size)
-        with self.path.open("rb") as f:
+        with _disk(self.path, "read it"), self.path.open("rb") as f:
             while sent < self.size:
                 chunk = f.read(min(CHUNK, self.size - sent))
                 if not chunk:
@@ -116,7 +116,9 @@ class FileSink:
         self.size = size
         self.progress = progress
         self.received = 0
-        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        with _disk(dest, "write it"):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         self.temp = Path(name)
         self._file = os.fdopen(fd, "wb")
 
@@ -131,21 +133,32 @@ class FileSink:
         self.received += len(chunk)
         if self.received > self.size:
             raise TransferError(f"{self.dest.name}: the server sent more than the {self.size} bytes the run lists")
-        self._file.write(chunk)
+        with _disk(self.dest, "write it"):
+            self._file.write(chunk)
         if self.progress:
             self.progress(self.received, self.size)
 
     def commit(self) -> None:
         if self.received != self.size:
             raise TransferError(f"{self.dest.name}: got {self.received} of {self.size} bytes")
-        self._file.close()
-        os.chmod(self.temp, 0o666 & ~_umask())  # mkstemp's 0600, made the mode any new file gets
-        os.replace(self.temp, self.dest)
+        with _disk(self.dest, "write it"):
+            self._file.close()
+            os.chmod(self.temp, 0o666 & ~_umask())  # mkstemp's 0600, made the mode any new file gets
+            os.replace(self.temp, self.dest)
 
     def discard(self) -> None:
         """Drop the temp file (after `commit`, there is none left to drop)."""
         self._file.close()
         self.temp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _disk(path: Path, doing: str) -> Iterator[None]:
+    """An OSError on a local file (a full disk, a folder in the way) as the client's error, naming the file."""
+    try:
+        yield
+    except OSError as exc:
+        raise TransferError(f"{path}: cannot {doing}: {exc.strerror or exc}") from exc
 
 
 def _umask() -> int:
@@ -353,7 +366,6 @@ class Protocol:
         if art.expired or not art.get_url:
             raise TransferError(f"artifact {edge!r} of run {run.id} is past retention: it was deleted")
         dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
         sink = FileSink(dest, art.size, progress)
         try:
             # identity: the stored bytes themselves, which is what the listed size counts
@@ -457,7 +469,7 @@ class Steps:
     def fail(self, exc: Exception) -> None:
         """The effect failed: the operation is told, in the client's own terms."""
         self._reply = None
-        if isinstance(exc, httpx.HTTPError) and isinstance(self._effect, Send):
+        if isinstance(exc, httpx.HTTPError | httpx.InvalidURL) and isinstance(self._effect, Send):
             url = httpx.URL(self._effect.url).copy_with(query=None)
             kind = ConnectionFailed if isinstance(exc, httpx.TransportError) else ClientError
             exc = kind(f"{self._effect.method} {url}: {type(exc).__name__}: {exc or 'connection failed'}")
