@@ -129,7 +129,12 @@ class Client:
             args = next_page(page)
 
     def put(
-        self, waiting: WaitingURL, path: Path, *, content_type: str | None = None, progress: Progress | None = None
+        self,
+        waiting: WaitingURL,
+        path: str | os.PathLike[str],
+        *,
+        content_type: str | None = None,
+        progress: Progress | None = None,
     ) -> None:
         self.run(self.protocol.put(waiting, path, content_type=content_type, progress=progress))
 
@@ -270,7 +275,12 @@ class AsyncClient:
             args = next_page(page)
 
     async def put(
-        self, waiting: WaitingURL, path: Path, *, content_type: str | None = None, progress: Progress | None = None
+        self,
+        waiting: WaitingURL,
+        path: str | os.PathLike[str],
+        *,
+        content_type: str | None = None,
+        progress: Progress | None = None,
     ) -> None:
         await self.run(self.protocol.put(waiting, path, content_type=content_type, progress=progress))
 

@@ -57,6 +57,13 @@ class Session:
 
 def main(args: argparse.Namespace) -> int:
     try:
+        return _main(args)
+    except KeyboardInterrupt:  # before a run was started, or a second Ctrl-C: nothing to cancel
+        return INTERRUPTED
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
         plan = make_plan(args)
     except (Usage, InputError) as exc:
         return _say(USAGE, str(exc))

@@ -256,11 +256,17 @@ class Protocol:
     # uploads
 
     def put(
-        self, waiting: WaitingURL, path: Path, *, content_type: str | None = None, progress: Progress | None = None
+        self,
+        waiting: WaitingURL,
+        path: str | os.PathLike[str],
+        *,
+        content_type: str | None = None,
+        progress: Progress | None = None,
     ) -> Op[None]:
         """PUT a file to a WaitingURL: streamed from disk, with exactly the headers the URL signed.
         The Content-Type is the signed one if the URL signed one, else `content_type`, else guessed
         from the file's name."""
+        path = Path(path)
         size = _file_size(path)
         headers = dict(waiting.headers)
         signed = {k.lower(): v for k, v in headers.items()}
