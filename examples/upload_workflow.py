@@ -1,4 +1,4 @@
-"""Start a flow run, upload its inputs, wait for it to end and download its outputs (httpx).
+"""Start a flow run, upload its inputs, wait for it to end and download its outputs (flowengine.client).
 
 The same workflow as upload-workflow.sh, for any number of inputs:
 
@@ -17,19 +17,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import mimetypes
 import os
 import sys
-import time
-from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
-import httpx
+from flowengine.client import ApiError, Client, ClientError, ConnectionFailed, InputError, RunDoc, WaitTimeout
 
-DONE = ("COMPLETE", "ERROR", "STOPPED")
-UPLOAD_TRIES = 3
-TTL_MARGIN = 60  # seconds: a URL this close to expiry may die mid-upload, so get fresh ones first
+T = TypeVar("T")
 
 
 class Failure(Exception):
@@ -41,14 +37,11 @@ class Failure(Exception):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        with httpx.Client(base_url=args.url, timeout=httpx.Timeout(60.0, connect=10.0)) as client:
+        with Client(args.url) as client:
             return run(client, args)
     except Failure as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
-    except httpx.TransportError as exc:
-        print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(client: httpx.Client, args: argparse.Namespace) -> int:
+def run(client: Client, args: argparse.Namespace) -> int:
     # Check what can be checked before a run exists, so a typo does not leave one waiting.
     types = dict(_pair(spec, "--type") for spec in args.type)
     for spec in args.file:
@@ -73,37 +66,27 @@ def run(client: httpx.Client, args: argparse.Namespace) -> int:
             raise Failure(2, f"--file {spec}: no such file")
     if args.definition and not args.definition.is_file():
         raise Failure(2, f"--definition {args.definition}: no such file")
-    body = args.definition.read_bytes() if args.definition else None
-    doc = _call(client, "POST", f"/api/v1/flow/{args.flow}", content=body,
-                headers={"Content-Type": "application/json"} if body else {})  # fmt: skip
-    run_id = doc["ID"]
-    print(f"run {run_id}: {doc['Status']}", file=sys.stderr)
+    doc = _call(client.start, args.flow, definition=args.definition)
+    print(f"run {doc.id}: {doc.status}", file=sys.stderr)
+    try:
+        files = assign_files([w.edge for w in doc.waiting_urls], args.file)
+        for edge, path in files.items():
+            doc = _call(client.upload, doc, edge, path, content_type=types.get(edge))
+            print(f"uploaded {path} to {edge}", file=sys.stderr)
+    except Failure:
+        # Without all its inputs the run would only wait out its TTL: stop it now.
+        with contextlib.suppress(ClientError):
+            client.cancel(doc.id)
+        print(f"run {doc.id}: cancelled", file=sys.stderr)
+        raise
 
-    inputs: list[str] = []
-    if doc["Status"] == "WAITING":  # otherwise nothing to upload: every input was already there
-        try:
-            files = assign_files([w["Artifact"]["EdgeName"] for w in doc["WaitingURLs"]], args.file)
-            if _expires_soon(doc["WaitingURLs"]):
-                doc = _call(client, "POST", f"/api/v1/flow/{run_id}/refresh")
-            for waiting in doc["WaitingURLs"]:
-                edge = waiting["Artifact"]["EdgeName"]
-                upload(client, waiting, files[edge], types.get(edge))
-                inputs.append(edge)
-                print(f"uploaded {files[edge]} to {edge}", file=sys.stderr)
-        except Failure:
-            # Without all its inputs the run would only wait out its TTL: stop it now.
-            with contextlib.suppress(httpx.HTTPError):
-                client.post(f"/api/v1/flow/{run_id}/cancel")
-            print(f"run {run_id}: cancelled", file=sys.stderr)
-            raise
-
-    doc = wait(client, run_id, args.timeout)
-    if doc["Status"] != "COMPLETE":
-        print(f"run {run_id} ended {doc['Status']}: {doc.get('Error', 'no reason given')}", file=sys.stderr)
-        for line in doc.get("Logs", []):  # the failing step's last lines of output
+    doc = _call(client.wait, doc.id, timeout=args.timeout, on_update=_progress)
+    if doc.status != "COMPLETE":
+        print(f"run {doc.id} ended {doc.status}: {doc.error or 'no reason given'}", file=sys.stderr)
+        for line in doc.logs:  # the failing step's last lines of output
             print(f"  | {line}", file=sys.stderr)
         return 1
-    for path in download(client, doc, skip=set(inputs), out=args.out):
+    for path in _call(client.download_outputs, doc, args.out):
         print(path)
     return 0
 
@@ -128,71 +111,25 @@ def assign_files(edges: list[str], specs: list[str]) -> dict[str, Path]:
     return {**named, **dict(zip(rest, bare, strict=True))}
 
 
-def upload(client: httpx.Client, waiting: dict, path: Path, content_type: str | None) -> None:
-    """PUT one file to its presigned URL, streamed from disk, with exactly the headers it was signed with."""
-    headers = httpx.Headers(waiting.get("Headers", {}))
-    if "content-type" not in headers:  # a signed Content-Type wins: the URL only works with it
-        headers["Content-Type"] = content_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    for attempt in range(1, UPLOAD_TRIES + 1):
-        try:
-            with path.open("rb") as f:  # httpx reads a file in chunks and sends its size as Content-Length
-                response = client.put(waiting["PutURL"], content=f, headers=headers)
-        except httpx.TransportError as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-        else:
-            if response.status_code < 500:  # 4xx will not change on a retry: the engine said no
-                _check(response)
-                return
-            problem = f"{response.status_code} {response.text}"
-        if attempt < UPLOAD_TRIES:
-            print(f"upload of {path} failed ({problem}); retrying", file=sys.stderr)
-            time.sleep(2**attempt)
-    raise Failure(3, f"upload of {path} failed {UPLOAD_TRIES} times, last: {problem}")
+def _progress(doc: RunDoc) -> None:
+    steps = ", ".join(f"{s.id} {s.status}" for s in doc.steps)
+    print(f"run {doc.id}: {doc.status} {steps}", file=sys.stderr)
 
 
-def wait(client: httpx.Client, run_id: str, timeout: float) -> dict:
-    """Poll the run until it ends: quickly at first, then backing off to every 10 s."""
-    deadline, interval, seen = time.monotonic() + timeout, 0.25, ""
-    while True:
-        doc = _call(client, "GET", f"/api/v1/flow/status/{run_id}")
-        progress = f"{doc['Status']} " + ", ".join(f"{s['ID']} {s['Status']}" for s in doc["Steps"])
-        if progress != seen:
-            print(f"run {run_id}: {progress}", file=sys.stderr)
-            seen = progress
-        if doc["Status"] in DONE:
-            return doc
-        if time.monotonic() + interval > deadline:
-            raise Failure(4, f"run {run_id} is still {doc['Status']} after {timeout:g}s")
-        time.sleep(interval)
-        interval = min(interval * 2, 10.0)
-
-
-def download(client: httpx.Client, doc: dict, skip: set[str], out: Path) -> list[Path]:
-    """Stream every artifact not in `skip` into `out`, named after its object; returns the paths."""
-    out.mkdir(parents=True, exist_ok=True)
-    saved = []
-    for art in doc["Artifacts"]:
-        if art["EdgeName"] in skip:
-            continue
-        if art.get("Expired") or not art.get("GetURL"):
-            print(f"{art['EdgeName']}: past retention, not downloaded", file=sys.stderr)
-            continue
-        dest = out / PurePosixPath(art["ObjectName"]).name
-        if dest in saved:  # two outputs with the same file name: keep both
-            dest = out / f"{art['EdgeName']}-{dest.name}"
-        partial = dest.with_name(dest.name + ".part")  # never leave a half file under the real name
-        with client.stream("GET", art["GetURL"]) as response, partial.open("wb") as f:
-            _check(response)
-            for chunk in response.iter_bytes():
-                f.write(chunk)
-        partial.replace(dest)
-        saved.append(dest)
-    return saved
-
-
-def _expires_soon(waiting: list[dict]) -> bool:
-    now = datetime.now(UTC)
-    return any((datetime.fromisoformat(w["TTL"]) - now).total_seconds() < TTL_MARGIN for w in waiting)
+def _call(method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A client call, its failures turned into this script's exit statuses."""
+    try:
+        return method(*args, **kwargs)
+    except InputError as exc:
+        raise Failure(2, str(exc)) from None
+    except WaitTimeout as exc:
+        raise Failure(4, f"{exc} after {kwargs.get('timeout', 0):g}s") from None
+    except ConnectionFailed as exc:
+        raise Failure(3, f"cannot reach the engine: {exc}") from None
+    except ApiError as exc:
+        raise Failure(3, f"{exc.method} {exc.url}: {exc}") from None
+    except ClientError as exc:
+        raise Failure(3, str(exc)) from None
 
 
 def _pair(spec: str, option: str) -> tuple[str, str]:
@@ -200,24 +137,6 @@ def _pair(spec: str, option: str) -> tuple[str, str]:
     if not (key and sep and value):
         raise Failure(2, f"{option} {spec!r}: expected NAME=VALUE")
     return key, value
-
-
-def _call(client: httpx.Client, method: str, url: str, **kwargs) -> dict:
-    response = client.request(method, url, **kwargs)
-    _check(response)
-    return response.json()
-
-
-def _check(response: httpx.Response) -> None:
-    """A 4xx/5xx becomes a Failure carrying the engine's machine-readable reason."""
-    if response.is_success:
-        return
-    response.read()
-    try:
-        reason = json.dumps(response.json())
-    except ValueError:
-        reason = response.text
-    raise Failure(3, f"{response.request.method} {response.request.url.path}: {response.status_code} {reason}")
 
 
 if __name__ == "__main__":

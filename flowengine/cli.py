@@ -1,4 +1,4 @@
-"""`flowengine serve`, `flowengine validate`, `flowengine --version` (also as `python -m flowengine`).
+"""`flowengine serve`, `validate`, `run`, `flowengine --version` (also as `python -m flowengine`).
 
 A problem with what the user typed or configured (a missing file, a bad setting) is one line
 naming it and exit status 2, never a traceback. `validate` exits 1 when a flow has problems.
@@ -99,6 +99,12 @@ def _flow_paths(targets: list[Path]) -> list[Path]:
     return paths
 
 
+def _run(args: argparse.Namespace) -> int:
+    from flowengine.client import command  # the client (httpx, rich) only for this command
+
+    return command.main(args)
+
+
 def _relative(path: Path) -> Path:
     """`path` as seen from here, when it is below here: what a user would have typed."""
     try:
@@ -130,7 +136,47 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--store", action="append", default=[], help="a store name the operator configured")
     check.add_argument("--config", type=Path, help="settings file whose stores flows may name")
     check.set_defaults(run=_validate)
+    _run_parser(
+        sub.add_parser(
+            "run",
+            help="run a flow: upload its inputs, follow its steps, download its outputs",
+            description=RUN_DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
     return parser
+
+
+RUN_DESCRIPTION = """Start a run of FLOW, upload each --input with a progress bar, show the steps until the run
+ends, and download its outputs into --out.
+
+FLOW is the name of a flow on the engine (checksum-report), or the path of a local flow file
+(./my-flow.yaml, flows/merge-fanout.yaml: a / or a .yaml/.yml/.json suffix), posted inline.
+
+exit status: 0 COMPLETE and the outputs downloaded; 1 the run ended in ERROR or was stopped, or a
+request failed; 2 a usage error (a missing file, an input the flow does not take); 130 Ctrl-C
+(the run is cancelled; a second Ctrl-C quits at once)."""
+
+
+def _run_parser(run: argparse.ArgumentParser) -> None:
+    run.add_argument("flow", metavar="FLOW", help="a flow's name on the engine, or a local flow file's path")
+    run.add_argument("--input", "-i", action="append", default=[], metavar="EDGE=PATH",
+                     help="a file for the input EDGE (one per input the flow waits for)")  # fmt: skip
+    run.add_argument("--type", action="append", default=[], metavar="EDGE=MIME",
+                     help="the Content-Type of an input (default: guessed from its file name)")  # fmt: skip
+    run.add_argument("--flag", action="append", default=[], metavar="STEP.FLAG=VALUE",
+                     help="set a step's flag (local flow files only); VALUE: JSON if it parses, else text")  # fmt: skip
+    run.add_argument("--out", "-o", type=Path, default=Path("."), metavar="DIR",
+                     help="where the outputs go (default: the current folder)")  # fmt: skip
+    run.add_argument("--server", default=os.environ.get("FLOWENGINE_URL") or "http://127.0.0.1:1234", metavar="URL",
+                     help="the engine (default: $FLOWENGINE_URL, else http://127.0.0.1:1234)")  # fmt: skip
+    run.add_argument("--key", default=os.environ.get("FLOWENGINE_KEY") or None,
+                     help="an API key, sent as a bearer token (default: $FLOWENGINE_KEY)")  # fmt: skip
+    run.add_argument("--timeout", type=float, metavar="SECONDS", help="give up (and cancel the run) after this long")
+    run.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress: only errors, and the paths of the outputs"
+    )
+    run.set_defaults(run=_run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ PATH_SETTINGS = ("data_dir", "flows_dir", "work_dir")  # "" (work_dir's default)
 LIST_SETTINGS = ("step_read_paths",)
 DURATION_SETTINGS = ("upload_ttl", "download_ttl", "input_retention", "output_retention", "sweep_interval",
                      "reconcile_interval", "reconcile_max_interval")  # fmt: skip
-CLIENT_VARIABLES = ("FLOWENGINE_URL",)  # read by the examples and clients, not by the engine
+CLIENT_VARIABLES = ("FLOWENGINE_URL", "FLOWENGINE_KEY")  # read by the examples and clients, not by the engine
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
 

@@ -1,3 +1,4 @@
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -65,6 +66,14 @@ def start_server(tmp_path: Path, flows_dir: Path) -> Iterator[Callable[..., Serv
 
 @pytest.fixture
 def server(start_server: Callable[..., Server]) -> Server:
+    return start_server()
+
+
+@pytest.fixture
+def shipped(start_server: Callable[..., Server], flows_dir: Path) -> Server:
+    """A server running the repository's flows (flows/*.yaml and their task library)."""
+    repo_flows = Path(__file__).resolve().parent.parent / "flows"
+    shutil.copytree(repo_flows, flows_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     return start_server()
 
 

@@ -183,3 +183,28 @@ def test_the_python_example_fails_loudly_on_a_missing_input(fresh: Fresh):
         assert done.returncode == 2 and named in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
     assert runs_total(fresh) == before
+
+
+def test_the_command_line_client_as_printed_downloads_the_outputs(fresh: Fresh):
+    before = runs_total(fresh)
+    done = run_block(sh_blocks("Command-line client")[0], fresh)
+    assert done.returncode == 0, done.stderr
+    assert runs_total(fresh) == before + 2
+    assert done.stdout.splitlines() == ["results/report.json", "merged/merged.txt", "merged/stats.json",
+                                        "merged/merged.txt.gz"]  # fmt: skip
+    check_report(
+        json.loads((fresh.folder / "results" / "report.json").read_bytes()), (fresh.folder / PHOTO).read_bytes()
+    )
+    # --flag merge.skip_second_header=true: the second file's header is left out
+    assert (fresh.folder / "merged" / "merged.txt").read_bytes() == b"name,n\nA,1\nB,2\n"
+
+
+def test_the_python_client_snippet_as_printed_runs(fresh: Fresh):
+    text = README.read_text().split("\n## Command-line client\n", 1)[1].split("\n## ", 1)[0]
+    [snippet] = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    script = snippet.replace("127.0.0.1:1234", f"127.0.0.1:{fresh.port}")
+    done = subprocess.run([sys.executable, "-c", script], cwd=fresh.folder, env=fresh.env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "COMPLETE\n[PosixPath('results/report.json')]\n" in done.stdout
+    assert "404 not_found run 'no-such-run' not found path.runID []" in done.stdout
