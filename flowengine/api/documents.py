@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from typing import Literal
 from urllib.parse import quote
 
 import msgspec
@@ -21,6 +22,11 @@ from flowengine.stores.base import PutConditions
 from flowengine.stores.signing import hook_resource
 
 _encode = msgspec.json.Encoder().encode
+
+# The values the documents carry (machine.py's), as types: the API's schema lists them.
+RunStatus = Literal["STOPPED", "WAITING", "RUNNING", "COMPLETE", "ERROR"]
+StepStatus = Literal["IDLE", "READY", "RUNNING", "RETRYING", "COMPLETE", "ERROR"]
+Source = Literal["upload", "webhook", "static", "step"]  # an input's well, or a step's output
 
 
 class _Doc(msgspec.Struct, rename="pascal", omit_defaults=True, gc=False):  # acyclic, like machine.Run
@@ -44,7 +50,7 @@ class Artifact(_Doc):
     store_name: str
     object_name: str
     edge_name: str
-    source: str  # upload | webhook | static | step: an input, or a step's output
+    source: Source
     size: int
     content_type: str
     etag: str = msgspec.field(name="ETag")
@@ -57,7 +63,7 @@ class Artifact(_Doc):
 class StepDoc(_Doc):
     id: str = msgspec.field(name="ID")
     uses: str
-    status: str
+    status: StepStatus
     attempts: int
     error: str = ""
     started: str = ""
@@ -69,7 +75,7 @@ class StepDoc(_Doc):
 class RunDoc(_Doc):
     id: str = msgspec.field(name="ID")
     flow: str
-    status: str
+    status: RunStatus
     created: str
     updated: str
     waiting_urls: list[WaitingURL] = msgspec.field(name="WaitingURLs")
@@ -83,7 +89,7 @@ class RunDoc(_Doc):
 class RunSummary(_Doc):
     id: str = msgspec.field(name="ID")
     flow: str
-    status: str
+    status: RunStatus
     created: str
     updated: str
     error: str = ""
