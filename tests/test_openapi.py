@@ -177,3 +177,13 @@ def test_the_server_serves_it_with_the_address_it_was_asked_on(server: Server, d
 def test_a_public_url_is_the_documents_server(start_server: Any) -> None:
     server = start_server(public_url="https://engine.example/base/")
     assert httpx.get(f"{server.url}/api/v1/openapi.json").json()["servers"] == [{"url": "https://engine.example/base"}]
+
+
+def test_a_method_a_path_does_not_take_is_405_with_every_method_it_does(client: httpx.Client) -> None:
+    # Paths served by two routes (one per handler): Allow names the methods of both, not the first's.
+    allows = {"/api/v1/events/s3": "HEAD, POST", "/store/default/a/key": "GET, HEAD, PUT", "/healthz": "GET, HEAD"}
+    for path, allowed in allows.items():
+        answer = client.delete(path)
+        assert answer.status_code == 405, path
+        assert answer.headers["allow"] == allowed
+        assert answer.json()["Code"] == "method_not_allowed"
