@@ -121,8 +121,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     server = Server(root / "data", root / "flows", events_token=TOKEN, inline_commands=False).start()
     try:
         live = Live(server)
-        with live.client:
-            yield live
+        yield live
+        live.client.close()
     finally:
         server.stop()
     log = server.log.read_text()
