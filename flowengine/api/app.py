@@ -78,7 +78,7 @@ METRICS = Operation(
     tag=SERVICE,
     answers={200: Answer("the metrics (Prometheus text format)", str, "text/plain")},
 )
-OPENAPI = Operation(
+DOCUMENT = Operation(
     summary="This document: OpenAPI 3.1, every route of the service",
     tag=SERVICE,
     answers={200: Answer("the OpenAPI document", dict[str, Any])},
@@ -87,7 +87,7 @@ routes = [
     ApiRoute("/healthz", healthz, get=HEALTHZ),
     ApiRoute("/readyz", readyz, get=READYZ),
     ApiRoute("/metrics", metrics, get=METRICS),
-    ApiRoute("/api/v1/openapi.json", openapi.openapi_json, get=OPENAPI),
+    ApiRoute("/api/v1/openapi.json", openapi.openapi_json, get=DOCUMENT),
 ]
 
 
