@@ -7,6 +7,9 @@ into the document, and its schemas come from `msgspec.json.schema_components`: t
 the API decodes and encodes, never a second description of them. What every route of a kind can
 answer (a JSON body's 400/413/415/422, a browser's cross-site 403, the server's 408 and 503) is
 added here, from the same rules the code applies, so no route has to repeat it.
+
+An API with another error body declares it once per operation (`errors=`); a new kind of credential
+is one more entry in SECURITY_SCHEMES, which operations then name in `security`.
 """
 
 from __future__ import annotations
