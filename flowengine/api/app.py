@@ -6,20 +6,21 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from flowengine.api import browser, events, flow, upload
+from flowengine import version
+from flowengine.api import browser, events, flow, openapi, upload
 from flowengine.api.documents import RenderedDocuments
 from flowengine.api.errors import ERROR_HANDLERS, error_response
 from flowengine.api.http import json_response, send_json
+from flowengine.api.openapi import Answer, ApiRoute, Operation
 from flowengine.config import Config
 from flowengine.core.lru import LRU
 from flowengine.errors import Error
@@ -29,8 +30,12 @@ from flowengine.runtime.engine import Engine, Recovery
 log = logging.getLogger("flowengine")
 
 
+class Health(msgspec.Struct, rename="pascal"):
+    status: Literal["ok"]
+
+
 async def healthz(request: Request) -> Response:
-    return json_response({"Status": "ok"})
+    return json_response(Health("ok"))
 
 
 class Readiness(msgspec.Struct, rename="pascal"):
@@ -56,6 +61,41 @@ async def metrics(request: Request) -> Response:
     engine = request.app.state.engine
     await engine.metrics.read_database(engine.db)
     return Response(generate_latest(engine.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+SERVICE = "service"
+ABOUT = (
+    "A flow engine for file-processing pipelines: a run answers at once WAITING with presigned upload URLs, the "
+    "client uploads straight to object storage, the engine runs the flow's steps, and the run ends COMPLETE with "
+    "download URLs, or ERROR with the reason."
+)
+HEALTHZ = Operation(summary="Alive", tag=SERVICE, answers={200: Answer("the engine answers", Health)})
+READYZ = Operation(
+    summary="Ready: every store answers and every background loop's last turn succeeded",
+    tag=SERVICE,
+    answers={
+        200: Answer("ready", Readiness),
+        503: Answer(
+            "degraded: the stores that do not answer and the loops whose last turn failed, with why", Readiness
+        ),
+    },
+)
+METRICS = Operation(
+    summary="Metrics, in Prometheus' text format",
+    tag=SERVICE,
+    answers={200: Answer("the metrics (Prometheus text format)", str, "text/plain")},
+)
+DOCUMENT = Operation(
+    summary="This document: OpenAPI 3.1, every route of the service",
+    tag=SERVICE,
+    answers={200: Answer("the OpenAPI document", dict[str, Any])},
+)
+routes = [
+    ApiRoute("/healthz", healthz, get=HEALTHZ),
+    ApiRoute("/readyz", readyz, get=READYZ),
+    ApiRoute("/metrics", metrics, get=METRICS),
+    ApiRoute("/api/v1/openapi.json", openapi.openapi_json, get=DOCUMENT),
+]
 
 
 class HotRoutes:
@@ -112,16 +152,10 @@ def create_app(config: Config, engine: Engine | None = None) -> HotRoutes:
             await app.state.engine.stop()
 
     app = Starlette(
-        routes=[
-            *flow.routes,
-            *upload.routes,
-            *events.routes,
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-        ],
+        routes=[*flow.routes, *upload.routes, *events.routes, *routes],
         exception_handlers=ERROR_HANDLERS,
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False  # an API answers the URL it was given, 404 or not
+    app.state.openapi = openapi.document(app.routes, title="flowengine", version=version(), description=ABOUT)
     return HotRoutes(app, config.public_url)

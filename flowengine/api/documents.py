@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from typing import Annotated, Literal
 from urllib.parse import quote
 
 import msgspec
@@ -22,6 +23,16 @@ from flowengine.stores.signing import hook_resource
 
 _encode = msgspec.json.Encoder().encode
 
+# The values the documents carry (machine.py's), as types: the API's schema lists them.
+RunStatus = Literal["STOPPED", "WAITING", "RUNNING", "COMPLETE", "ERROR"]
+StepStatus = Literal["IDLE", "READY", "RUNNING", "RETRYING", "COMPLETE", "ERROR"]
+Source = Literal["upload", "webhook", "static", "step"]  # an input's well, or a step's output
+Time = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]  # RFC 3339, UTC
+URL = Annotated[str, msgspec.Meta(extra_json_schema={"format": "uri"})]
+# Fields left out of a document while empty: "" is their default, which their schema must allow too.
+OptionalTime = Annotated[str, msgspec.Meta(extra_json_schema={"anyOf": [{"format": "date-time"}, {"maxLength": 0}]})]
+OptionalURL = Annotated[str, msgspec.Meta(extra_json_schema={"anyOf": [{"format": "uri"}, {"maxLength": 0}]})]
+
 
 class _Doc(msgspec.Struct, rename="pascal", omit_defaults=True, gc=False):  # acyclic, like machine.Run
     pass
@@ -35,8 +46,8 @@ class ArtifactRef(_Doc):
 
 class WaitingURL(_Doc):
     artifact: ArtifactRef
-    put_url: str = msgspec.field(name="PutURL")
-    ttl: str = msgspec.field(name="TTL")
+    put_url: URL = msgspec.field(name="PutURL")
+    ttl: Time = msgspec.field(name="TTL")  # when PutURL stops working
     headers: dict[str, str] = {}  # every header the PUT must carry, when the URL signs any
 
 
@@ -44,34 +55,34 @@ class Artifact(_Doc):
     store_name: str
     object_name: str
     edge_name: str
-    source: str  # upload | webhook | static | step: an input, or a step's output
+    source: Source
     size: int
     content_type: str
     etag: str = msgspec.field(name="ETag")
-    landed: str
-    get_url: str = msgspec.field(default="", name="GetURL")
-    expires: str = ""  # when GetURL stops working
+    landed: Time
+    get_url: OptionalURL = msgspec.field(default="", name="GetURL")
+    expires: OptionalTime = ""  # when GetURL stops working
     expired: bool = False  # the object is past retention: no URL is given
 
 
 class StepDoc(_Doc):
     id: str = msgspec.field(name="ID")
     uses: str
-    status: str
+    status: StepStatus
     attempts: int
     error: str = ""
-    started: str = ""
-    finished: str = ""
-    retry_at: str = ""
+    started: OptionalTime = ""
+    finished: OptionalTime = ""
+    retry_at: OptionalTime = ""
     logs: list[str] = []
 
 
 class RunDoc(_Doc):
     id: str = msgspec.field(name="ID")
     flow: str
-    status: str
-    created: str
-    updated: str
+    status: RunStatus
+    created: Time
+    updated: Time
     waiting_urls: list[WaitingURL] = msgspec.field(name="WaitingURLs")
     steps: list[StepDoc]
     artifacts: list[Artifact]
@@ -83,9 +94,9 @@ class RunDoc(_Doc):
 class RunSummary(_Doc):
     id: str = msgspec.field(name="ID")
     flow: str
-    status: str
-    created: str
-    updated: str
+    status: RunStatus
+    created: Time
+    updated: Time
     error: str = ""
 
 

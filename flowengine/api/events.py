@@ -13,9 +13,9 @@ from urllib.parse import unquote_plus
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from flowengine.api.http import engine_of, json_response, read_json
+from flowengine.api.openapi import Answer, ApiRoute, Body, Operation
 from flowengine.core.spec import decode_json
 from flowengine.errors import Error
 from flowengine.runtime.engine import Engine
@@ -126,9 +126,37 @@ async def probe(request: Request) -> Response:
     return Response(status_code=200)  # MinIO checks that a webhook target is alive with HEAD
 
 
+EVENTS = "events"
+RECEIVED = Answer("the records received, and how many named an object a run was waiting for", Received)
+NOTIFIED: dict[int, Answer | str] = {
+    200: RECEIVED,
+    401: "no `Authorization: Bearer <events_token>` header, or another token (unauthorized)",
+    403: "the engine has no events_token: it takes no notifications (events_disabled)",
+    507: "the engine's disk is full: the run that waited for the object was not advanced (insufficient_storage)",
+}
+S3_EVENTS = Operation(
+    summary="MinIO / AWS S3 bucket notifications: each ObjectCreated record may advance the run waiting for it",
+    tag=EVENTS,
+    body=Body(S3Notification, "a bucket notification (keys URL-encoded)"),
+    security=("eventsToken",),
+    answers=NOTIFIED,
+)
+SEAWEEDFS_EVENTS = Operation(
+    summary="A SeaweedFS filer event: a file created under /buckets/ may advance the run waiting for it",
+    tag=EVENTS,
+    body=Body(FilerEvent, "one filer event"),
+    security=("eventsToken",),
+    answers=NOTIFIED,
+)
+PROBE = Operation(
+    summary="Liveness probe of a webhook target (MinIO sends HEAD)",
+    tag=EVENTS,
+    answers={200: Answer("the endpoint takes notifications")},
+)
+
 routes = [
-    Route("/api/v1/events/s3", s3_events, methods=["POST"]),
-    Route("/api/v1/events/s3", probe, methods=["HEAD"]),
-    Route("/api/v1/events/seaweedfs", seaweedfs_events, methods=["POST"]),
-    Route("/api/v1/events/seaweedfs", probe, methods=["HEAD"]),
+    ApiRoute("/api/v1/events/s3", s3_events, post=S3_EVENTS),
+    ApiRoute("/api/v1/events/s3", probe, name="s3_probe", head=PROBE),
+    ApiRoute("/api/v1/events/seaweedfs", seaweedfs_events, post=SEAWEEDFS_EVENTS),
+    ApiRoute("/api/v1/events/seaweedfs", probe, name="seaweedfs_probe", head=PROBE),
 ]

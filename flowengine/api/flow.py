@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import base64
 import reprlib
+from typing import Annotated
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Route
 from starlette.types import Receive, Scope
 
-from flowengine.api.documents import RunPage, run_summary
+from flowengine.api.documents import RunDoc, RunPage, RunStatus, run_summary
 from flowengine.api.http import JsonEndpoint, JsonHandler, base_url, engine_of, json_response, query_int, read_json
+from flowengine.api.openapi import Answer, ApiRoute, Body, Operation, in_path, in_query
 from flowengine.core import machine
-from flowengine.core.keys import NAME_RULE, is_name
-from flowengine.core.spec import FlagDef, Flow, Slot, decode_flow_body
+from flowengine.core.keys import MAX_NAME, NAME_RULE, is_name
+from flowengine.core.spec import FlagDef, Flow, FlowBody, Slot, decode_flow_body
 from flowengine.errors import Error, Problem, bad_request
 from flowengine.runtime.engine import Engine
 
@@ -211,15 +212,100 @@ def hot_route(scope: Scope) -> JsonHandler | None:
     return None
 
 
+FLOW = "flow"
+RUN_ID = in_path("run_id", str, "the run's ID")
+RUN = Answer("the run document", RunDoc)
+NO_RUN = "no run has this ID (not_found)"
+DISK_FULL = "the engine's disk is full: nothing was changed or stored (insufficient_storage)"
+Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]+$", max_length=MAX_NAME)]
+Limit = Annotated[int, msgspec.Meta(ge=1, le=500, extra_json_schema={"default": 50})]
+Offset = Annotated[int, msgspec.Meta(ge=0, le=10**9, extra_json_schema={"default": 0})]
+Attempt = Annotated[int, msgspec.Meta(ge=1)]
+
+RUN_STATUS = Operation(
+    summary="A run's document: its status, upload URLs, steps and artifacts",
+    tag=FLOW,
+    params=(RUN_ID,),
+    answers={200: RUN, 404: NO_RUN},
+)
+START_RUN = Operation(
+    summary="Start a run: of the flow in the body, or of the flow file `flows/{name}` when there is no body",
+    tag=FLOW,
+    params=(in_path("name", Name, f"the flow file's name, or the inline flow's unless it has a Name: it {NAME_RULE}"),),
+    body=Body(FlowBody, '`{"Flow": {...}}`, an inline flow; no body runs the flow file', required=False),
+    answers={
+        201: Answer("the new run's document: WAITING, with an upload URL per input", RunDoc),
+        400: f"the name is not valid: it {NAME_RULE} (invalid_name)",
+        403: "inline flows are off (inline_flows_disabled), or the inline flow defines commands of its own and "
+        "inline_commands is off (inline_commands_disabled)",
+        404: "no body, and no flow file has this name (not_found)",
+        409: "another waiting run uses the same key in a store (conflict)",
+        422: "the flow is not valid (invalid_flow, every problem under `Problems`), is over a limit, or a static "
+        "object is missing or not accepted",
+        503: "a store did not answer (store_unavailable)",
+        507: DISK_FULL,
+    },
+)
+LIST_FLOWS = Operation(
+    summary="The flow files, with their inputs and any problems",
+    tag=FLOW,
+    answers={200: Answer("the flows dir's flows", FlowList)},
+)
+LIST_TASKS = Operation(
+    summary="The task library: the tasks inline flows may use by name, and any problems of its files",
+    tag=FLOW,
+    answers={200: Answer("the tasks of `flows/tasks/`", TaskList)},
+)
+LIST_RUNS = Operation(
+    summary="Runs, newest first",
+    tag=FLOW,
+    params=(
+        in_query("status", RunStatus, "only runs with this status (any case)"),
+        in_query("flow", str, "only runs of this flow"),
+        in_query("limit", Limit, "at most this many runs"),
+        in_query("offset", Offset, "skip this many runs first"),
+    ),
+    answers={
+        200: Answer("a page of runs, with the total that match", RunPage),
+        400: "a query value is not valid (invalid_query): `Location` names it",
+    },
+)
+STEP_LOG = Operation(
+    summary="A step's whole output, as text",
+    tag=FLOW,
+    params=(
+        RUN_ID,
+        in_path("step_id", str, "the step's ID"),
+        in_query("attempt", Attempt, "which attempt (1 is the first); default: the last"),
+    ),
+    answers={
+        200: Answer("the attempt's output (standard output and error)", str, "text/plain"),
+        400: "attempt is not a whole number from 1 to the step's attempts (invalid_query)",
+        404: "no run has this ID, the run has no such step, or the attempt has no log yet (not_found)",
+    },
+)
+CANCEL_RUN = Operation(
+    summary="Stop a run (STOPPED): running steps are killed; idempotent",
+    tag=FLOW,
+    params=(RUN_ID,),
+    answers={200: RUN, 404: NO_RUN, 507: DISK_FULL},
+)
+REFRESH_RUN = Operation(
+    summary="Fresh upload URLs, with a new TTL, for the wells still empty",
+    tag=FLOW,
+    params=(RUN_ID,),
+    answers={200: RUN, 404: NO_RUN, 409: "the run waits for no upload (conflict)", 507: DISK_FULL},
+)
+
 # The two hot routes first: HotRoutes answers them ahead of the router, which matches them only
 # when hot_route declines (a HEAD, a root_path). No path here shadows another for the same method.
 routes = [
-    Route("/api/v1/flow/status/{run_id}", JsonEndpoint(run_status), methods=["GET"]),
-    Route("/api/v1/flow/{name}", JsonEndpoint(start_run), methods=["POST"]),
-    Route("/api/v1/flow", list_flows, methods=["GET"]),
-    Route("/api/v1/tasks", list_tasks, methods=["GET"]),
-    Route("/api/v1/flow/runs", list_runs, methods=["GET"]),
-    Route("/api/v1/flow/{run_id}/logs/{step_id}", step_log, methods=["GET"]),
-    Route("/api/v1/flow/{run_id}/cancel", cancel_run, methods=["POST"]),
-    Route("/api/v1/flow/{run_id}/refresh", refresh_run, methods=["POST"]),
+    ApiRoute("/api/v1/flow/status/{run_id}", JsonEndpoint(run_status), get=RUN_STATUS),
+    ApiRoute("/api/v1/flow/{name}", JsonEndpoint(start_run), post=START_RUN),
+    ApiRoute("/api/v1/flow", list_flows, get=LIST_FLOWS),
+    ApiRoute("/api/v1/tasks", list_tasks, get=LIST_TASKS),
+    ApiRoute("/api/v1/flow/runs", list_runs, get=LIST_RUNS),
+    ApiRoute("/api/v1/flow/{run_id}/logs/{step_id}", step_log, get=STEP_LOG),
+    ApiRoute("/api/v1/flow/{run_id}/cancel", cancel_run, post=CANCEL_RUN),
+    ApiRoute("/api/v1/flow/{run_id}/refresh", refresh_run, post=REFRESH_RUN),
 ]

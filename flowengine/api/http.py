@@ -35,6 +35,7 @@ class JsonEndpoint:
 
     def __init__(self, handler: JsonHandler) -> None:
         self.handler = handler
+        self.__name__ = handler.__name__  # the route's name (Starlette's), and its OpenAPI operation's
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         status, body = await self.handler(scope, receive)

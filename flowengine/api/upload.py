@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import msgspec
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Route
 
+from flowengine.api.documents import RunDoc
 from flowengine.api.flow import run_response
 from flowengine.api.http import engine_of, whole_number
-from flowengine.core.keys import key_problem
+from flowengine.api.openapi import Answer, ApiRoute, Body, Operation, in_header, in_path, in_query
+from flowengine.core.keys import MAX_KEY_BYTES, key_problem
 from flowengine.errors import Error, already_exists, bad_request, conflict, not_found
 from flowengine.runtime.ingest import DEFAULT_TYPE, Upload, receive
 from flowengine.stores.local import LocalStore
@@ -92,9 +96,94 @@ async def webhook(request: Request) -> Response:
     return await _ingest(request, run_id, edge)
 
 
+OBJECTS = "objects"
+SIGNED = ("signedURL",)
+EXPIRES = in_query("X-Expires", int, "when the URL stops working (epoch seconds), as signed", required=True)
+SIGNED_HEADERS = in_query("X-SignedHeaders", str, "the signed headers' names, lower case, separated by ';'")
+# A key, as far as a pattern can tell (keys.key_problem says the rest: no empty, '.' or '..' segment).
+Key = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=MAX_KEY_BYTES, pattern=r"^[^/\x00-\x1f\x7f\\][^\x00-\x1f\x7f\\]*$")
+]
+STORE_KEY = (
+    in_path("store", str, "the embedded store's name"),
+    in_path("key", Key, f"the object's key: '/' separates its segments, at most {MAX_KEY_BYTES} bytes"),
+)
+WELL = (in_path("run_id", str, "the run's ID"), in_path("edge", str, "the well's edge"))
+ETAG = in_header("ETag", str, "the object's ETag (the MD5 of its content, quoted)", required=True)
+STORED_ETAG = in_header("ETag", str, "the stored object's ETag (absent only when the object was deleted at once)")
+UPLOAD_BODY = Body(
+    bytes,
+    "the object, streamed: any Content-Type (the well's ContentType and Accept rules apply)",
+    "application/octet-stream",
+)
+SIGNATURE = "the URL's signature is missing, expired, tampered or lacks a signed header (signature_rejected)"
+# What receiving an object into a well can answer (runtime/ingest.py), whichever way it comes.
+INGEST: dict[int, Answer | str] = {
+    400: "Content-Length is not a whole number, or the body's size is not the signed one (size_mismatch)",
+    409: "the run has ended, the edge is filled (by a step, or by another upload that finished first) (conflict)",
+    413: "the body is over the well's MaxSize or the engine's max_upload_size (too_large)",
+    415: "the well does not accept the body's Content-Type (unsupported_media_type)",
+    503: "the well's store did not answer (store_unavailable)",
+    507: "the engine's disk is full: the object was not stored (insufficient_storage)",
+}
+NO_WELL = "no run has this ID, or the run has no such edge (not_found)"
+RUN_ANSWER = Answer("the run document, with the edge filled", RunDoc)
+
+PUT_OBJECT = Operation(
+    summary="Upload an object to the embedded store: a WaitingURL's PutURL",
+    tag=OBJECTS,
+    params=(
+        *STORE_KEY,
+        EXPIRES,
+        SIGNED_HEADERS,
+        in_header(
+            "If-None-Match",
+            str,
+            "`*` when the URL signs it (see the WaitingURL's Headers): the object must not exist yet",
+        ),
+    ),
+    body=UPLOAD_BODY,
+    security=SIGNED,
+    answers={
+        **INGEST,
+        200: Answer("the object is stored and its run advanced", headers=(STORED_ETAG,)),
+        400: f"{INGEST[400]}, or the key is not valid (invalid_key)",
+        403: SIGNATURE,
+        409: "no run is waiting for this key, or another upload to its well finished first (conflict)",
+        412: "`If-None-Match: *` is signed and the object exists (precondition_failed)",
+    },
+)
+GET_OBJECT = Operation(
+    summary="Download an object of the embedded store: an Artifact's GetURL",
+    tag=OBJECTS,
+    params=(*STORE_KEY, EXPIRES, SIGNED_HEADERS),
+    security=SIGNED,
+    answers={
+        200: Answer("the object, with the Content-Type it was stored with", bytes, "*/*", (ETAG,)),
+        400: "the key is not valid (invalid_key)",
+        403: SIGNATURE,
+        404: "the object does not exist (not_found)",
+    },
+)
+DIRECT_UPLOAD = Operation(
+    summary="Upload an object straight into a run's well, without a presigned URL",
+    tag=OBJECTS,
+    params=WELL,
+    body=UPLOAD_BODY,
+    answers={**INGEST, 200: RUN_ANSWER, 404: NO_WELL},
+)
+WEBHOOK = Operation(
+    summary="A webhook well's signed URL: the callback sends the object as its body",
+    tag=OBJECTS,
+    params=(*WELL, EXPIRES, SIGNED_HEADERS),
+    body=UPLOAD_BODY,
+    security=SIGNED,
+    answers={**INGEST, 200: RUN_ANSWER, 403: SIGNATURE, 404: NO_WELL},
+)
+
 routes = [
-    Route("/store/{store}/{key:path}", put_object, methods=["PUT"]),
-    Route("/store/{store}/{key:path}", get_object, methods=["GET", "HEAD"]),
-    Route("/api/v1/upload/{run_id}/{edge}", direct_upload, methods=["POST", "PUT"]),
-    Route("/api/v1/hook/{run_id}/{edge}", webhook, methods=["POST", "PUT"]),
+    ApiRoute("/store/{store}/{key:path}", put_object, put=PUT_OBJECT),
+    ApiRoute("/store/{store}/{key:path}", get_object, get=GET_OBJECT, head=GET_OBJECT),
+    ApiRoute("/api/v1/upload/{run_id}/{edge}", direct_upload, post=DIRECT_UPLOAD, put=DIRECT_UPLOAD),
+    ApiRoute("/api/v1/hook/{run_id}/{edge}", webhook, post=WEBHOOK, put=WEBHOOK),
 ]
