@@ -49,6 +49,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_body_size: AtLeastOne = 1_048_576  # bytes, for JSON request bodies
     inline_flows: bool = True  # accept {"Flow": {...}} bodies (they may use the task library in flows_dir/tasks)
     inline_commands: bool = False  # let inline flows define Exec / Python tasks of their own (run on this host)
+    inline_stores: bool = False  # let inline flows define stores of their own (the engine connects where they say)
     concurrency: AtLeastOne = 4  # steps running at once
     header_timeout: Positive = 10.0  # seconds for a request's headers to arrive whole; then 408 and closed
     body_timeout: Positive = 30.0  # seconds a request's body may stop arriving; then 408 and closed

@@ -40,9 +40,9 @@ class Server:
         self.flows_dir = flows_dir
         self.port = port or free_port()
         self.config = config
-        # Most tests post flows that define their own commands; the engine's default refuses them
-        # (inline_commands: false), which tests/test_library.py covers by passing inline_commands=False.
-        self.settings = {"inline_commands": True, **settings}
+        # Most tests post flows that define their own commands and stores; the engine's defaults refuse
+        # them (inline_commands and inline_stores are off), which tests/test_library.py covers.
+        self.settings = {"inline_commands": True, "inline_stores": True, **settings}
         self.log_level = log_level
         self.access_log = access_log
         self.url = f"http://127.0.0.1:{self.port}"

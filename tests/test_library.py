@@ -133,3 +133,20 @@ def test_a_flow_file_uses_the_library_and_validate_checks_both(library, flows_di
         run = client.post("/api/v1/flow/loud").json()
         assert client.put(run["WaitingURLs"][0]["PutURL"], content=b"hey").status_code == 200
         assert wait_for_status(client, run["ID"], {"COMPLETE", "ERROR"})["Status"] == "COMPLETE"
+
+
+def test_by_default_an_inline_flow_may_not_define_a_store_but_uses_the_operators(start_server):
+    """A store of the flow's own would make the engine connect wherever it says (with the operator's
+    S3 credentials): refused, before anything is contacted. The operator's stores work by name."""
+    server = start_server(inline_stores=False)
+    own = {"Flow": {"Stores": [{"Name": "mine", "Type": "s3", "Params": {"endpoint": "127.0.0.1:9", "bucket": "b"}}],
+                    "DataWells": [{"Edge": "in", "Store": "mine", "Source": "upload"}]}}  # fmt: skip
+    with server.client() as client:
+        answer = client.post("/api/v1/flow/mine", json=own)
+        assert answer.status_code == 403, answer.text
+        assert (answer.json()["Code"], answer.json()["Location"]) == ("inline_stores_disabled", "body.Flow.Stores[0]")
+        assert "use a store the operator defined (default)" in answer.json()["Message"]
+        named = client.post("/api/v1/flow/ok", json={"Flow": {"DataWells": [{"Edge": "in", "Store": "default",
+                                                                               "Source": "upload"}]}})  # fmt: skip
+        assert named.status_code == 201, named.text
+        assert client.get("/api/v1/flow/runs").json()["Total"] == 1

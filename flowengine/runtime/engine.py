@@ -298,10 +298,11 @@ class Engine:
         return plan
 
     def _check_inline(self, flow: Flow) -> None:
-        if self.config.inline_commands:
-            return
+        """What a client's flow may not do unless the operator allows it: define commands (they run
+        on this host), or stores (the engine would connect wherever one says, with the operator's S3
+        credentials). The operator's tasks and stores are used by name instead."""
         for i, task in enumerate(flow.tasks):
-            if task.exec is not None or task.python is not None:
+            if not self.config.inline_commands and (task.exec is not None or task.python is not None):
                 installed = ", ".join(sorted(self.catalog.installed.tasks)) or "none"
                 raise Error(
                     "forbidden", "inline_commands_disabled",
@@ -309,6 +310,14 @@ class Engine:
                     f"(inline_commands is off); use a task the operator installed ({installed})",
                     f"body.Flow.Tasks[{i}]",
                 )  # fmt: skip
+        if flow.stores and not self.config.inline_stores:
+            named = ", ".join(["default", *self.stores.configured]) or "none"
+            raise Error(
+                "forbidden", "inline_stores_disabled",
+                f"store {flow.stores[0].name!r} is defined by the flow, which an inline flow may not do on this "
+                f"engine (inline_stores is off); use a store the operator defined ({named})",
+                "body.Flow.Stores[0]",
+            )  # fmt: skip
 
     async def create_run(self, plan: Plan) -> Run:
         now = self.clock()
