@@ -7,13 +7,14 @@ naming it and exit status 2, never a traceback. `validate` exits 1 when a flow h
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import logging.config
 import os
 import sys
 from pathlib import Path
 
-from flowengine import version
+from flowengine import admin, version
 from flowengine.errors import Error, Problem
 
 USAGE_ERROR = 2
@@ -33,6 +34,9 @@ def _serve(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if config.flows_path.exists() and not config.flows_path.is_dir():
         raise _usage(config.flows_dir, "the flows dir is not a directory")
+    if config.auth == "open" and not config.allow_open and not _loopback(config.host):
+        why = "anyone who can reach it could run flows. Set auth: keys (see 'flowengine keys'), or allow_open: true"
+        raise _usage("host", f"{config.host} is not a loopback address and auth is open: {why}")
     try:
         config.data_path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -113,6 +117,15 @@ def _relative(path: Path) -> Path:
         return path
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 def _usage(where: str, message: str) -> Error:
     return Error("invalid", "usage", f"{where}: {message}", where, [Problem("", message)])
 
@@ -136,6 +149,7 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--store", action="append", default=[], help="a store name the operator configured")
     check.add_argument("--config", type=Path, help="settings file whose stores flows may name")
     check.set_defaults(run=_validate)
+    admin.add_parsers(sub)
     _run_parser(
         sub.add_parser(
             "run",

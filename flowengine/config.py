@@ -8,6 +8,7 @@ Durations take seconds or a string like "15m" (see `core/durations.py`).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import os
@@ -15,7 +16,7 @@ import secrets
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -27,8 +28,8 @@ from flowengine.logs import LogFormat
 
 PATH_SETTINGS = ("data_dir", "flows_dir", "work_dir")  # "" (work_dir's default) stays ""
 LIST_SETTINGS = ("step_read_paths",)
-DURATION_SETTINGS = ("upload_ttl", "download_ttl", "input_retention", "output_retention", "sweep_interval",
-                     "reconcile_interval", "reconcile_max_interval")  # fmt: skip
+DURATION_SETTINGS = ("session_ttl", "upload_ttl", "download_ttl", "input_retention", "output_retention",
+                     "sweep_interval", "reconcile_interval", "reconcile_max_interval")  # fmt: skip
 CLIENT_VARIABLES = ("FLOWENGINE_URL", "FLOWENGINE_KEY")  # read by the examples and clients, not by the engine
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
@@ -47,6 +48,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     download_ttl: float = 3600.0  # seconds a presigned download URL lives
     max_upload_size: AtLeastOne = 500_000_000  # bytes, for any single object arriving on a well
     max_body_size: AtLeastOne = 1_048_576  # bytes, for JSON request bodies
+    auth: Literal["open", "keys"] = "open"  # keys: every API call needs a credential (teams' keys, session tokens)
+    allow_open: bool = False  # serve with auth: open on an address other than loopback (anyone could use it)
+    jwt_secret: str = ""  # HMAC key of user session tokens; empty: generated once, kept in data_dir/jwt_secret
+    session_ttl: Positive = 43_200.0  # seconds a session token from `flowengine token` lives (12 h)
     inline_flows: bool = True  # accept {"Flow": {...}} bodies (they may use the task library in flows_dir/tasks)
     inline_commands: bool = False  # let inline flows define Exec / Python tasks of their own (run on this host)
     inline_stores: bool = False  # let inline flows define stores of their own (the engine connects where they say)
@@ -202,14 +207,17 @@ def _invalid(where: str, message: str) -> Error:
     return Error("invalid", "invalid_config", f"{where}: {message}", where, [Problem("", message)])
 
 
-def ensure_secret(config: Config) -> bytes:
-    """The HMAC key: from config, or generated once and kept in the data dir (0600)."""
-    if config.secret:
-        return config.secret.encode()
-    path = config.data_path / "secret"
+def ensure_secret(config: Config, name: Literal["secret", "jwt_secret"] = "secret") -> bytes:
+    """A signing key: the setting `name`, or generated once and kept in the data dir as a file of
+    that name (0600), so every start (and the CLI) signs with the same one."""
+    value = getattr(config, name)
+    if value:
+        return value.encode()
+    path = config.data_path / name
     if not path.exists():
         config.data_path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
+        with contextlib.suppress(FileExistsError):  # two processes at once: the first one's stays
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
     return path.read_text().strip().encode()

@@ -103,12 +103,14 @@ def wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout: float = 1
     raise RuntimeError(f"server did not become healthy:\n{log.read_text()}")
 
 
-def wait_for_status(client: httpx.Client, run_id: str, statuses: set[str], timeout: float = 15) -> dict:
+def wait_for_status(
+    client: httpx.Client, run_id: str, statuses: set[str], timeout: float = 15, headers: dict | None = None
+) -> dict:
     """Poll a run until its Status is one of `statuses`; returns the document."""
     deadline = time.monotonic() + timeout
     doc: dict = {}
     while time.monotonic() < deadline:
-        doc = client.get(f"/api/v1/flow/status/{run_id}").json()
+        doc = client.get(f"/api/v1/flow/status/{run_id}", headers=headers).json()
         if doc.get("Status") in statuses:
             return doc
         time.sleep(0.02)
@@ -124,3 +126,19 @@ def metric(client: httpx.Client, name: str, **labels: str) -> float | None:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return None
+
+
+def admin(server: Server, *args: str) -> str:
+    """Run an operator's command (`flowengine teams ...`, `keys ...`) on a server's data dir, while it
+    runs; its output."""
+    done = subprocess.run([sys.executable, "-m", "flowengine.cli", *args, "--data-dir", str(server.data_dir)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def make_key(server: Server, team: str, kind: str = "integration") -> str:
+    """A new key of `team` (made if need be) on the server."""
+    if team not in admin(server, "teams", "list").split():
+        admin(server, "teams", "create", team)
+    return admin(server, "keys", "create", "--team", team, "--kind", kind)

@@ -17,7 +17,7 @@ import httpx
 import msgspec
 import pytest
 import yaml
-from live import Server, free_port
+from live import Server, free_port, make_key
 
 from flowengine.client import (
     AsyncClient,
@@ -148,7 +148,8 @@ def test_an_upload_sends_exactly_the_signed_headers_and_the_key_only_to_the_api(
     data = b"exactly eleven!"
     doc = texts(tmp_path, doc=data)["doc"]
     recorder = Recorder()
-    with recorder.client(server, key="sk-test-key") as client:
+    key = make_key(server, "clients")
+    with recorder.client(server, key=key) as client:
         run = client.start(definition=upper_flow(Size=len(data), ContentType="text/plain", Overwrite=False))
         signed = run.waiting("doc").headers
         assert {k.lower() for k in signed} == {"content-length", "content-type", "if-none-match"}, signed
@@ -160,7 +161,7 @@ def test_an_upload_sends_exactly_the_signed_headers_and_the_key_only_to_the_api(
     assert put.headers["content-type"] == "text/plain" and "transfer-encoding" not in put.headers
     assert "authorization" not in put.headers  # a presigned URL carries its own authority
     api = [r for r in recorder.requests if r.url.path.startswith("/api/")]
-    assert api and all(r.headers["authorization"] == "Bearer sk-test-key" for r in api)
+    assert api and all(r.headers["authorization"] == f"Bearer {key}" for r in api)
 
 
 def test_a_file_of_another_size_than_the_signed_one_is_refused_before_it_is_sent(server: Server, tmp_path: Path):
@@ -320,7 +321,7 @@ def test_an_s3_store_takes_the_upload_with_its_signed_headers_and_gives_the_outp
     flow = upper_flow(Store="s3", Size=len(data), ContentType="text/plain")
     flow["Stores"] = [store]
     flow["DataWells"][1]["Store"] = "s3"
-    with Client(s3_server.url, key="sk-not-for-s3") as client:
+    with Client(s3_server.url, key=make_key(s3_server, "s3-clients")) as client:
         run = client.start(definition=flow)
         assert run.waiting("doc").put_url.startswith(f"http://{s3['endpoint']}/")
         assert {k.lower() for k in run.waiting("doc").headers} >= {"content-length", "content-type"}

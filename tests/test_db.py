@@ -82,7 +82,7 @@ def _run(run_id: str, flow: str, status: str) -> machine.Run:
 def _counted(db: Database) -> dict[tuple[str | None, str | None], int]:
     """Every total the listing can ask for, from the counters."""
     statuses = [None, *machine.TERMINAL, machine.WAITING, machine.RUNNING]
-    return {(s, f): asyncio.run(db.count_runs(s, f)) for s in statuses for f in (None, "a", "b", "c")}
+    return {(s, f): asyncio.run(db.count_runs("", s, f)) for s in statuses for f in (None, "a", "b", "c")}
 
 
 def _truth(runs: dict[str, machine.Run]) -> dict[tuple[str | None, str | None], int]:
@@ -128,47 +128,48 @@ def test_counts_follow_every_insert_and_status_change_in_the_same_transaction(tm
     asyncio.run(db.close())
 
 
-def test_a_database_of_the_version_before_counts_is_upgraded_in_place(tmp_path):
+# The schema before versions (0): what a data dir of the first releases holds. The SQL lives here, not
+# in the engine: the engine only ever upgrades from it.
+_VERSION_0 = (
+    "CREATE TABLE definitions (hash TEXT PRIMARY KEY, body BLOB)",
+    "CREATE TABLE runs (id TEXT PRIMARY KEY, flow TEXT NOT NULL, status TEXT NOT NULL, created FLOAT NOT NULL,"
+    " updated FLOAT, wake_at FLOAT, definition TEXT, doc BLOB NOT NULL)",
+    "CREATE TABLE waits (location TEXT, key TEXT, run_id TEXT, edge TEXT, next_check FLOAT, checks INTEGER,"
+    " PRIMARY KEY (location, key))",
+    "CREATE TABLE expiries (run_id TEXT, edge TEXT, expires_at FLOAT, PRIMARY KEY (run_id, edge))",
+    "CREATE INDEX idx_runs_status_id ON runs (status, id)",
+    "CREATE INDEX idx_runs_flow_id ON runs (flow, id)",
+)
+
+
+def test_a_database_of_the_first_schema_is_upgraded_in_place(tmp_path):
     path = tmp_path / "db.sqlite"
-    db = Database(path)
     runs = {
         f"r{i}": _run(f"r{i}", "ab"[i % 2], [machine.WAITING, machine.COMPLETE, machine.ERROR][i % 3])
         for i in range(50)
     }
-
-    async def insert() -> None:
-        async with db.transaction() as tx:
-            await tx.insert_runs([NewRun(run, "digest", None) for run in runs.values()])
-        await db.close()
+    conn = sqlite3.connect(path)
+    for statement in _VERSION_0:
+        conn.execute(statement)
+    conn.executemany(
+        "INSERT INTO runs (id, flow, status, created, updated, definition, doc) VALUES (?, ?, ?, 1, 1, 'digest', ?)",
+        [(r.id, r.flow, r.status, msgspec.json.encode(r)) for r in runs.values()],
+    )
+    conn.commit()
+    conn.close()
+    upgraded = Database(path)  # opening it upgrades it
 
     async def change() -> list[str]:
         async with upgraded.transaction() as tx:
             run = runs["r0"]
             run.status = machine.COMPLETE
             await tx.save_run(run, None)
-        return [r.id for r in await upgraded.list_runs(machine.WAITING, "a", 3)]
+        return [r.id for r in await upgraded.list_runs("", machine.WAITING, "a", 3)]
 
-    asyncio.run(insert())
-    as_before_counts(path)
-    upgraded = Database(path)  # opening it upgrades it
     assert _counted(upgraded) == _truth(runs)
     assert asyncio.run(change()) == ["r6", "r48", "r42"]
     assert _counted(upgraded) == _truth(runs)
     asyncio.run(upgraded.close())
-
-
-def as_before_counts(path) -> None:
-    """Make a database what version 0 (before the counters) left: no counters, no triggers, no
-    version. The SQL lives here, not in the engine, because it undoes the engine's own upgrade."""
-    conn = sqlite3.connect(path)
-    for name in ("runs_counted_out", "runs_recounted"):
-        conn.execute(f"DROP TRIGGER {name}")
-    conn.execute("DROP TABLE status_counts")
-    conn.execute("DROP TABLE flow_counts")
-    conn.execute("DROP INDEX idx_runs_flow_status_id")
-    conn.execute("PRAGMA user_version = 0")
-    conn.commit()
-    conn.close()
 
 
 def test_pages_by_key_see_every_run_once_newest_first(tmp_path):
@@ -179,13 +180,31 @@ def test_pages_by_key_see_every_run_once_newest_first(tmp_path):
             for i in range(23):
                 await tx.insert_runs([NewRun(_run(f"r{i:02d}", "ab"[i % 2], machine.WAITING), "digest", None)])
         seen, before = [], None
-        while page := await db.list_runs(None, "a", 5, before=before):
+        while page := await db.list_runs("", None, "a", 5, before=before):
             seen += [r.id for r in page]
             before = page[-1].id
-        offset = [r.id for r in await db.list_runs(machine.WAITING, None, 2, offset=3)]
+        offset = [r.id for r in await db.list_runs("", machine.WAITING, None, 2, offset=3)]
         await db.close()
         return seen, offset
 
     seen, offset = asyncio.run(pages())
     assert seen == [f"r{i:02d}" for i in range(22, -1, -2)]
     assert offset == ["r19", "r18"]
+
+
+def test_a_teams_listing_and_totals_hold_only_its_runs(tmp_path):
+    db = Database(tmp_path / "db.sqlite")
+
+    async def scenario() -> tuple[list[str], list[str], list[int]]:
+        async with db.transaction() as tx:
+            for i in range(6):
+                run = msgspec.structs.replace(_run(f"r{i}", "f", machine.WAITING), team="ab"[i % 2])
+                await tx.insert_runs([NewRun(run, "digest", None)])
+        a = [r.id for r in await db.list_runs("a", None, None, 10)]
+        nobody = [r.id for r in await db.list_runs("", None, None, 10)]
+        totals = [await db.count_runs(team, machine.WAITING, flow) for team in "ab" for flow in ("f", None)]
+        await db.close()
+        return a, nobody, totals
+
+    a, nobody, totals = asyncio.run(scenario())
+    assert a == ["r4", "r2", "r0"] and nobody == [] and totals == [3, 3, 3, 3]

@@ -162,7 +162,13 @@ def test_security_bearer_for_events_and_the_signature_for_signed_urls(doc: dict[
         ("/api/v1/hook/{run_id}/{edge}", "POST"),
     ]:
         assert ops[key]["security"] == [{"signedURL": []}]
-    assert "security" not in ops[("/api/v1/flow/{name}", "POST")]  # open today (a loopback engine)
+    # The flow API takes a key or a session token, and nothing on an engine with auth: open.
+    assert ops[("/api/v1/flow/{name}", "POST")]["security"] == [{}, {"bearer": []}]
+    flow_answers = ops[("/api/v1/flow/status/{run_id}", "GET")]["responses"]
+    assert {"400", "401", "403"} <= set(flow_answers) and "unauthorized" in flow_answers["401"]["description"]
+    team = [p for p in ops[("/api/v1/flow/status/{run_id}", "GET")]["parameters"] if p["name"] == "X-Team-ID"]
+    assert team == [{"name": "X-Team-ID", "in": "header", "required": False, "schema": {"type": "string"},
+                     "description": "the team a session token's request is for (ignored for keys)"}]  # fmt: skip
 
 
 def test_the_server_serves_it_with_the_address_it_was_asked_on(server: Server, doc: dict[str, Any]) -> None:

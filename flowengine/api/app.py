@@ -120,7 +120,7 @@ class HotRoutes:
         try:
             browser.refuse_cross_site(scope, self.public_url)
         except Error as exc:
-            await error_response(exc)(scope, receive, send)
+            await error_response(exc, scope["path"])(scope, receive, send)
             return
         handler = flow.hot_route(scope)
         if handler is None:

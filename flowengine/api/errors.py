@@ -44,21 +44,38 @@ class ErrorBody(msgspec.Struct, rename="pascal", omit_defaults=True):
     problems: list[Problem] = []
 
 
-def error_response(error: Error) -> Response:
-    body = ErrorBody(error.code, error.message, error.location, error.problems)
-    return Response(_encode(body), STATUS[error.kind], media_type="application/json")
+class ReferenceErrorBody(msgspec.Struct, omit_defaults=True):
+    """The workflow/task API's error body: the reference's `error_message`, and which error and field."""
+
+    error_message: str
+    error_code: str
+    field: str = ""
+
+
+# The workflow/task API and its management endpoints answer errors in the reference's shape.
+REFERENCE_PREFIXES = ("/api/v1/r/", "/api/v1/workflows", "/api/v1/credentials", "/api/v1/webhooks",
+                      "/api/v1/models", "/api/v1/uploads/", "/api/v1/desktop/", "/api/v1/agents")  # fmt: skip
+
+
+def error_response(error: Error, path: str = "") -> Response:
+    if path.startswith(REFERENCE_PREFIXES):
+        body: msgspec.Struct = ReferenceErrorBody(error.message, error.code, error.location)
+    else:
+        body = ErrorBody(error.code, error.message, error.location, error.problems)
+    headers = {"WWW-Authenticate": "Bearer"} if error.kind == "unauthorized" else None
+    return Response(_encode(body), STATUS[error.kind], headers=headers, media_type="application/json")
 
 
 async def _domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, Error)
-    return error_response(exc)
+    return error_response(exc, request.url.path)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     kind = _KIND_OF_STATUS.get(exc.status_code, "bad_request")
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    response = error_response(Error(kind, code, str(exc.detail), "path"))
+    response = error_response(Error(kind, code, str(exc.detail), "path"), request.url.path)
     response.status_code = exc.status_code
     response.headers.update(exc.headers or {})
     if exc.status_code == 405:
@@ -77,7 +94,7 @@ def _allowed(request: Request) -> list[str]:
 
 
 async def _store_down(request: Request, exc: Exception) -> Response:
-    return error_response(Error("unavailable", "store_unavailable", f"a store did not answer: {exc}"))
+    return error_response(Error("unavailable", "store_unavailable", f"a store did not answer: {exc}"), request.url.path)
 
 
 async def _client_gone(request: Request, exc: Exception) -> Response:
@@ -87,7 +104,7 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(Error("internal", "internal_error", "the server failed; see its log"))
+    return error_response(Error("internal", "internal_error", "the server failed; see its log"), request.url.path)
 
 
 # The most specific first: HotRoutes takes the first that fits, as Starlette would.

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.types import Receive, Scope
 
+from flowengine.api.auth import FLOW_CALLERS, authenticate
 from flowengine.api.documents import RunDoc, RunPage, RunStatus, run_summary
 from flowengine.api.http import JsonEndpoint, JsonHandler, base_url, engine_of, json_response, query_int, read_json
 from flowengine.api.openapi import Answer, ApiRoute, Body, Operation, in_path, in_query
@@ -68,6 +69,7 @@ def run_response(request: Request, run: machine.Run, flow: Flow) -> Response:
 
 
 async def list_flows(request: Request) -> Response:
+    await authenticate(request.scope, FLOW_CALLERS, team_scoped=False)  # the operator's flows: every team's to see
     flows = []
     for entry in await engine_of(request).catalog.entries():
         flow = entry.flow
@@ -80,6 +82,7 @@ async def list_flows(request: Request) -> Response:
 
 
 async def list_tasks(request: Request) -> Response:
+    await authenticate(request.scope, FLOW_CALLERS, team_scoped=False)
     library = await engine_of(request).catalog.library()
     tasks = [
         TaskInfo(t.name, f.path.name, "exec" if t.exec is not None else "python", t.inputs, t.outputs, t.flags,
@@ -95,6 +98,7 @@ async def list_tasks(request: Request) -> Response:
 async def start_run(scope: Scope, receive: Receive) -> tuple[int, bytes]:
     state = scope["app"].state
     engine: Engine = state.engine
+    principal = await authenticate(scope, FLOW_CALLERS)
     name = scope["path_params"]["name"]
     if not is_name(name):
         raise bad_request("invalid_name", f"flow name {reprlib.repr(name)} {NAME_RULE}", "path.name")
@@ -107,7 +111,7 @@ async def start_run(scope: Scope, receive: Receive) -> tuple[int, bytes]:
         plan = engine.plan(flow, inline=True) if flow is not None else engine.plan(await engine.catalog.get(name))
         if flow is not None and len(body) <= INLINE_PLAN_BYTES:
             state.inline_plans.put((name, body, library.stamp), plan)
-    run = await engine.create_run(plan)
+    run = await engine.create_run(plan, principal.team)
     return 201, run_json(scope, run, plan.flow)
 
 
@@ -123,13 +127,15 @@ def _inline_flow(engine: Engine, name: str, body: bytes) -> Flow | None:
 
 
 async def run_status(scope: Scope, receive: Receive) -> tuple[int, bytes]:
-    run, flow = await scope["app"].state.engine.get_run(scope["path_params"]["run_id"])
+    principal = await authenticate(scope, FLOW_CALLERS)
+    run, flow = await scope["app"].state.engine.get_run(scope["path_params"]["run_id"], principal.team)
     return 200, run_json(scope, run, flow)
 
 
 async def list_runs(request: Request) -> Response:
     """A page of runs, newest first. `Next` is the cursor of the page after it (null on the last page);
     `Total` counts every run the filters match, from counters rather than a scan."""
+    principal = await authenticate(request.scope, FLOW_CALLERS)
     status = request.query_params.get("status")
     if status is not None and status.upper() not in STATUSES:
         raise bad_request("invalid_query", f"status must be one of {', '.join(STATUSES)}", "query.status")
@@ -142,10 +148,11 @@ async def list_runs(request: Request) -> Response:
     if before is not None and offset:
         raise bad_request("invalid_query", "give either cursor or offset, not both", "query.offset")
     db = engine_of(request).db
-    runs = await db.list_runs(status, flow, limit + 1, before=before, offset=offset)
+    runs = await db.list_runs(principal.team, status, flow, limit + 1, before=before, offset=offset)
     after = _encode_cursor(runs[limit - 1].id) if len(runs) > limit else None
     summaries = [run_summary(r) for r in runs[:limit]]
-    return json_response(RunPage(summaries, await db.count_runs(status, flow), limit, offset, after))
+    total = await db.count_runs(principal.team, status, flow)
+    return json_response(RunPage(summaries, total, limit, offset, after))
 
 
 def _encode_cursor(run_id: str) -> str:
@@ -168,7 +175,8 @@ def _decode_cursor(cursor: str) -> str:
 async def step_log(request: Request) -> Response:
     """A step's whole output (the run document keeps only its last lines): ?attempt=N, default the last."""
     engine = engine_of(request)
-    run, _ = await engine.get_run(request.path_params["run_id"])
+    principal = await authenticate(request.scope, FLOW_CALLERS)
+    run, _ = await engine.get_run(request.path_params["run_id"], principal.team)
     step_id = request.path_params["step_id"]
     state = run.steps.get(step_id)
     if state is None:
@@ -181,15 +189,17 @@ async def step_log(request: Request) -> Response:
 
 
 async def cancel_run(request: Request) -> Response:
-    engine = engine_of(request)
-    await engine.cancel(request.path_params["run_id"])
-    return run_response(request, *await engine.get_run(request.path_params["run_id"]))
+    engine, run_id = engine_of(request), request.path_params["run_id"]
+    team = (await authenticate(request.scope, FLOW_CALLERS)).team
+    await engine.cancel(run_id, team)
+    return run_response(request, *await engine.get_run(run_id, team))
 
 
 async def refresh_run(request: Request) -> Response:
-    engine = engine_of(request)
-    await engine.refresh(request.path_params["run_id"])
-    return run_response(request, *await engine.get_run(request.path_params["run_id"]))
+    engine, run_id = engine_of(request), request.path_params["run_id"]
+    team = (await authenticate(request.scope, FLOW_CALLERS)).team
+    await engine.refresh(run_id, team)
+    return run_response(request, *await engine.get_run(run_id, team))
 
 
 FLOW_PREFIX = "/api/v1/flow/"
@@ -214,6 +224,7 @@ def hot_route(scope: Scope) -> JsonHandler | None:
 
 FLOW = "flow"
 RUN_ID = in_path("run_id", str, "the run's ID")
+CALLERS = ("bearer",)
 RUN = Answer("the run document", RunDoc)
 NO_RUN = "no run has this ID (not_found)"
 DISK_FULL = "the engine's disk is full: nothing was changed or stored (insufficient_storage)"
@@ -223,12 +234,16 @@ Offset = Annotated[int, msgspec.Meta(ge=0, le=10**9, extra_json_schema={"default
 Attempt = Annotated[int, msgspec.Meta(ge=1)]
 
 RUN_STATUS = Operation(
+    security=CALLERS,
+    anonymous=True,
     summary="A run's document: its status, upload URLs, steps and artifacts",
     tag=FLOW,
     params=(RUN_ID,),
     answers={200: RUN, 404: NO_RUN},
 )
 START_RUN = Operation(
+    security=CALLERS,
+    anonymous=True,
     summary="Start a run: of the flow in the body, or of the flow file `flows/{name}` when there is no body",
     tag=FLOW,
     params=(in_path("name", Name, f"the flow file's name, or the inline flow's unless it has a Name: it {NAME_RULE}"),),
@@ -247,16 +262,22 @@ START_RUN = Operation(
     },
 )
 LIST_FLOWS = Operation(
+    security=CALLERS,
+    anonymous=True,
     summary="The flow files, with their inputs and any problems",
     tag=FLOW,
     answers={200: Answer("the flows dir's flows", FlowList)},
 )
 LIST_TASKS = Operation(
+    security=CALLERS,
+    anonymous=True,
     summary="The task library: the tasks inline flows may use by name, and any problems of its files",
     tag=FLOW,
     answers={200: Answer("the tasks of `flows/tasks/`", TaskList)},
 )
 LIST_RUNS = Operation(
+    security=CALLERS,
+    anonymous=True,
     summary="Runs, newest first",
     tag=FLOW,
     params=(
@@ -271,6 +292,8 @@ LIST_RUNS = Operation(
     },
 )
 STEP_LOG = Operation(
+    security=CALLERS,
+    anonymous=True,
     summary="A step's whole output, as text",
     tag=FLOW,
     params=(
@@ -285,12 +308,16 @@ STEP_LOG = Operation(
     },
 )
 CANCEL_RUN = Operation(
+    security=CALLERS,
+    anonymous=True,
     summary="Stop a run (STOPPED): running steps are killed; idempotent",
     tag=FLOW,
     params=(RUN_ID,),
     answers={200: RUN, 404: NO_RUN, 507: DISK_FULL},
 )
 REFRESH_RUN = Operation(
+    security=CALLERS,
+    anonymous=True,
     summary="Fresh upload URLs, with a new TTL, for the wells still empty",
     tag=FLOW,
     params=(RUN_ID,),

@@ -32,6 +32,13 @@ _REFS = "#/components/schemas/{name}"
 
 # How callers prove who they are, by name (an Operation's `security` names them).
 SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "A team's API key (`sk-` integration, `dk-` device) or a user's session token (a JWT, "
+        "from `flowengine token`, sent with `X-Team-ID`: the team the request is for). On an engine with "
+        "`auth: open` the flow API also answers without one (the anonymous caller, whose runs belong to no team).",
+    },
     "eventsToken": {
         "type": "http",
         "scheme": "bearer",
@@ -101,6 +108,7 @@ class Operation(msgspec.Struct, frozen=True, kw_only=True):
     params: tuple[Param, ...] = ()
     body: Body | None = None
     security: tuple[str, ...] = ()  # SECURITY_SCHEMES names, any one of which is accepted; none: open
+    anonymous: bool = False  # also answered with no credential (the flow API on an engine with auth: open)
     errors: Any = ErrorBody
 
 
@@ -143,11 +151,22 @@ _JSON_BODY_ERRORS = {
 }
 
 
+_CREDENTIAL_ERRORS = {
+    400: "a session token came without `X-Team-ID`, or with one that is no UUID (team_required, invalid_header)",
+    401: "no credential where one is needed, or one that is not valid, revoked, expired or of a kind this "
+    "route does not take (unauthorized)",
+    403: "the session token's user is not a member of the team `X-Team-ID` names (not_a_member)",
+}
+TEAM_HEADER = in_header("X-Team-ID", str, "the team a session token's request is for (ignored for keys)")
+
+
 def implied_answers(method: str, route_path: str, op: Operation) -> list[tuple[int, Answer]]:
     """What an operation answers besides what it declares, by the rules every route of its kind follows."""
     found = list(_SERVER_ANSWERS)
     if method not in browser.SAFE_METHODS and not browser.is_presigned(route_path):
         found.append((403, _CROSS_SITE))  # HotRoutes refuses these for every route (browser.py)
+    if "bearer" in op.security:  # api/auth.py
+        found += [(status, Answer(text, op.errors)) for status, text in _CREDENTIAL_ERRORS.items()]
     if op.body is not None and op.body.media_type == JSON:  # http.read_json and spec.decode_json
         found += [(status, Answer(text, op.errors)) for status, text in _JSON_BODY_ERRORS.items()]
     return found
@@ -217,7 +236,9 @@ def _operation(schemas: _Schemas, route: ApiRoute, method: str, op: Operation, o
         answers.setdefault(status, []).append(answer if isinstance(answer, Answer) else Answer(answer, op.errors))
     found["responses"] = {str(status): _response(schemas, answers[status], method) for status in sorted(answers)}
     if op.security:
-        found["security"] = [{name: []} for name in op.security]
+        found["security"] = [*([{}] if op.anonymous else []), *({name: []} for name in op.security)]
+    if "bearer" in op.security:
+        found.setdefault("parameters", []).append(_param(schemas, TEAM_HEADER))
     return found
 
 

@@ -8,6 +8,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 
+from flowengine.api.auth import FLOW_CALLERS, authenticate
 from flowengine.api.documents import RunDoc
 from flowengine.api.flow import run_response
 from flowengine.api.http import engine_of, whole_number
@@ -86,6 +87,8 @@ async def _ingest(request: Request, run_id: str, edge: str) -> Response:
 
 async def direct_upload(request: Request) -> Response:
     """POST /api/v1/upload/{run_id}/{edge}: stream the body into the well, no presigning."""
+    principal = await authenticate(request.scope, FLOW_CALLERS)
+    await engine_of(request).get_run(request.path_params["run_id"], principal.team)  # another team's: 404
     return await _ingest(request, request.path_params["run_id"], request.path_params["edge"])
 
 
@@ -166,6 +169,8 @@ GET_OBJECT = Operation(
     },
 )
 DIRECT_UPLOAD = Operation(
+    security=("bearer",),
+    anonymous=True,
     summary="Upload an object straight into a run's well, without a presigned URL",
     tag=OBJECTS,
     params=WELL,

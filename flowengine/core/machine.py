@@ -73,6 +73,7 @@ class Run(msgspec.Struct, omit_defaults=True, gc=False):
     steps: dict[str, StepState]
     error: str | None = None
     failed_step: str | None = None
+    team: str = ""  # the team that owns it ('' on an engine without credentials)
 
 
 # Events: facts.
@@ -135,9 +136,11 @@ class Abort(msgspec.Struct, tag=True, frozen=True):
 Command = Dispatch | Abort
 
 
-def start(flow: Flow, run_id: str, edges: dict[str, EdgeState], now: float) -> tuple[Run, list[Command]]:
-    """A new run: the shell resolved every edge's store and key (static wells arrive filled)."""
-    run = Run(run_id, flow.name, WAITING, now, now, edges, {s.id: StepState() for s in flow.steps})
+def start(
+    flow: Flow, run_id: str, edges: dict[str, EdgeState], now: float, team: str = ""
+) -> tuple[Run, list[Command]]:
+    """A new run of `team`: the shell resolved every edge's store and key (static wells arrive filled)."""
+    run = Run(run_id, flow.name, WAITING, now, now, edges, {s.id: StepState() for s in flow.steps}, team=team)
     commands = _settle(run, flow, now)
     return run, commands
 

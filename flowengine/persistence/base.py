@@ -16,6 +16,7 @@ from typing import Protocol
 import msgspec
 
 from flowengine.core.machine import Run
+from flowengine.identity.records import Credential, Role, Team, User
 
 
 class Wait(msgspec.Struct, frozen=True, gc=False):
@@ -61,13 +62,21 @@ class Queries(Protocol):
         ...
 
     async def list_runs(
-        self, status: str | None, flow: str | None, limit: int, *, before: str | None = None, offset: int = 0
+        self,
+        team: str,
+        status: str | None,
+        flow: str | None,
+        limit: int,
+        *,
+        before: str | None = None,
+        offset: int = 0,
     ) -> list[Run]:
-        """Runs newest first (by ID); `before`: only those whose ID sorts before it (a page after
-        another, at the cost of the first); `offset` skips rows one by one."""
+        """A team's runs ('' for those of no team), newest first (by ID); `before`: only those whose
+        ID sorts before it (a page after another, at the cost of the first); `offset` skips rows one
+        by one."""
         ...
 
-    async def count_runs(self, status: str | None, flow: str | None) -> int:
+    async def count_runs(self, team: str, status: str | None, flow: str | None) -> int:
         """How many runs match, from counters: the cost does not grow with the runs."""
         ...
 
@@ -128,6 +137,34 @@ class Queries(Protocol):
     async def due_expiries(self, now: float, limit: int) -> list[tuple[str, str]]: ...
 
     async def drop_expiry(self, run_id: str, edge: str) -> None: ...
+
+
+    # identity: teams, users, members, credentials (identity/directory.py decides; this stores)
+    async def insert_team(self, team: Team) -> None: ...
+
+    async def team(self, *, id: str | None = None, name: str | None = None) -> Team | None: ...
+
+    async def teams(self) -> list[Team]: ...
+
+    async def insert_user(self, user: User) -> None: ...
+
+    async def user(self, *, id: str | None = None, email: str | None = None) -> User | None: ...
+
+    async def put_member(self, team: str, user: str, role: Role, created: float) -> None: ...
+
+    async def member_role(self, team: str, user: str) -> Role | None: ...
+
+    async def insert_credential(self, credential: Credential) -> None: ...
+
+    async def credential(self, *, id: str | None = None, key_hash: str | None = None) -> Credential | None: ...
+
+    async def credentials(self, team: str | None, kind: str | None, limit: int, offset: int) -> list[Credential]:
+        """Oldest first; None: any team, any kind."""
+        ...
+
+    async def revoke_credentials(self, ids: list[str], at: float) -> None: ...
+
+    async def touch_credential(self, id: str, at: float) -> None: ...
 
 
 class Database(Queries, Protocol):

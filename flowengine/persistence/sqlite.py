@@ -24,10 +24,11 @@ import sqlite_utils
 
 from flowengine.core.machine import Run
 from flowengine.errors import Error, insufficient_storage
+from flowengine.identity.records import Credential, Role, Team, User
 from flowengine.persistence.base import NewRun, RunRow, Wait
 
 WAL_KEEP = 64 << 20  # bytes of WAL file kept for reuse after a checkpoint; the rest is truncated
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _encode = msgspec.json.Encoder().encode
 _decode_run = msgspec.json.Decoder(Run).decode
 
@@ -57,6 +58,56 @@ _VERSION_1 = (
 )
 
 
+# Version 2: teams, users, credentials; runs belong to a team ('' for none: an open engine's runs), and
+# the counters and listing indexes lead with it, so a team's page or total never looks at another's.
+_VERSION_2 = (
+    "CREATE TABLE IF NOT EXISTS teams (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, created REAL NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, email TEXT NOT NULL UNIQUE, created REAL NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS members (
+        team TEXT NOT NULL, user TEXT NOT NULL, role TEXT NOT NULL, created REAL NOT NULL,
+        PRIMARY KEY (team, user)) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS idx_members_user ON members (user)",
+    """CREATE TABLE IF NOT EXISTS credentials (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL, team TEXT NOT NULL, user TEXT, display_name TEXT NOT NULL,
+        key_prefix TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, created REAL NOT NULL, expires REAL,
+        revoked REAL, last_used REAL, paired_with TEXT)""",
+    "CREATE INDEX IF NOT EXISTS idx_credentials_team ON credentials (team, kind, id)",
+    "ALTER TABLE runs ADD COLUMN team TEXT NOT NULL DEFAULT ''",
+    "DROP TRIGGER IF EXISTS runs_counted_out",
+    "DROP TRIGGER IF EXISTS runs_recounted",
+    "DROP TABLE IF EXISTS status_counts",
+    "DROP TABLE IF EXISTS flow_counts",
+    """CREATE TABLE status_counts (
+        team TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (team, status)) WITHOUT ROWID""",
+    """CREATE TABLE flow_counts (
+        team TEXT NOT NULL, flow TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL,
+        PRIMARY KEY (team, flow, status)) WITHOUT ROWID""",
+    """CREATE TRIGGER runs_counted_out AFTER DELETE ON runs BEGIN
+        UPDATE status_counts SET n = n - 1 WHERE team = old.team AND status = old.status;
+        UPDATE flow_counts SET n = n - 1 WHERE team = old.team AND flow = old.flow AND status = old.status;
+    END""",
+    """CREATE TRIGGER runs_recounted AFTER UPDATE OF status ON runs WHEN old.status IS NOT new.status BEGIN
+        UPDATE status_counts SET n = n - 1 WHERE team = old.team AND status = old.status;
+        UPDATE flow_counts SET n = n - 1 WHERE team = old.team AND flow = old.flow AND status = old.status;
+        INSERT INTO status_counts VALUES (new.team, new.status, 1) ON CONFLICT DO UPDATE SET n = n + 1;
+        INSERT INTO flow_counts VALUES (new.team, new.flow, new.status, 1) ON CONFLICT DO UPDATE SET n = n + 1;
+    END""",
+    "INSERT INTO flow_counts SELECT team, flow, status, count(*) FROM runs GROUP BY team, flow, status",
+    "INSERT INTO status_counts SELECT team, status, sum(n) FROM flow_counts GROUP BY team, status",
+    "DROP INDEX IF EXISTS idx_runs_status_id",
+    "DROP INDEX IF EXISTS idx_runs_flow_id",
+    "DROP INDEX IF EXISTS idx_runs_flow_status_id",
+    "CREATE INDEX IF NOT EXISTS idx_runs_team_id ON runs (team, id)",
+    "CREATE INDEX IF NOT EXISTS idx_runs_team_status_id ON runs (team, status, id)",
+    "CREATE INDEX IF NOT EXISTS idx_runs_team_flow_status_id ON runs (team, flow, status, id)",
+    # The engine's scans of runs by status (recovery after a restart) go across teams.
+    "CREATE INDEX IF NOT EXISTS idx_runs_status_id_all ON runs (status, id)",
+)
+
+
+_CREDENTIAL = (
+    "id, kind, team, user, display_name, key_prefix, key_hash, created, expires, revoked, last_used, paired_with"
+)
 _TREE = "replace(key, '/', char(1))"  # a key in tree order: '/' before every character a key may hold
 _MAX_KEY = "\U0010ffff"  # after every key, as far as a comparison goes
 
@@ -70,8 +121,8 @@ def _prefix_end(prefix: str) -> str:
     return stem[:-1] + chr(0xE000 if 0xD800 <= after <= 0xDFFF else after)  # past the surrogates: not UTF-8
 
 
-def _filters(status: str | None, flow: str | None) -> tuple[list[str], list[str]]:
-    where, params = [], []
+def _filters(team: str, status: str | None, flow: str | None) -> tuple[list[str], list[str]]:
+    where, params = ["team = ?"], [team]
     if status:
         where.append("status = ?")
         params.append(status)
@@ -86,7 +137,10 @@ class SqliteDatabase:
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.OperationalError as exc:
+            raise Error("unavailable", "database_unavailable", f"cannot open the database {self.path}: {exc}") from exc
         self.db = sqlite_utils.Database(conn)
         self.conn = conn
         conn.execute("PRAGMA journal_mode=WAL")
@@ -119,16 +173,15 @@ class SqliteDatabase:
         )
         db["expiries"].create_index(["expires_at"], if_not_exists=True)
         # Run IDs are UUIDv7, in creation order: listings sort by id, so `created` needs no index.
-        db["runs"].create_index(["status", "id"], if_not_exists=True)
-        db["runs"].create_index(["flow", "id"], if_not_exists=True)
         db["runs"].create_index(["wake_at"], if_not_exists=True)
         self.conn.execute("DROP INDEX IF EXISTS idx_waits_next_check")  # indexes of earlier versions
         self.conn.execute("DROP INDEX IF EXISTS waits_due")  # the reconciler walks waits by key (landing.py)
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        if version < 1:
-            with self._transaction():
-                self._upgrade_to_1()
-                self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        for number, upgrade in enumerate((self._upgrade_to_1, self._upgrade_to_2), start=1):
+            if version < number:
+                with self._transaction():
+                    upgrade()
+                    self.conn.execute(f"PRAGMA user_version = {number}")
 
     def _upgrade_to_1(self) -> None:
         """Version 1: runs by status and by flow and status, kept in the transaction of every change
@@ -138,6 +191,10 @@ class SqliteDatabase:
             self.conn.execute(statement)
         # Both filters at once: a page without scanning past the other flows' (or statuses') runs.
         self.conn.execute("CREATE INDEX IF NOT EXISTS idx_runs_flow_status_id ON runs (flow, status, id)")
+
+    def _upgrade_to_2(self) -> None:
+        for statement in _VERSION_2:
+            self.conn.execute(statement)
 
     async def housekeeping(self) -> None:
         """Copy the WAL into the database, in a worker thread (see checkpoint)."""
@@ -217,20 +274,20 @@ class SqliteDatabase:
         """New runs, counted in the same statements' transaction: one counter update per flow and
         status among them rather than a trigger's two per run (which cost a creation some 5 us)."""
         self.conn.executemany(
-            "INSERT INTO runs (id, flow, status, created, updated, wake_at, definition, doc)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(r.run.id, r.run.flow, r.run.status, r.run.created, r.run.updated, r.wake_at, r.definition,
+            "INSERT INTO runs (id, team, flow, status, created, updated, wake_at, definition, doc)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(r.run.id, r.run.team, r.run.flow, r.run.status, r.run.created, r.run.updated, r.wake_at, r.definition,
               _encode(r.run)) for r in rows],
         )  # fmt: skip
-        by_flow = Counter((r.run.flow, r.run.status) for r in rows)
+        by_flow = Counter((r.run.team, r.run.flow, r.run.status) for r in rows)
         self.conn.executemany(
-            "INSERT INTO flow_counts VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n",
-            [(flow, status, n) for (flow, status), n in by_flow.items()],
+            "INSERT INTO flow_counts VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n",
+            [(*key, n) for key, n in by_flow.items()],
         )
-        by_status = Counter(r.run.status for r in rows)
+        by_status = Counter((r.run.team, r.run.status) for r in rows)
         self.conn.executemany(
-            "INSERT INTO status_counts VALUES (?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n",
-            list(by_status.items()),
+            "INSERT INTO status_counts VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n",
+            [(*key, n) for key, n in by_status.items()],
         )
 
     async def save_run(self, run: Run, wake_at: float | None) -> None:
@@ -244,27 +301,34 @@ class SqliteDatabase:
         return RunRow(_decode_run(row[0]), row[1]) if row else None
 
     async def list_runs(
-        self, status: str | None, flow: str | None, limit: int, *, before: str | None = None, offset: int = 0
+        self,
+        team: str,
+        status: str | None,
+        flow: str | None,
+        limit: int,
+        *,
+        before: str | None = None,
+        offset: int = 0,
     ) -> list[Run]:
         """Runs newest first (by ID), with the filters given; `before`: only those whose ID sorts before
         it, which is how a page follows the one before (an index range, however deep). An `offset`
         skips rows one by one instead: its cost grows with it."""
-        where, params = _filters(status, flow)
+        where, params = _filters(team, status, flow)
         if before is not None:
             where.append("id < ?")
             params.append(before)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
         rows = self.conn.execute(
-            f"SELECT doc FROM runs{clause} ORDER BY id DESC LIMIT ? OFFSET ?", [*params, limit, offset]
+            f"SELECT doc FROM runs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ? OFFSET ?",
+            [*params, limit, offset],
         )
         return [_decode_run(r[0]) for r in rows]
 
-    async def count_runs(self, status: str | None, flow: str | None) -> int:
+    async def count_runs(self, team: str, status: str | None, flow: str | None) -> int:
         """How many runs match the filters, from the counters (a few rows, however many runs)."""
         table = "flow_counts" if flow else "status_counts"
-        where, params = _filters(status, flow)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
-        return self.conn.execute(f"SELECT coalesce(sum(n), 0) FROM {table}{clause}", params).fetchone()[0]
+        where, params = _filters(team, status, flow)
+        return self.conn.execute(f"SELECT coalesce(sum(n), 0) FROM {table} WHERE {' AND '.join(where)}",
+                                 params).fetchone()[0]  # fmt: skip
 
     async def last_run_id(self) -> str | None:
         return self.conn.execute("SELECT max(id) FROM runs").fetchone()[0]
@@ -412,10 +476,74 @@ class SqliteDatabase:
         self.conn.execute("DELETE FROM expiries WHERE run_id = ? AND edge = ?", (run_id, edge))
 
     async def count_by_status(self) -> dict[str, int]:
-        return dict(self.conn.execute("SELECT status, n FROM status_counts WHERE n > 0").fetchall())
+        return dict(self.conn.execute("SELECT status, sum(n) FROM status_counts GROUP BY status").fetchall())
 
     async def count_waits(self) -> int:
         return self.conn.execute("SELECT count(*) FROM waits").fetchone()[0]
+
+    # identity: teams, users, members, credentials
+
+    async def insert_team(self, team: Team) -> None:
+        self.conn.execute("INSERT INTO teams (id, name, created) VALUES (?, ?, ?)", msgspec.structs.astuple(team))
+
+    async def team(self, *, id: str | None = None, name: str | None = None) -> Team | None:
+        column, value = ("id", id) if id is not None else ("name", name)
+        row = self.conn.execute(f"SELECT id, name, created FROM teams WHERE {column} = ?", (value,)).fetchone()
+        return Team(*row) if row else None
+
+    async def teams(self) -> list[Team]:
+        return [Team(*r) for r in self.conn.execute("SELECT id, name, created FROM teams ORDER BY name")]
+
+    async def insert_user(self, user: User) -> None:
+        self.conn.execute("INSERT INTO users (id, email, created) VALUES (?, ?, ?)", msgspec.structs.astuple(user))
+
+    async def user(self, *, id: str | None = None, email: str | None = None) -> User | None:
+        column, value = ("id", id) if id is not None else ("email", email)
+        row = self.conn.execute(f"SELECT id, email, created FROM users WHERE {column} = ?", (value,)).fetchone()
+        return User(*row) if row else None
+
+    async def put_member(self, team: str, user: str, role: Role, created: float) -> None:
+        self.conn.execute(
+            "INSERT INTO members (team, user, role, created) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT DO UPDATE SET role = excluded.role",
+            (team, user, role, created),
+        )
+
+    async def member_role(self, team: str, user: str) -> Role | None:
+        row = self.conn.execute("SELECT role FROM members WHERE team = ? AND user = ?", (team, user)).fetchone()
+        return row[0] if row else None
+
+    async def insert_credential(self, credential: Credential) -> None:
+        marks = ", ".join("?" * len(msgspec.structs.fields(Credential)))  # the columns are its fields, in order
+        self.conn.execute(
+            f"INSERT INTO credentials ({_CREDENTIAL}) VALUES ({marks})", msgspec.structs.astuple(credential)
+        )
+
+    async def credential(self, *, id: str | None = None, key_hash: str | None = None) -> Credential | None:
+        column, value = ("id", id) if id is not None else ("key_hash", key_hash)
+        row = self.conn.execute(f"SELECT {_CREDENTIAL} FROM credentials WHERE {column} = ?", (value,)).fetchone()
+        return Credential(*row) if row else None
+
+    async def credentials(self, team: str | None, kind: str | None, limit: int, offset: int) -> list[Credential]:
+        where, params = [], []
+        for column, value in (("team", team), ("kind", kind)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = self.conn.execute(
+            f"SELECT {_CREDENTIAL} FROM credentials{clause} ORDER BY created, id LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return [Credential(*r) for r in rows]
+
+    async def revoke_credentials(self, ids: list[str], at: float) -> None:
+        self.conn.executemany(
+            "UPDATE credentials SET revoked = ? WHERE id = ? AND revoked IS NULL", [(at, i) for i in ids]
+        )
+
+    async def touch_credential(self, id: str, at: float) -> None:
+        self.conn.execute("UPDATE credentials SET last_used = ? WHERE id = ?", (at, id))
 
 
 def _domain_error(exc: sqlite3.OperationalError) -> Error:

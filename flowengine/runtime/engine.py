@@ -39,8 +39,9 @@ from flowengine.core.plans import EdgePlan, Plan, make_plan, well_ttl
 from flowengine.core.spec import Flow, with_tasks
 from flowengine.core.validate import validate
 from flowengine.errors import Error, conflict, not_found
+from flowengine.identity.directory import Directory
+from flowengine.persistence import open_database
 from flowengine.persistence.base import Database, NewRun, Queries, RunRow, Wait
-from flowengine.persistence.sqlite import SqliteDatabase
 from flowengine.runtime import datadir, landing, retention
 from flowengine.runtime.catalog import Catalog
 from flowengine.runtime.executors.reaper import Reaper
@@ -95,8 +96,9 @@ class Engine:
         self.new_id = new_id
         data = config.data_path
         self._lock = datadir.hold(data)  # before anything in the data dir is touched
-        self.db: Database = SqliteDatabase(data / "flowengine.db")
+        self.db: Database = open_database(config)
         self.stores = Stores(config, ensure_secret(config), clock)
+        self.directory = Directory(self.db, ensure_secret(config, "jwt_secret"), clock, new_id)
         self.catalog = Catalog(Path(config.flows_dir), self.stores.configured.keys())
         self.work_root = config.work_path
         self.log_root = data / "logs"
@@ -245,8 +247,9 @@ class Engine:
             self._flows.put(digest, flow)
         return flow
 
-    async def get_run(self, run_id: str) -> tuple[Run, Flow]:
-        """A run as last committed. Recent runs come from memory: this process is their only
+    async def get_run(self, run_id: str, team: str | None = None) -> tuple[Run, Flow]:
+        """A run as last committed, if `team` owns it (None: whoever does; another team's is not
+        found, as if it did not exist). Recent runs come from memory: this process is their only
         writer, and every commit refreshes the copy (so a status poll costs no query)."""
         row = self._runs.get(run_id)
         if row is None:
@@ -254,6 +257,8 @@ class Engine:
             if row is None:
                 raise not_found("run", run_id, "path.runID")
             self._runs.put(run_id, row)
+        if team is not None and row.run.team != team:
+            raise not_found("run", run_id, "path.runID")
         return row.run, await self.flow_of(row.definition)
 
     def store_of(self, flow: Flow, edge: EdgeState) -> Store:
@@ -319,7 +324,7 @@ class Engine:
                 "body.Flow.Stores[0]",
             )  # fmt: skip
 
-    async def create_run(self, plan: Plan) -> Run:
+    async def create_run(self, plan: Plan, team: str = "") -> Run:
         now = self.clock()
         run_id = self.new_id()
         edges = {e.name: e.state(run_id, now) for e in plan.edges}
@@ -329,7 +334,7 @@ class Engine:
             await _fill_static(e, edges[e.name], now)
         if len(edges) > 1:
             _refuse_shared_keys(edges, plan)
-        run, commands = machine.start(plan.flow, run_id, edges, now)
+        run, commands = machine.start(plan.flow, run_id, edges, now, team)
         waiting = machine.waiting_edges(run)
         waits = [_wait(e.store, run, e.name) for e in plan.edges if e.name in waiting]
         wake = machine.next_wake(run)
@@ -445,12 +450,13 @@ class Engine:
         landed = machine.Landed(wait.edge, ObjectMeta(info.size, info.content_type, info.etag))
         return await self.apply(wait.run_id, landed)
 
-    async def cancel(self, run_id: str) -> Run:
+    async def cancel(self, run_id: str, team: str | None = None) -> Run:
+        await self.get_run(run_id, team)
         return await self.apply(run_id, machine.Cancel())
 
-    async def refresh(self, run_id: str) -> Run:
+    async def refresh(self, run_id: str, team: str | None = None) -> Run:
         """New upload URLs for the wells still empty: their TTL starts again (the shortest one, for all)."""
-        run, flow = await self.get_run(run_id)
+        run, flow = await self.get_run(run_id, team)
         waiting = machine.waiting_edges(run)
         if not waiting:
             raise conflict(f"run {run_id!r} is {run.status}: it waits for no upload", "path.runID")
