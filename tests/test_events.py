@@ -245,17 +245,17 @@ def test_malformed_json_is_400(client: httpx.Client, path: str, body: bytes) -> 
         (
             "s3",
             {"Records": [{"eventName": "s3:ObjectCreated:Put", "s3": {"bucket": {}, "object": {"key": "k"}}}]},
-            "body.Records[0].s3.bucket",
+            "body.Records[0].s3.bucket.name",  # a missing field is named itself
             "name",
         ),
         (
             "s3",
             {"Records": [{"s3": {"bucket": {"name": "b"}, "object": {"key": "k"}}}]},
-            "body.Records[0]",
+            "body.Records[0].eventName",
             "eventName",
         ),
         ("seaweedfs", {"event_type": 1, "key": "/buckets/b/k"}, "body.event_type", "str"),
-        ("seaweedfs", {"key": "/buckets/b/k"}, "body", "event_type"),
+        ("seaweedfs", {"key": "/buckets/b/k"}, "body.event_type", "event_type"),
         (
             "seaweedfs",
             {"event_type": "create", "key": "/buckets/b/k", "message": {"new_entry": {"is_directory": "y"}}},

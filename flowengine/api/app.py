@@ -21,6 +21,7 @@ from flowengine.api.documents import RenderedDocuments
 from flowengine.api.errors import ERROR_HANDLERS, error_response
 from flowengine.api.http import json_response, send_json
 from flowengine.api.openapi import Answer, ApiRoute, Operation
+from flowengine.api.r import files as r_files
 from flowengine.config import Config
 from flowengine.core.lru import LRU
 from flowengine.errors import Error
@@ -152,7 +153,7 @@ def create_app(config: Config, engine: Engine | None = None) -> HotRoutes:
             await app.state.engine.stop()
 
     app = Starlette(
-        routes=[*flow.routes, *upload.routes, *events.routes, *routes],
+        routes=[*flow.routes, *upload.routes, *events.routes, *r_files.routes, *routes],
         exception_handlers=ERROR_HANDLERS,
         lifespan=lifespan,
     )

@@ -18,6 +18,7 @@ Accepts = frozenset[PrincipalKind]
 FLOW_CALLERS: Accepts = frozenset({"anonymous", "user", "integration", "device"})  # the flow API
 RUNTIME_CALLERS: Accepts = frozenset({"user", "integration", "device"})  # the workflow/task API (/api/v1/r/)
 AGENT_CALLERS: Accepts = frozenset({"agent"})
+RUNTIME_SECURITY = ("bearer",)  # the OpenAPI security of routes that take RUNTIME_CALLERS
 _NAMES = {"user": "a user session token", "integration": "an sk- key", "device": "a dk- key", "agent": "an ak- key"}
 
 

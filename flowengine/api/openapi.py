@@ -168,7 +168,11 @@ def implied_answers(method: str, route_path: str, op: Operation) -> list[tuple[i
     if "bearer" in op.security:  # api/auth.py
         found += [(status, Answer(text, op.errors)) for status, text in _CREDENTIAL_ERRORS.items()]
     if op.body is not None and op.body.media_type == JSON:  # http.read_json and spec.decode_json
-        found += [(status, Answer(text, op.errors)) for status, text in _JSON_BODY_ERRORS.items()]
+        # The workflow/task API says 400 for a field of the wrong type (api/r/common.body_of), the flow API 422.
+        shapes = (
+            _JSON_BODY_ERRORS if op.errors is ErrorBody else {k: v for k, v in _JSON_BODY_ERRORS.items() if k != 422}
+        )
+        found += [(status, Answer(text, op.errors)) for status, text in shapes.items()]
     return found
 
 

@@ -15,7 +15,7 @@ from flowengine.api.http import engine_of, whole_number
 from flowengine.api.openapi import Answer, ApiRoute, Body, Operation, in_header, in_path, in_query
 from flowengine.core.keys import MAX_KEY_BYTES, key_problem
 from flowengine.errors import Error, already_exists, bad_request, conflict, not_found
-from flowengine.runtime.ingest import DEFAULT_TYPE, Upload, receive
+from flowengine.runtime.ingest import DEFAULT_TYPE, Upload, receive, receive_object
 from flowengine.stores.local import LocalStore
 from flowengine.stores.signing import SignatureError, hook_resource, local_resource
 
@@ -60,12 +60,15 @@ async def put_object(request: Request) -> Response:
     no_overwrite = signed.get("if-none-match") == "*"
     if no_overwrite and store.stat_now(key) is not None:
         raise already_exists(key)
-    wait = await engine.db.wait_for(store.location, key)
-    if wait is None:
-        raise conflict(f"no run is waiting for {key!r}: its edge is already filled or its run has ended", "path.key")
     declared = int(signed["content-length"]) if "content-length" in signed else None
     upload = Upload(_content_type(request), _length(request), declared, no_overwrite)
-    await receive(engine, wait.run_id, wait.edge, request.stream(), upload)
+    wait = await engine.db.wait_for(store.location, key)
+    if wait is not None:
+        await receive(engine, wait.run_id, wait.edge, request.stream(), upload)
+    elif await engine.db.file(store.name, key) is not None:  # a file presigned for the workflow/task API
+        await receive_object(engine, store, key, request.stream(), upload)
+    else:
+        raise conflict(f"no run is waiting for {key!r}: its edge is already filled or its run has ended", "path.key")
     info = store.stat_now(key)
     return Response(status_code=200, headers={"ETag": f'"{info.etag}"'} if info else {})
 
@@ -149,10 +152,14 @@ PUT_OBJECT = Operation(
     security=SIGNED,
     answers={
         **INGEST,
-        200: Answer("the object is stored and its run advanced", headers=(STORED_ETAG,)),
+        200: Answer(
+            "the object is stored and its run advanced (or, for a file presigned for the workflow/task API, stored)",
+            headers=(STORED_ETAG,),
+        ),
         400: f"{INGEST[400]}, or the key is not valid (invalid_key)",
         403: SIGNATURE,
-        409: "no run is waiting for this key, or another upload to its well finished first (conflict)",
+        409: "no run is waiting for this key and no file was presigned at it, or another upload to its well "
+        "finished first (conflict)",
         412: "`If-None-Match: *` is signed and the object exists (precondition_failed)",
     },
 )

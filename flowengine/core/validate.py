@@ -124,7 +124,7 @@ def _overlap(a: str, b: str) -> bool:
     return mime_matches(a, b) or mime_matches(b, a)
 
 
-def _is_mime_type(text: str) -> bool:
+def is_mime_type(text: str) -> bool:
     return MIME_TYPE.fullmatch(_bare(text)) is not None
 
 
@@ -426,7 +426,7 @@ def _check_sizes(path: str, well: DataWell) -> Problems:
 
 
 def _check_content_type(path: str, content_type: str) -> Problems:
-    if not _is_mime_type(content_type):
+    if not is_mime_type(content_type):
         yield Problem(path, f"{content_type!r} is not a MIME type like 'text/csv' or 'image/png'")
 
 
@@ -630,7 +630,7 @@ def _produced_types(flow: Flow, tasks: dict[str, Task]) -> dict[str, list[str]]:
         if valid := [mime for mime in declared if _is_mime_pattern(mime)]:
             carried[edge] = valid
     for bound in _bound_slots(flow.steps, tasks, "output"):
-        if bound.slot.content_type and _is_mime_type(bound.slot.content_type):
+        if bound.slot.content_type and is_mime_type(bound.slot.content_type):
             carried[bound.binding.edge] = [bound.slot.content_type]
     return carried
 
@@ -683,7 +683,7 @@ def _check_outputs_fit_wells(flow: Flow, tasks: dict[str, Task]) -> Problems:
     for bound in _bound_slots(flow.steps, tasks, "output"):
         written = bound.slot.content_type
         i = first_wells.get(bound.binding.edge)
-        if i is None or flow.data_wells[i].source is not None or not written or not _is_mime_type(written):
+        if i is None or flow.data_wells[i].source is not None or not written or not is_mime_type(written):
             continue
         well = flow.data_wells[i]
         declared = [well.content_type] if well.content_type else well.accept

@@ -46,9 +46,7 @@ def unauthorized(message: str) -> Error:
 
 
 class Directory:
-    def __init__(
-        self, db: Database, jwt_secret: bytes, clock: Callable[[], float], new_id: Callable[[], str]
-    ) -> None:
+    def __init__(self, db: Database, jwt_secret: bytes, clock: Callable[[], float], new_id: Callable[[], str]) -> None:
         self.db = db
         self.jwt_secret = jwt_secret
         self.clock = clock

@@ -37,6 +37,19 @@ class RunRow(msgspec.Struct, frozen=True, gc=False):  # see machine.Run
     definition: str  # hash of the flow definition the run follows
 
 
+class FileRecord(msgspec.Struct, frozen=True):
+    """A file a team presigned an upload for (`POST /api/v1/r/files/presign`), by its key in the files store."""
+
+    store: str
+    key: str  # the file_key clients pass as a file parameter
+    team: str
+    name: str
+    size: int  # declared, and signed into the upload URL as Content-Length
+    content_type: str
+    created: float
+    expires: float  # when the sweeper deletes the object (input_retention after the presign)
+
+
 class Queries(Protocol):
     # the engine's own state
     async def mark_clean_stop(self) -> None: ...
@@ -138,7 +151,6 @@ class Queries(Protocol):
 
     async def drop_expiry(self, run_id: str, edge: str) -> None: ...
 
-
     # identity: teams, users, members, credentials (identity/directory.py decides; this stores)
     async def insert_team(self, team: Team) -> None: ...
 
@@ -165,6 +177,15 @@ class Queries(Protocol):
     async def revoke_credentials(self, ids: list[str], at: float) -> None: ...
 
     async def touch_credential(self, id: str, at: float) -> None: ...
+
+    # files presigned for the workflow/task API
+    async def insert_file(self, file: FileRecord) -> None: ...
+
+    async def file(self, store: str, key: str) -> FileRecord | None: ...
+
+    async def due_files(self, now: float, limit: int) -> list[FileRecord]: ...
+
+    async def drop_file(self, store: str, key: str) -> None: ...
 
 
 class Database(Queries, Protocol):

@@ -25,7 +25,7 @@ import sqlite_utils
 from flowengine.core.machine import Run
 from flowengine.errors import Error, insufficient_storage
 from flowengine.identity.records import Credential, Role, Team, User
-from flowengine.persistence.base import NewRun, RunRow, Wait
+from flowengine.persistence.base import FileRecord, NewRun, RunRow, Wait
 
 WAL_KEEP = 64 << 20  # bytes of WAL file kept for reuse after a checkpoint; the rest is truncated
 SCHEMA_VERSION = 2
@@ -102,12 +102,17 @@ _VERSION_2 = (
     "CREATE INDEX IF NOT EXISTS idx_runs_team_flow_status_id ON runs (team, flow, status, id)",
     # The engine's scans of runs by status (recovery after a restart) go across teams.
     "CREATE INDEX IF NOT EXISTS idx_runs_status_id_all ON runs (status, id)",
+    """CREATE TABLE IF NOT EXISTS files (
+        store TEXT NOT NULL, key TEXT NOT NULL, team TEXT NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL,
+        content_type TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, PRIMARY KEY (store, key))""",
+    "CREATE INDEX IF NOT EXISTS idx_files_expires ON files (expires)",
 )
 
 
 _CREDENTIAL = (
     "id, kind, team, user, display_name, key_prefix, key_hash, created, expires, revoked, last_used, paired_with"
 )
+_FILE = "store, key, team, name, size, content_type, created, expires"
 _TREE = "replace(key, '/', char(1))"  # a key in tree order: '/' before every character a key may hold
 _MAX_KEY = "\U0010ffff"  # after every key, as far as a comparison goes
 
@@ -544,6 +549,22 @@ class SqliteDatabase:
 
     async def touch_credential(self, id: str, at: float) -> None:
         self.conn.execute("UPDATE credentials SET last_used = ? WHERE id = ?", (at, id))
+
+    # files presigned for the workflow/task API
+
+    async def insert_file(self, file: FileRecord) -> None:
+        self.conn.execute(f"INSERT INTO files ({_FILE}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", msgspec.structs.astuple(file))
+
+    async def file(self, store: str, key: str) -> FileRecord | None:
+        row = self.conn.execute(f"SELECT {_FILE} FROM files WHERE store = ? AND key = ?", (store, key)).fetchone()
+        return FileRecord(*row) if row else None
+
+    async def due_files(self, now: float, limit: int) -> list[FileRecord]:
+        rows = self.conn.execute(f"SELECT {_FILE} FROM files WHERE expires <= ? ORDER BY expires LIMIT ?", (now, limit))
+        return [FileRecord(*r) for r in rows]
+
+    async def drop_file(self, store: str, key: str) -> None:
+        self.conn.execute("DELETE FROM files WHERE store = ? AND key = ?", (store, key))
 
 
 def _domain_error(exc: sqlite3.OperationalError) -> Error:

@@ -123,13 +123,8 @@ async def receive(engine: Engine, run_id: str, edge_name: str, body: AsyncIterat
     if upload.length is not None and upload.length > limit:
         raise too_large(limit)
     store = engine.store_of(flow, edge)
-    path, size, md5 = await spool(body, limit, engine.config.data_path / "tmp")
+    path, meta = await _spool_declared(engine, body, upload, limit)
     try:
-        if upload.declared_length is not None and size != upload.declared_length:
-            raise bad_request("size_mismatch",
-                           f"the body is {size} bytes, the signed Content-Length says {upload.declared_length}",
-                           "header.Content-Length")  # fmt: skip
-        meta = ObjectMeta(size, upload.content_type, md5)
         problem = machine.landing_problem(edge_name, edge, meta)
         if problem:
             raise _refusal(problem)
@@ -142,6 +137,38 @@ async def receive(engine: Engine, run_id: str, edge_name: str, body: AsyncIterat
     finally:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+async def receive_object(
+    engine: Engine, store: LocalStore, key: str, body: AsyncIterator[bytes], upload: Upload
+) -> ObjectInfo:
+    """A presigned PUT of an object no run waits for (a file for the workflow/task API): the
+    signature is its authority; stored whole or not at all, under the same limits as a well's."""
+    limit = engine.config.max_upload_size
+    if upload.length is not None and upload.length > limit:
+        raise too_large(limit)
+    path, meta = await _spool_declared(engine, body, upload, limit)
+    try:
+        info = ObjectInfo(meta.size, meta.content_type, meta.etag, engine.clock())
+        if not store.commit(path, key, info, overwrite=not upload.no_overwrite):
+            raise already_exists(key)
+        return info
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+async def _spool_declared(
+    engine: Engine, body: AsyncIterator[bytes], upload: Upload, limit: int
+) -> tuple[Path, ObjectMeta]:
+    """The body spooled to a temp file (the caller removes it), refused unless it is as long as a
+    signed Content-Length says."""
+    path, size, md5 = await spool(body, limit, engine.config.data_path / "tmp")
+    if upload.declared_length is not None and size != upload.declared_length:
+        path.unlink(missing_ok=True)
+        message = f"the body is {size} bytes, the signed Content-Length says {upload.declared_length}"
+        raise bad_request("size_mismatch", message, "header.Content-Length")
+    return path, ObjectMeta(size, upload.content_type, md5)
 
 
 async def _store(engine: Engine, store: Store, run_id: str, edge_name: str, upload: Stored) -> Run:

@@ -58,4 +58,22 @@ async def sweep(engine: Engine) -> int:
                 pass  # the run or edge is gone: nothing left to delete
             await engine.db.drop_expiry(run_id, edge_name)
             deleted += 1
+    return deleted + await _sweep_files(engine)
+
+
+async def _sweep_files(engine: Engine) -> int:
+    """Files presigned for the workflow/task API, past their retention (the run that used one does
+    not own it). A store that does not answer keeps them for the next sweep."""
+    deleted = 0
+    while due := await engine.db.due_files(engine.clock(), BATCH):
+        for file in due:
+            try:
+                await engine.stores.resolve(None, file.store).delete(file.key)
+            except StoreUnavailable as exc:
+                log.warning("sweeper: store %r unavailable, its files wait for the next sweep: %s", file.store, exc)
+                return deleted
+            except Error:
+                pass  # the store is no longer configured: nothing left to delete
+            await engine.db.drop_file(file.store, file.key)
+            deleted += 1
     return deleted

@@ -1,0 +1,61 @@
+"""What every route of the workflow/task API shares: bodies, pages, the caller's base URL."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+from starlette.requests import Request
+
+from flowengine.api.http import base_url, engine_of, query_int, read_json
+from flowengine.core.spec import decode_json
+from flowengine.errors import Error, bad_request
+
+T = TypeVar("T")
+MAX_PER_PAGE = 100
+
+
+class PageMeta(msgspec.Struct):
+    current_page: int
+    per_page: int
+    total_count: int
+
+
+class Page(msgspec.Struct, frozen=True):
+    """Which page a list call asks for: `current_page` (from 1) of `per_page` (1-100, default 20)."""
+
+    current_page: int
+    per_page: int
+
+    @property
+    def offset(self) -> int:
+        return (self.current_page - 1) * self.per_page
+
+    def meta(self, total: int) -> PageMeta:
+        return PageMeta(self.current_page, self.per_page, total)
+
+
+def page_of(request: Request) -> Page:
+    return Page(query_int(request, "current_page", 1, 1, 10**9), query_int(request, "per_page", 20, 1, MAX_PER_PAGE))
+
+
+async def body_of(request: Request, type_: type[T]) -> T:
+    """The JSON body as `type_`. A field of the wrong type or a missing one is a 400 naming it, as
+    the reference has it (the flow API says 422)."""
+    raw = await read_json(request.scope, request.receive, engine_of(request).config.max_body_size)
+    try:
+        return decode_json(raw or b"{}", type_, "body")
+    except Error as exc:
+        if exc.kind != "invalid":
+            raise
+        field = exc.location.removeprefix("body").lstrip(".") or "body"
+        raise bad_request(exc.code, exc.message.replace(exc.location, field, 1), field) from None
+
+
+def public_base(request: Request) -> str:
+    """The base of URLs handed out: `public_url`, else the address the request came to."""
+    return (engine_of(request).config.public_url or base_url(request.scope)).rstrip("/")
+
+
+def unset_to_none(value: Any) -> Any:
+    return None if value is msgspec.UNSET else value
