@@ -36,6 +36,19 @@ class RunRow(msgspec.Struct, frozen=True, gc=False):  # see machine.Run
     definition: str  # hash of the flow definition the run follows
 
 
+MAX_KEY = "\U0010ffff"  # after every key, as far as a comparison goes
+
+
+def prefix_end(prefix: str) -> str:
+    """The least string after every string that starts with `prefix` (in code point order, which is
+    UTF-8's byte order: SQLite's, and PostgreSQL's with COLLATE "C")."""
+    stem = prefix.rstrip(MAX_KEY)
+    if not stem:
+        return MAX_KEY
+    after = ord(stem[-1]) + 1
+    return stem[:-1] + chr(0xE000 if 0xD800 <= after <= 0xDFFF else after)  # past the surrogates: not UTF-8
+
+
 class Queries(Protocol):
     # the engine's own state
     async def mark_clean_stop(self) -> None: ...

@@ -39,8 +39,8 @@ from flowengine.core.plans import EdgePlan, Plan, make_plan, well_ttl
 from flowengine.core.spec import Flow, with_tasks
 from flowengine.core.validate import validate
 from flowengine.errors import Error, conflict, not_found
+from flowengine.persistence import open_database
 from flowengine.persistence.base import Database, NewRun, Queries, RunRow, Wait
-from flowengine.persistence.sqlite import SqliteDatabase
 from flowengine.runtime import datadir, landing, retention
 from flowengine.runtime.catalog import Catalog
 from flowengine.runtime.executors.reaper import Reaper
@@ -95,7 +95,7 @@ class Engine:
         self.new_id = new_id
         data = config.data_path
         self._lock = datadir.hold(data)  # before anything in the data dir is touched
-        self.db: Database = SqliteDatabase(data / "flowengine.db")
+        self.db: Database = open_database(config)
         self.stores = Stores(config, ensure_secret(config), clock)
         self.catalog = Catalog(Path(config.flows_dir), self.stores.configured.keys())
         self.work_root = config.work_path
