@@ -232,6 +232,8 @@ def database_url(value: str, base: Path) -> str:
         if not path:
             raise ValueError("sqlite:/// needs a path: sqlite:///flowengine.db, sqlite:////var/lib/flowengine.db")
         return SQLITE + _absolute(path, base)
+    if value.startswith("sqlite:"):
+        raise ValueError("a SQLite database is sqlite:///PATH (relative) or sqlite:////PATH (absolute)")
     scheme = f" {value.partition(':')[0]!r}" if "://" in value else ""
     raise ValueError(f"unknown kind of database{scheme}: expected sqlite:///PATH or postgresql://USER@HOST/DATABASE")
 

@@ -1,15 +1,11 @@
-"""Persistence details that the API tests cannot see."""
+"""SQLite details that the API tests cannot see: its WAL, copied into the database from a worker thread
+(the rest of what the database does is in test_persistence_contract.py, on both backends)."""
 
 from __future__ import annotations
 
 import asyncio
-import random
-import sqlite3
 import threading
 import time
-
-import msgspec
-import pytest
 
 from flowengine.config import Config
 from flowengine.core import machine
@@ -73,119 +69,3 @@ def test_the_engine_checkpoints_in_the_background(tmp_path, monkeypatch):
         return frames
 
     assert asyncio.run(wal_frames_after_a_pause()) < 10  # not the hundred commits before the pause
-
-
-def _run(run_id: str, flow: str, status: str) -> machine.Run:
-    return machine.Run(run_id, flow, status, 1.0, 1.0, {}, {})
-
-
-def _counted(db: Database) -> dict[tuple[str | None, str | None], int]:
-    """Every total the listing can ask for, from the counters."""
-    statuses = [None, *machine.TERMINAL, machine.WAITING, machine.RUNNING]
-    return {(s, f): asyncio.run(db.count_runs(s, f)) for s in statuses for f in (None, "a", "b", "c")}
-
-
-def _truth(runs: dict[str, machine.Run]) -> dict[tuple[str | None, str | None], int]:
-    statuses = [None, *machine.TERMINAL, machine.WAITING, machine.RUNNING]
-    return {
-        (s, f): sum(1 for r in runs.values() if s in (None, r.status) and f in (None, r.flow))
-        for s in statuses
-        for f in (None, "a", "b", "c")
-    }
-
-
-def test_counts_follow_every_insert_and_status_change_in_the_same_transaction(tmp_path):
-    db = Database(tmp_path / "db.sqlite")
-    rng = random.Random(7)
-    runs: dict[str, machine.Run] = {}
-    statuses = [machine.WAITING, machine.RUNNING, machine.COMPLETE, machine.ERROR, machine.STOPPED]
-
-    async def changes() -> None:
-        for i in range(300):
-            async with db.transaction() as tx:
-                if runs and rng.random() < 0.6:
-                    run = runs[rng.choice(list(runs))]
-                    run.status = rng.choice(statuses)
-                    await tx.save_run(run, None)
-                else:  # a group commit's worth, of several flows and statuses
-                    count = rng.randint(1, 6)
-                    new = [_run(f"r{i:04d}-{j}", rng.choice("abc"), rng.choice(statuses)) for j in range(count)]
-                    await tx.insert_runs([NewRun(run, "digest", None) for run in new])
-                    runs.update((run.id, run) for run in new)
-
-    async def rolled_back() -> None:
-        async with db.transaction() as tx:  # a change rolled back takes its counts with it
-            run = next(iter(runs.values()))
-            await tx.insert_runs([NewRun(_run("rolled-back", "a", machine.WAITING), "digest", None)])
-            await tx.save_run(msgspec.structs.replace(run, status="OTHER"), None)
-            raise RuntimeError
-
-    asyncio.run(changes())
-    assert _counted(db) == _truth(runs)
-    with pytest.raises(RuntimeError):
-        asyncio.run(rolled_back())
-    assert _counted(db) == _truth(runs) != _truth({**runs, "x": _run("x", "a", machine.WAITING)})
-    asyncio.run(db.close())
-
-
-def test_a_database_of_the_version_before_counts_is_upgraded_in_place(tmp_path):
-    path = tmp_path / "db.sqlite"
-    db = Database(path)
-    runs = {
-        f"r{i}": _run(f"r{i}", "ab"[i % 2], [machine.WAITING, machine.COMPLETE, machine.ERROR][i % 3])
-        for i in range(50)
-    }
-
-    async def insert() -> None:
-        async with db.transaction() as tx:
-            await tx.insert_runs([NewRun(run, "digest", None) for run in runs.values()])
-        await db.close()
-
-    async def change() -> list[str]:
-        async with upgraded.transaction() as tx:
-            run = runs["r0"]
-            run.status = machine.COMPLETE
-            await tx.save_run(run, None)
-        return [r.id for r in await upgraded.list_runs(machine.WAITING, "a", 3)]
-
-    asyncio.run(insert())
-    as_before_counts(path)
-    upgraded = Database(path)  # opening it upgrades it
-    assert _counted(upgraded) == _truth(runs)
-    assert asyncio.run(change()) == ["r6", "r48", "r42"]
-    assert _counted(upgraded) == _truth(runs)
-    asyncio.run(upgraded.close())
-
-
-def as_before_counts(path) -> None:
-    """Make a database what version 0 (before the counters) left: no counters, no triggers, no
-    version. The SQL lives here, not in the engine, because it undoes the engine's own upgrade."""
-    conn = sqlite3.connect(path)
-    for name in ("runs_counted_out", "runs_recounted"):
-        conn.execute(f"DROP TRIGGER {name}")
-    conn.execute("DROP TABLE status_counts")
-    conn.execute("DROP TABLE flow_counts")
-    conn.execute("DROP INDEX idx_runs_flow_status_id")
-    conn.execute("PRAGMA user_version = 0")
-    conn.commit()
-    conn.close()
-
-
-def test_pages_by_key_see_every_run_once_newest_first(tmp_path):
-    db = Database(tmp_path / "db.sqlite")
-
-    async def pages() -> tuple[list[str], list[str]]:
-        async with db.transaction() as tx:
-            for i in range(23):
-                await tx.insert_runs([NewRun(_run(f"r{i:02d}", "ab"[i % 2], machine.WAITING), "digest", None)])
-        seen, before = [], None
-        while page := await db.list_runs(None, "a", 5, before=before):
-            seen += [r.id for r in page]
-            before = page[-1].id
-        offset = [r.id for r in await db.list_runs(machine.WAITING, None, 2, offset=3)]
-        await db.close()
-        return seen, offset
-
-    seen, offset = asyncio.run(pages())
-    assert seen == [f"r{i:02d}" for i in range(22, -1, -2)]
-    assert offset == ["r19", "r18"]

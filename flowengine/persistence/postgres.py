@@ -37,7 +37,7 @@ from flowengine.core.machine import Run
 from flowengine.errors import Error, insufficient_storage
 from flowengine.persistence import redacted
 from flowengine.persistence.base import NewRun, RunRow, Wait, prefix_end
-from flowengine.persistence.migrations import Migration, latest, pending
+from flowengine.persistence.migrations import Migration, failed, latest, pending
 
 CONNECT_TIMEOUT = 10  # seconds to open a connection (unless the URL says otherwise)
 POOL_TIMEOUT = 10.0  # seconds a query waits for a free connection before the database counts as unavailable
@@ -114,11 +114,7 @@ def migrate(url: str) -> list[Migration]:
                         (migration.version, migration.name),
                     )
             except psycopg.Error as exc:
-                raise Error(
-                    "unavailable", "migration_failed",
-                    f"migration {migration.name} failed on the database {where}, which stays at version "
-                    f"{migration.version - 1}: {exc}",
-                ) from None  # fmt: skip
+                raise failed(migration, where, exc) from None
     return list(todo)
 
 
@@ -549,4 +545,4 @@ def _domain_error(exc: psycopg.Error, where: str) -> Error:
     if isinstance(exc, psycopg.errors.DiskFull):
         return insufficient_storage("the database change")
     # Unreachable, restarted, out of connections, a lock or a statement timed out, a deadlock broken...
-    return Error("unavailable", "database_unavailable", f"the database {where} did not answer: {exc}")
+    return Error("unavailable", "database_unavailable", f"the database {where} is unavailable: {exc}")

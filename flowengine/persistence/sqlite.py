@@ -24,7 +24,7 @@ import msgspec
 from flowengine.core.machine import Run
 from flowengine.errors import Error, insufficient_storage
 from flowengine.persistence.base import NewRun, RunRow, Wait, prefix_end
-from flowengine.persistence.migrations import Migration, pending
+from flowengine.persistence.migrations import Migration, failed, pending
 
 WAL_KEEP = 64 << 20  # bytes of WAL file kept for reuse after a checkpoint; the rest is truncated
 _encode = msgspec.json.Encoder().encode
@@ -361,34 +361,43 @@ def migrate(path: Path | str) -> list[Migration]:
 
 
 def _migrate(conn: sqlite3.Connection, where: str) -> list[Migration]:
-    """Every migration the database lacks, in one transaction, each recorded in schema_migrations.
-    Databases from before that table have only `user_version` (0 or 1): it counts as their version,
-    and is kept equal to it."""
-    try:
-        conn.execute("BEGIN IMMEDIATE")
+    """The migrations the database lacks, one transaction each, each recorded in schema_migrations.
+    The version is read inside the transaction: two processes opening one file take turns. Databases
+    from before that table have only `user_version` (0 or 1): it counts as their version, and is
+    kept equal to it."""
+    applied: list[Migration] = []
+    while True:
         try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
-                " applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
-            )
-            recorded = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] or 0
-            version = max(recorded, conn.execute("PRAGMA user_version").fetchone()[0])
-            todo = pending("sqlite", version, where)
-            for migration in todo:
-                for statement in _statements(migration.sql):
-                    conn.execute(statement)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
                 conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES (?, ?)", (migration.version, migration.name)
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                    " applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
                 )
-                conn.execute(f"PRAGMA user_version = {migration.version:d}")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-    except sqlite3.OperationalError as exc:
-        raise _domain_error(exc) from exc
-    return list(todo)
+                recorded = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] or 0
+                todo = pending("sqlite", max(recorded, conn.execute("PRAGMA user_version").fetchone()[0]), where)
+                if todo:
+                    _apply(conn, todo[0], where)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise _domain_error(exc) from exc
+        if not todo:
+            return applied
+        applied.append(todo[0])
+
+
+def _apply(conn: sqlite3.Connection, migration: Migration, where: str) -> None:
+    try:
+        for statement in _statements(migration.sql):
+            conn.execute(statement)
+    except sqlite3.Error as exc:
+        raise failed(migration, where, exc) from exc
+    conn.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", (migration.version, migration.name))
+    conn.execute(f"PRAGMA user_version = {migration.version:d}")
 
 
 def _statements(script: str) -> Iterator[str]:

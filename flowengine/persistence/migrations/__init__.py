@@ -2,9 +2,10 @@
 
 A database's schema version is the number of the last migration applied to it. Each backend
 applies the ones it lacks in order, each in a transaction of its own with its row in the
-`schema_migrations` table (version, name, when), and refuses a database whose version is newer
-than the migrations this engine ships. SQLite applies them when it opens the file; PostgreSQL,
-shared by several engines, only through `flowengine migrate` (see postgres.migrate).
+`schema_migrations` table (version, name, when): one that fails leaves the database at the version
+before it. A database whose version is newer than the migrations this engine ships is refused.
+SQLite applies them when it opens the file; PostgreSQL, shared by several engines, only through
+`flowengine migrate` (see postgres.migrate).
 
 A change of schema is one new file in each folder, with the same number and name:
 `0002_teams.sql`. Migrations never change once released: a fix is a new migration.
@@ -58,3 +59,11 @@ def pending(backend: Backend, version: int, where: str) -> tuple[Migration, ...]
             f"({len(known)}): run the flowengine version that migrated it, or a newer one",
         )  # fmt: skip
     return known[version:]
+
+
+def failed(migration: Migration, where: str, exc: Exception) -> Error:
+    return Error(
+        "unavailable", "migration_failed",
+        f"migration {migration.name} failed on the database {where}, which stays at version "
+        f"{migration.version - 1}: {exc}",
+    )  # fmt: skip
