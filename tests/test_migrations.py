@@ -14,6 +14,7 @@ from pathlib import Path
 import pgserver
 import psycopg
 import pytest
+from live import free_port
 
 from flowengine.config import Config
 from flowengine.core import machine
@@ -240,6 +241,14 @@ def test_a_password_in_the_url_is_never_shown(postgres_cluster: pgserver.Cluster
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert "s3cret-pw" not in done.stderr and "postgres:***@127.0.0.1" in done.stderr
     assert 'database "no_such_database" does not exist' in done.stderr
+
+
+def test_a_database_that_does_not_answer_stops_serve_and_migrate_with_one_line(tmp_path: Path):
+    closed = f"postgresql://postgres@127.0.0.1:{free_port()}/flowengine"
+    for command in (["serve", "--data-dir", str(tmp_path), "--port", "0"], ["migrate"]):
+        done = flowengine(*command, database=closed)
+        assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+        assert done.stderr.startswith(f"flowengine: the database {closed} is unavailable: connection failed:")
 
 
 def test_several_migrations_at_once_take_turns(postgres_cluster: pgserver.Cluster):

@@ -1,10 +1,11 @@
 """The one interface every read and write of engine state goes through.
 
 Two implementations: `sqlite.SqliteDatabase` (the embedded default) and, for several engines on one
-database, PostgreSQL. No SQL lives outside them. Every method is a coroutine. A change that must
-be whole is made inside `transaction()`, whose object has the same methods: inside it, loading a
-run locks that run against other writers until the commit, so events on one run never interleave
-(on SQLite there is one writer anyway). Failures of the database itself are domain errors:
+database, `postgres.PostgresDatabase`; `open_database(config)` opens the one configured. No SQL lives
+outside them, and tests/test_persistence_contract.py holds both to the same meaning. Every method is
+a coroutine. A change that must be whole is made inside `transaction()`, whose object has the same
+methods: inside it, loading a run locks that run against other writers until the commit, so events
+on one run never interleave (on SQLite there is one writer anyway). Failures of the database itself are domain errors:
 `insufficient_storage` (disk full) or `unavailable` (locked, unreachable).
 """
 

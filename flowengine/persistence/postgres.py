@@ -114,7 +114,7 @@ def migrate(url: str) -> list[Migration]:
                         (migration.version, migration.name),
                     )
             except psycopg.Error as exc:
-                raise failed(migration, where, exc) from None
+                raise failed(migration, where, _line(exc)) from None
     return list(todo)
 
 
@@ -489,7 +489,7 @@ class PostgresDatabase(_Queries):
         if not self._opened:
             await self._open()
         if self._checking is not None:
-            await self._checking
+            await asyncio.shield(self._checking)  # a query given up on does not stop the check
         try:
             async with self.pool.connection() as conn:
                 try:
@@ -545,4 +545,9 @@ def _domain_error(exc: psycopg.Error, where: str) -> Error:
     if isinstance(exc, psycopg.errors.DiskFull):
         return insufficient_storage("the database change")
     # Unreachable, restarted, out of connections, a lock or a statement timed out, a deadlock broken...
-    return Error("unavailable", "database_unavailable", f"the database {where} is unavailable: {exc}")
+    return Error("unavailable", "database_unavailable", f"the database {where} is unavailable: {_line(exc)}")
+
+
+def _line(exc: psycopg.Error) -> str:
+    """The driver's message on one line (the server's come with a hint or a caret under a query)."""
+    return " ".join(str(exc).split())

@@ -61,7 +61,7 @@ def pending(backend: Backend, version: int, where: str) -> tuple[Migration, ...]
     return known[version:]
 
 
-def failed(migration: Migration, where: str, exc: Exception) -> Error:
+def failed(migration: Migration, where: str, exc: Exception | str) -> Error:
     return Error(
         "unavailable", "migration_failed",
         f"migration {migration.name} failed on the database {where}, which stays at version "
