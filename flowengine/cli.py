@@ -1,4 +1,4 @@
-"""`flowengine serve`, `validate`, `run`, `flowengine --version` (also as `python -m flowengine`).
+"""`flowengine serve`, `migrate`, `validate`, `run`, `flowengine --version` (also as `python -m flowengine`).
 
 A problem with what the user typed or configured (a missing file, a bad setting) is one line
 naming it and exit status 2, never a traceback. `validate` exits 1 when a flow has problems.
@@ -26,6 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
     from flowengine.api.app import create_app
     from flowengine.config import load_config, unknown_variables
     from flowengine.logs import logging_config
+    from flowengine.persistence import check_database
     from flowengine.runtime import datadir
 
     config = load_config(
@@ -46,12 +47,34 @@ def _serve(args: argparse.Namespace) -> int:
     except datadir.DataDirBusy as exc:
         print(f"flowengine: {exc}", file=sys.stderr)
         return 1
+    try:
+        check_database(config)  # here, what the engine would refuse is one line, not a traceback
+    except Error as exc:
+        print(f"flowengine: {exc.message}", file=sys.stderr)
+        return 1
     # Logging is set up here, for the engine's lines and uvicorn's alike, before anything is logged.
     logging.config.dictConfig(logging_config(args.log_level, config.log_format))
     for warning in unknown_variables(dict(os.environ)):
         log.warning(warning)
     app = create_app(config)
     server.run(app, config, log_level=args.log_level, access_log=args.access_log)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from flowengine.config import load_config
+    from flowengine.persistence import migrate, redacted
+
+    config = load_config(args.config, data_dir=args.data_dir)
+    where = redacted(config.database_url)
+    try:
+        applied, version = migrate(config)
+    except Error as exc:
+        print(f"flowengine: {exc.message}", file=sys.stderr)
+        return 1
+    for migration in applied:
+        print(f"applied {migration.name}")
+    print(f"{where}: schema version {version}{'' if applied else ', already up to date'}")
     return 0
 
 
@@ -144,6 +167,16 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-access-log", dest="access_log", action="store_false")
     serve.add_argument("--log-format", choices=["text", "logfmt", "json"], help="log line format (default text)")
     serve.set_defaults(run=_serve)
+    migrate = sub.add_parser(
+        "migrate",
+        help="bring the database's schema up to this version's, then exit",
+        description="Apply the schema migrations the configured database lacks, in order, and print each. "
+        "PostgreSQL needs this before an engine of a new version starts on it; SQLite is also upgraded "
+        "when an engine opens it. Several at once take turns.",
+    )
+    migrate.add_argument("--config", type=Path, help="YAML settings file (see config.yaml): its `database`")
+    migrate.add_argument("--data-dir", help="the data dir, where the SQLite database is by default (default ./data)")
+    migrate.set_defaults(run=_migrate)
     check = sub.add_parser("validate", help="check flow files; prints every problem, exits 1 if any")
     check.add_argument("paths", nargs="*", type=Path, help="flow files or folders (default: the flows dir)")
     check.add_argument("--store", action="append", default=[], help="a store name the operator configured")

@@ -30,6 +30,8 @@ PATH_SETTINGS = ("data_dir", "flows_dir", "work_dir")  # "" (work_dir's default)
 LIST_SETTINGS = ("step_read_paths",)
 DURATION_SETTINGS = ("session_ttl", "upload_ttl", "download_ttl", "input_retention", "output_retention",
                      "sweep_interval", "reconcile_interval", "reconcile_max_interval")  # fmt: skip
+SQLITE = "sqlite:///"
+POSTGRES = ("postgresql://", "postgres://")
 CLIENT_VARIABLES = ("FLOWENGINE_URL", "FLOWENGINE_KEY")  # read by the examples and clients, not by the engine
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
@@ -41,6 +43,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     host: str = "127.0.0.1"
     port: Port = 1234
     data_dir: str = "./data"
+    # sqlite:///PATH (a relative PATH: like data_dir's) or postgresql://USER@HOST:PORT/DB (several
+    # engines on one database); empty: sqlite:///{data_dir}/flowengine.db
+    database: str = ""
+    database_pool_size: AtLeastOne = 10  # PostgreSQL: connections each engine opens at most
     flows_dir: str = "./flows"
     public_url: str = ""  # base of every URL the engine hands out; empty: the request's own base URL
     secret: str = ""  # HMAC key for embedded-store URLs; empty: generated once, kept in data_dir/secret
@@ -81,10 +87,16 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         # Steps, stores and the API never see a relative path: they run in other directories.
         for name in PATH_SETTINGS:
             setattr(self, name, _absolute(getattr(self, name), Path.cwd()))
+        self.database = database_url(self.database, Path.cwd())
 
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def database_url(self) -> str:
+        """The database the engine uses: `database`, or SQLite in the data dir."""
+        return self.database or f"{SQLITE}{self.data_path / 'flowengine.db'}"
 
     @property
     def flows_path(self) -> Path:
@@ -136,6 +148,11 @@ def _read_file(path: Path) -> dict[str, Any]:
                 problems.append(Problem(name, str(exc)))
                 del loaded[name]
     problems += shape.shape_problems(loaded, Config)
+    if isinstance(loaded.get("database"), str):
+        try:
+            loaded["database"] = database_url(loaded["database"], path.resolve().parent)
+        except ValueError as exc:
+            problems.append(Problem("database", str(exc)))
     if problems:
         raise Error("invalid", "invalid_config", problems[0].line(where), where, problems)
     for name in PATH_SETTINGS:
@@ -158,6 +175,12 @@ def _read_values(values: dict[str, Any], where: Callable[[str], str]) -> dict[st
             continue
         if name in DURATION_SETTINGS:
             read[name] = _duration(value, where(name))
+            continue
+        if name == "database":
+            try:
+                read[name] = database_url(value, Path.cwd())
+            except ValueError as exc:
+                raise _invalid(where(name), str(exc)) from None
             continue
         if name in LIST_SETTINGS and isinstance(value, str):
             value = value.split(os.pathsep)  # FLOWENGINE_STEP_READ_PATHS=/opt/a:/opt/b, like PATH
@@ -202,6 +225,23 @@ def _absolute(value: Any, base: Path) -> Any:
     if not isinstance(value, str) or not value:
         return value
     return str((base / Path(value).expanduser()).resolve())
+
+
+def database_url(value: str, base: Path) -> str:
+    """A `database` setting checked, with a relative SQLite path made absolute against `base`:
+    sqlite:///db.sqlite is relative, sqlite:////var/lib/flowengine.db absolute (as SQLAlchemy reads
+    them). The message of a bad one names its scheme only: a URL may hold a password."""
+    if not value or value.startswith(POSTGRES):
+        return value
+    if value.startswith(SQLITE):
+        path = value.removeprefix(SQLITE)
+        if not path:
+            raise ValueError("sqlite:/// needs a path: sqlite:///flowengine.db, sqlite:////var/lib/flowengine.db")
+        return SQLITE + _absolute(path, base)
+    if value.startswith("sqlite:"):
+        raise ValueError("a SQLite database is sqlite:///PATH (relative) or sqlite:////PATH (absolute)")
+    scheme = f" {value.partition(':')[0]!r}" if "://" in value else ""
+    raise ValueError(f"unknown kind of database{scheme}: expected sqlite:///PATH or postgresql://USER@HOST/DATABASE")
 
 
 def _invalid(where: str, message: str) -> Error:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pgserver
 import pytest
 import s3server
 from live import Server
@@ -35,6 +36,61 @@ def s3_store(s3: dict[str, Any]) -> S3Store:
     )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "backends(*names): run each test that starts an engine once per database named (sqlite, postgres)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module marked `backends("sqlite", "postgres")` runs its engine tests on each: the modules
+    whose behaviour goes through the database. The others run on SQLite (the `backend` fixture)."""
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker and "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", marker.args)
+
+
+@pytest.fixture
+def backend() -> str:
+    return "sqlite"
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[pgserver.Cluster]:
+    """One throwaway PostgreSQL server for the whole session, started when a test first needs it."""
+    with pgserver.serve() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: pgserver.Cluster) -> Iterator[str]:
+    """A database of the test's own, its schema migrated, dropped after it."""
+    url = postgres_cluster.create()
+    yield url
+    postgres_cluster.drop(url)
+
+
+@pytest.fixture
+def database_of(backend: str, request: pytest.FixtureRequest) -> Iterator[Callable[[Path], str]]:
+    """The `database` setting for an engine on a data dir: "" (SQLite in the data dir) or, on the
+    postgres backend, a database of its own per data dir (so that a restart finds its runs again,
+    and two engines of one test share nothing, as on SQLite)."""
+    made: dict[Path, str] = {}
+    if backend == "sqlite":
+        yield lambda data_dir: ""
+        return
+    cluster: pgserver.Cluster = request.getfixturevalue("postgres_cluster")
+
+    def database(data_dir: Path) -> str:
+        if data_dir not in made:
+            made[data_dir] = cluster.create()
+        return made[data_dir]
+
+    yield database
+    for url in made.values():
+        cluster.drop(url)
+
+
 @pytest.fixture
 def flows_dir(tmp_path: Path) -> Path:
     path = tmp_path / "flows"
@@ -43,8 +99,11 @@ def flows_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def start_server(tmp_path: Path, flows_dir: Path) -> Iterator[Callable[..., Server]]:
-    """Start a real server (stopped at the end of the test): start_server(**FLOWENGINE_settings)."""
+def start_server(
+    tmp_path: Path, flows_dir: Path, database_of: Callable[[Path], str]
+) -> Iterator[Callable[..., Server]]:
+    """Start a real server (stopped at the end of the test): start_server(**FLOWENGINE_settings).
+    Its database is the backend's (see database_of) unless `database` is given."""
     started: list[Server] = []
 
     def start(
@@ -55,6 +114,8 @@ def start_server(tmp_path: Path, flows_dir: Path) -> Iterator[Callable[..., Serv
         **settings: Any,
     ) -> Server:
         data = data_dir or tmp_path / f"data{len(started)}"
+        if "database" not in settings and (url := database_of(data)):
+            settings["database"] = url
         server = Server(data, flows_dir, port, config, log_level, **settings).start()
         started.append(server)
         return server

@@ -12,6 +12,8 @@ import httpx
 import pytest
 from live import wait_for_status
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")  # what goes through the database, on each
+
 CHECKSUM_FLOW = """
 Name: checksum
 Description: sha256 of an uploaded file
@@ -528,6 +530,7 @@ def test_two_edges_of_one_run_cannot_share_a_key(client):
 
 
 def test_concurrency_bounds_parallel_steps(start_server):
+
     def nap(step_id: str) -> dict:
         return {"ID": step_id, "Uses": "nap"}
 

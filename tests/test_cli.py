@@ -243,6 +243,7 @@ def test_serve_takes_a_flows_dir_and_logs_what_it_found(tmp_path):
     for line in [
         f"flowengine {flowengine('--version').stdout.split()[1]} on http://127.0.0.1:{port}",
         f"data dir: {tmp_path / 'data'}",
+        f"database: sqlite:///{tmp_path / 'data' / 'flowengine.db'}",
         f"flows dir: {flows}: 2 flow(s): broken, checksum-report",
         "task library: 5 task(s): checksum-report, compress, line-count, merge, sha256",
         "flow broken (broken.yaml) cannot run, 1 problem(s):",

@@ -40,6 +40,40 @@ def test_paths_from_the_environment_and_flags_are_relative_to_the_start_folder(s
     assert load_config(None, {"FLOWENGINE_DATA_DIR": "~/fe"}).data_dir == str(Path.home() / "fe")
 
 
+def test_the_database_is_sqlite_in_the_data_dir_unless_set(started_in: Path, tmp_path: Path):
+    assert load_config(None, {}).database_url == f"sqlite:///{started_in / 'data' / 'flowengine.db'}"
+    assert load_config(None, {}, data_dir="/srv/fe").database_url == "sqlite:////srv/fe/flowengine.db"
+    # sqlite:///PATH is relative (to the config file's folder, or where the engine started), sqlite:////PATH absolute
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "config.yaml").write_text("database: sqlite:///state/engine.db\n")
+    assert load_config(etc / "config.yaml", {}).database_url == f"sqlite:///{etc / 'state' / 'engine.db'}"
+    assert load_config(None, {"FLOWENGINE_DATABASE": "sqlite:///e.db"}).database == f"sqlite:///{started_in / 'e.db'}"
+    assert load_config(None, {"FLOWENGINE_DATABASE": "sqlite:////var/e.db"}).database == "sqlite:////var/e.db"
+    assert Config(database="sqlite:///direct.db").database == f"sqlite:///{started_in / 'direct.db'}"
+    url = "postgresql://fe:pw@db.internal:5432/flowengine?sslmode=require"
+    assert load_config(None, {"FLOWENGINE_DATABASE": url}).database_url == url
+
+
+@pytest.mark.parametrize(
+    "value", ["mysql://root:hunter2@db/flowengine", "host=db password=hunter2", "sqlite:///", "sqlite://relative.db"]
+)
+def test_a_database_that_is_neither_sqlite_nor_postgresql_is_refused_without_echoing_it(tmp_path: Path, value: str):
+    (tmp_path / "config.yaml").write_text(f"database: '{value}'\n")
+    for where, load in [
+        (str(tmp_path / "config.yaml"), lambda: load_config(tmp_path / "config.yaml", {})),
+        ("FLOWENGINE_DATABASE", lambda: load_config(None, {"FLOWENGINE_DATABASE": value})),
+    ]:
+        with pytest.raises(Error) as caught:
+            load()
+        assert caught.value.message.startswith(f"{where}: ")
+        assert any(
+            f in caught.value.message
+            for f in ("expected sqlite:///PATH or postgresql://", "sqlite:/// needs a path", "is sqlite:///PATH")
+        )
+        assert "hunter2" not in caught.value.message and "password" not in caught.value.message
+
+
 def test_durations_take_strings_in_the_file_and_the_environment(tmp_path: Path):
     (tmp_path / "config.yaml").write_text("upload_ttl: 15m\ninput_retention: 1d\nreconcile_interval: 500ms\n")
     config = load_config(

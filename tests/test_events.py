@@ -22,6 +22,8 @@ from live import Server, wait_for_status
 
 from flowengine.api.events import FilerEvent, filer_object, is_object_created
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")  # what goes through the database, on each
+
 TOKEN = "events-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BODY = b"an object that landed\n"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from live import wait_for_status
+
+pytestmark = pytest.mark.backends("sqlite", "postgres")  # what goes through the database, on each
 
 WAITING_FLOW = {"Flow": {"DataWells": [{"Edge": "file", "Source": "upload"}]}}
 NO_INPUT_FLOW = {"Flow": {"DataWells": []}}  # completes as soon as it starts

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from live import metric, wait_for_status
 from test_logs import FAILING
+
+pytestmark = pytest.mark.backends("sqlite", "postgres")  # what goes through the database, on each
 
 COPY = {
     "Flow": {

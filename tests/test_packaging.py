@@ -37,6 +37,8 @@ def test_the_wheel_carries_the_license_classifiers_and_py_typed(tmp_path: Path):
         licenses = [n for n in names if ".dist-info/" in n and n.endswith("LICENSE")]
         assert licenses and archive.read(licenses[0]) == (REPO / "LICENSE").read_bytes()
     assert {"flowengine/py.typed", "flowengine/__main__.py"} <= set(names)
+    migrations = {str(p.relative_to(REPO)) for p in (REPO / "flowengine/persistence/migrations").glob("*/*.sql")}
+    assert migrations and migrations <= set(names)  # read at run time: the schema
     assert "Classifier: License :: OSI Approved :: Apache Software License" in metadata
     assert "Classifier: Typing :: Typed" in metadata
     assert "Apache-2.0" in metadata

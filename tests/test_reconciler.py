@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from live import Server, wait_for_status
 from minio import Minio
 
@@ -29,6 +30,8 @@ from flowengine.runtime import landing
 from flowengine.runtime.engine import Engine
 from flowengine.stores.base import KeyPage, ObjectInfo
 from flowengine.stores.s3 import S3Store
+
+pytestmark = pytest.mark.backends("sqlite", "postgres")
 
 
 def s3_params(s3: dict[str, Any], prefix: str) -> dict[str, Any]:
@@ -96,10 +99,16 @@ class Counted:
             monkeypatch.setattr(store_class, name, counted)
 
 
-def engine_for(tmp: Path, clock: Clock, s3: dict[str, Any], **settings: Any) -> Engine:
-    config = Config(data_dir=str(tmp), flows_dir=str(tmp), s3_access_key=s3["access_key"],
-                    s3_secret_key=s3["secret_key"], **settings)  # fmt: skip
-    return Engine(config, clock=clock)
+@pytest.fixture
+def engine_for(s3: dict[str, Any], database_of: Callable[[Path], str]) -> Callable[..., Engine]:
+    """engine_for(data_dir, clock, **settings): an engine on the session's S3 server and the test's backend."""
+
+    def engine(tmp: Path, clock: Clock, **settings: Any) -> Engine:
+        config = Config(data_dir=str(tmp), flows_dir=str(tmp), s3_access_key=s3["access_key"],
+                        s3_secret_key=s3["secret_key"], database=database_of(tmp), **settings)  # fmt: skip
+        return Engine(config, clock=clock)
+
+    return engine
 
 
 async def create(engine: Engine, name: str, params: dict[str, Any], count: int) -> list[Run]:
@@ -131,14 +140,14 @@ async def all_in(engine: Engine, runs: list[Run], wanted: str) -> bool:
 
 
 def test_close_keys_are_listed_far_fewer_requests_than_keys_and_never_over_the_batch(
-    tmp_path: Path, s3: dict[str, Any], monkeypatch: Any
+    tmp_path: Path, s3: dict[str, Any], engine_for: Callable[..., Engine], monkeypatch: Any
 ) -> None:
     counted = Counted(monkeypatch, S3Store)
     prefix = f"t-{uuid.uuid4().hex[:12]}"
     clock = Clock()
 
     async def scenario() -> None:
-        engine = engine_for(tmp_path, clock, s3, reconcile_batch=8)
+        engine = engine_for(tmp_path, clock, reconcile_batch=8)
         runs = [*await create(engine, "near-2", s3_params(s3, prefix), 300),
                 *await create(engine, "near", s3_params(s3, prefix), 300)]  # fmt: skip
         client = Minio(s3["endpoint"], s3["access_key"], s3["secret_key"], secure=False)
@@ -155,7 +164,7 @@ def test_close_keys_are_listed_far_fewer_requests_than_keys_and_never_over_the_b
 
 
 def test_keys_far_apart_are_asked_about_one_by_one_less_and_less_often(
-    tmp_path: Path, s3: dict[str, Any], monkeypatch: Any
+    tmp_path: Path, s3: dict[str, Any], engine_for: Callable[..., Engine], monkeypatch: Any
 ) -> None:
     monkeypatch.setattr(landing, "LIST_PAGE", 5)  # so that 20 other objects put keys far apart
     counted = Counted(monkeypatch, S3Store)
@@ -163,7 +172,7 @@ def test_keys_far_apart_are_asked_about_one_by_one_less_and_less_often(
     clock = Clock()
 
     async def scenario() -> None:
-        engine = engine_for(tmp_path, clock, s3, reconcile_batch=8, reconcile_max_interval=16)
+        engine = engine_for(tmp_path, clock, reconcile_batch=8, reconcile_max_interval=16)
         client = Minio(s3["endpoint"], s3["access_key"], s3["secret_key"], secure=False)
         runs = []
         for _ in range(3):
@@ -207,13 +216,13 @@ class ByteOrderStore:
 
 
 def test_a_burst_of_uploads_is_taken_a_batch_of_requests_at_a_time_on_a_byte_order_server(
-    tmp_path: Path, s3: dict[str, Any], monkeypatch: Any
+    tmp_path: Path, s3: dict[str, Any], engine_for: Callable[..., Engine], monkeypatch: Any
 ) -> None:
     counted = Counted(monkeypatch, ByteOrderStore)
     clock = Clock()
 
     async def scenario() -> None:
-        engine = engine_for(tmp_path, clock, s3, reconcile_batch=3)
+        engine = engine_for(tmp_path, clock, reconcile_batch=3)
         params = s3_params(s3, "bytes")
         runs = [*await create(engine, "b-2", params, 50), *await create(engine, "b", params, 50)]
         store = ByteOrderStore(f"s3:{s3['bucket']}", "bytes")
@@ -233,13 +242,13 @@ def test_a_burst_of_uploads_is_taken_a_batch_of_requests_at_a_time_on_a_byte_ord
 
 
 def test_a_lone_waiting_key_is_listed_on_the_backoff_schedule_not_every_tick(
-    tmp_path: Path, s3: dict[str, Any], monkeypatch: Any
+    tmp_path: Path, s3: dict[str, Any], engine_for: Callable[..., Engine], monkeypatch: Any
 ) -> None:
     counted = Counted(monkeypatch, ByteOrderStore)
     clock = Clock()
 
     async def scenario() -> None:
-        engine = engine_for(tmp_path, clock, s3, reconcile_max_interval=16)
+        engine = engine_for(tmp_path, clock, reconcile_max_interval=16)
         (run,) = await create(engine, "lone", s3_params(s3, "lone"), 1)
         store = ByteOrderStore(f"s3:{s3['bucket']}", "lone")
         engine.store_of = lambda flow, edge: store  # type: ignore[method-assign]

@@ -6,17 +6,18 @@ import asyncio
 import inspect
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import msgspec
+import pytest
 from live import wait_for_status
 
 from flowengine.config import Config
 from flowengine.core import machine
 from flowengine.core.spec import Flow
-from flowengine.persistence.sqlite import SqliteDatabase as Database
+from flowengine.persistence import open_database
 from flowengine.runtime import engine as engine_module
 from flowengine.runtime.engine import Engine
 from flowengine.runtime.ingest import Upload, receive
@@ -30,8 +31,17 @@ def flow(definition: dict) -> Flow:
 UPLOAD = flow({"DataWells": [{"Edge": "file", "Source": "upload"}]})
 
 
-def engine_on(data: Path, **settings: object) -> Engine:
-    return Engine(Config(data_dir=str(data), flows_dir=str(data), **settings))
+pytestmark = pytest.mark.backends("sqlite", "postgres")
+
+
+@pytest.fixture
+def engine_on(database_of: Callable[[Path], str]) -> Callable[..., Engine]:
+    """engine_on(data_dir, **settings): an engine on that data dir, and on the test's backend."""
+
+    def engine(data: Path, **settings: object) -> Engine:
+        return Engine(Config(data_dir=str(data), flows_dir=str(data), database=database_of(data), **settings))
+
+    return engine
 
 
 async def until(condition, timeout: float = 15.0) -> None:
@@ -61,13 +71,13 @@ async def step_status(engine: Engine, run_id: str, step: str, status: str) -> bo
 async def crash(engine: Engine) -> None:
     """Stop the engine as a kill would: without recording a clean stop."""
     await engine.stop()
-    db = Database(engine.db.path)
+    db = open_database(engine.config)
     await db.take_clean_stop()
     await db.close()
 
 
 def test_uploads_that_landed_before_a_crash_are_found_in_batches_with_the_event_loop_free_between(
-    tmp_path, monkeypatch
+    engine_on, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(engine_module, "RECOVERY_BATCH", 50)
 
@@ -115,7 +125,7 @@ def test_uploads_that_landed_before_a_crash_are_found_in_batches_with_the_event_
     asyncio.run(scenario())
 
 
-def test_a_stop_before_a_crashs_recovery_is_done_leaves_the_next_start_looking(tmp_path):
+def test_a_stop_before_a_crashs_recovery_is_done_leaves_the_next_start_looking(engine_on, tmp_path):
     async def scenario() -> None:
         first = engine_on(tmp_path)
         await first.create_run(first.plan(UPLOAD))
@@ -144,7 +154,9 @@ STEP_FLOW = flow({
 })  # fmt: skip
 
 
-def test_interrupted_runs_resume_in_batches_without_dispatching_more_than_a_bounded_backlog(tmp_path, monkeypatch):
+def test_interrupted_runs_resume_in_batches_without_dispatching_more_than_a_bounded_backlog(
+    engine_on, tmp_path, monkeypatch
+):
     monkeypatch.setattr(engine_module, "RECOVERY_BATCH", 4)
     monkeypatch.setattr(engine_module, "RECOVERY_BACKLOG", 6)
 
@@ -186,7 +198,7 @@ TWO_STEPS = flow({
 })  # fmt: skip
 
 
-def test_a_step_an_event_dispatched_before_recovery_reached_its_run_runs_once(tmp_path):
+def test_a_step_an_event_dispatched_before_recovery_reached_its_run_runs_once(engine_on, tmp_path):
     two_steps = TWO_STEPS
     attempts: list[int] = []
 

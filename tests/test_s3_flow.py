@@ -30,6 +30,8 @@ from live import Server, free_port, metric, wait_for_status
 
 from flowengine.stores.s3 import S3Store
 
+pytestmark = pytest.mark.backends("sqlite", "postgres")  # what goes through the database, on each
+
 TOKEN = "events-token-for-tests"
 BODY = b"hello from the s3 flow tests\n"
 # A step that changes what it copies, so the output proves the step read the input and wrote the output.

@@ -1,10 +1,11 @@
 """The one interface every read and write of engine state goes through.
 
 Two implementations: `sqlite.SqliteDatabase` (the embedded default) and, for several engines on one
-database, PostgreSQL. No SQL lives outside them. Every method is a coroutine. A change that must
-be whole is made inside `transaction()`, whose object has the same methods: inside it, loading a
-run locks that run against other writers until the commit, so events on one run never interleave
-(on SQLite there is one writer anyway). Failures of the database itself are domain errors:
+database, `postgres.PostgresDatabase`; `open_database(config)` opens the one configured. No SQL lives
+outside them, and tests/test_persistence_contract.py holds both to the same meaning. Every method is
+a coroutine. A change that must be whole is made inside `transaction()`, whose object has the same
+methods: inside it, loading a run locks that run against other writers until the commit, so events
+on one run never interleave (on SQLite there is one writer anyway). Failures of the database itself are domain errors:
 `insufficient_storage` (disk full) or `unavailable` (locked, unreachable).
 """
 
@@ -35,6 +36,19 @@ class NewRun(msgspec.Struct, frozen=True, gc=False):
 class RunRow(msgspec.Struct, frozen=True, gc=False):  # see machine.Run
     run: Run
     definition: str  # hash of the flow definition the run follows
+
+
+MAX_KEY = "\U0010ffff"  # after every key, as far as a comparison goes
+
+
+def prefix_end(prefix: str) -> str:
+    """The least string after every string that starts with `prefix` (in code point order, which is
+    UTF-8's byte order: SQLite's, and PostgreSQL's with COLLATE "C")."""
+    stem = prefix.rstrip(MAX_KEY)
+    if not stem:
+        return MAX_KEY
+    after = ord(stem[-1]) + 1
+    return stem[:-1] + chr(0xE000 if 0xD800 <= after <= 0xDFFF else after)  # past the surrogates: not UTF-8
 
 
 class FileRecord(msgspec.Struct, frozen=True):

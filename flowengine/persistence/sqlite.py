@@ -6,7 +6,7 @@ process (kill -9) without losing a committed transaction; only a power cut can d
 Nothing that serves a request or a background loop reads a number of rows that grows with the
 database: listings page by key (`id < ?`), totals come from counters kept in the same transaction
 as every new run and every change of a run's status, and scans over runs or waits go in batches.
-The schema's version is SQLite's `user_version`; opening an older database upgrades it in place.
+The schema is versioned (migrations/sqlite/); opening an older database upgrades it in place.
 """
 
 from __future__ import annotations
@@ -20,110 +20,23 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import msgspec
-import sqlite_utils
 
 from flowengine.core.machine import Run
 from flowengine.errors import Error, insufficient_storage
 from flowengine.identity.records import Credential, Role, Team, User
-from flowengine.persistence.base import FileRecord, NewRun, RunRow, Wait
+from flowengine.persistence.base import FileRecord, NewRun, RunRow, Wait, prefix_end
+from flowengine.persistence.migrations import Migration, failed, pending
 
 WAL_KEEP = 64 << 20  # bytes of WAL file kept for reuse after a checkpoint; the rest is truncated
-SCHEMA_VERSION = 2
-_encode = msgspec.json.Encoder().encode
-_decode_run = msgspec.json.Decoder(Run).decode
-
-
-_VERSION_1 = (
-    "CREATE TABLE IF NOT EXISTS status_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID",
-    """CREATE TABLE IF NOT EXISTS flow_counts (
-        flow TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (flow, status)
-    ) WITHOUT ROWID""",
-    """CREATE TRIGGER IF NOT EXISTS runs_counted_out AFTER DELETE ON runs BEGIN
-        UPDATE status_counts SET n = n - 1 WHERE status = old.status;
-        UPDATE flow_counts SET n = n - 1 WHERE flow = old.flow AND status = old.status;
-    END""",
-    """CREATE TRIGGER IF NOT EXISTS runs_recounted AFTER UPDATE OF status, flow ON runs
-    WHEN old.status IS NOT new.status OR old.flow IS NOT new.flow BEGIN
-        UPDATE status_counts SET n = n - 1 WHERE status = old.status;
-        UPDATE flow_counts SET n = n - 1 WHERE flow = old.flow AND status = old.status;
-        INSERT INTO status_counts VALUES (new.status, 1) ON CONFLICT DO UPDATE SET n = n + 1;
-        INSERT INTO flow_counts VALUES (new.flow, new.status, 1) ON CONFLICT DO UPDATE SET n = n + 1;
-    END""",
-    # What one engine process leaves for the next, such as whether it stopped cleanly.
-    "CREATE TABLE IF NOT EXISTS engine_state (name TEXT PRIMARY KEY, value) WITHOUT ROWID",
-    "DELETE FROM flow_counts",
-    "DELETE FROM status_counts",
-    "INSERT INTO flow_counts SELECT flow, status, count(*) FROM runs GROUP BY flow, status",
-    "INSERT INTO status_counts SELECT status, sum(n) FROM flow_counts GROUP BY status",
-)
-
-
-# Version 2: teams, users, credentials; runs belong to a team ('' for none: an open engine's runs), and
-# the counters and listing indexes lead with it, so a team's page or total never looks at another's.
-_VERSION_2 = (
-    "CREATE TABLE IF NOT EXISTS teams (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, created REAL NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY, email TEXT NOT NULL UNIQUE, created REAL NOT NULL)",
-    """CREATE TABLE IF NOT EXISTS members (
-        team TEXT NOT NULL, user TEXT NOT NULL, role TEXT NOT NULL, created REAL NOT NULL,
-        PRIMARY KEY (team, user)) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS idx_members_user ON members (user)",
-    """CREATE TABLE IF NOT EXISTS credentials (
-        id TEXT PRIMARY KEY, kind TEXT NOT NULL, team TEXT NOT NULL, user TEXT, display_name TEXT NOT NULL,
-        key_prefix TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE, created REAL NOT NULL, expires REAL,
-        revoked REAL, last_used REAL, paired_with TEXT)""",
-    "CREATE INDEX IF NOT EXISTS idx_credentials_team ON credentials (team, kind, id)",
-    "ALTER TABLE runs ADD COLUMN team TEXT NOT NULL DEFAULT ''",
-    "DROP TRIGGER IF EXISTS runs_counted_out",
-    "DROP TRIGGER IF EXISTS runs_recounted",
-    "DROP TABLE IF EXISTS status_counts",
-    "DROP TABLE IF EXISTS flow_counts",
-    """CREATE TABLE status_counts (
-        team TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (team, status)) WITHOUT ROWID""",
-    """CREATE TABLE flow_counts (
-        team TEXT NOT NULL, flow TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL,
-        PRIMARY KEY (team, flow, status)) WITHOUT ROWID""",
-    """CREATE TRIGGER runs_counted_out AFTER DELETE ON runs BEGIN
-        UPDATE status_counts SET n = n - 1 WHERE team = old.team AND status = old.status;
-        UPDATE flow_counts SET n = n - 1 WHERE team = old.team AND flow = old.flow AND status = old.status;
-    END""",
-    """CREATE TRIGGER runs_recounted AFTER UPDATE OF status ON runs WHEN old.status IS NOT new.status BEGIN
-        UPDATE status_counts SET n = n - 1 WHERE team = old.team AND status = old.status;
-        UPDATE flow_counts SET n = n - 1 WHERE team = old.team AND flow = old.flow AND status = old.status;
-        INSERT INTO status_counts VALUES (new.team, new.status, 1) ON CONFLICT DO UPDATE SET n = n + 1;
-        INSERT INTO flow_counts VALUES (new.team, new.flow, new.status, 1) ON CONFLICT DO UPDATE SET n = n + 1;
-    END""",
-    "INSERT INTO flow_counts SELECT team, flow, status, count(*) FROM runs GROUP BY team, flow, status",
-    "INSERT INTO status_counts SELECT team, status, sum(n) FROM flow_counts GROUP BY team, status",
-    "DROP INDEX IF EXISTS idx_runs_status_id",
-    "DROP INDEX IF EXISTS idx_runs_flow_id",
-    "DROP INDEX IF EXISTS idx_runs_flow_status_id",
-    "CREATE INDEX IF NOT EXISTS idx_runs_team_id ON runs (team, id)",
-    "CREATE INDEX IF NOT EXISTS idx_runs_team_status_id ON runs (team, status, id)",
-    "CREATE INDEX IF NOT EXISTS idx_runs_team_flow_status_id ON runs (team, flow, status, id)",
-    # The engine's scans of runs by status (recovery after a restart) go across teams.
-    "CREATE INDEX IF NOT EXISTS idx_runs_status_id_all ON runs (status, id)",
-    """CREATE TABLE IF NOT EXISTS files (
-        store TEXT NOT NULL, key TEXT NOT NULL, team TEXT NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL,
-        content_type TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, PRIMARY KEY (store, key))""",
-    "CREATE INDEX IF NOT EXISTS idx_files_expires ON files (expires)",
-)
-
-
 _CREDENTIAL = (
     "id, kind, team, user, display_name, key_prefix, key_hash, created, expires, revoked, last_used, paired_with"
 )
 _FILE = "store, key, team, name, size, content_type, created, expires"
+_encode = msgspec.json.Encoder().encode
+_decode_run = msgspec.json.Decoder(Run).decode
+
+
 _TREE = "replace(key, '/', char(1))"  # a key in tree order: '/' before every character a key may hold
-_MAX_KEY = "\U0010ffff"  # after every key, as far as a comparison goes
-
-
-def _prefix_end(prefix: str) -> str:
-    """The least string after every string that starts with `prefix`."""
-    stem = prefix.rstrip(_MAX_KEY)
-    if not stem:
-        return _MAX_KEY
-    after = ord(stem[-1]) + 1
-    return stem[:-1] + chr(0xE000 if 0xD800 <= after <= 0xDFFF else after)  # past the surrogates: not UTF-8
 
 
 def _filters(team: str, status: str | None, flow: str | None) -> tuple[list[str], list[str]]:
@@ -146,7 +59,6 @@ class SqliteDatabase:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.OperationalError as exc:
             raise Error("unavailable", "database_unavailable", f"cannot open the database {self.path}: {exc}") from exc
-        self.db = sqlite_utils.Database(conn)
         self.conn = conn
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -159,47 +71,11 @@ class SqliteDatabase:
         self._checkpoint_lock = threading.Lock()  # close() waits for a checkpoint under way
         self._closed = False
         self._turn = asyncio.Lock()  # one transaction at a time on the one connection
-        self._create_schema()
-
-    def _create_schema(self) -> None:
-        db = self.db
-        db["definitions"].create({"hash": str, "body": bytes}, pk="hash", if_not_exists=True)
-        db["runs"].create(
-            {"id": str, "flow": str, "status": str, "created": float, "updated": float,
-             "wake_at": float, "definition": str, "doc": bytes},
-            pk="id", not_null={"flow", "status", "created", "doc"}, if_not_exists=True,
-        )  # fmt: skip
-        db["waits"].create(
-            {"location": str, "key": str, "run_id": str, "edge": str, "next_check": float, "checks": int},
-            pk=("location", "key"), if_not_exists=True,
-        )  # fmt: skip
-        db["expiries"].create(
-            {"run_id": str, "edge": str, "expires_at": float}, pk=("run_id", "edge"), if_not_exists=True
-        )
-        db["expiries"].create_index(["expires_at"], if_not_exists=True)
-        # Run IDs are UUIDv7, in creation order: listings sort by id, so `created` needs no index.
-        db["runs"].create_index(["wake_at"], if_not_exists=True)
-        self.conn.execute("DROP INDEX IF EXISTS idx_waits_next_check")  # indexes of earlier versions
-        self.conn.execute("DROP INDEX IF EXISTS waits_due")  # the reconciler walks waits by key (landing.py)
-        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-        for number, upgrade in enumerate((self._upgrade_to_1, self._upgrade_to_2), start=1):
-            if version < number:
-                with self._transaction():
-                    upgrade()
-                    self.conn.execute(f"PRAGMA user_version = {number}")
-
-    def _upgrade_to_1(self) -> None:
-        """Version 1: runs by status and by flow and status, kept in the transaction of every change
-        (by insert_runs, and by triggers on a status change or a delete), and counted once from the
-        runs an earlier version left; the engine's state."""
-        for statement in _VERSION_1:
-            self.conn.execute(statement)
-        # Both filters at once: a page without scanning past the other flows' (or statuses') runs.
-        self.conn.execute("CREATE INDEX IF NOT EXISTS idx_runs_flow_status_id ON runs (flow, status, id)")
-
-    def _upgrade_to_2(self) -> None:
-        for statement in _VERSION_2:
-            self.conn.execute(statement)
+        try:
+            _migrate(conn, self.path)  # an older database is upgraded in place, a newer one refused
+        except BaseException:
+            conn.close()
+            raise
 
     async def housekeeping(self) -> None:
         """Copy the WAL into the database, in a worker thread (see checkpoint)."""
@@ -365,7 +241,7 @@ class SqliteDatabase:
                 (wait.location, wait.key, wait.run_id, wait.edge, first_check),
             ).rowcount
             if not inserted:
-                self.drop_waits([w for w, _ in waits[:i]])
+                await self.drop_waits([w for w, _ in waits[:i]])
                 return wait
         return None
 
@@ -423,7 +299,7 @@ class SqliteDatabase:
         """The greatest key awaited in `location` that starts with `prefix`."""
         return self.conn.execute(
             "SELECT max(key) FROM waits WHERE location = ? AND key >= ? AND key < ?",
-            (location, prefix, _prefix_end(prefix)),
+            (location, prefix, prefix_end(prefix)),
         ).fetchone()[0]
 
     async def settled_waits(
@@ -434,7 +310,7 @@ class SqliteDatabase:
         character, the order of a server that lists directory by directory), at most `limit` of them
         in byte order, and none from the first that is in one span but not in the other. Returns how
         many, and the last one."""
-        end = last + "\x01" if last is not None else _prefix_end(prefix)  # keys hold no control characters
+        end = last + "\x01" if last is not None else prefix_end(prefix)  # keys hold no control characters
         span = "SELECT key FROM waits WHERE location = ? AND key >= ? AND key < ? ORDER BY key LIMIT ?"
         outside = self.conn.execute(
             f"SELECT min(key) FROM ({span}) WHERE {_TREE} < replace(?, '/', char(1))"
@@ -565,6 +441,68 @@ class SqliteDatabase:
 
     async def drop_file(self, store: str, key: str) -> None:
         self.conn.execute("DELETE FROM files WHERE store = ? AND key = ?", (store, key))
+
+
+def migrate(path: Path | str) -> list[Migration]:
+    """Apply the migrations the database at `path` lacks (creating it if there is none); returns them."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+    except sqlite3.OperationalError as exc:
+        raise Error("unavailable", "database_unavailable", f"cannot open the database {path}: {exc}") from None
+    try:
+        return _migrate(conn, str(path))
+    finally:
+        conn.close()
+
+
+def _migrate(conn: sqlite3.Connection, where: str) -> list[Migration]:
+    """The migrations the database lacks, one transaction each, each recorded in schema_migrations.
+    The version is read inside the transaction: two processes opening one file take turns. Databases
+    from before that table have only `user_version` (0 or 1): it counts as their version, and is
+    kept equal to it."""
+    applied: list[Migration] = []
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                    " applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+                )
+                recorded = conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] or 0
+                todo = pending("sqlite", max(recorded, conn.execute("PRAGMA user_version").fetchone()[0]), where)
+                if todo:
+                    _apply(conn, todo[0], where)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise _domain_error(exc) from exc
+        if not todo:
+            return applied
+        applied.append(todo[0])
+
+
+def _apply(conn: sqlite3.Connection, migration: Migration, where: str) -> None:
+    try:
+        for statement in _statements(migration.sql):
+            conn.execute(statement)
+    except sqlite3.Error as exc:
+        raise failed(migration, where, exc) from exc
+    conn.execute("INSERT INTO schema_migrations (version, name) VALUES (?, ?)", (migration.version, migration.name))
+    conn.execute(f"PRAGMA user_version = {migration.version:d}")
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of an SQL script, one by one (a trigger's body holds semicolons of its own)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement
+            statement = ""
 
 
 def _domain_error(exc: sqlite3.OperationalError) -> Error:

@@ -500,7 +500,8 @@ class Engine:
             except Exception as exc:  # a fault of the engine's own, around the step: the attempt fails, visibly
                 log.exception("step %r of run %s, attempt %d: the runner failed", step.id, run_id, command.attempt)
                 event = StepFailed(step.id, command.attempt, f"internal error: {type(exc).__name__}: {exc}")
-        await self._report(run_id, event)
+            # Recorded before the slot is freed: a step started in it must come after this one's end.
+            await self._report(run_id, event)
 
     async def _report(self, run_id: str, event: StepSucceeded | StepFailed) -> None:
         """Apply a step's result; a database that refuses it for a moment is tried again until it

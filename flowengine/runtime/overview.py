@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from flowengine import version
+from flowengine.persistence import redacted
 from flowengine.runtime.catalog import LIBRARY_DIR
 from flowengine.runtime.engine import Engine
 
@@ -17,6 +18,7 @@ async def log_overview(engine: Engine) -> None:
     config = engine.config
     log.info("flowengine %s on http://%s:%d", version(), config.host, config.port)
     log.info("data dir: %s", config.data_dir)
+    log.info("database: %s", redacted(config.database_url))
     log.info("stores: default (local, in the data dir)%s", "".join(
         f", {s.name} ({s.type}: {', '.join(f'{k}={s.params[k]}' for k in SHOWN_PARAMS if k in s.params)})"
         for s in config.stores

@@ -1,0 +1,660 @@
+"""Persistence in PostgreSQL: several engines on one database (psycopg 3, asyncio, a connection pool).
+
+The same semantics as sqlite.py, method for method (tests/test_persistence_contract.py holds both
+to them). What differs is that writers are concurrent here:
+
+- Inside a transaction `load_run` locks the run's row (`FOR NO KEY UPDATE`: it blocks every other
+  writer of the row, not a row that would only refer to it), so events on one run are applied one
+  after the other, whichever engine applies them. A waiting transaction then reads the row as the
+  other committed it.
+- `claim_waits` inserts, and leaves the keys another transaction holds to the database: an insert
+  of a key another transaction has just inserted waits for it to end. Keys are inserted in key
+  order, so two claims never wait for each other in a circle; counter rows are likewise always
+  changed in one order (see the migration's trigger).
+- Keys and IDs compare byte by byte (`COLLATE "C"` on their columns), as in SQLite.
+
+Every connection is in autocommit mode: a read outside a transaction is one round trip. The
+schema is versioned (migrations/postgres/); it changes only through `flowengine migrate` (migrate
+below), never when an engine starts: replicas of the version before may still be serving, and
+starting ones must not race to change a shared schema. An engine refuses a schema other than its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import AsyncConnectionPool
+
+from flowengine.core.machine import Run
+from flowengine.errors import Error, insufficient_storage
+from flowengine.identity.records import Credential, Role, Team, User
+from flowengine.persistence import redacted
+from flowengine.persistence.base import FileRecord, NewRun, RunRow, Wait, prefix_end
+from flowengine.persistence.migrations import Migration, failed, latest, pending
+
+CONNECT_TIMEOUT = 10  # seconds to open a connection (unless the URL says otherwise)
+POOL_TIMEOUT = 10.0  # seconds a query waits for a free connection before the database counts as unavailable
+MIGRATION_LOCK = 0x666C6F77656E67  # the advisory lock `flowengine migrate` holds: one migration at a time
+log = logging.getLogger("flowengine.persistence")
+_encode = msgspec.json.Encoder().encode
+_decode_run = msgspec.json.Decoder(Run).decode
+_TREE = "replace(key, '/', chr(1)) COLLATE \"C\""  # a key in tree order: '/' before every character a key may hold
+
+
+def _connect_options(url: str) -> dict[str, Any]:
+    """Options a connection gets unless the URL sets them."""
+    given = conninfo_to_dict(url)
+    options: dict[str, Any] = {"autocommit": True}
+    if "connect_timeout" not in given:
+        options["connect_timeout"] = CONNECT_TIMEOUT
+    if "application_name" not in given:
+        options["application_name"] = "flowengine"
+    return options
+
+
+def _connect(url: str) -> psycopg.Connection:
+    """A connection of its own, for a migration or a schema check (not from the pool)."""
+    try:
+        return psycopg.connect(url, **_connect_options(url))
+    except psycopg.OperationalError as exc:
+        raise _domain_error(exc, redacted(url)) from None
+
+
+def _schema_version(conn: psycopg.Connection) -> int:
+    if conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:  # type: ignore[index]
+        return 0
+    return conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]  # type: ignore[index]
+
+
+def check_schema(url: str) -> None:
+    """Refuse a database whose schema is not the one this engine knows: a newer one (an engine of
+    a later version migrated it), or an older one (`flowengine migrate` has not been run)."""
+    where = redacted(url)
+    with _connect(url) as conn:
+        try:
+            version = _schema_version(conn)
+        except psycopg.Error as exc:
+            raise _domain_error(exc, where) from None
+    if pending("postgres", version, where):
+        raise Error(
+            "unavailable", "schema_too_old",
+            f"the database {where} has schema version {version}, this flowengine needs {latest('postgres')}: "
+            "run `flowengine migrate` (with this engine's settings) first",
+        )  # fmt: skip
+
+
+def migrate(url: str) -> list[Migration]:
+    """Apply the migrations the database lacks, each in a transaction with its row in
+    schema_migrations; returns them. Several at once take turns (an advisory lock): the later ones
+    find nothing left to do."""
+    where = redacted(url)
+    with _connect(url) as conn:
+        try:
+            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))  # released when the connection closes
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            todo = pending("postgres", _schema_version(conn), where)
+        except psycopg.Error as exc:
+            raise _domain_error(exc, where) from None
+        for migration in todo:
+            try:
+                with conn.transaction():
+                    conn.execute(migration.sql)  # several statements: no parameters
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                        (migration.version, migration.name),
+                    )
+            except psycopg.Error as exc:
+                raise failed(migration, where, _line(exc)) from None
+    return list(todo)
+
+
+_CREDENTIAL = (
+    'id, kind, team, "user", display_name, key_prefix, key_hash, created, expires, revoked, last_used, paired_with'
+)
+_FILE = "store, key, team, name, size, content_type, created, expires"
+
+
+class _Held:
+    """The connection a transaction holds, as a context its queries enter (and leave open)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: psycopg.AsyncConnection) -> None:
+        self.conn = conn
+
+    async def __aenter__(self) -> psycopg.AsyncConnection:
+        return self.conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+class _Queries:
+    """Every query, on a connection `_connection()` lends: one from the pool (PostgresDatabase, each
+    query committed at once) or the one a transaction holds (_Transaction)."""
+
+    _lock = ""  # what load_run adds to lock the run's row: only inside a transaction
+
+    def _connection(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection]:
+        raise NotImplementedError
+
+    def _atomic(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection]:
+        """A connection inside a transaction, for queries that must be whole together."""
+        raise NotImplementedError
+
+    # the engine's own state
+
+    async def mark_clean_stop(self) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO engine_state (name, value) VALUES ('clean_stop', '1')"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+            )
+
+    async def take_clean_stop(self) -> bool:
+        """Whether the last engine on this database stopped cleanly; the next start has to ask anew."""
+        async with self._connection() as conn:
+            cur = await conn.execute("DELETE FROM engine_state WHERE name = 'clean_stop' RETURNING value")
+            return bool(await cur.fetchall())
+
+    # definitions
+
+    async def put_definition(self, digest: str, body: bytes) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO definitions (hash, body) VALUES (%s, %s) ON CONFLICT DO NOTHING", (digest, body)
+            )
+
+    async def definition(self, digest: str) -> bytes:
+        async with self._connection() as conn:
+            cur = await conn.execute("SELECT body FROM definitions WHERE hash = %s", (digest,))
+            return (await cur.fetchone())[0]  # type: ignore[index]
+
+    # runs
+
+    async def insert_runs(self, rows: list[NewRun]) -> None:
+        """New runs and their counts, in one statement (so whole even outside a transaction). The
+        counter rows are changed in key order, status_counts first (see the migration's trigger)."""
+        if not rows:
+            return
+        by_status = sorted(Counter((r.run.team, r.run.status) for r in rows).items())
+        by_flow = sorted(Counter((r.run.team, r.run.flow, r.run.status) for r in rows).items())
+        async with self._connection() as conn:
+            await conn.execute(
+                """WITH by_status AS (
+                    INSERT INTO status_counts AS c (team, status, n)
+                    SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[])
+                    ON CONFLICT (team, status) DO UPDATE SET n = c.n + excluded.n RETURNING 1
+                ), by_flow AS (
+                    INSERT INTO flow_counts AS c (team, flow, status, n)
+                    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[])
+                    WHERE (SELECT count(*) FROM by_status) >= 0  -- after status_counts: the one order
+                    ON CONFLICT (team, flow, status) DO UPDATE SET n = c.n + excluded.n RETURNING 1
+                )
+                INSERT INTO runs (id, team, flow, status, created, updated, wake_at, definition, doc)
+                SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[],
+                                     %s::float8[], %s::text[], %s::bytea[])
+                WHERE (SELECT count(*) FROM by_flow) >= 0""",
+                (
+                    [t for (t, _), _ in by_status], [s for (_, s), _ in by_status], [n for _, n in by_status],
+                    [t for (t, _, _), _ in by_flow], [f for (_, f, _), _ in by_flow], [s for (_, _, s), _ in by_flow],
+                    [n for _, n in by_flow],
+                    [r.run.id for r in rows], [r.run.team for r in rows], [r.run.flow for r in rows],
+                    [r.run.status for r in rows],
+                    [r.run.created for r in rows], [r.run.updated for r in rows], [r.wake_at for r in rows],
+                    [r.definition for r in rows], [_encode(r.run) for r in rows],
+                ),
+            )  # fmt: skip
+
+    async def save_run(self, run: Run, wake_at: float | None) -> None:
+        async with self._connection() as conn:
+            await conn.execute(
+                "UPDATE runs SET status = %s, updated = %s, wake_at = %s, doc = %s WHERE id = %s",
+                (run.status, run.updated, wake_at, _encode(run), run.id),
+            )
+
+    async def load_run(self, run_id: str) -> RunRow | None:
+        """The run as committed; inside a transaction, its row stays locked until the transaction ends."""
+        async with self._connection() as conn:
+            cur = await conn.execute(f"SELECT doc, definition FROM runs WHERE id = %s{self._lock}", (run_id,))
+            row = await cur.fetchone()
+        return RunRow(_decode_run(row[0]), row[1]) if row else None
+
+    async def list_runs(
+        self,
+        team: str,
+        status: str | None,
+        flow: str | None,
+        limit: int,
+        *,
+        before: str | None = None,
+        offset: int = 0,
+    ) -> list[Run]:
+        """Runs newest first (by ID), with the filters given; `before`: only those whose ID sorts before
+        it (an index range, however deep). An `offset` skips rows one by one instead."""
+        where, params = _filters(team, status, flow)
+        if before is not None:
+            where.append("id < %s")
+            params.append(before)
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                f"SELECT doc FROM runs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s OFFSET %s",
+                [*params, limit, offset],
+            )
+            return [_decode_run(r[0]) for r in await cur.fetchall()]
+
+    async def count_runs(self, team: str, status: str | None, flow: str | None) -> int:
+        """How many runs match the filters, from the counters (a few rows, however many runs)."""
+        table = "flow_counts" if flow else "status_counts"
+        where, params = _filters(team, status, flow)
+        return await self._value(f"SELECT coalesce(sum(n), 0)::bigint FROM {table} WHERE {' AND '.join(where)}", params)
+
+    async def count_by_status(self) -> dict[str, int]:
+        async with self._connection() as conn:
+            cur = await conn.execute("SELECT status, sum(n)::bigint FROM status_counts GROUP BY status")
+            return dict(await cur.fetchall())
+
+    async def last_run_id(self) -> str | None:
+        return await self._value("SELECT max(id) FROM runs")
+
+    async def runs_with_status(self, status: str, after: str, until: str, limit: int) -> list[RunRow]:
+        """Up to `limit` runs with that status and an ID in (after, until], in ID order: one batch of a scan."""
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT doc, definition FROM runs WHERE status = %s AND id > %s AND id <= %s ORDER BY id LIMIT %s",
+                (status, after, until, limit),
+            )
+            return [RunRow(_decode_run(doc), definition) for doc, definition in await cur.fetchall()]
+
+    async def due_runs(self, now: float, limit: int = 500) -> list[str]:
+        async with self._connection() as conn:
+            cur = await conn.execute("SELECT id FROM runs WHERE wake_at <= %s ORDER BY wake_at LIMIT %s", (now, limit))
+            return [r[0] for r in await cur.fetchall()]
+
+    async def next_wake(self) -> float | None:
+        return await self._value("SELECT min(wake_at) FROM runs")
+
+    # waits: which run edge an object key fills
+
+    async def claim_waits(self, waits: list[tuple[Wait, float | None]]) -> Wait | None:
+        """Store waits, each with when the reconciler should first look (None: never). If a key is
+        awaited already, store none of them and return the wait that collided (the first, in the
+        order given; of two waits for one key, the second)."""
+        if not waits:
+            return None
+        ordered = sorted(waits, key=lambda pair: (pair[0].location, pair[0].key))  # one order: no deadlock
+        async with self._atomic() as conn:
+            cur = await conn.execute(
+                "INSERT INTO waits (location, key, run_id, edge, next_check)"
+                " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[])"
+                " ON CONFLICT DO NOTHING RETURNING location, key",
+                (
+                    [w.location for w, _ in ordered], [w.key for w, _ in ordered], [w.run_id for w, _ in ordered],
+                    [w.edge for w, _ in ordered], [first for _, first in ordered],
+                ),
+            )  # fmt: skip
+            inserted = await cur.fetchall()
+            if len(inserted) == len(waits):
+                return None
+            await self._drop(conn, [location for location, _ in inserted], [key for _, key in inserted])
+        unclaimed = set(inserted)
+        for wait, _ in waits:
+            if (wait.location, wait.key) not in unclaimed:
+                return wait
+            unclaimed.remove((wait.location, wait.key))  # of two waits for one key, the first was inserted
+        raise AssertionError("a wait was not inserted, yet none collided")
+
+    async def wait_for(self, location: str, key: str) -> Wait | None:
+        async with self._connection() as conn:
+            cur = await conn.execute("SELECT run_id, edge FROM waits WHERE location = %s AND key = %s", (location, key))
+            row = await cur.fetchone()
+        return Wait(location, key, row[0], row[1]) if row else None
+
+    async def drop_waits(self, waits: list[Wait]) -> None:
+        if waits:
+            async with self._connection() as conn:
+                await self._drop(conn, [w.location for w in waits], [w.key for w in waits])
+
+    @staticmethod
+    async def _drop(conn: psycopg.AsyncConnection, locations: list[str], keys: list[str]) -> None:
+        await conn.execute(
+            "DELETE FROM waits WHERE (location, key) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+            (locations, keys),
+        )
+
+    async def count_waits(self) -> int:
+        return await self._value("SELECT count(*) FROM waits")
+
+    async def wait_locations(self) -> list[str]:
+        """The locations anything waits in (a few): one index seek each, however many waits."""
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                """WITH RECURSIVE found (location) AS (
+                    SELECT min(location) FROM waits
+                    UNION ALL
+                    SELECT (SELECT min(location) FROM waits WHERE location > found.location)
+                    FROM found WHERE found.location IS NOT NULL
+                ) SELECT location FROM found WHERE location IS NOT NULL"""
+            )
+            return [r[0] for r in await cur.fetchall()]
+
+    async def unscheduled_waits(self, location: str, after: str, limit: int) -> list[Wait]:
+        """Waits the reconciler never asks about (embedded-store uploads), by key after `after`: one batch."""
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT key, run_id, edge FROM waits WHERE location = %s AND key > %s AND next_check IS NULL"
+                " ORDER BY key LIMIT %s",
+                (location, after, limit),
+            )
+            return [Wait(location, *r) for r in await cur.fetchall()]
+
+    # The reconciler's walk through a location's waits, in key order (see runtime/landing.py).
+
+    async def due_waits(
+        self, location: str, after: str, now: float, limit: int, scan: int
+    ) -> tuple[list[Wait], str | None]:
+        """Up to `limit` waits due by `now` among the next `scan` the reconciler asks about in
+        `location` (by key, after `after`); and, when fewer were due, the last key looked at, or None
+        when no more follow it."""
+        window = (
+            "SELECT key, run_id, edge, next_check FROM waits"
+            " WHERE location = %s AND key > %s AND next_check IS NOT NULL ORDER BY key LIMIT %s"
+        )
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                f"SELECT key, run_id, edge FROM ({window}) AS w WHERE next_check <= %s ORDER BY key LIMIT %s",
+                (location, after, scan, now, limit),
+            )
+            rows = await cur.fetchall()
+            if len(rows) == limit:
+                return [Wait(location, *r) for r in rows], None
+            cur = await conn.execute(f"SELECT count(*), max(key) FROM ({window}) AS w", (location, after, scan))
+            count, last = await cur.fetchone()  # type: ignore[misc]
+        return [Wait(location, *r) for r in rows], last if count == scan else None
+
+    async def last_wait_key(self, location: str, prefix: str) -> str | None:
+        """The greatest key awaited in `location` that starts with `prefix`."""
+        return await self._value(
+            "SELECT max(key) FROM waits WHERE location = %s AND key >= %s AND key < %s",
+            (location, prefix, prefix_end(prefix)),
+        )
+
+    async def settled_waits(
+        self, location: str, first: str, last: str | None, prefix: str, limit: int
+    ) -> tuple[int, str | None]:
+        """The waits one listing has answered for: those from `first` through `last` (to the end of
+        `prefix` when `last` is None) both in byte order and in tree order ('/' before every other
+        character, the order of a server that lists directory by directory), at most `limit` of them
+        in byte order, and none from the first that is in one span but not in the other. Returns how
+        many, and the last one."""
+        end = last + "\x01" if last is not None else prefix_end(prefix)  # keys hold no control characters
+        span = "SELECT key FROM waits WHERE location = %s AND key >= %s AND key < %s ORDER BY key LIMIT %s"
+        outside = f"{_TREE} < replace(%s, '/', chr(1))"
+        params: list[Any] = [location, first, end, limit, first]
+        if last is not None:
+            outside += f" OR {_TREE} > replace(%s, '/', chr(1))"
+            params.append(last)
+        async with self._connection() as conn:
+            cur = await conn.execute(f"SELECT min(key) FROM ({span}) AS s WHERE {outside}", params)
+            stop = (await cur.fetchone())[0]  # type: ignore[index]
+            cur = await conn.execute(
+                f"SELECT count(*), max(key) FROM ({span}) AS s", (location, first, stop or end, limit)
+            )
+            count, through = await cur.fetchone()  # type: ignore[misc]
+        return count, through
+
+    async def waits_at(self, location: str, keys: list[str]) -> list[Wait]:
+        """The waits for any of these keys (at most a listing's worth)."""
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT key, run_id, edge FROM waits WHERE location = %s AND key = ANY(%s::text[]) ORDER BY key",
+                (location, keys),
+            )
+            return [Wait(location, *r) for r in await cur.fetchall()]
+
+    async def back_off_waits(self, location: str, first: str, last: str, now: float, base: float, most: float) -> None:
+        """The waits from `first` through `last` were asked about one by one: ask again after twice as
+        long as the time before (`base` at first, `most` at most)."""
+        async with self._connection() as conn:
+            await conn.execute(
+                "UPDATE waits SET next_check = %s + least(%s * (1 << least(checks, 30)), %s), checks = checks + 1"
+                " WHERE location = %s AND key >= %s AND key <= %s AND next_check IS NOT NULL",
+                (now, base, most, location, first, last),
+            )
+
+    # expiries: when a run's object is past retention and is to be deleted
+
+    async def add_expiries(self, run_id: str, expiries: dict[str, float]) -> None:
+        if expiries:
+            async with self._connection() as conn:
+                await conn.execute(
+                    "INSERT INTO expiries (run_id, edge, expires_at)"
+                    " SELECT %s, * FROM unnest(%s::text[], %s::float8[]) ON CONFLICT DO NOTHING",
+                    (run_id, list(expiries), list(expiries.values())),
+                )
+
+    async def due_expiries(self, now: float, limit: int) -> list[tuple[str, str]]:
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "SELECT run_id, edge FROM expiries WHERE expires_at <= %s ORDER BY expires_at LIMIT %s", (now, limit)
+            )
+            return [(r[0], r[1]) for r in await cur.fetchall()]
+
+    async def drop_expiry(self, run_id: str, edge: str) -> None:
+        async with self._connection() as conn:
+            await conn.execute("DELETE FROM expiries WHERE run_id = %s AND edge = %s", (run_id, edge))
+
+    # identity: teams, users, members, credentials
+
+    async def insert_team(self, team: Team) -> None:
+        await self._execute("INSERT INTO teams (id, name, created) VALUES (%s, %s, %s)", msgspec.structs.astuple(team))
+
+    async def team(self, *, id: str | None = None, name: str | None = None) -> Team | None:
+        column, value = ("id", id) if id is not None else ("name", name)
+        row = await self._row(f"SELECT id, name, created FROM teams WHERE {column} = %s", (value,))
+        return Team(*row) if row else None
+
+    async def teams(self) -> list[Team]:
+        return [Team(*r) for r in await self._rows("SELECT id, name, created FROM teams ORDER BY name")]
+
+    async def insert_user(self, user: User) -> None:
+        await self._execute("INSERT INTO users (id, email, created) VALUES (%s, %s, %s)", msgspec.structs.astuple(user))
+
+    async def user(self, *, id: str | None = None, email: str | None = None) -> User | None:
+        column, value = ("id", id) if id is not None else ("email", email)
+        row = await self._row(f"SELECT id, email, created FROM users WHERE {column} = %s", (value,))
+        return User(*row) if row else None
+
+    async def put_member(self, team: str, user: str, role: Role, created: float) -> None:
+        await self._execute(
+            'INSERT INTO members (team, "user", role, created) VALUES (%s, %s, %s, %s)'
+            ' ON CONFLICT (team, "user") DO UPDATE SET role = excluded.role',
+            (team, user, role, created),
+        )
+
+    async def member_role(self, team: str, user: str) -> Role | None:
+        row = await self._row('SELECT role FROM members WHERE team = %s AND "user" = %s', (team, user))
+        return row[0] if row else None
+
+    async def insert_credential(self, credential: Credential) -> None:
+        marks = ", ".join(["%s"] * len(msgspec.structs.fields(Credential)))  # the columns are its fields, in order
+        await self._execute(
+            f"INSERT INTO credentials ({_CREDENTIAL}) VALUES ({marks})", msgspec.structs.astuple(credential)
+        )
+
+    async def credential(self, *, id: str | None = None, key_hash: str | None = None) -> Credential | None:
+        column, value = ("id", id) if id is not None else ("key_hash", key_hash)
+        row = await self._row(f"SELECT {_CREDENTIAL} FROM credentials WHERE {column} = %s", (value,))
+        return Credential(*row) if row else None
+
+    async def credentials(self, team: str | None, kind: str | None, limit: int, offset: int) -> list[Credential]:
+        rows = await self._rows(
+            f"SELECT {_CREDENTIAL} FROM credentials WHERE (%s::text IS NULL OR team = %s)"
+            " AND (%s::text IS NULL OR kind = %s) ORDER BY created, id LIMIT %s OFFSET %s",
+            (team, team, kind, kind, limit, offset),
+        )
+        return [Credential(*r) for r in rows]
+
+    async def revoke_credentials(self, ids: list[str], at: float) -> None:
+        await self._execute("UPDATE credentials SET revoked = %s WHERE id = ANY(%s) AND revoked IS NULL", (at, ids))
+
+    async def touch_credential(self, id: str, at: float) -> None:
+        await self._execute("UPDATE credentials SET last_used = %s WHERE id = %s", (at, id))
+
+    # files presigned for the workflow/task API
+
+    async def insert_file(self, file: FileRecord) -> None:
+        await self._execute(
+            f"INSERT INTO files ({_FILE}) VALUES ({', '.join(['%s'] * 8)})", msgspec.structs.astuple(file)
+        )
+
+    async def file(self, store: str, key: str) -> FileRecord | None:
+        row = await self._row(f"SELECT {_FILE} FROM files WHERE store = %s AND key = %s", (store, key))
+        return FileRecord(*row) if row else None
+
+    async def due_files(self, now: float, limit: int) -> list[FileRecord]:
+        rows = await self._rows(
+            f"SELECT {_FILE} FROM files WHERE expires <= %s ORDER BY expires LIMIT %s", (now, limit)
+        )
+        return [FileRecord(*r) for r in rows]
+
+    async def drop_file(self, store: str, key: str) -> None:
+        await self._execute("DELETE FROM files WHERE store = %s AND key = %s", (store, key))
+
+    async def _execute(self, query: str, params: Any = ()) -> None:
+        async with self._connection() as conn:
+            await conn.execute(query, params)
+
+    async def _row(self, query: str, params: Any = ()) -> Any:
+        async with self._connection() as conn:
+            cur = await conn.execute(query, params)
+            return await cur.fetchone()
+
+    async def _rows(self, query: str, params: Any = ()) -> list[Any]:
+        async with self._connection() as conn:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall()
+
+    async def _value(self, query: str, params: Any = ()) -> Any:
+        async with self._connection() as conn:
+            cur = await conn.execute(query, params)
+            return (await cur.fetchone())[0]  # type: ignore[index]
+
+
+class _Transaction(_Queries):
+    """The queries of one transaction, on the connection it holds."""
+
+    _lock = " FOR NO KEY UPDATE"
+
+    def __init__(self, conn: psycopg.AsyncConnection) -> None:
+        self._held = _Held(conn)
+
+    def _connection(self) -> _Held:
+        return self._held
+
+    def _atomic(self) -> _Held:
+        return self._held
+
+
+class PostgresDatabase(_Queries):
+    """Several engines on one PostgreSQL database, each with a pool of up to `pool_size` connections.
+    The pool opens on first use (the constructor does no I/O but the schema check)."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.where = redacted(url)
+        check_schema(url)
+        self.pool = AsyncConnectionPool(
+            url, kwargs=_connect_options(url), min_size=1, max_size=pool_size, open=False, timeout=POOL_TIMEOUT,
+            name="flowengine",
+        )  # fmt: skip
+        self._opened = False
+        self._opening = asyncio.Lock()
+        self._checking: asyncio.Task[None] | None = None  # the pool's idle connections, looked at after one broke
+
+    async def _open(self) -> None:
+        async with self._opening:
+            if not self._opened:
+                await self.pool.open()
+                self._opened = True
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        """A connection from the pool; the driver's failures become domain errors. When one turns out
+        broken (the server restarted, or ended it), the idle ones are likely broken too: they are
+        checked, and replaced where need be, before the next query takes one."""
+        if not self._opened:
+            await self._open()
+        if self._checking is not None:
+            await asyncio.shield(self._checking)  # a query given up on does not stop the check
+        try:
+            async with self.pool.connection() as conn:
+                try:
+                    yield conn
+                except psycopg.OperationalError:
+                    if conn.broken and self._checking is None:
+                        self._checking = asyncio.create_task(self._check_pool())
+                    raise
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise _domain_error(exc, self.where) from exc
+
+    async def _check_pool(self) -> None:
+        try:
+            await self.pool.check()
+        except Exception:
+            log.exception("checking the database connections failed")
+        finally:
+            self._checking = None
+
+    @asynccontextmanager
+    async def _atomic(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        async with self._connection() as conn, conn.transaction():
+            yield conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_Transaction]:
+        """All or nothing, on one connection of the pool held until the end: commits when the block
+        ends, rolls back if it raises."""
+        async with self._atomic() as conn:
+            yield _Transaction(conn)
+
+    async def housekeeping(self) -> None:
+        """Nothing: PostgreSQL's own autovacuum and checkpoints do what SQLite needs done by hand."""
+
+    async def close(self) -> None:
+        if self._opened:
+            await self.pool.close()
+
+
+def _filters(team: str, status: str | None, flow: str | None) -> tuple[list[str], list[Any]]:
+    where: list[str] = ["team = %s"]
+    params: list[Any] = [team]
+    if status:
+        where.append("status = %s")
+        params.append(status)
+    if flow:
+        where.append("flow = %s")
+        params.append(flow)
+    return where, params
+
+
+def _domain_error(exc: psycopg.Error, where: str) -> Error:
+    if isinstance(exc, psycopg.errors.DiskFull):
+        return insufficient_storage("the database change")
+    # Unreachable, restarted, out of connections, a lock or a statement timed out, a deadlock broken...
+    return Error("unavailable", "database_unavailable", f"the database {where} is unavailable: {_line(exc)}")
+
+
+def _line(exc: psycopg.Error) -> str:
+    """The driver's message on one line (the server's come with a hint or a caret under a query)."""
+    return " ".join(str(exc).split())

@@ -1,0 +1,560 @@
+"""The persistence contract: what every method of the Database interface means, pinned down once and
+held against both implementations, SQLite and PostgreSQL (each test runs on both, on a database of
+its own). Keys and IDs that sort differently by bytes than by a language's collation (upper case,
+accents, '-' beside '/') are there on purpose: the test server collates by a language (pgserver.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import psycopg
+import pytest
+
+from flowengine.config import Config
+from flowengine.core import machine
+from flowengine.errors import Error
+from flowengine.identity.records import Credential, Team, User
+from flowengine.persistence import open_database
+from flowengine.persistence.base import Database, FileRecord, NewRun, Wait
+from flowengine.persistence.migrations import migrations
+
+pytestmark = pytest.mark.anyio
+STATUSES = [machine.WAITING, machine.RUNNING, machine.COMPLETE, machine.ERROR, machine.STOPPED]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    return "" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+async def db(database_url: str, tmp_path: Path) -> AsyncIterator[Database]:
+    database = open_database(Config(data_dir=str(tmp_path), database=database_url))
+    yield database
+    await database.close()
+
+
+def run(run_id: str, flow: str = "f", status: str = machine.WAITING, updated: float = 1.0) -> machine.Run:
+    return machine.Run(run_id, flow, status, 1.0, updated, {}, {})
+
+
+async def insert(db: Database, *runs: machine.Run, wake_at: float | None = None) -> None:
+    async with db.transaction() as tx:
+        await tx.insert_runs([NewRun(r, "digest", wake_at) for r in runs])
+
+
+async def waits(db: Database, location: str, *keys: str, first_check: float | None = 0.0) -> list[Wait]:
+    claimed = [Wait(location, key, f"run-{key}", "edge") for key in keys]
+    async with db.transaction() as tx:
+        assert await tx.claim_waits([(w, first_check) for w in claimed]) is None
+    return claimed
+
+
+# the engine's own state, definitions
+
+
+async def test_a_clean_stop_is_taken_once(db: Database):
+    assert await db.take_clean_stop() is False
+    await db.mark_clean_stop()
+    await db.mark_clean_stop()  # twice: still one stop to take
+    assert await db.take_clean_stop() is True
+    assert await db.take_clean_stop() is False
+
+
+async def test_a_definition_is_stored_once_by_its_digest(db: Database):
+    async with db.transaction() as tx:
+        await tx.put_definition("d1", b'{"Name": "first"}')
+        assert await tx.definition("d1") == b'{"Name": "first"}'  # a transaction reads its own writes
+    await db.put_definition("d1", b"another body")  # the digest is taken: ignored
+    await db.put_definition("d2", b"\x00\xff binary")
+    assert await db.definition("d1") == b'{"Name": "first"}'
+    assert await db.definition("d2") == b"\x00\xff binary"
+
+
+# runs
+
+
+async def test_a_run_reads_back_as_saved_with_its_definition(db: Database):
+    stored = machine.Run(
+        "r1", "flow", machine.WAITING, 1.5, 2.5,
+        {"in": machine.EdgeState("default", "k/in", "upload", deadline=9.0)},
+        {"s": machine.StepState(status=machine.IDLE)},
+    )  # fmt: skip
+    async with db.transaction() as tx:
+        await tx.insert_runs([NewRun(stored, "digest-1", 9.0)])
+    loaded = await db.load_run("r1")
+    assert loaded is not None and loaded.run == stored and loaded.definition == "digest-1"
+    changed = msgspec.structs.replace(stored, status=machine.ERROR, updated=3.5, error="TTL")
+    async with db.transaction() as tx:
+        await tx.save_run(changed, None)
+    assert (await db.load_run("r1")).run == changed  # type: ignore[union-attr]
+    assert await db.load_run("nope") is None
+    async with db.transaction() as tx:
+        assert await tx.load_run("nope") is None
+
+
+async def test_runs_list_newest_first_by_id_in_byte_order_with_filters_and_offset(db: Database):
+    # Byte order: "A1" < "B2" < "a0" (a language would put "a0" first).
+    await insert(db, run("a0", "x"), run("A1", "y"), run("B2", "x", machine.COMPLETE))
+    listed = [r.id for r in await db.list_runs("", None, None, 10)]
+    assert listed == ["a0", "B2", "A1"]
+    assert [r.id for r in await db.list_runs("", None, "x", 10)] == ["a0", "B2"]
+    assert [r.id for r in await db.list_runs("", machine.WAITING, None, 10)] == ["a0", "A1"]
+    assert [r.id for r in await db.list_runs("", machine.COMPLETE, "x", 10)] == ["B2"]
+    assert [r.id for r in await db.list_runs("", None, None, 10, before="a0")] == ["B2", "A1"]
+    assert [r.id for r in await db.list_runs("", None, None, 1, offset=1)] == ["B2"]
+    assert await db.list_runs("", None, "z", 10) == []
+    assert await db.last_run_id() == "a0"
+
+
+async def test_pages_by_key_see_every_run_once_newest_first(db: Database):
+    async with db.transaction() as tx:
+        for i in range(23):
+            await tx.insert_runs([NewRun(run(f"r{i:02d}", "ab"[i % 2]), "digest", None)])
+    seen, before = [], None
+    while page := await db.list_runs("", None, "a", 5, before=before):
+        seen += [r.id for r in page]
+        before = page[-1].id
+    assert seen == [f"r{i:02d}" for i in range(22, -1, -2)]
+    assert [r.id for r in await db.list_runs("", machine.WAITING, None, 2, offset=3)] == ["r19", "r18"]
+
+
+async def test_an_empty_database_has_no_runs(db: Database):
+    assert await db.last_run_id() is None
+    assert await db.next_wake() is None
+    assert await db.count_runs("", None, None) == 0
+    assert await db.count_by_status() == {}
+    assert await db.list_runs("", None, None, 5) == []
+
+
+async def test_runs_with_a_status_are_scanned_in_id_order_batch_by_batch(db: Database):
+    await insert(db, *(run(f"r{i}", status=machine.RUNNING if i % 3 else machine.WAITING) for i in range(10)))
+    first = await db.runs_with_status(machine.RUNNING, "", "r8", 3)
+    assert [row.run.id for row in first] == ["r1", "r2", "r4"]
+    rest = await db.runs_with_status(machine.RUNNING, "r4", "r8", 10)
+    assert [row.run.id for row in rest] == ["r5", "r7", "r8"]  # up to and including `until`
+    assert rest[0].definition == "digest"
+
+
+async def test_due_runs_come_by_their_wake_time(db: Database):
+    async with db.transaction() as tx:
+        await tx.insert_runs(
+            [NewRun(run("late"), "d", 30.0), NewRun(run("early"), "d", 10.0), NewRun(run("never"), "d", None)]
+        )
+        await tx.insert_runs([NewRun(run("mid"), "d", 20.0)])
+    assert await db.next_wake() == 10.0
+    assert await db.due_runs(25.0) == ["early", "mid"]
+    assert await db.due_runs(100.0, limit=1) == ["early"]
+    assert await db.due_runs(5.0) == []
+    async with db.transaction() as tx:
+        await tx.save_run(run("early"), None)  # its timer is done
+    assert await db.next_wake() == 20.0
+
+
+# counters
+
+
+def every_total(runs: dict[str, machine.Run]) -> dict[tuple[str | None, str | None], int]:
+    """Every total the listing can ask for, counted from the runs themselves."""
+    return {
+        (s, f): sum(1 for r in runs.values() if s in (None, r.status) and f in (None, r.flow))
+        for s in [None, *STATUSES]
+        for f in (None, "a", "b", "c")
+    }
+
+
+async def counted(db: Database) -> dict[tuple[str | None, str | None], int]:
+    """The same totals, from the database's counters."""
+    return {(s, f): await db.count_runs("", s, f) for s in [None, *STATUSES] for f in (None, "a", "b", "c")}
+
+
+async def test_counts_follow_every_insert_and_status_change_in_the_same_transaction(db: Database):
+    rng = random.Random(7)
+    runs: dict[str, machine.Run] = {}
+    for i in range(200):
+        async with db.transaction() as tx:
+            if runs and rng.random() < 0.6:
+                changed = msgspec.structs.replace(runs[rng.choice(sorted(runs))], status=rng.choice(STATUSES))
+                await tx.save_run(changed, None)
+                runs[changed.id] = changed
+            else:  # a group commit's worth, of several flows and statuses
+                new = [run(f"r{i:04d}-{j}", rng.choice("abc"), rng.choice(STATUSES)) for j in range(rng.randint(1, 6))]
+                await tx.insert_runs([NewRun(r, "digest", None) for r in new])
+                runs.update((r.id, r) for r in new)
+    assert await counted(db) == every_total(runs)
+    by_status = {s: n for (s, f), n in every_total(runs).items() if s and f is None and n}
+    assert await db.count_by_status() == by_status
+
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as tx:  # a change rolled back takes its counts with it
+            await tx.insert_runs([NewRun(run("rolled-back", "a"), "digest", None)])
+            await tx.save_run(msgspec.structs.replace(next(iter(runs.values())), status="OTHER"), None)
+            raise RuntimeError
+    assert await counted(db) == every_total(runs) != every_total({**runs, "x": run("x", "a")})
+    assert await db.load_run("rolled-back") is None
+
+
+async def test_counts_stay_right_under_concurrent_transactions(db: Database):
+    """Creations and status changes from many tasks at once (on PostgreSQL, on many connections):
+    no count is lost, and no two transactions deadlock on the counter rows."""
+    await insert(db, *(run(f"base{i:02d}", "ab"[i % 2]) for i in range(20)))
+    runs = {f"base{i:02d}": run(f"base{i:02d}", "ab"[i % 2]) for i in range(20)}
+
+    async def advance(run_id: str) -> None:
+        for status in (machine.RUNNING, machine.COMPLETE):
+            async with db.transaction() as tx:
+                row = await tx.load_run(run_id)
+                assert row is not None
+                await tx.save_run(msgspec.structs.replace(row.run, status=status), None)
+        runs[run_id] = msgspec.structs.replace(runs[run_id], status=machine.COMPLETE)
+
+    async def create(n: int) -> None:
+        new = [run(f"new{n:02d}-{j}", "abc"[(n + j) % 3], STATUSES[(n + j) % 5]) for j in range(3)]
+        await insert(db, *new)
+        runs.update((r.id, r) for r in new)
+
+    await asyncio.gather(*(advance(run_id) for run_id in list(runs)), *(create(n) for n in range(20)))
+    assert await counted(db) == every_total(runs)
+
+
+# transactions
+
+
+async def test_a_transaction_that_raises_stores_nothing(db: Database):
+    with pytest.raises(Error):
+        async with db.transaction() as tx:
+            await tx.insert_runs([NewRun(run("r1"), "digest", 5.0)])
+            await tx.claim_waits([(Wait("s3:b", "k", "r1", "in"), 1.0)])
+            await tx.add_expiries("r1", {"in": 5.0})
+            await tx.put_definition("digest", b"{}")
+            raise Error("conflict", "conflict", "refused")
+    assert await db.load_run("r1") is None
+    assert await db.wait_for("s3:b", "k") is None
+    assert await db.due_expiries(10.0, 10) == []
+    assert await db.count_runs("", None, None) == 0 and await db.next_wake() is None
+
+
+async def test_two_transactions_on_one_run_take_turns_and_lose_no_update(db: Database):
+    """Inside a transaction, loading a run locks it: a second transaction's load waits for the first
+    to commit and reads what it wrote. Twenty read-modify-writes at once: all twenty count."""
+    await insert(db, run("r", updated=0.0))
+    order: list[str] = []
+    first_loaded = asyncio.Event()
+
+    async def first() -> None:
+        async with db.transaction() as tx:
+            row = await tx.load_run("r")
+            first_loaded.set()
+            await asyncio.sleep(0.2)  # the other transaction tries meanwhile
+            await tx.save_run(msgspec.structs.replace(row.run, updated=100.0), None)  # type: ignore[union-attr]
+            order.append("first commits")
+
+    async def second() -> float:
+        await first_loaded.wait()
+        async with db.transaction() as tx:
+            row = await tx.load_run("r")
+            order.append("second loaded")
+            return row.run.updated  # type: ignore[union-attr]
+
+    _, seen = await asyncio.gather(first(), second())
+    assert order == ["first commits", "second loaded"] and seen == 100.0
+
+    async def increment() -> None:
+        async with db.transaction() as tx:
+            row = await tx.load_run("r")
+            await asyncio.sleep(0)  # let the others in, where they can come
+            await tx.save_run(msgspec.structs.replace(row.run, updated=row.run.updated + 1), None)  # type: ignore[union-attr]
+
+    await asyncio.gather(*(increment() for _ in range(20)))
+    assert (await db.load_run("r")).run.updated == 120.0  # type: ignore[union-attr]
+
+
+# waits
+
+
+async def test_claiming_waits_is_all_or_nothing(db: Database):
+    taken = (await waits(db, "s3:b", "in/taken"))[0]
+    mine = [
+        Wait("s3:b", "in/new-1", "r2", "a"),
+        Wait("s3:b", "in/taken", "r2", "b"),
+        Wait("s3:b", "in/new-2", "r2", "c"),
+    ]
+    async with db.transaction() as tx:
+        collided = await tx.claim_waits([(w, 1.0) for w in mine])
+    assert collided == Wait("s3:b", "in/taken", "r2", "b")  # the wait that collided, as given
+    assert await db.wait_for("s3:b", "in/new-1") is None and await db.wait_for("s3:b", "in/new-2") is None
+    assert await db.wait_for("s3:b", "in/taken") == taken
+    # The same key in another location is another key; two waits of one claim for one key collide.
+    twice = [Wait("local:default", "in/taken", "r3", "a"), Wait("local:default", "in/taken", "r3", "b")]
+    assert await db.claim_waits([(w, None) for w in twice]) == twice[1]
+    assert await db.wait_for("local:default", "in/taken") is None
+    assert await db.claim_waits([(twice[0], None)]) is None  # outside a transaction: whole too
+    assert await db.count_waits() == 2
+
+
+async def test_concurrent_claims_of_one_key_leave_it_to_the_first(db: Database):
+    """A claim of a key another open transaction has just claimed waits for that transaction: when
+    it commits, the second claim collides and stores none of its waits; when it rolls back, the
+    second claim takes every key."""
+    collided, stored = await claim_race(db, "s3:commit", commit_first=True)
+    assert collided == Wait("s3:commit", "k2", "r2", "k2")
+    assert stored == [Wait("s3:commit", "k1", "r1", "k1"), Wait("s3:commit", "k2", "r1", "k2"), None]
+    collided, stored = await claim_race(db, "s3:rollback", commit_first=False)
+    assert collided is None
+    assert stored == [None, Wait("s3:rollback", "k2", "r2", "k2"), Wait("s3:rollback", "k3", "r2", "k3")]
+
+
+async def claim_race(db: Database, location: str, commit_first: bool) -> tuple[Wait | None, list[Wait | None]]:
+    """Run r1 claims k1 and k2 and keeps its transaction open a while; meanwhile run r2 claims k3
+    and k2. Returns what r2's claim collided with, and the waits stored for k1, k2, k3 after both."""
+    first_claimed = asyncio.Event()
+
+    async def first() -> None:
+        with contextlib.suppress(RuntimeError):
+            async with db.transaction() as tx:
+                assert await tx.claim_waits([(Wait(location, k, "r1", k), 1.0) for k in ("k1", "k2")]) is None
+                first_claimed.set()
+                await asyncio.sleep(0.2)
+                if not commit_first:
+                    raise RuntimeError
+
+    async def second() -> Wait | None:
+        await first_claimed.wait()
+        async with db.transaction() as tx:
+            return await tx.claim_waits([(Wait(location, k, "r2", k), 1.0) for k in ("k3", "k2")])
+
+    _, collided = await asyncio.gather(first(), second())
+    return collided, [await db.wait_for(location, k) for k in ("k1", "k2", "k3")]
+
+
+async def test_waits_are_found_dropped_and_counted_by_location_and_key(db: Database):
+    a = await waits(db, "s3:one", "k1", "k2")
+    b = await waits(db, "local:default", "k1", first_check=None)
+    await waits(db, "s3:another", "x")
+    assert await db.wait_for("s3:one", "k2") == a[1]
+    assert await db.wait_for("s3:one", "k3") is None
+    assert await db.wait_locations() == ["local:default", "s3:another", "s3:one"]
+    assert await db.count_waits() == 4
+    async with db.transaction() as tx:
+        await tx.drop_waits([a[0], b[0]])
+        await tx.drop_waits([])
+    assert await db.wait_for("s3:one", "k1") is None and await db.wait_for("local:default", "k1") is None
+    assert await db.count_waits() == 2
+    assert await db.wait_locations() == ["s3:another", "s3:one"]
+
+
+async def test_unscheduled_waits_come_in_byte_order_batch_by_batch(db: Database):
+    keys = ["in/b", "in/B", "in/a-b", "in/a/b", "in/é", "in/f", "in/\U0001f600"]
+    await waits(db, "local:default", *keys, first_check=None)
+    await waits(db, "local:default", "in/c", first_check=5.0)  # the reconciler asks about this one: not listed
+    batch = await db.unscheduled_waits("local:default", "", 4)
+    assert [w.key for w in batch] == ["in/B", "in/a-b", "in/a/b", "in/b"]
+    rest = await db.unscheduled_waits("local:default", batch[-1].key, 10)
+    assert [w.key for w in rest] == ["in/f", "in/é", "in/\U0001f600"]
+    assert rest[0] == Wait("local:default", "in/f", "run-in/f", "edge")
+
+
+# the reconciler's walk
+
+
+async def test_due_waits_come_from_a_window_of_the_walk(db: Database):
+    async with db.transaction() as tx:
+        await tx.claim_waits([(Wait("s3:b", f"k{i}", f"r{i}", "e"), 10.0 if i % 2 else 100.0) for i in range(8)])
+        await tx.claim_waits([(Wait("s3:b", "k9", "r9", "e"), None)])  # never asked about: not in the walk
+    due, looked_to = await db.due_waits("s3:b", "", 50.0, 2, 6)  # k1 and k3 are due among k0..k5
+    assert [w.key for w in due] == ["k1", "k3"] and looked_to is None  # as many as asked for
+    due, looked_to = await db.due_waits("s3:b", "", 50.0, 5, 4)  # fewer due among k0..k3: where the window ended
+    assert [w.key for w in due] == ["k1", "k3"] and looked_to == "k3"
+    due, looked_to = await db.due_waits("s3:b", "k3", 50.0, 5, 10)  # the window reaches the end
+    assert [w.key for w in due] == ["k5", "k7"] and looked_to is None
+    assert due[0] == Wait("s3:b", "k5", "r5", "e")
+    assert await db.due_waits("s3:b", "k7", 50.0, 5, 10) == ([], None)
+    assert await db.due_waits("s3:b", "", 5.0, 5, 3) == ([], "k2")  # none due in the window
+
+
+async def test_backing_off_doubles_a_keys_interval_up_to_the_most(db: Database):
+    await waits(db, "s3:b", "k1", "k2", "k3", first_check=1.0)
+    await waits(db, "s3:b", "k4", first_check=None)
+    for now in (10.0, 20.0, 30.0, 40.0):
+        async with db.transaction() as tx:
+            await tx.back_off_waits("s3:b", "k2", "k4", now, 2.0, 7.0)
+    # k2 and k3: checked at 10 (next 12), 20 (next 24), 30 (next 37: 8 capped at 7), 40 (next 47)
+    assert [w.key for w in (await db.due_waits("s3:b", "", 46.9, 10, 10))[0]] == ["k1"]
+    assert [w.key for w in (await db.due_waits("s3:b", "", 47.0, 10, 10))[0]] == ["k1", "k2", "k3"]
+    assert await db.unscheduled_waits("s3:b", "", 10) == [Wait("s3:b", "k4", "run-k4", "edge")]  # untouched
+
+
+async def test_the_last_key_awaited_under_a_prefix(db: Database):
+    await waits(db, "s3:b", "in/a/1", "in/a/2", "in/a-1", "in/b", "inner", "out/z")
+    assert await db.last_wait_key("s3:b", "in/a/") == "in/a/2"
+    assert await db.last_wait_key("s3:b", "in/") == "in/b"
+    assert await db.last_wait_key("s3:b", "in") == "inner"
+    assert await db.last_wait_key("s3:b", "") == "out/z"
+    assert await db.last_wait_key("s3:b", "none/") is None
+    assert await db.last_wait_key("s3:other", "") is None
+
+
+async def test_a_listing_settles_the_waits_inside_its_span_in_both_orders(db: Database):
+    """Byte order: in/a-1 < in/a/1 < in/a/2 < in/b. Tree order ('/' first, a server listing folder
+    by folder): in/a/1 < in/a/2 < in/a-1 < in/b."""
+    await waits(db, "s3:b", "in/a-1", "in/a/1", "in/a/2", "in/b", "out/x")
+    # A listing from in/a/1 to its end answers for every key after it.
+    assert await db.settled_waits("s3:b", "in/a/1", None, "in/", 100) == (3, "in/b")
+    assert await db.settled_waits("s3:b", "in/a/1", None, "in/", 2) == (2, "in/a/2")  # at most `limit`
+    # A page from in/a-1 through in/b: in/a/1 is in its byte span, but before in/a-1 in tree order
+    # (a tree-order server listed it before the page began). Settled up to it only.
+    assert await db.settled_waits("s3:b", "in/a-1", "in/b", "in/", 100) == (1, "in/a-1")
+    # A page through in/a/2 from in/a/1: in order both ways.
+    assert await db.settled_waits("s3:b", "in/a/1", "in/a/2", "in/", 100) == (2, "in/a/2")
+
+
+async def test_a_key_before_the_pages_last_in_bytes_but_after_it_in_tree_order_is_not_settled(db: Database):
+    await waits(db, "s3:b", "in/w", "in/x-z", "in/x/y")
+    # in/x-z < in/x/y in bytes, but after it in tree order: a tree-order page ending at in/x/y did not reach it.
+    assert await db.settled_waits("s3:b", "in/w", "in/x/y", "in/", 100) == (1, "in/w")
+    assert await db.settled_waits("s3:b", "in/x/y", None, "in/", 100) == (1, "in/x/y")
+
+
+async def test_waits_at_the_keys_a_listing_found(db: Database):
+    made = await waits(db, "s3:b", "k/B", "k/a", "k/é")
+    await waits(db, "s3:c", "k/a")
+    found = await db.waits_at("s3:b", ["k/é", "k/a", "k/none", "k/B"])
+    assert found == [made[0], made[1], made[2]]  # in byte order
+    assert await db.waits_at("s3:b", ["k/none"]) == []
+
+
+# expiries
+
+
+async def test_expiries_come_due_oldest_first_and_are_dropped_one_by_one(db: Database):
+    async with db.transaction() as tx:
+        await tx.add_expiries("r1", {"out": 30.0, "": 10.0})
+        await tx.add_expiries("r2", {"in": 20.0})
+        await tx.add_expiries("r1", {"out": 99.0})  # already set: kept as it was
+        await tx.add_expiries("r3", {})
+    assert await db.due_expiries(25.0, 10) == [("r1", ""), ("r2", "in")]
+    assert await db.due_expiries(100.0, 2) == [("r1", ""), ("r2", "in")]
+    assert await db.due_expiries(100.0, 10) == [("r1", ""), ("r2", "in"), ("r1", "out")]
+    await db.drop_expiry("r2", "in")
+    assert await db.due_expiries(100.0, 10) == [("r1", ""), ("r1", "out")]
+
+
+# the schema
+
+
+def test_both_backends_have_the_same_migrations():
+    names = [m.name for m in migrations("sqlite")]
+    assert names == [m.name for m in migrations("postgres")]
+    assert [m.version for m in migrations("sqlite")] == list(range(1, len(names) + 1))
+
+
+# failures of the database itself
+
+
+async def test_lost_connections_fail_one_query_and_the_next_gets_a_new_one(postgres_url: str, tmp_path: Path):
+    db = open_database(Config(data_dir=str(tmp_path), database=postgres_url))
+    try:
+        await asyncio.gather(db.mark_clean_stop(), db.count_waits(), db.count_waits())  # a few connections open
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+                          " AND pid <> pg_backend_pid()")  # fmt: skip
+        with pytest.raises(Error) as caught:
+            await db.count_waits()
+        assert caught.value.kind == "unavailable" and caught.value.code == "database_unavailable"
+        assert "postgresql://postgres@127.0.0.1" in caught.value.message
+        assert await db.take_clean_stop() is True
+    finally:
+        await db.close()
+
+
+async def test_a_full_disk_is_insufficient_storage_and_nothing_is_stored(postgres_url: str, tmp_path: Path):
+    with psycopg.connect(postgres_url, autocommit=True) as admin:  # the server's answer when it cannot extend a file
+        admin.execute("CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                      " RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = 'disk_full';"
+                      " END $$")  # fmt: skip
+        admin.execute("CREATE TRIGGER disk_full BEFORE INSERT ON expiries FOR EACH ROW EXECUTE FUNCTION disk_full()")
+    db = open_database(Config(data_dir=str(tmp_path), database=postgres_url))
+    try:
+        with pytest.raises(Error) as caught:
+            async with db.transaction() as tx:
+                await tx.insert_runs([NewRun(run("r1"), "digest", None)])
+                await tx.add_expiries("r1", {"out": 1.0})
+        assert caught.value.kind == "insufficient_storage"
+        assert await db.load_run("r1") is None and await db.count_runs("", None, None) == 0
+    finally:
+        await db.close()
+
+
+async def test_no_free_connection_in_time_is_unavailable(postgres_url: str, tmp_path: Path, monkeypatch):
+    monkeypatch.setattr("flowengine.persistence.postgres.POOL_TIMEOUT", 0.3)
+    db = open_database(Config(data_dir=str(tmp_path), database=postgres_url, database_pool_size=1))
+    try:
+        async with db.transaction():  # holds the only connection
+            with pytest.raises(Error) as caught:
+                await db.count_waits()
+        assert caught.value.kind == "unavailable"
+        assert await db.count_waits() == 0  # free again
+    finally:
+        await db.close()
+
+
+async def test_a_teams_listing_and_totals_hold_only_its_runs(db: Database) -> None:
+    async with db.transaction() as tx:
+        for i in range(6):
+            await tx.insert_runs([NewRun(msgspec.structs.replace(run(f"r{i}"), team="ab"[i % 2]), "digest", None)])
+    assert [r.id for r in await db.list_runs("a", None, None, 10)] == ["r4", "r2", "r0"]
+    assert await db.list_runs("", None, None, 10) == []
+    assert [await db.count_runs(team, machine.WAITING, flow) for team in "ab" for flow in ("f", None)] == [3] * 4
+    async with db.transaction() as tx:
+        stored = (await tx.load_run("r1")).run
+        await tx.save_run(msgspec.structs.replace(stored, status=machine.COMPLETE), None)
+    assert [await db.count_runs("b", status, None) for status in (machine.WAITING, machine.COMPLETE)] == [2, 1]
+    assert await db.count_by_status() == {machine.WAITING: 5, machine.COMPLETE: 1}
+
+
+async def test_teams_users_members_and_credentials(db: Database) -> None:
+    team, user = Team("t1", "acme", 1.0), User("u1", "ann@example.com", 1.0)
+    async with db.transaction() as tx:
+        await tx.insert_team(team)
+        await tx.insert_user(user)
+        await tx.put_member("t1", "u1", "member", 2.0)
+        await tx.put_member("t1", "u1", "admin", 3.0)  # again: the role changes
+    assert await db.team(name="acme") == team and await db.team(id="t1") == team and await db.teams() == [team]
+    assert await db.user(email="ann@example.com") == user and await db.member_role("t1", "u1") == "admin"
+    assert await db.member_role("t2", "u1") is None and await db.team(name="nope") is None
+    key = Credential("c1", "device", "t1", "u1", "laptop", "dk-abcdefgh", "hash1", 5.0, paired_with="c2")
+    agent = Credential("c2", "agent", "t1", None, "agent", "ak-abcdefgh", "hash2", 6.0, expires=99.0)
+    async with db.transaction() as tx:
+        await tx.insert_credential(key)
+        await tx.insert_credential(agent)
+    assert await db.credential(key_hash="hash1") == key and await db.credential(id="c2") == agent
+    assert await db.credentials("t1", None, 10, 0) == [key, agent]
+    assert await db.credentials(None, "agent", 10, 0) == [agent] and await db.credentials("t2", None, 10, 0) == []
+    await db.revoke_credentials(["c1", "c2"], 7.0)
+    await db.revoke_credentials(["c1"], 8.0)  # revoked once: the first time stays
+    await db.touch_credential("c1", 9.0)
+    found = await db.credential(id="c1")
+    assert (found.revoked, found.last_used) == (7.0, 9.0) and not found.usable(10.0)
+
+
+async def test_files_are_found_by_store_and_key_and_come_due(db: Database) -> None:
+    early = FileRecord("default", "inputs/t/a/x/a.png", "t", "a.png", 10, "image/png", 1.0, 5.0)
+    late = FileRecord("default", "inputs/t/b/x/b.png", "t", "b.png", 20, "image/png", 2.0, 50.0)
+    async with db.transaction() as tx:
+        await tx.insert_file(late)
+        await tx.insert_file(early)
+    assert await db.file("default", early.key) == early and await db.file("other", early.key) is None
+    assert await db.due_files(10.0, 10) == [early]
+    await db.drop_file("default", early.key)
+    assert await db.due_files(100.0, 10) == [late]
