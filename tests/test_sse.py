@@ -218,11 +218,14 @@ def test_follow_replays_after_the_given_id_and_stops_after_the_last_event():
     assert feed.notifier.subscriptions() == 0
 
 
-def test_follow_does_not_miss_an_event_committed_while_it_reads():
-    """The read found nothing; the event is committed and notified after its snapshot, before
-    follow waits: only the subscription, made before the read, can tell follow to read again
-    (the poll is a minute away)."""
+@pytest.mark.parametrize("before", [[], ["pending"]], ids=["read-finds-nothing", "read-finds-one"])
+def test_follow_does_not_miss_an_event_committed_while_it_reads(before: list[str]):
+    """The event is committed and notified after the read took its snapshot, before follow waits:
+    only the subscription, made before the read, can tell follow to read again (the poll is a
+    minute away)."""
     feed = Feed()
+    for kind in before:
+        feed.add("t", kind)
     reads = []
 
     async def slow_read(after: int) -> list[Event]:
@@ -234,8 +237,8 @@ def test_follow_does_not_miss_an_event_committed_while_it_reads():
         return found
 
     got = collect(follow(slow_read, "t", feed.notifier, is_last, poll=60))
-    assert [e.event for e in got] == ["completed"]
-    assert reads == [0, 0]
+    assert [e.event for e in got] == [*before, "completed"]
+    assert reads == [0, len(before)]
 
 
 def test_follow_polls_when_no_notification_comes():
@@ -317,6 +320,26 @@ def test_no_keepalive_before_its_time():
             assert await reader.block() == framed("quiet", 1, "completed")
 
     asyncio.run(scenario())
+
+
+def test_no_keepalive_while_events_flow():
+    """Keep-alives fill silences: a stream busier than the keep-alive interval gets none."""
+    feed = Feed()
+
+    async def scenario() -> list[bytes]:
+        async with serving(make_app(feed, keepalive=1.0)) as (url, _), httpx.AsyncClient(timeout=10) as client, \
+                client.stream("GET", f"{url}/events/busy") as response:  # fmt: skip
+            reader = Reader(response)
+            blocks = []
+            for _ in range(50):  # 2.5 s of events, 0.05 s apart
+                feed.add("busy", "running")
+                blocks.append(await reader.block())
+                await asyncio.sleep(0.05)
+            return blocks
+
+    blocks = asyncio.run(scenario())
+    assert KEEPALIVE_FRAME not in blocks
+    assert blocks == [framed("busy", i, "running") for i in range(1, 51)]
 
 
 def test_clients_that_leave_are_noticed_at_once_and_leave_nothing_behind():

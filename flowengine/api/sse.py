@@ -24,6 +24,7 @@ EventSource reconnects by itself whenever a stream closes, and stops only on a 2
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
@@ -86,21 +87,19 @@ async def follow(
 ) -> AsyncIterator[Event]:
     """The events after `after`, then each new one, until one `is_last` (the stream ends after it).
 
-    `read_after(n)` returns the stored events with ids above `n`, in order (all of them, or the
-    first of them: it is asked again until it returns none). When it returns none, `follow` waits
-    for `topic` to be notified (the writer notifies after committing an event), or for `poll`
-    seconds, and reads again. It subscribes before its first read, so an event committed between a
-    read and the wait that follows is not missed."""
+    `read_after(n)` returns every stored event with an id above `n`, in order (a task's stream holds
+    tens of events, not thousands). Then `follow` waits for `topic` to be notified (the writer
+    notifies after committing an event), or for `poll` seconds, and reads again. It subscribes
+    before its first read, so an event committed during a read, or while the events it returned
+    are being sent, is read at once after them."""
     with notifier.subscribe(topic) as changes:
         while True:
-            events = await read_after(after)
-            for event in events:
+            for event in await read_after(after):
                 yield event
                 after = event.id
                 if is_last(event):
                     return
-            if not events:
-                await changes.wait(poll)
+            await changes.wait(poll)
 
 
 # The futures that end each open stream of this process, for end_streams.
@@ -135,60 +134,56 @@ class EventStream(Response):
         self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no", **(headers or {})})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ending: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Three tasks a stream, none per event: the pump sends the iterator's events, the keep-alive
+        # fills silences, the listener notices the client leaving. Each send is one whole frame, so
+        # the pump and the keep-alive never interleave within one.
+        loop = asyncio.get_running_loop()
+        ending: asyncio.Future[None] = loop.create_future()
+        last_sent = loop.time()
+
+        async def body(chunk: bytes) -> None:
+            nonlocal last_sent
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            last_sent = loop.time()
+
+        async def pump() -> None:
+            async for event in self.events:
+                await body(frame(event))
+
+        async def keep_alive() -> None:
+            while True:
+                await asyncio.sleep(last_sent + self.keepalive - loop.time())
+                if loop.time() - last_sent >= self.keepalive:
+                    await body(KEEPALIVE_FRAME)
+
         _open.add(ending)
-        gone = asyncio.ensure_future(_disconnected(receive))
-        upcoming: asyncio.Future[bytes | None] | None = None
+        tasks: list[asyncio.Future[None]] = []
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            while True:
-                if upcoming is None:
-                    upcoming = asyncio.ensure_future(_next_frame(self.events))
-                done, _ = await asyncio.wait(
-                    (upcoming, gone, ending), timeout=self.keepalive, return_when=asyncio.FIRST_COMPLETED
-                )
-                if gone in done or ending in done:
-                    break
-                if upcoming in done:
-                    chunk = _outcome(upcoming)
-                    upcoming = None
-                    if chunk is None:
-                        break
-                else:
-                    chunk = KEEPALIVE_FRAME
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if not gone.done():
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except OSError:  # the client left while a frame was being sent (how ASGI 2.4 servers say it)
-            pass
+            tasks += [asyncio.ensure_future(job) for job in (pump(), keep_alive(), _disconnected(receive))]
+            pumping, _, gone = tasks
+            await asyncio.wait((pumping, gone, ending), return_when=asyncio.FIRST_COMPLETED)
+        except OSError:  # the client left before the stream began (an ASGI 2.4 server says so this way)
+            return
         finally:
             _open.discard(ending)
-            gone.cancel()
-            if upcoming is not None:
-                upcoming.cancel()  # the iterator is interrupted where it waits (its `with` blocks exit)
-                await asyncio.wait((upcoming,))
+            for task in tasks:
+                task.cancel()  # the iterator is interrupted where it waits: its `with` blocks exit
+            if tasks:
+                await asyncio.wait(tasks)
             aclose = getattr(self.events, "aclose", None)
             if aclose is not None:
                 await aclose()
+        failure = None if pumping.cancelled() else pumping.exception()
+        if not gone.cancelled() or isinstance(failure, OSError):  # the client left
+            return
+        if failure is not None:
+            log.error("an event stream's source failed; the stream ends (its client resumes with Last-Event-ID)",
+                      exc_info=failure)  # fmt: skip
+        with contextlib.suppress(OSError):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-async def _next_frame(events: AsyncIterator[Event]) -> bytes | None:
-    """The next event's frame, or None when the iterator has ended."""
-    try:
-        return frame(await anext(events))
-    except StopAsyncIteration:
-        return None
-
-
-def _outcome(upcoming: asyncio.Future[bytes | None]) -> bytes | None:
-    """The next frame, or None when the iterator ended or failed (which is logged)."""
-    try:
-        return upcoming.result()
-    except Exception:
-        log.exception("an event stream's source failed; the stream ends (its client resumes with Last-Event-ID)")
-        return None
