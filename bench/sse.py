@@ -54,7 +54,7 @@ BENCH = Path(__file__).resolve().parent
 # The server (python bench/sse.py serve --port P --data-dir D)
 
 
-def serve(port: int, data_dir: str) -> None:
+def serve(port: int, data_dir: str, max_connections: int) -> None:
     import msgspec
     from starlette.requests import Request
     from starlette.responses import Response
@@ -65,7 +65,7 @@ def serve(port: int, data_dir: str) -> None:
     from flowengine.api.sse import Event, EventStream, follow, last_event_id
     from flowengine.config import Config
 
-    config = Config(host=HOST, port=port, data_dir=data_dir, flows_dir=data_dir)
+    config = Config(host=HOST, port=port, data_dir=data_dir, flows_dir=data_dir, max_connections=max_connections)
     app = create_app(config)
     rows: dict[str, list[Event]] = {}
 
@@ -190,6 +190,14 @@ class Subscriber:
         self.writer: asyncio.StreamWriter | None = None
 
     async def run(self, headers: dict[str, str]) -> None:
+        try:
+            await self.follow(headers)
+        except Exception as exc:
+            if not self.connected.done():
+                self.connected.set_exception(exc)  # the measurement stops with it
+            raise
+
+    async def follow(self, headers: dict[str, str]) -> None:
         reader, self.writer = await asyncio.open_connection(HOST, self.target.port)
         lines = [f"GET {self.path} HTTP/1.1", f"Host: {HOST}:{self.target.port}", "Accept: text/event-stream"]
         self.writer.write(("\r\n".join([*lines, *(f"{k}: {v}" for k, v in headers.items())]) + "\r\n\r\n").encode())
@@ -274,12 +282,13 @@ async def measure(target: Target, args: argparse.Namespace) -> None:
     trickle, latencies[:] = list(latencies), []
     print(f"trickle  {trickle_count} events at {args.rate}/s to random subscribers   {spread(trickle)}", flush=True)
 
-    cpu = cpu_seconds(target.pid)
+    cpu, own_cpu = cpu_seconds(target.pid), time.process_time()
     for round_ in range(1, args.bursts + 1):
         await target.publish(list(range(n)), 0)
         await until(lambda r=round_: received(r * n), 60)
         await asyncio.sleep(0.5)
     cpu_per_event = (cpu_seconds(target.pid) - cpu) / (args.bursts * n)
+    own_cpu_per_event = (time.process_time() - own_cpu) / (args.bursts * n)
     burst = list(latencies)
     print(f"burst    {args.bursts} x {n} events at once                       {spread(burst)}", flush=True)
     rss["after events"] = resident_mb(target.pid)
@@ -301,15 +310,17 @@ async def measure(target: Target, args: argparse.Namespace) -> None:
           f"{rss['after events']:.1f} MB, after they left {rss['after they left']:.1f} MB")  # fmt: skip
     print(f"  notify -> client  trickle: {spread(trickle)}")
     print(f"                    burst:   {spread(burst)}")
-    print(f"  server CPU        {cpu_per_event * 1e6:.0f} us a delivered event (bursts)")
+    print(f"  CPU               {cpu_per_event * 1e6:.0f} us a delivered event in the server, "
+          f"{own_cpu_per_event * 1e6:.0f} us in the subscribers' process (bursts)")  # fmt: skip
     print(f"  delivered         {delivered} of {expected}, each stream's ids in order without a gap or a repeat: "
           f"{'yes' if exact else 'NO'}")  # fmt: skip
     print(f"  left              every subscription forgotten {left:.2f} s after the clients closed")
 
 
 @contextlib.contextmanager
-def stand_in(workdir: Path) -> Iterator[StandIn]:
-    argv = [sys.executable, str(BENCH / "sse.py"), "serve", "--data-dir", str(workdir / "data")]
+def stand_in(workdir: Path, subscribers: int) -> Iterator[StandIn]:
+    argv = [sys.executable, str(BENCH / "sse.py"), "serve", "--data-dir", str(workdir / "data"),
+            "--max-connections", str(max(4096, subscribers + 100))]  # fmt: skip
     with server(argv, workdir) as srv:
         yield StandIn(srv.port, srv.pid)
 
@@ -323,9 +334,10 @@ def main() -> int:
     parser.add_argument("--bursts", type=int, default=5, help="rounds of one event to every subscriber at once")
     parser.add_argument("--port", type=int, help="serve: the port")
     parser.add_argument("--data-dir", help="serve: the engine's data dir")
+    parser.add_argument("--max-connections", type=int, default=4096, help="serve: the engine's max_connections")
     args = parser.parse_args()
     if args.mode == "serve":
-        serve(args.port, args.data_dir)
+        serve(args.port, args.data_dir, args.max_connections)
         return 0
     import uvloop
 
@@ -334,7 +346,7 @@ def main() -> int:
     raise_descriptor_limit()  # a connection each
     workdir = Path(tempfile.mkdtemp(prefix="flowengine-sse-"))
     try:
-        with stand_in(workdir) as target:
+        with stand_in(workdir, args.subscribers) as target:
             uvloop.run(measure(target, args))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
