@@ -462,3 +462,37 @@ def test_shutting_the_server_down_ends_open_streams():
             return time.monotonic() - started
 
     assert asyncio.run(scenario()) < 5
+
+
+@pytest.mark.parametrize("failing", ["keepalive", "event"])
+def test_a_send_that_fails_ends_the_stream_as_a_client_leaving(failing: str):
+    """ASGI 2.4 servers (hypercorn, granian) may say that the client left by raising OSError from
+    `send` rather than from `receive`: the stream stops as when it hears of it from `receive`."""
+    feed = Feed()
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body" and message["body"] in (KEEPALIVE_FRAME, b""):
+            if failing == "keepalive":
+                raise OSError("connection lost")
+        elif message["type"] == "http.response.body" and failing == "event":
+            raise OSError("connection lost")
+        sent.append(message)
+
+    async def receive() -> dict:
+        await asyncio.Event().wait()  # this server never says so here
+        return {}
+
+    async def scenario() -> None:
+        source = follow(partial(feed.read_after, "t"), "t", feed.notifier, is_last, poll=60)
+        stream = EventStream(source, keepalive=0.05)
+        streaming = asyncio.create_task(stream(
+            {"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send))  # fmt: skip
+        await until(lambda: feed.notifier.subscriptions() == 1)
+        if failing == "event":
+            feed.add("t", "running")
+        await asyncio.wait_for(streaming, 5)
+        assert feed.notifier.subscriptions() == 0
+
+    asyncio.run(scenario())
+    assert [m["type"] for m in sent] == ["http.response.start"]

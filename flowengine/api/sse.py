@@ -161,8 +161,8 @@ class EventStream(Response):
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             tasks += [asyncio.ensure_future(job) for job in (pump(), keep_alive(), _disconnected(receive))]
-            pumping, _, gone = tasks
-            await asyncio.wait((pumping, gone, ending), return_when=asyncio.FIRST_COMPLETED)
+            gone = tasks[2]
+            await asyncio.wait((*tasks, ending), return_when=asyncio.FIRST_COMPLETED)
         except OSError:  # the client left before the stream began (an ASGI 2.4 server says so this way)
             return
         finally:
@@ -174,7 +174,7 @@ class EventStream(Response):
             aclose = getattr(self.events, "aclose", None)
             if aclose is not None:
                 await aclose()
-        failure = None if pumping.cancelled() else pumping.exception()
+        failure = next((t.exception() for t in tasks if not t.cancelled() and t.exception()), None)
         if not gone.cancelled() or isinstance(failure, OSError):  # the client left
             return
         if failure is not None:
