@@ -5,9 +5,7 @@ URLs are minted here, at render time, from the run's stored state: nothing signe
 
 from __future__ import annotations
 
-import functools
 import math
-import time
 from typing import Annotated, Literal
 from urllib.parse import quote
 
@@ -17,6 +15,7 @@ from flowengine.core import machine
 from flowengine.core.lru import LRU
 from flowengine.core.machine import Run
 from flowengine.core.spec import Flow
+from flowengine.core.times import rfc3339
 from flowengine.runtime.engine import Engine
 from flowengine.stores.base import PutConditions
 from flowengine.stores.signing import hook_resource
@@ -106,17 +105,6 @@ class RunPage(msgspec.Struct, rename="pascal", gc=False):
     limit: int
     offset: int
     next: str | None  # the cursor of the next page (?cursor=), null on the last one
-
-
-@functools.lru_cache(maxsize=4096)
-def _seconds(whole: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
-
-
-def rfc3339(t: float, precise: bool = True) -> str:
-    """UTC, 'Z'; milliseconds unless `precise` is off (TTLs and expiries are whole seconds)."""
-    whole = int(t)
-    return f"{_seconds(whole)}.{int((t - whole) * 1000):03d}Z" if precise else f"{_seconds(whole)}Z"
 
 
 def _opt(t: float | None) -> str:

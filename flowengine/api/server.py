@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from flowengine.api.errors import STATUS, ErrorBody, error_response
+from flowengine.api.sse import end_streams
 from flowengine.config import Config
 from flowengine.errors import Error
 
@@ -117,6 +118,12 @@ class EdgeProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._body_seen = None
         super().on_message_complete()
+
+    def shutdown(self) -> None:
+        # uvicorn shuts down gracefully: it waits for every response to finish, and an event stream
+        # would never finish by itself. (Called once per connection: ending the streams is idempotent.)
+        super().shutdown()
+        end_streams()
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn's answer to what its parser refuses (a control character in a header...), in plain text.

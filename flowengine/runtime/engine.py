@@ -47,6 +47,7 @@ from flowengine.runtime.catalog import Catalog
 from flowengine.runtime.executors.reaper import Reaper
 from flowengine.runtime.executors.sandbox import Sandbox
 from flowengine.runtime.metrics import Metrics
+from flowengine.runtime.notifier import LocalNotifier, Notifier, run_topic
 from flowengine.runtime.retention import LOGS
 from flowengine.runtime.steps import StepJob, run_step
 from flowengine.runtime.supervisor import Supervisor
@@ -112,6 +113,7 @@ class Engine:
         self._sleep_until = math.inf
         self._background: list[asyncio.Task] = []
         self.metrics = Metrics()
+        self.notifier: Notifier = LocalNotifier()  # wakes whoever waits on a run (SSE streams, long polls)
         self.loops = Supervisor(on_failure=lambda name: self.metrics.loop_failures.labels(name).inc())
         self._creations: list[tuple[_Creation, asyncio.Future[None]]] = []
         self.sandbox: Sandbox | None = None
@@ -420,6 +422,7 @@ class Engine:
     def _after_commit(
         self, before: Run | None, run: Run, flow: Flow, commands: list[Command], wake: float | None
     ) -> None:
+        self.notifier.notify(run_topic(run.id))
         changes = machine.transitions(before, run)
         self.metrics.observe(changes)
         if events_log.isEnabledFor(logging.INFO):
