@@ -186,6 +186,15 @@ def test_a_snake_case_key_in_a_flow_file_is_refused_with_the_key_meant(tmp_path:
     assert caught.value.problems == [Problem("Workflow.Parameters[0]", "unknown key 'node_id', did you mean 'NodeId'?")]
 
 
+def test_the_readmes_workflow_section_is_valid() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = readme.split("**Workflows.**", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    flow = msgspec.convert(RESIZE["flow"], Flow)
+    flow = msgspec.structs.replace(flow, workflow=shape.convert(yaml.safe_load(example)["Workflow"], Workflow))
+    assert wf.validate_flow(with_tasks(flow, LIBRARY)) == []
+    assert wf.from_flow_file(flow).task_timeout == "10m"
+
+
 def test_the_engine_checks_the_workflow_section_of_its_flow_files(tmp_path: Path) -> None:
     body = doc("comfy")
     body["parameters"][WIDTH]["node_id"] = "99"

@@ -52,11 +52,6 @@ from flowengine.core.workflow_fields import (
 )
 from flowengine.errors import Error, Problem, bad_request
 
-__all__ = [
-    "FileInput", "NodeInput", "ParameterDef", "RunInputs", "RunRequest", "StoredFile", "TaskSubmitted",
-    "WorkflowDetail", "WorkflowIn", "check", "check_file", "decode_workflow", "detail", "from_flow_file", "prepare",
-    "resolve_run", "synthesise", "to_flow_file", "validate_flow",
-]  # fmt: skip
 
 WorkflowStatus = Literal["active", "disabled"]
 TargetPool = Literal["team", "community"]
@@ -495,19 +490,16 @@ def _check_options(i: int, p: ParameterDef, form: _Form) -> Problems:
 def _value_problem(p: ParameterDef, value: Any, integer: bool = False) -> tuple[str, str] | None:
     """Why `value` cannot be `p`'s, as (an error code, the end of a sentence), or None. `integer`: the
     parameter sets a flag of type integer."""
-    if p.type == "boolean":
-        return (
-            None
-            if isinstance(value, bool)
-            else ("type_mismatch", f"must be true or false, got {shape.describe(value)}")
-        )
-    if p.type != "number":
+    if p.type == "boolean" and not isinstance(value, bool):
+        return "type_mismatch", f"must be true or false, got {shape.describe(value)}"
+    if p.type in ("string", "select", "file"):
         if not isinstance(value, str):
             return "type_mismatch", f"must be a string, got {shape.describe(value)}"
         if p.type == "select" and value not in p.options:
             return "invalid_option", f"must be one of {_quoted(p.options)}, got {value!r}"
         if p.type == "file" and not value:
             return "type_mismatch", "must be a file_key (POST /r/files/presign), got an empty string"
+    if p.type != "number":
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return "type_mismatch", f"must be a number, got {shape.describe(value)}"
