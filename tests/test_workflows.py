@@ -144,6 +144,25 @@ def file_problems(body: dict[str, Any]) -> list[Problem]:
     return wf.validate_flow(with_tasks(flow, LIBRARY))
 
 
+class _Snake(dict):
+    def __missing__(self, key: str) -> str:
+        return key
+
+
+class _Pascal(dict):
+    def __missing__(self, key: str) -> str:
+        return "".join(part.title() for part in key.split("_"))
+
+
+def in_file(fragment: str) -> str:
+    """A message fragment naming fields `{like_this}`, as a flow file says it (`LikeThis`)."""
+    return fragment.format_map(_Pascal())
+
+
+def in_api(fragment: str) -> str:
+    return fragment.format_map(_Snake())
+
+
 def only(problems: list[Problem], path: str, fragment: str) -> None:
     assert [p.path for p in problems] == [path], problems
     assert fragment in problems[0].message, problems[0].message
@@ -266,10 +285,10 @@ CASES = [
     ("comfy", set_param(WIDTH, key="prompt"), P(WIDTH, "key"), "'prompt' is used twice (first at "),
     ("comfy", set_param(PROMPT, label=LONG), P(PROMPT, "label"), "the label is 256 characters long"),
     ("comfy", set_param(PROMPT, description="d" * 10_001), P(PROMPT, "description"), "over the limit"),
-    ("resize", set_param(RWIDTH, flag=None), P(RWIDTH, "flag"), "step and flag go together: give flag too"),
-    ("resize", set_param(RWIDTH, step=None), P(RWIDTH, "step"), "step and flag go together: give step too"),
-    ("comfy", set_param(PROMPT, field=None), P(PROMPT, "field"), "node_id and field go together: give field"),
-    ("comfy", set_param(PROMPT, node_id=None), P(PROMPT, "node_id"), "give node_id too"),
+    ("resize", set_param(RWIDTH, flag=None), P(RWIDTH, "flag"), "{step} and {flag} go together: give {flag} too"),
+    ("resize", set_param(RWIDTH, step=None), P(RWIDTH, "step"), "{step} and {flag} go together: give {step} too"),
+    ("comfy", set_param(PROMPT, field=None), P(PROMPT, "field"), "{node_id} and {field} go together: give {field}"),
+    ("comfy", set_param(PROMPT, node_id=None), P(PROMPT, "node_id"), "give {node_id} too"),
     ("comfy", set_param(PROMPT, node_id=None, field=None), P(PROMPT), "the parameter sets nothing"),
     ("resize", set_param(PHOTO, edge="photo", step="resize", flag="mode"), P(PHOTO, "step"), "not a flag"),
     ("resize", set_param(RWIDTH, edge="photo"), P(RWIDTH, "edge"), "only a file parameter fills an edge"),
@@ -277,10 +296,10 @@ CASES = [
     ("resize", set_param(PHOTO, default="inputs/x"), P(PHOTO, "default"), "a file parameter has no default"),
     ("resize", set_param(PHOTO, accept=["image"]), P(PHOTO, "accept[0]"), "'image' is not a MIME pattern"),
     ("comfy", set_param(PROMPT, default="a cat"), P(PROMPT, "default"), "a required parameter takes no default"),
-    ("comfy", set_param(PROMPT, min=1), P(PROMPT, "min"), "min is for a number parameter; this one is a string"),
-    ("comfy", set_param(SAMPLER, max=1), P(SAMPLER, "max"), "max is for a number parameter"),
-    ("comfy", set_param(WIDTH, options=["a"]), P(WIDTH, "options"), "options is for a select parameter"),
-    ("comfy", set_param(PROMPT, accept=["text/*"]), P(PROMPT, "accept"), "accept is for a file parameter"),
+    ("comfy", set_param(PROMPT, min=1), P(PROMPT, "min"), "{min} is for a number parameter; this one is a string"),
+    ("comfy", set_param(SAMPLER, max=1), P(SAMPLER, "max"), "{max} is for a number parameter"),
+    ("comfy", set_param(WIDTH, options=["a"]), P(WIDTH, "options"), "{options} is for a select parameter"),
+    ("comfy", set_param(PROMPT, accept=["text/*"]), P(PROMPT, "accept"), "{accept} is for a file parameter"),
     ("comfy", set_param(WIDTH, min=100, max=50, default=None), P(WIDTH, "min"), "min 100 is more than max 50"),
     ("comfy", set_param(WIDTH, max=float("inf")), P(WIDTH, "max"), "max must be a finite number"),
     ("comfy", set_param(SAMPLER, options=[], default=None), P(SAMPLER, "options"), "needs options to choose from"),
@@ -307,7 +326,7 @@ CASES = [
     ("resize", set_param(QUALITY, flag="width"), P(QUALITY, "flag"), "[1] already sets flag 'width' of step 'resize'"),
     # bindings to the graph's node inputs
     ("resize", set_param(CAPTION, step=None, flag=None, node_id="6", field="text"), P(CAPTION, "node_id"),
-     "node_id and field set an input of a ComfyUI graph; this workflow runs exec"),
+     "{node_id} and {field} set an input of a ComfyUI graph; this workflow runs exec"),
     ("comfy", set_param(WIDTH, node_id="99"), P(WIDTH, "node_id"), "the graph has no node '99'"),
     ("comfy", set_param(WIDTH, field="depth"), P(WIDTH, "field"), "node '5' (EmptyLatentImage) has no input 'depth' "
                                                                   "(its inputs: 'width', 'height', 'batch_size')"),
@@ -321,7 +340,7 @@ CASES = [
 
 # Rules whose breaking breaks another: the problem is among those listed.
 WITH_OTHERS = [
-    ("resize", set_param(PHOTO, edge=None), P(PHOTO), "the parameter sets nothing: bind it to edge"),
+    ("resize", set_param(PHOTO, edge=None), P(PHOTO), "the parameter sets nothing: bind it to {edge}"),
     ("resize", set_param(PHOTO, edge="small"), P(PHOTO, "edge"), "edge 'small', which is not an upload or webhook"),
     ("resize", set_param(PHOTO, edge="nowhere"), P(PHOTO, "edge"), "edge 'nowhere', which is not an upload"),
     ("resize", set_param(PHOTO, edge="a photo"), P(PHOTO, "edge"), "edge name 'a photo' may only use"),
@@ -336,8 +355,8 @@ def test_each_rule_that_breaks_another_in_both_forms(
 ) -> None:
     body = doc(name)
     mutate(body)
-    among(api_problems(body), paths[0], fragment)
-    among(file_problems(body), paths[1], fragment)
+    among(api_problems(body), paths[0], in_api(fragment))
+    among(file_problems(body), paths[1], in_file(fragment))
 
 
 @pytest.mark.parametrize(("name", "mutate", "paths", "fragment"), CASES, ids=[f"{c[2][0]}:{c[3]}" for c in CASES])
@@ -345,8 +364,8 @@ def test_each_rule_in_both_forms(name: str, mutate: Mutation, paths: tuple[str, 
     body = doc(name)
     mutate(body)
     api_path, file_path = paths
-    only(api_problems(body), api_path, fragment)
-    only(file_problems(body), file_path, fragment)
+    only(api_problems(body), api_path, in_api(fragment))
+    only(file_problems(body), file_path, in_file(fragment))
 
 
 def test_two_parameters_filling_one_well() -> None:

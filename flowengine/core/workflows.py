@@ -52,7 +52,6 @@ from flowengine.core.workflow_fields import (
 )
 from flowengine.errors import Error, Problem, bad_request
 
-
 WorkflowStatus = Literal["active", "disabled"]
 TargetPool = Literal["team", "community"]
 
@@ -73,7 +72,7 @@ MAX_REGION = 64
 class WorkflowIn(WorkflowFields, kw_only=True):
     """`POST /workflows` and `PUT /workflows/{id}`: a workflow, with a `flow` (a flow definition,
     PascalCase inside) or, for `tool_type: comfyui`, without one (`synthesise`). `check` makes one ready
-    to store: every default filled, `flow` the flow its tasks run."""
+    to store (`prepare`)."""
 
     flow: Flow | None = None
 
@@ -127,7 +126,7 @@ class RunInputs(msgspec.Struct, kw_only=True):
 
     parameters: dict[str, Value]  # every value the run uses, defaults included: recorded on the task
     flags: dict[str, dict[str, Value]]  # step -> flag -> value, over the step's own Flags
-    files: list[FileInput]  # the wells filled when the task is created, with `check_file`-ed objects
+    files: list[FileInput]  # the wells filled when the task is created, once `check_file` passed each
     graph: dict[str, Any] | None  # workflow_json with the node parameters patched in
     dispatch_target: DispatchTarget
     target_pool: TargetPool
@@ -236,6 +235,20 @@ class _Form:
 
     def in_flow(self, path: str) -> str:
         return self.flow + path if path else self.flow.rstrip(".")
+
+    def key(self, name: str) -> str:
+        """A field's key here, for a message: `node_id`, `NodeId`."""
+        return self.params.get(name) or self.fields[name]
+
+    def keys(self, *names: str) -> str:
+        return " and ".join(self.key(name) for name in names)
+
+    def bindings(self, p: ParameterDef) -> str:
+        """What a parameter of `p`'s type can be bound to, for a message."""
+        to_node = f"{self.keys('node_id', 'field')} (an input of the ComfyUI graph)"
+        if p.type == "file":
+            return f"{self.key('edge')} (an upload well), or {to_node}"
+        return f"{self.keys('step', 'flag')} (a step's flag), or {to_node}"
 
 
 def _keys(cls: Any) -> dict[str, str]:
@@ -406,10 +419,6 @@ def _check_graph(graph: dict[str, Any] | None, form: _Form) -> Problems:
                                                "(a string) and inputs (a mapping)")  # fmt: skip
 
 
-_BINDING_HELP = "step and flag (a step's flag), or node_id and field (an input of the ComfyUI graph)"
-_FILE_BINDING_HELP = "edge (an upload well), or node_id and field (an input of the ComfyUI graph)"
-
-
 def _check_definition(i: int, p: ParameterDef, form: _Form) -> Problems:
     """What a parameter's own fields say, whatever the flow."""
     yield from _check_identifier(form.param(i, "key"), "parameter key", p.key)
@@ -441,23 +450,26 @@ def _check_binding_shape(i: int, p: ParameterDef, form: _Form) -> Problems:
     for first, second in (("step", "flag"), ("node_id", "field")):
         if (getattr(p, first) is None) != (getattr(p, second) is None):
             missing = first if getattr(p, first) is None else second
-            yield Problem(form.param(i, missing), f"{first} and {second} go together: give {missing} too")
+            yield Problem(form.param(i, missing), f"{form.keys(first, second)} go together: give "
+                                                  f"{form.key(missing)} too")  # fmt: skip
     to_flag = p.step is not None or p.flag is not None
     to_node = p.node_id is not None or p.field is not None
     if p.type == "file":
         if to_flag:
-            yield Problem(form.param(i, "step"), f"a file parameter fills {_FILE_BINDING_HELP}, not a flag")
+            yield Problem(form.param(i, "step"), f"a file parameter fills {form.bindings(p)}, not a flag")
         elif not to_node and p.edge is None:
-            yield Problem(form.param(i), f"the parameter sets nothing: bind it to {_FILE_BINDING_HELP}")
+            yield Problem(form.param(i), f"the parameter sets nothing: bind it to {form.bindings(p)}")
         if p.edge is not None:
             yield from _check_identifier(form.param(i, "edge"), "edge name", p.edge)
         return
     if p.edge is not None:
-        yield Problem(form.param(i, "edge"), f"only a file parameter fills an edge; bind a {p.type} to {_BINDING_HELP}")
+        yield Problem(
+            form.param(i, "edge"), f"only a file parameter fills an edge; bind a {p.type} to {form.bindings(p)}"
+        )
     if to_flag and to_node:
-        yield Problem(form.param(i), f"the parameter is bound twice: choose {_BINDING_HELP}")
+        yield Problem(form.param(i), f"the parameter is bound twice: choose {form.bindings(p)}")
     elif not to_flag and not to_node and p.edge is None:
-        yield Problem(form.param(i), f"the parameter sets nothing: bind it to {_BINDING_HELP}")
+        yield Problem(form.param(i), f"the parameter sets nothing: bind it to {form.bindings(p)}")
 
 
 _ONLY_FOR = {"min": "number", "max": "number", "options": "select", "accept": "file"}
@@ -466,7 +478,7 @@ _ONLY_FOR = {"min": "number", "max": "number", "options": "select", "accept": "f
 def _check_misplaced(i: int, p: ParameterDef, form: _Form) -> Problems:
     for name, kind in _ONLY_FOR.items():
         if p.type != kind and getattr(p, name) not in (None, []):
-            yield Problem(form.param(i, name), f"{name} is for a {kind} parameter; this one is a {p.type}")
+            yield Problem(form.param(i, name), f"{form.key(name)} is for a {kind} parameter; this one is a {p.type}")
 
 
 def _check_bounds(i: int, p: ParameterDef, form: _Form) -> Problems:
@@ -565,7 +577,9 @@ def _check_tool(workflow: WorkflowIn, flow: Flow, form: _Form) -> Problems:
     if tool == COMFYUI and workflow.workflow_json is None:
         yield Problem(form.at("workflow_json"), "a comfyui workflow needs its graph, in ComfyUI's API format")
     elif tool in ("exec", "python") and workflow.workflow_json is not None:
-        yield Problem(form.at("workflow_json"), f"an {tool} workflow runs no graph: leave workflow_json out")
+        yield Problem(
+            form.at("workflow_json"), f"an {tool} workflow runs no graph: leave {form.key('workflow_json')} out"
+        )
     if workflow.default_dispatch_target == "comfy_cloud" and tool != COMFYUI:
         yield Problem(form.at("default_dispatch_target"), "comfy_cloud runs ComfyUI graphs: this workflow "
                                                           "runs on agents")  # fmt: skip
@@ -638,8 +652,8 @@ def _check_node_binding(i: int, p: ParameterDef, workflow: WorkflowIn, flow: Flo
     tool = workflow.tool_type or _inferred_tool(flow)
     graph = workflow.workflow_json
     if tool != COMFYUI:
-        yield Problem(form.param(i, "node_id"), f"node_id and field set an input of a ComfyUI graph; this workflow "
-                                                f"runs {tool or 'no one tool'}")  # fmt: skip
+        yield Problem(form.param(i, "node_id"), f"{form.keys('node_id', 'field')} set an input of a ComfyUI graph; "
+                                                f"this workflow runs {tool or 'no one tool'}")  # fmt: skip
         return
     if graph is None or isinstance(graph.get("nodes"), list):
         return  # no graph, or not in API format: `_check_tool` and `_check_graph` say so
@@ -678,7 +692,7 @@ def _check_edge_binding(i: int, p: ParameterDef, edge: str, workflow: WorkflowIn
         if workflow.flow is None:
             yield Problem(path, "a workflow without a flow takes its files into the graph: give node_id and field")
         else:
-            named = "" if p.edge else " (by its key; give edge to name another)"
+            named = "" if p.edge else f" (by its {form.key('key')}; give {form.key('edge')} to name another)"
             yield Problem(path, f"the file fills edge {edge!r}{named}, which is not an upload or webhook well of "
                                 "the flow")  # fmt: skip
         return
@@ -697,15 +711,15 @@ def _check_inputs_bound(workflow: WorkflowIn, flow: Flow, form: _Form) -> Proble
         well = flow.data_wells[i]
         if well.source in FILLED_BY_FILES and edge not in edges:
             yield Problem(form.at("parameters"), f"the flow's {well.source} well {edge!r} (DataWells[{i}]) is filled "
-                                                 "by no file parameter, and a task cannot upload later: add a "
-                                                 f"required file parameter with edge {edge!r}")  # fmt: skip
+                                                 "by no file parameter, and a task cannot upload later: add a required "
+                                                 f"file parameter with {form.key('edge')} {edge!r}")  # fmt: skip
     to_nodes = {_file_edge(p) for p in workflow.parameters if p.node_id is not None}
     for i, step in _comfy_steps(flow)[:1]:
         for j, binding in enumerate(step.inputs):
             if binding.edge not in to_nodes:
                 yield Problem(form.in_flow(f"Steps[{i}].Inputs[{j}].Edge"),
                               f"input edge {binding.edge!r} of step {step.id!r} reaches no node of its graph: fill it "
-                              "with a file parameter that has node_id and field")  # fmt: skip
+                              f"with a file parameter that has {form.keys('node_id', 'field')}")  # fmt: skip
 
 
 # --- runs --------------------------------------------------------------------------------------
