@@ -10,6 +10,7 @@ import pytest
 from flowengine.core.shape import expected, shape_problems, unknown_key
 from flowengine.core.spec import Flow, Task, decode_flow_body, load_flow_file
 from flowengine.core.validate import validate
+from flowengine.core.workflows import RunRequest, WorkflowIn
 from flowengine.errors import Error, Problem
 
 BROKEN = {
@@ -41,8 +42,8 @@ def test_every_structural_problem_is_listed_with_its_path() -> None:
         ("timeout", "unknown key 'timeout', did you mean 'Timeout'?"),
         ("max_attempts", "unknown key 'max_attempts', did you mean 'MaxAttempts'?"),
         ("Timout", "unknown key 'Timout', did you mean 'Timeout'?"),
-        ("Colour", "unknown key 'Colour' (known keys: Name, Inputs, Outputs, Flags, Exec, Python, Env, MaxAttempts, "
-                   "Timeout, Backoff)"),
+        ("Colour", "unknown key 'Colour' (known keys: Name, Inputs, Outputs, Flags, Exec, Python, Tool, Labels, Env, "
+                   "MaxAttempts, Timeout, Backoff)"),
     ],
 )  # fmt: skip
 def test_a_misspelt_key_gets_the_key_that_was_meant(key: str, message: str) -> None:
@@ -106,3 +107,12 @@ def test_durations_are_taken_as_strings_everywhere() -> None:
     )
     assert validate(flow) == []
     assert (flow.tasks[0].timeout_seconds, flow.tasks[0].backoff_seconds) == (60.0, 1.5)
+
+
+def test_a_literal_is_one_of_its_values() -> None:
+    assert shape_problems({"dispatch_target": "cloud", "target_pool": True}, RunRequest) == [
+        Problem("dispatch_target", "expected one of 'agent', 'comfy_cloud' or null, got the string 'cloud'"),
+        Problem("target_pool", "expected one of 'community', 'team', got true"),
+    ]
+    assert shape_problems({"dispatch_target": None, "target_pool": "team"}, RunRequest) == []
+    assert shape_problems({"default_dispatch_target": "agent"}, WorkflowIn) == []

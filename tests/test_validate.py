@@ -233,6 +233,56 @@ def test_task_has_not_both_exec_and_python() -> None:
     assert_only(doc, f"Tasks[{STAMP}]", "both Exec and Python")
 
 
+def agent_task(**fields: Any) -> dict[str, Any]:
+    """STAMP's task run by an agent with ComfyUI instead of by the engine."""
+    doc = valid()
+    del doc["Tasks"][STAMP]["Python"]
+    doc["Tasks"][STAMP] |= {"Tool": "comfyui", "Labels": ["gpu", "sd15"], **fields}
+    return doc
+
+
+def test_a_task_may_run_on_an_agent_with_a_tool() -> None:
+    assert check(agent_task()) == []
+
+
+@pytest.mark.parametrize(
+    ("runners", "fragment"),
+    [
+        ({"Exec": ["stamp"]}, "task 'stamp' sets both Exec and Tool; choose one"),
+        ({"Python": "m:f"}, "task 'stamp' sets both Python and Tool; choose one"),
+        ({"Exec": ["stamp"], "Python": "m:f"}, "task 'stamp' sets Exec, Python and Tool; choose one"),
+    ],
+)
+def test_a_task_has_one_runner(runners: dict[str, Any], fragment: str) -> None:
+    assert_only(agent_task(**runners), f"Tasks[{STAMP}]", fragment)
+
+
+def test_a_task_without_a_runner_is_told_of_tools_too() -> None:
+    doc = valid()
+    del doc["Tasks"][STAMP]["Python"]
+    assert_only(doc, f"Tasks[{STAMP}]", "needs Exec (an argv list), Python ('module:function') or Tool")
+
+
+@pytest.mark.parametrize(
+    ("fields", "path", "fragment"),
+    [
+        ({"Tool": "comfy ui"}, "Tool", "tool 'comfy ui' may only use letters"),
+        ({"Tool": ""}, "Tool", "tool is empty"),
+        ({"Env": {"A": "b"}}, "Env", "an agent runs a Tool task"),
+        ({"Labels": ["gpu", "gpu"]}, "Labels[1]", "label 'gpu' is used twice"),
+        ({"Labels": ["big gpu"]}, "Labels[0]", "label 'big gpu' may only use"),
+    ],
+)
+def test_agent_task_rules(fields: dict[str, Any], path: str, fragment: str) -> None:
+    assert_only(agent_task(**fields), f"Tasks[{STAMP}].{path}", fragment)
+
+
+def test_labels_are_for_agent_tasks() -> None:
+    doc = valid()
+    doc["Tasks"][STAMP]["Labels"] = ["gpu"]
+    assert_only(doc, f"Tasks[{STAMP}].Labels", "Labels choose the agent that runs a Tool task")
+
+
 def test_exec_is_a_non_empty_argv() -> None:
     doc = valid()
     doc["Tasks"][RESIZE]["Exec"] = []

@@ -79,7 +79,7 @@ def _check(data: Any, t: mi.Type, path: str) -> Iterator[Problem]:
             yield from _check(value, t.value_type, _join(path, key))
     elif isinstance(t, mi.UnionType):
         yield from _check_union(data, t, path)
-    elif type(t) in _SCALARS and not _fits_scalar(data, t):
+    elif (type(t) in _SCALARS or isinstance(t, mi.LiteralType)) and not _fits_scalar(data, t):
         yield Problem(path, f"expected {_expected(t)}, got {describe(data)}")
     # Any other type: msgspec.convert has the last word (see `spec.py`).
 
@@ -103,7 +103,7 @@ def _check_struct(data: Any, t: mi.StructType, path: str) -> Iterator[Problem]:
 def _check_union(data: Any, t: mi.UnionType, path: str) -> Iterator[Problem]:
     """A value fits a union if it fits one member; a mapping or list is checked against its member."""
     for member in t.types:
-        if type(member) in _SCALARS and _fits_scalar(data, member):
+        if (type(member) in _SCALARS or isinstance(member, mi.LiteralType)) and _fits_scalar(data, member):
             return
         if isinstance(data, dict) and isinstance(member, mi.StructType | mi.DictType):
             yield from _check(data, member, path)
@@ -122,6 +122,8 @@ def expected(type_: Any) -> str:
 def _expected(t: mi.Type) -> str:
     if isinstance(t, mi.UnionType):
         return " or ".join(dict.fromkeys(_expected(member) for member in t.types))
+    if isinstance(t, mi.LiteralType):
+        return "one of " + ", ".join(repr(value) for value in t.values)
     name = _NAMES.get(type(t), "another type")
     ge, gt, le, lt = (getattr(t, bound, None) for bound in _BOUNDS)
     if ge is not None and le is not None:
@@ -136,6 +138,8 @@ _HOLDS = {"ge": operator.ge, "gt": operator.gt, "le": operator.le, "lt": operato
 
 
 def _fits_scalar(data: Any, t: mi.Type) -> bool:
+    if isinstance(t, mi.LiteralType):  # by type too: `1 == True` in Python
+        return any(type(data) is type(value) and data == value for value in t.values)
     # bool is an int in Python, but `true` is not a number in YAML or JSON.
     if not isinstance(data, _SCALARS[type(t)]) or (isinstance(data, bool) and not isinstance(t, mi.BoolType)):
         return False

@@ -17,6 +17,7 @@ import yaml
 
 from flowengine.core import shape
 from flowengine.core.durations import Duration, parse_duration
+from flowengine.core.workflow_fields import Workflow
 from flowengine.errors import Error, Problem, bad_request
 
 Scalar = str | int | float | bool
@@ -80,6 +81,8 @@ class Task(_Spec):
     flags: list[FlagDef] = []
     exec: list[str] | None = None  # argv; ${Slot} and ${Flag} expand to paths and values
     python: str | None = None  # "module:function"
+    tool: str | None = None  # or run by an agent with this tool (`comfyui`), never on the engine's host
+    labels: list[str] = []  # a Tool task: labels its agent must have, every one
     env: dict[str, str] = {}  # environment variables the step gets, beside PATH, LANG, HOME, TMPDIR and its ids
     max_attempts: int = 1
     timeout: Duration = 600.0  # the step is killed past it: seconds, or "10m"
@@ -103,6 +106,7 @@ class Flow(_Spec, dict=True):  # dict: room for the cached lookups below
     data_wells: list[DataWell] = []
     steps: list[Step] = []
     tasks: list[Task] = []
+    workflow: Workflow | None = None  # the flow's public description in the workflow/task API (workflows.py)
 
     # Lookups for a valid flow (validate.py has made IDs, names and edges unique), by dictionary:
     # every event on a run looks its step up, and a flow may have a thousand.

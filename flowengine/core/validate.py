@@ -217,15 +217,33 @@ def _check_tasks(tasks: list[Task]) -> Problems:
 
 
 def _check_runner(path: str, task: Task) -> Problems:
-    """Exactly one of Exec (argv) or Python ("module:function")."""
-    if task.exec is not None and task.python is not None:
-        yield Problem(path, f"task {task.name!r} sets both Exec and Python; choose one")
-    elif task.exec is None and task.python is None:
-        yield Problem(path, f"task {task.name!r} needs Exec (an argv list) or Python ('module:function')")
+    """Exactly one of Exec (argv), Python ("module:function") or Tool (run by an agent that has it)."""
+    runners = [name for name, value in (("Exec", task.exec), ("Python", task.python), ("Tool", task.tool))
+               if value is not None]  # fmt: skip
+    if len(runners) > 1:
+        both = "both " if len(runners) == 2 else ""
+        yield Problem(path, f"task {task.name!r} sets {both}{', '.join(runners[:-1])} and {runners[-1]}; choose one")
+    elif not runners:
+        yield Problem(path, f"task {task.name!r} needs Exec (an argv list), Python ('module:function') "
+                            "or Tool (run by an agent that has it, like 'comfyui')")  # fmt: skip
     if task.exec is not None and (not task.exec or not task.exec[0]):
         yield Problem(f"{path}.Exec", "Exec must be a non-empty argv list starting with the program")
     if task.python is not None and not PYTHON_TARGET.fullmatch(task.python):
         yield Problem(f"{path}.Python", f"Python {task.python!r} is not in the form 'module:function'")
+    if task.tool is not None:
+        yield from _check_identifier(f"{path}.Tool", "tool", task.tool)
+        if task.env:
+            yield Problem(f"{path}.Env", "Env is for commands the engine runs; an agent runs a Tool task")
+    elif task.labels:
+        yield Problem(f"{path}.Labels", "Labels choose the agent that runs a Tool task; this task runs on the engine")
+    yield from check_labels(f"{path}.Labels", task.labels)
+
+
+def check_labels(path: str, labels: list[str]) -> Problems:
+    """Agent labels: names, each once."""
+    for k, label in enumerate(labels):
+        yield from _check_identifier(f"{path}[{k}]", "label", label)
+    yield from _duplicates(labels, lambda k: f"{path}[{k}]", "label")
 
 
 def _check_limits(path: str, task: Task) -> Problems:

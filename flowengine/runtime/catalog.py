@@ -24,7 +24,8 @@ import msgspec
 
 from flowengine.core.keys import is_name
 from flowengine.core.spec import FLOW_SUFFIXES, Flow, Task, flow_files, load_flow_file, load_library_file, with_tasks
-from flowengine.core.validate import validate, validate_tasks
+from flowengine.core.validate import validate_tasks
+from flowengine.core.workflows import validate_flow
 from flowengine.errors import Error, Problem
 from flowengine.runtime import pycheck
 
@@ -93,7 +94,7 @@ def _read(path: Path, known_stores: Collection[str], library: Mapping[str, Task]
         return Entry(path.stem, path, mtime, None, [Problem("", f"cannot read it: {exc.strerror or exc}")])
     except Error as exc:
         return Entry(path.stem, path, mtime, None, exc.problems or [Problem("", exc.message)])
-    return Entry(path.stem, path, mtime, flow, validate(flow, known_stores))
+    return Entry(path.stem, path, mtime, flow, validate_flow(flow, known_stores))
 
 
 def library_stamp(flows_dir: Path) -> tuple:
