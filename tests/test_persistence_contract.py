@@ -21,7 +21,7 @@ from flowengine.core import machine
 from flowengine.errors import Error
 from flowengine.identity.records import Credential, Team, User
 from flowengine.persistence import open_database
-from flowengine.persistence.base import Database, FileRecord, NewRun, Wait
+from flowengine.persistence.base import Database, FileRecord, NewRun, Wait, WorkflowRecord
 from flowengine.persistence.migrations import migrations
 
 pytestmark = pytest.mark.anyio
@@ -558,3 +558,25 @@ async def test_files_are_found_by_store_and_key_and_come_due(db: Database) -> No
     assert await db.due_files(10.0, 10) == [early]
     await db.drop_file("default", early.key)
     assert await db.due_files(100.0, 10) == [late]
+
+
+async def test_workflows_keep_every_version_and_teams_see_their_own_and_the_operators(db: Database) -> None:
+    ops = WorkflowRecord("w1", "", "resize", 1, "active", 1.0, 1.0, "file:resize.yaml")
+    mine = WorkflowRecord("w2", "t1", "mine", 1, "active", 2.0, 2.0, "api")
+    theirs = WorkflowRecord("w3", "t2", "theirs", 1, "active", 3.0, 3.0, "api")
+    async with db.transaction() as tx:
+        for workflow in (mine, ops, theirs):
+            await tx.insert_workflow(workflow, f"v1 of {workflow.slug}".encode())
+    async with db.transaction() as tx:
+        await tx.add_workflow_version("w2", 2, b"v2 of mine", 5.0)
+    await db.set_workflow_status("w3", "disabled", 6.0)
+    assert await db.workflow(slug="mine") == msgspec.structs.replace(mine, version=2, updated=5.0)
+    assert (await db.workflow(id="w3")).status == "disabled" and await db.workflow(slug="nope") is None
+    assert await db.workflow_version("w2", 1) == b"v1 of mine" and await db.workflow_version("w2", 2) == b"v2 of mine"
+    assert await db.workflow_version("w2", 3) is None
+    assert [w.slug for w in await db.workflows("t1", 10, 0)] == ["mine", "resize"]
+    assert [w.slug for w in await db.workflows("t1", 1, 1)] == ["resize"]
+    assert await db.count_workflows("t1") == 2 and await db.count_workflows("") == 1
+    with pytest.raises(Error):  # the slug is unique
+        async with db.transaction() as tx:
+            await tx.insert_workflow(WorkflowRecord("w4", "t2", "mine", 1, "active", 7.0, 7.0, "api"), b"x")

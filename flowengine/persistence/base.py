@@ -12,7 +12,7 @@ on one run never interleave (on SQLite there is one writer anyway). Failures of 
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Literal, Protocol
 
 import msgspec
 
@@ -62,6 +62,19 @@ class FileRecord(msgspec.Struct, frozen=True):
     content_type: str
     created: float
     expires: float  # when the sweeper deletes the object (input_retention after the presign)
+
+
+class WorkflowRecord(msgspec.Struct, frozen=True):
+    """A workflow as stored; each version's body (a prepared `core.workflows.WorkflowIn`, JSON) apart."""
+
+    id: str
+    team: str  # '' for an operator's (declared in a flow file): every team's to see and run
+    slug: str  # unique
+    version: int  # the current one
+    status: Literal["active", "disabled"]
+    created: float
+    updated: float
+    source: str  # "file:<flow file>" (the operator's) or "api" (a team's)
 
 
 class Queries(Protocol):
@@ -200,6 +213,27 @@ class Queries(Protocol):
     async def due_files(self, now: float, limit: int) -> list[FileRecord]: ...
 
     async def drop_file(self, store: str, key: str) -> None: ...
+
+    # workflows: immutable versions, the current one named by the workflow's row
+    async def insert_workflow(self, workflow: WorkflowRecord, body: bytes) -> None:
+        """A new workflow, its version `workflow.version` having `body`."""
+        ...
+
+    async def workflow(self, *, id: str | None = None, slug: str | None = None) -> WorkflowRecord | None: ...
+
+    async def workflow_version(self, workflow: str, version: int) -> bytes | None: ...
+
+    async def add_workflow_version(self, workflow: str, version: int, body: bytes, at: float) -> None:
+        """A new version, which becomes the current one."""
+        ...
+
+    async def set_workflow_status(self, workflow: str, status: str, at: float) -> None: ...
+
+    async def workflows(self, team: str, limit: int, offset: int) -> list[WorkflowRecord]:
+        """The workflows a team sees: its own and the operator's, by slug."""
+        ...
+
+    async def count_workflows(self, team: str) -> int: ...
 
 
 class Database(Queries, Protocol):

@@ -34,10 +34,10 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from flowengine.core.machine import Run
-from flowengine.errors import Error, insufficient_storage
+from flowengine.errors import Error, conflict, insufficient_storage
 from flowengine.identity.records import Credential, Role, Team, User
 from flowengine.persistence import redacted
-from flowengine.persistence.base import FileRecord, NewRun, RunRow, Wait, prefix_end
+from flowengine.persistence.base import FileRecord, NewRun, RunRow, Wait, WorkflowRecord, prefix_end
 from flowengine.persistence.migrations import Migration, failed, latest, pending
 
 CONNECT_TIMEOUT = 10  # seconds to open a connection (unless the URL says otherwise)
@@ -123,6 +123,7 @@ _CREDENTIAL = (
     'id, kind, team, "user", display_name, key_prefix, key_hash, created, expires, revoked, last_used, paired_with'
 )
 _FILE = "store, key, team, name, size, content_type, created, expires"
+_WORKFLOW = "id, team, slug, version, status, created, updated, source"
 
 
 class _Held:
@@ -532,6 +533,51 @@ class _Queries:
     async def drop_file(self, store: str, key: str) -> None:
         await self._execute("DELETE FROM files WHERE store = %s AND key = %s", (store, key))
 
+    # workflows
+
+    async def insert_workflow(self, workflow: WorkflowRecord, body: bytes) -> None:
+        marks = ", ".join(["%s"] * len(msgspec.structs.fields(WorkflowRecord)))
+        async with self._atomic() as conn:
+            await conn.execute(
+                f"INSERT INTO workflows ({_WORKFLOW}) VALUES ({marks})", msgspec.structs.astuple(workflow)
+            )
+            await conn.execute(
+                "INSERT INTO workflow_versions (workflow, version, body, created) VALUES (%s, %s, %s, %s)",
+                (workflow.id, workflow.version, body, workflow.created),
+            )
+
+    async def workflow(self, *, id: str | None = None, slug: str | None = None) -> WorkflowRecord | None:
+        column, value = ("id", id) if id is not None else ("slug", slug)
+        row = await self._row(f"SELECT {_WORKFLOW} FROM workflows WHERE {column} = %s", (value,))
+        return WorkflowRecord(*row) if row else None
+
+    async def workflow_version(self, workflow: str, version: int) -> bytes | None:
+        row = await self._row(
+            "SELECT body FROM workflow_versions WHERE workflow = %s AND version = %s", (workflow, version)
+        )
+        return bytes(row[0]) if row else None
+
+    async def add_workflow_version(self, workflow: str, version: int, body: bytes, at: float) -> None:
+        async with self._atomic() as conn:
+            await conn.execute(
+                "INSERT INTO workflow_versions (workflow, version, body, created) VALUES (%s, %s, %s, %s)",
+                (workflow, version, body, at),
+            )
+            await conn.execute("UPDATE workflows SET version = %s, updated = %s WHERE id = %s", (version, at, workflow))
+
+    async def set_workflow_status(self, workflow: str, status: str, at: float) -> None:
+        await self._execute("UPDATE workflows SET status = %s, updated = %s WHERE id = %s", (status, at, workflow))
+
+    async def workflows(self, team: str, limit: int, offset: int) -> list[WorkflowRecord]:
+        rows = await self._rows(
+            f"SELECT {_WORKFLOW} FROM workflows WHERE team IN ('', %s) ORDER BY slug LIMIT %s OFFSET %s",
+            (team, limit, offset),
+        )
+        return [WorkflowRecord(*r) for r in rows]
+
+    async def count_workflows(self, team: str) -> int:
+        return await self._value("SELECT count(*) FROM workflows WHERE team IN ('', %s)", (team,))
+
     async def _execute(self, query: str, params: Any = ()) -> None:
         async with self._connection() as conn:
             await conn.execute(query, params)
@@ -605,7 +651,7 @@ class PostgresDatabase(_Queries):
                     if conn.broken and self._checking is None:
                         self._checking = asyncio.create_task(self._check_pool())
                     raise
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        except (psycopg.OperationalError, psycopg.InterfaceError, psycopg.errors.IntegrityError) as exc:
             raise _domain_error(exc, self.where) from exc
 
     async def _check_pool(self) -> None:
@@ -651,6 +697,8 @@ def _filters(team: str, status: str | None, flow: str | None) -> tuple[list[str]
 def _domain_error(exc: psycopg.Error, where: str) -> Error:
     if isinstance(exc, psycopg.errors.DiskFull):
         return insufficient_storage("the database change")
+    if isinstance(exc, psycopg.errors.IntegrityError):  # a unique name taken meanwhile: another won
+        return conflict(f"the change conflicts with what is stored: {_line(exc)}")
     # Unreachable, restarted, out of connections, a lock or a statement timed out, a deadlock broken...
     return Error("unavailable", "database_unavailable", f"the database {where} is unavailable: {_line(exc)}")
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import msgspec
 
 from flowengine.core.machine import Run
-from flowengine.errors import Error, insufficient_storage
+from flowengine.errors import Error, conflict, insufficient_storage
 from flowengine.identity.records import Credential, Role, Team, User
-from flowengine.persistence.base import FileRecord, NewRun, RunRow, Wait, prefix_end
+from flowengine.persistence.base import FileRecord, NewRun, RunRow, Wait, WorkflowRecord, prefix_end
 from flowengine.persistence.migrations import Migration, failed, pending
 
 WAL_KEEP = 64 << 20  # bytes of WAL file kept for reuse after a checkpoint; the rest is truncated
@@ -32,6 +32,7 @@ _CREDENTIAL = (
     "id, kind, team, user, display_name, key_prefix, key_hash, created, expires, revoked, last_used, paired_with"
 )
 _FILE = "store, key, team, name, size, content_type, created, expires"
+_WORKFLOW = "id, team, slug, version, status, created, updated, source"
 _encode = msgspec.json.Encoder().encode
 _decode_run = msgspec.json.Decoder(Run).decode
 
@@ -129,6 +130,8 @@ class SqliteDatabase:
                 raise
         except sqlite3.OperationalError as exc:
             raise _domain_error(exc) from exc
+        except sqlite3.IntegrityError as exc:  # a unique name taken meanwhile: the caller checked, another won
+            raise conflict(f"the change conflicts with what is stored: {exc}") from exc
 
     # the engine's own state
 
@@ -441,6 +444,47 @@ class SqliteDatabase:
 
     async def drop_file(self, store: str, key: str) -> None:
         self.conn.execute("DELETE FROM files WHERE store = ? AND key = ?", (store, key))
+
+    # workflows
+
+    async def insert_workflow(self, workflow: WorkflowRecord, body: bytes) -> None:
+        marks = ", ".join("?" * len(msgspec.structs.fields(WorkflowRecord)))
+        self.conn.execute(f"INSERT INTO workflows ({_WORKFLOW}) VALUES ({marks})", msgspec.structs.astuple(workflow))
+        self.conn.execute(
+            "INSERT INTO workflow_versions (workflow, version, body, created) VALUES (?, ?, ?, ?)",
+            (workflow.id, workflow.version, body, workflow.created),
+        )
+
+    async def workflow(self, *, id: str | None = None, slug: str | None = None) -> WorkflowRecord | None:
+        column, value = ("id", id) if id is not None else ("slug", slug)
+        row = self.conn.execute(f"SELECT {_WORKFLOW} FROM workflows WHERE {column} = ?", (value,)).fetchone()
+        return WorkflowRecord(*row) if row else None
+
+    async def workflow_version(self, workflow: str, version: int) -> bytes | None:
+        row = self.conn.execute(
+            "SELECT body FROM workflow_versions WHERE workflow = ? AND version = ?", (workflow, version)
+        ).fetchone()
+        return row[0] if row else None
+
+    async def add_workflow_version(self, workflow: str, version: int, body: bytes, at: float) -> None:
+        self.conn.execute(
+            "INSERT INTO workflow_versions (workflow, version, body, created) VALUES (?, ?, ?, ?)",
+            (workflow, version, body, at),
+        )
+        self.conn.execute("UPDATE workflows SET version = ?, updated = ? WHERE id = ?", (version, at, workflow))
+
+    async def set_workflow_status(self, workflow: str, status: str, at: float) -> None:
+        self.conn.execute("UPDATE workflows SET status = ?, updated = ? WHERE id = ?", (status, at, workflow))
+
+    async def workflows(self, team: str, limit: int, offset: int) -> list[WorkflowRecord]:
+        rows = self.conn.execute(
+            f"SELECT {_WORKFLOW} FROM workflows WHERE team IN ('', ?) ORDER BY slug LIMIT ? OFFSET ?",
+            (team, limit, offset),
+        )
+        return [WorkflowRecord(*r) for r in rows]
+
+    async def count_workflows(self, team: str) -> int:
+        return self.conn.execute("SELECT count(*) FROM workflows WHERE team IN ('', ?)", (team,)).fetchone()[0]
 
 
 def migrate(path: Path | str) -> list[Migration]:
