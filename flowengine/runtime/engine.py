@@ -51,6 +51,8 @@ from flowengine.runtime.notifier import LocalNotifier, Notifier, run_topic
 from flowengine.runtime.retention import LOGS
 from flowengine.runtime.steps import StepJob, run_step
 from flowengine.runtime.supervisor import Supervisor
+from flowengine.runtime.workflows import SYNC_INTERVAL as WORKFLOW_SYNC_INTERVAL
+from flowengine.runtime.workflows import Workflows
 from flowengine.stores.base import ObjectInfo, Store, StoreUnavailable
 from flowengine.stores.registry import Stores
 
@@ -100,6 +102,7 @@ class Engine:
         self.db: Database = open_database(config)
         self.stores = Stores(config, ensure_secret(config), clock)
         self.directory = Directory(self.db, ensure_secret(config, "jwt_secret"), clock, new_id)
+        self.workflows = Workflows(self)
         self.catalog = Catalog(Path(config.flows_dir), self.stores.configured.keys())
         self.work_root = config.work_path
         self.log_root = data / "logs"
@@ -137,6 +140,7 @@ class Engine:
         self.spawn_loop("reconciler", landing.Reconciler(self).tick, every(self.config.reconcile_interval))
         self.spawn_loop("sweeper", lambda: retention.sweep(self), every(self.config.sweep_interval))
         self.spawn_loop("event-loop-lag", self.metrics.sample_event_loop_lag, every(0))
+        self.spawn_loop("workflows", self.workflows.sync, every(WORKFLOW_SYNC_INTERVAL))
         self.spawn(self.stores.prepare_configured())
         self.spawn(self._recover())
 
