@@ -14,7 +14,7 @@ from typing import Any, Literal
 import msgspec
 from msgspec import structs
 
-from flowengine.core.spec import Flow
+from flowengine.core.spec import Flow, Scalar
 from flowengine.core.validate import mime_matches
 
 # Run status, as in the flow API reference.
@@ -74,6 +74,8 @@ class Run(msgspec.Struct, omit_defaults=True, gc=False):
     error: str | None = None
     failed_step: str | None = None
     team: str = ""  # the team that owns it ('' on an engine without credentials)
+    flags: dict[str, dict[str, Scalar]] = {}  # step -> flag -> value, over the step's own Flags (a task's parameters)
+    task: bool = False  # started through the workflow/task API: its changes are the task's events too
 
 
 # Events: facts.
@@ -137,10 +139,19 @@ Command = Dispatch | Abort
 
 
 def start(
-    flow: Flow, run_id: str, edges: dict[str, EdgeState], now: float, team: str = ""
+    flow: Flow,
+    run_id: str,
+    edges: dict[str, EdgeState],
+    now: float,
+    team: str = "",
+    *,
+    flags: dict[str, dict[str, Scalar]] | None = None,
+    task: bool = False,
 ) -> tuple[Run, list[Command]]:
-    """A new run of `team`: the shell resolved every edge's store and key (static wells arrive filled)."""
-    run = Run(run_id, flow.name, WAITING, now, now, edges, {s.id: StepState() for s in flow.steps}, team=team)
+    """A new run of `team`: the shell resolved every edge's store and key (static wells, and a task's
+    file wells, arrive filled). `flags` override the steps' own; `task`: a task's run."""
+    steps = {s.id: StepState() for s in flow.steps}
+    run = Run(run_id, flow.name, WAITING, now, now, edges, steps, team=team, flags=flags or {}, task=task)
     commands = _settle(run, flow, now)
     return run, commands
 
