@@ -24,6 +24,7 @@ TERMINAL = frozenset({STOPPED, COMPLETE, ERROR})
 IDLE, READY, RETRYING = "IDLE", "READY", "RETRYING"
 ACTIVE_STEP = frozenset({READY, RUNNING, RETRYING})
 FROM_STEP = "step"  # an edge's source when a step's output fills it
+FROM_FILE = "file"  # a task's well, filled when the task is created with a file the team uploaded
 # An attempt cut short by the engine stopping or dying is not the step's failure: it runs again as a
 # new attempt, not counted against MaxAttempts. A step interrupted this many times fails the run
 # (an engine that dies each time it runs a step would otherwise run it forever).
@@ -42,7 +43,7 @@ class ObjectMeta(msgspec.Struct, frozen=True, gc=False):
 class EdgeState(msgspec.Struct, omit_defaults=True, gc=False):
     store: str
     key: str
-    source: str  # upload | webhook | static | step
+    source: str  # upload | webhook | static | step | file
     deadline: float | None = None  # a waiting well's TTL
     expect_size: int | None = None
     max_size: int | None = None
