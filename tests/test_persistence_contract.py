@@ -21,7 +21,17 @@ from flowengine.core import machine
 from flowengine.errors import Error
 from flowengine.identity.records import Credential, Team, User
 from flowengine.persistence import open_database
-from flowengine.persistence.base import Database, FileRecord, NewRun, Wait, WorkflowRecord
+from flowengine.persistence.base import (
+    Database,
+    FileRecord,
+    IdempotencyKey,
+    NewRun,
+    TaskChange,
+    TaskEventRow,
+    TaskRecord,
+    Wait,
+    WorkflowRecord,
+)
 from flowengine.persistence.migrations import migrations
 
 pytestmark = pytest.mark.anyio
@@ -580,3 +590,134 @@ async def test_workflows_keep_every_version_and_teams_see_their_own_and_the_oper
     with pytest.raises(Error):  # the slug is unique
         async with db.transaction() as tx:
             await tx.insert_workflow(WorkflowRecord("w4", "t2", "mine", 1, "active", 7.0, 7.0, "api"), b"x")
+
+
+# tasks
+
+
+def task(task_id: str, team: str = "t1", status: str = "queued", created: float = 1.0) -> TaskRecord:
+    return TaskRecord(task_id, team, "w1", 2, status, 1, b'{"parameters": {"n": 1}}', "agent", "team", "us-east",
+                      "exec", "api_key", created)  # fmt: skip
+
+
+def first_event(task_id: str, status: str = "queued") -> list[TaskEventRow]:
+    return [TaskEventRow(1, "status", b'{"task_id": "%s", "status": "%s"}' % (task_id.encode(), status.encode()), 1.0)]
+
+
+async def insert_tasks(db: Database, *tasks: TaskRecord) -> None:
+    """Each task with its run (a run of its team), in one transaction as the engine's group commit does."""
+    async with db.transaction() as tx:
+        await tx.insert_runs([NewRun(msgspec.structs.replace(run(t.id), team=t.team), "digest", None) for t in tasks])
+        await tx.insert_tasks([(t, first_event(t.id, t.status)) for t in tasks])
+
+
+async def test_a_task_reads_back_as_inserted_with_its_first_events(db: Database) -> None:
+    await insert_tasks(db, task("t-a"))
+    assert await db.task("t-a") == task("t-a") and await db.task("nope") is None
+    assert await db.task_events("t-a", 0) == first_event("t-a") and await db.task_events("t-a", 1) == []
+    assert await db.task_state_seq("t-a") == 1 and await db.task_state_seq("nope") == 0
+
+
+async def test_a_tasks_changes_number_its_events_after_the_last_and_keep_its_first_times(db: Database) -> None:
+    await insert_tasks(db, task("t-a"))
+    async with db.transaction() as tx:
+        await tx.save_task("t-a", TaskChange("running", [("status", b'{"s": "running"}', 2.0)], started=2.0))
+    async with db.transaction() as tx:  # a progress report: the status stays, the events go on
+        await tx.save_task("t-a", TaskChange("running", [("progress", b'{"p": 0.5}', 3.0),
+                                                         ("progress", b'{"p": 0.9}', 3.5)]))  # fmt: skip
+    async with db.transaction() as tx:  # a retry's run again: the first start stays
+        await tx.save_task("t-a", TaskChange("completed", [("completed", b'{"s": "completed"}', 4.0)], started=3.9,
+                                             completed=4.0))  # fmt: skip
+    stored = await db.task("t-a")
+    assert (stored.status, stored.events, stored.started, stored.completed) == ("completed", 5, 2.0, 4.0)
+    events = await db.task_events("t-a", 1)
+    assert [(e.seq, e.kind, e.at) for e in events] == [(2, "status", 2.0), (3, "progress", 3.0),
+                                                        (4, "progress", 3.5), (5, "completed", 4.0)]  # fmt: skip
+    assert events[1].data == b'{"p": 0.5}' and [e.seq for e in await db.task_events("t-a", 3)] == [4, 5]
+    assert await db.task_state_seq("t-a") == 5
+
+
+async def test_a_task_change_rolled_back_leaves_no_event(db: Database) -> None:
+    await insert_tasks(db, task("t-a"))
+    with pytest.raises(RuntimeError):
+        async with db.transaction() as tx:
+            await tx.save_task("t-a", TaskChange("running", [("status", b"{}", 2.0)], started=2.0))
+            raise RuntimeError
+    assert (await db.task("t-a")) == task("t-a") and await db.task_events("t-a", 1) == []
+    assert await db.count_tasks("t1", "running") == 0 and await db.count_tasks("t1", "queued") == 1
+
+
+async def test_tasks_list_newest_first_with_their_runs_by_team_and_status_and_are_counted(db: Database) -> None:
+    await insert_tasks(db, *(task(f"T{i:02d}", team="ab"[i % 2], status="queued") for i in range(10)))
+    async with db.transaction() as tx:
+        for task_id in ("T02", "T04"):
+            await tx.save_task(task_id, TaskChange("completed", [("completed", b"{}", 2.0)], completed=2.0))
+    listed = await db.list_tasks("a", None, 3, 0)
+    assert [row.task.id for row in listed] == ["T08", "T06", "T04"]
+    assert [row.run.id for row in listed] == ["T08", "T06", "T04"] and listed[0].run.team == "a"
+    assert [row.task.id for row in await db.list_tasks("a", None, 3, 3)] == ["T02", "T00"]
+    assert [row.task.id for row in await db.list_tasks("a", "completed", 10, 0)] == ["T04", "T02"]
+    assert [row.task.id for row in await db.list_tasks("a", "queued", 10, 1)] == ["T06", "T00"]
+    assert await db.list_tasks("c", None, 10, 0) == [] and await db.list_tasks("b", "completed", 10, 0) == []
+    totals = {(team, status): await db.count_tasks(team, status)
+              for team in "abc" for status in (None, "queued", "completed", "failed")}  # fmt: skip
+    assert totals == {("a", None): 5, ("a", "queued"): 3, ("a", "completed"): 2, ("a", "failed"): 0,
+                      ("b", None): 5, ("b", "queued"): 5, ("b", "completed"): 0, ("b", "failed"): 0,
+                      ("c", None): 0, ("c", "queued"): 0, ("c", "completed"): 0, ("c", "failed"): 0}  # fmt: skip
+
+
+async def test_task_counts_stay_right_under_concurrent_changes(db: Database) -> None:
+    """Tasks created and moved on from many transactions at once (on PostgreSQL, many connections):
+    no count is lost, and runs' and tasks' counters never deadlock."""
+    await insert_tasks(db, *(task(f"base{i:02d}") for i in range(20)))
+
+    async def finish(task_id: str) -> None:
+        for status in ("running", "completed"):
+            async with db.transaction() as tx:
+                row = await tx.load_run(task_id)
+                await tx.save_run(msgspec.structs.replace(row.run, status=machine.RUNNING), None)
+                await tx.save_task(task_id, TaskChange(status, [("status", b"{}", 2.0)]))
+
+    await asyncio.gather(*(finish(f"base{i:02d}") for i in range(20)),
+                         *(insert_tasks(db, task(f"new{n:02d}", status="pending")) for n in range(20)))  # fmt: skip
+    assert [await db.count_tasks("t1", s) for s in (None, "pending", "completed", "queued")] == [40, 20, 20, 0]
+    assert [(await db.task(f"base{i:02d}")).events for i in range(20)] == [3] * 20
+
+
+async def test_an_idempotency_key_is_the_first_claims_until_it_is_old(db: Database) -> None:
+    first = IdempotencyKey("t1", "key-1", "task-1", "fp-1", 10.0)
+    async with db.transaction() as tx:
+        assert await tx.claim_idempotency_key(first, since=0.0)
+        assert not await tx.claim_idempotency_key(IdempotencyKey("t1", "key-1", "task-2", "fp-2", 11.0), since=0.0)
+    assert await db.idempotency_key("t1", "key-1", since=5.0) == first
+    assert await db.idempotency_key("t2", "key-1", since=5.0) is None  # another team's key is another key
+    assert await db.idempotency_key("t1", "key-1", since=10.5) is None  # too old: as if gone
+    later = IdempotencyKey("t1", "key-1", "task-3", "fp-3", 20.0)
+    async with db.transaction() as tx:
+        assert await tx.claim_idempotency_key(later, since=10.5)  # in place of the old one
+    assert await db.idempotency_key("t1", "key-1", since=0.0) == later
+
+
+async def test_concurrent_claims_of_one_idempotency_key_leave_it_to_the_first(db: Database) -> None:
+    claims = [IdempotencyKey("t1", "k", f"task-{i}", "fp", 10.0) for i in range(8)]
+
+    async def claim(key: IdempotencyKey) -> bool:
+        async with db.transaction() as tx:
+            won = await tx.claim_idempotency_key(key, since=0.0)
+            await asyncio.sleep(0.01)  # hold the transaction open: the others meet it
+            return won
+
+    won = await asyncio.gather(*(claim(c) for c in claims))
+    assert won.count(True) == 1
+    assert (await db.idempotency_key("t1", "k", 0.0)).task == claims[won.index(True)].task
+
+
+async def test_old_idempotency_keys_are_dropped_oldest_first_in_batches(db: Database) -> None:
+    async with db.transaction() as tx:
+        for i in range(5):
+            await tx.claim_idempotency_key(IdempotencyKey("t1", f"k{i}", f"task-{i}", "fp", float(i)), since=0.0)
+    assert await db.drop_idempotency_keys(before=3.5, limit=2) == 2
+    assert await db.idempotency_key("t1", "k0", 0.0) is None and await db.idempotency_key("t1", "k2", 0.0)
+    assert await db.drop_idempotency_keys(before=3.5, limit=10) == 2
+    assert await db.drop_idempotency_keys(before=3.5, limit=10) == 0
+    assert await db.idempotency_key("t1", "k4", 0.0) is not None

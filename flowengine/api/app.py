@@ -22,6 +22,7 @@ from flowengine.api.errors import ERROR_HANDLERS, error_response
 from flowengine.api.http import json_response, send_json
 from flowengine.api.openapi import Answer, ApiRoute, Operation
 from flowengine.api.r import files as r_files
+from flowengine.api.r import tasks as r_tasks
 from flowengine.config import Config
 from flowengine.core.lru import LRU
 from flowengine.errors import Error
@@ -153,7 +154,7 @@ def create_app(config: Config, engine: Engine | None = None) -> HotRoutes:
             await app.state.engine.stop()
 
     app = Starlette(
-        routes=[*flow.routes, *upload.routes, *events.routes, *r_files.routes, *routes],
+        routes=[*flow.routes, *upload.routes, *events.routes, *r_files.routes, *r_tasks.routes, *routes],
         exception_handlers=ERROR_HANDLERS,
         lifespan=lifespan,
     )

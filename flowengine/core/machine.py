@@ -14,7 +14,7 @@ from typing import Any, Literal
 import msgspec
 from msgspec import structs
 
-from flowengine.core.spec import Flow
+from flowengine.core.spec import Flow, Scalar
 from flowengine.core.validate import mime_matches
 
 # Run status, as in the flow API reference.
@@ -24,6 +24,7 @@ TERMINAL = frozenset({STOPPED, COMPLETE, ERROR})
 IDLE, READY, RETRYING = "IDLE", "READY", "RETRYING"
 ACTIVE_STEP = frozenset({READY, RUNNING, RETRYING})
 FROM_STEP = "step"  # an edge's source when a step's output fills it
+FROM_FILE = "file"  # a task's well, filled when the task is created with a file the team uploaded
 # An attempt cut short by the engine stopping or dying is not the step's failure: it runs again as a
 # new attempt, not counted against MaxAttempts. A step interrupted this many times fails the run
 # (an engine that dies each time it runs a step would otherwise run it forever).
@@ -42,7 +43,7 @@ class ObjectMeta(msgspec.Struct, frozen=True, gc=False):
 class EdgeState(msgspec.Struct, omit_defaults=True, gc=False):
     store: str
     key: str
-    source: str  # upload | webhook | static | step
+    source: str  # upload | webhook | static | step | file
     deadline: float | None = None  # a waiting well's TTL
     expect_size: int | None = None
     max_size: int | None = None
@@ -74,6 +75,8 @@ class Run(msgspec.Struct, omit_defaults=True, gc=False):
     error: str | None = None
     failed_step: str | None = None
     team: str = ""  # the team that owns it ('' on an engine without credentials)
+    flags: dict[str, dict[str, Scalar]] = {}  # step -> flag -> value, over the step's own Flags (a task's parameters)
+    task: bool = False  # started through the workflow/task API: its changes are the task's events too
 
 
 # Events: facts.
@@ -137,10 +140,19 @@ Command = Dispatch | Abort
 
 
 def start(
-    flow: Flow, run_id: str, edges: dict[str, EdgeState], now: float, team: str = ""
+    flow: Flow,
+    run_id: str,
+    edges: dict[str, EdgeState],
+    now: float,
+    team: str = "",
+    *,
+    flags: dict[str, dict[str, Scalar]] | None = None,
+    task: bool = False,
 ) -> tuple[Run, list[Command]]:
-    """A new run of `team`: the shell resolved every edge's store and key (static wells arrive filled)."""
-    run = Run(run_id, flow.name, WAITING, now, now, edges, {s.id: StepState() for s in flow.steps}, team=team)
+    """A new run of `team`: the shell resolved every edge's store and key (static wells, and a task's
+    file wells, arrive filled). `flags` override the steps' own; `task`: a task's run."""
+    steps = {s.id: StepState() for s in flow.steps}
+    run = Run(run_id, flow.name, WAITING, now, now, edges, steps, team=team, flags=flags or {}, task=task)
     commands = _settle(run, flow, now)
     return run, commands
 

@@ -36,6 +36,7 @@ import msgspec
 
 from flowengine.core import machine
 from flowengine.core.machine import Run
+from flowengine.core.spec import Flow
 from flowengine.core.times import rfc3339
 
 TaskStatus = Literal["pending", "waiting", "queued", "running", "completed", "failed", "cancelled"]
@@ -92,3 +93,39 @@ def task_events(before: Run | None, after: Run, output: Callable[[Run], Any] = l
         data = TaskEventData(after.id, status, stamp)
     kind: TaskEventKind = status if status in TERMINAL_TASK else "status"  # type: ignore[assignment]
     return [TaskEvent(kind, data, after.updated)]
+
+
+def output_edges(run: Run, flow: Flow) -> list[str]:
+    """The task's outputs: the edges its steps write that no step reads (what the flow produces), in
+    the run's edge order. `download_urls` has one URL per output edge."""
+    read = {b.edge for s in flow.steps for b in s.inputs}
+    return [name for name, e in run.edges.items() if e.source == machine.FROM_STEP and name not in read]
+
+
+class OutputFile(msgspec.Struct, frozen=True):
+    storage_key: str
+    size: int
+    content_type: str
+
+
+class TaskOutput(msgspec.Struct, frozen=True):
+    """A completed task's `task_output`: the first output's `storage_key` (the reference's shape), and
+    every output edge's object."""
+
+    storage_key: str | None
+    outputs: dict[str, OutputFile]
+
+
+def task_output(run: Run, flow: Flow) -> TaskOutput:
+    files = {
+        name: OutputFile(edge.key, edge.object.size, edge.object.content_type)
+        for name in output_edges(run, flow)
+        if (edge := run.edges[name]).object is not None
+    }
+    return TaskOutput(next((f.storage_key for f in files.values()), None), files)
+
+
+def retry_count(run: Run) -> int:
+    """Automatic retries so far: attempts after each step's first, not counting those the engine's
+    stop or crash cut short (they run again without counting against the step's tries)."""
+    return sum(max(0, s.attempts - s.interrupted - 1) for s in run.steps.values())

@@ -77,6 +77,63 @@ class WorkflowRecord(msgspec.Struct, frozen=True):
     source: str  # "file:<flow file>" (the operator's) or "api" (a team's)
 
 
+class TaskRecord(msgspec.Struct, frozen=True):
+    """A task: a run started through the workflow/task API (its id is the run's), and what the caller
+    asked for. `status` and `events` follow the run (`save_task`, in the transaction of each change)."""
+
+    id: str
+    team: str
+    workflow: str
+    version: int  # the workflow's version it runs
+    status: str  # core.tasks.TaskStatus
+    events: int  # the seq of its last event
+    body: bytes  # the resolved parameters and the patched graph (runtime/tasks.TaskBody), JSON
+    dispatch_target: str
+    target_pool: str
+    submitter_region: str
+    tool_type: str
+    created_via: str  # jwt | api_key | device
+    created: float
+    started: float | None = None  # when it first ran
+    completed: float | None = None  # when it ended
+
+
+class TaskEventRow(msgspec.Struct, frozen=True, gc=False):
+    """One server-sent event of a task: `seq` is its SSE id, from 1 per task."""
+
+    seq: int
+    kind: str  # status | progress | completed | failed | cancelled
+    data: bytes  # one line of JSON
+    at: float
+
+
+class TaskChange(msgspec.Struct, frozen=True, gc=False):
+    """What one change of a task's run does to the task: its status, the events it adds (their seqs
+    follow the task's last), and the times it first ran and ended, once known (None: unchanged)."""
+
+    status: str
+    events: list[tuple[str, bytes, float]]  # (kind, one line of JSON, at)
+    started: float | None = None
+    completed: float | None = None
+
+
+class TaskRow(msgspec.Struct, frozen=True, gc=False):
+    """A task with its run, as a listing reads them."""
+
+    task: TaskRecord
+    run: Run
+
+
+class IdempotencyKey(msgspec.Struct, frozen=True):
+    """An `Idempotency-Key` a team sent with a task submission, and the task it made."""
+
+    team: str
+    key: str
+    task: str
+    fingerprint: str  # of the request: the same key with another request is refused
+    created: float
+
+
 class Queries(Protocol):
     # the engine's own state
     async def mark_clean_stop(self) -> None: ...
@@ -234,6 +291,48 @@ class Queries(Protocol):
         ...
 
     async def count_workflows(self, team: str) -> int: ...
+
+    # tasks: runs started through the workflow/task API, their events, and idempotency keys
+    async def insert_tasks(self, tasks: list[tuple[TaskRecord, list[TaskEventRow]]]) -> None:
+        """New tasks (each with its first events, numbered 1 to `events`), counted by status in the
+        same transaction. Their runs are inserted in the same transaction, before them."""
+        ...
+
+    async def save_task(self, task: str, change: TaskChange) -> None:
+        """A change of the task's run: its status (the counters follow), its new events (numbered
+        after its last), when it first ran and when it ended (kept once set)."""
+        ...
+
+    async def task(self, task: str) -> TaskRecord | None: ...
+
+    async def list_tasks(self, team: str, status: str | None, limit: int, offset: int) -> list[TaskRow]:
+        """A team's tasks (with a status, if given), newest first (by ID), each with its run."""
+        ...
+
+    async def count_tasks(self, team: str, status: str | None) -> int:
+        """How many tasks match, from counters: the cost does not grow with the tasks."""
+        ...
+
+    async def task_events(self, task: str, after: int) -> list[TaskEventRow]:
+        """The task's events with a seq above `after`, in order."""
+        ...
+
+    async def task_state_seq(self, task: str) -> int:
+        """The seq of the task's last event that says its status (any but `progress`); 0: none."""
+        ...
+
+    async def idempotency_key(self, team: str, key: str, since: float) -> IdempotencyKey | None:
+        """The team's key, if it was made at `since` or later (an older one counts as gone)."""
+        ...
+
+    async def claim_idempotency_key(self, claim: IdempotencyKey, since: float) -> bool:
+        """Store the key, in place of one made before `since`; False if the team has it already
+        (made at `since` or later), and nothing is stored."""
+        ...
+
+    async def drop_idempotency_keys(self, before: float, limit: int) -> int:
+        """Drop up to `limit` keys made before `before`, oldest first; returns how many."""
+        ...
 
 
 class Database(Queries, Protocol):

@@ -37,7 +37,19 @@ from flowengine.core.machine import Run
 from flowengine.errors import Error, conflict, insufficient_storage
 from flowengine.identity.records import Credential, Role, Team, User
 from flowengine.persistence import redacted
-from flowengine.persistence.base import FileRecord, NewRun, RunRow, Wait, WorkflowRecord, prefix_end
+from flowengine.persistence.base import (
+    FileRecord,
+    IdempotencyKey,
+    NewRun,
+    RunRow,
+    TaskChange,
+    TaskEventRow,
+    TaskRecord,
+    TaskRow,
+    Wait,
+    WorkflowRecord,
+    prefix_end,
+)
 from flowengine.persistence.migrations import Migration, failed, latest, pending
 
 CONNECT_TIMEOUT = 10  # seconds to open a connection (unless the URL says otherwise)
@@ -124,6 +136,8 @@ _CREDENTIAL = (
 )
 _FILE = "store, key, team, name, size, content_type, created, expires"
 _WORKFLOW = "id, team, slug, version, status, created, updated, source"
+_TASK = ", ".join(f.name for f in msgspec.structs.fields(TaskRecord))  # the columns are its fields, in order
+_TASK_OF_T = ", ".join(f"t.{f.name}" for f in msgspec.structs.fields(TaskRecord))
 
 
 class _Held:
@@ -578,6 +592,101 @@ class _Queries:
     async def count_workflows(self, team: str) -> int:
         return await self._value("SELECT count(*) FROM workflows WHERE team IN ('', %s)", (team,))
 
+    # tasks: runs started through the workflow/task API, their events, and idempotency keys
+
+    async def insert_tasks(self, tasks: list[tuple[TaskRecord, list[TaskEventRow]]]) -> None:
+        """The counter rows are changed in key order (see the migration's trigger)."""
+        if not tasks:
+            return
+        counts = sorted(Counter((task.team, task.status) for task, _ in tasks).items())
+        marks = ", ".join(["%s"] * len(msgspec.structs.fields(TaskRecord)))
+        async with self._atomic() as conn:
+            cur = conn.cursor()
+            await cur.executemany(f"INSERT INTO tasks ({_TASK}) VALUES ({marks})",
+                                  [msgspec.structs.astuple(task) for task, _ in tasks])  # fmt: skip
+            events = [(task.id, e.seq, e.kind, e.data, e.at) for task, rows in tasks for e in rows]
+            if events:
+                await cur.executemany("INSERT INTO task_events (task, seq, kind, data, at) VALUES (%s, %s, %s, %s, %s)",
+                                      events)  # fmt: skip
+            await conn.execute(
+                "INSERT INTO task_counts AS c (team, status, n)"
+                " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[])"
+                " ON CONFLICT (team, status) DO UPDATE SET n = c.n + excluded.n",
+                ([t for (t, _), _ in counts], [s for (_, s), _ in counts], [n for _, n in counts]),
+            )
+
+    async def save_task(self, task: str, change: TaskChange) -> None:
+        async with self._atomic() as conn:
+            cur = await conn.execute(
+                "UPDATE tasks SET status = %s, events = events + %s, started = coalesce(started, %s),"
+                " completed = coalesce(completed, %s) WHERE id = %s RETURNING events",
+                (change.status, len(change.events), change.started, change.completed, task),
+            )
+            (last,) = await cur.fetchone()  # type: ignore[misc]
+            if change.events:
+                first = last - len(change.events) + 1
+                await conn.cursor().executemany(
+                    "INSERT INTO task_events (task, seq, kind, data, at) VALUES (%s, %s, %s, %s, %s)",
+                    [(task, first + i, kind, data, at) for i, (kind, data, at) in enumerate(change.events)],
+                )
+
+    async def task(self, task: str) -> TaskRecord | None:
+        row = await self._row(f"SELECT {_TASK} FROM tasks WHERE id = %s", (task,))
+        return _task_record(row) if row else None
+
+    async def list_tasks(self, team: str, status: str | None, limit: int, offset: int) -> list[TaskRow]:
+        where, params = ("t.team = %s AND t.status = %s", [team, status]) if status else ("t.team = %s", [team])
+        rows = await self._rows(
+            f"SELECT {_TASK_OF_T}, r.doc FROM tasks t JOIN runs r ON r.id = t.id WHERE {where}"
+            " ORDER BY t.id DESC LIMIT %s OFFSET %s",
+            [*params, limit, offset],
+        )
+        return [TaskRow(_task_record(r[:-1]), _decode_run(r[-1])) for r in rows]
+
+    async def count_tasks(self, team: str, status: str | None) -> int:
+        where, params = _filters(team, status, None)
+        return await self._value(f"SELECT coalesce(sum(n), 0)::bigint FROM task_counts WHERE {' AND '.join(where)}",
+                                 params)  # fmt: skip
+
+    async def task_events(self, task: str, after: int) -> list[TaskEventRow]:
+        rows = await self._rows(
+            "SELECT seq, kind, data, at FROM task_events WHERE task = %s AND seq > %s ORDER BY seq", (task, after)
+        )
+        return [TaskEventRow(seq, kind, bytes(data), at) for seq, kind, data, at in rows]
+
+    async def task_state_seq(self, task: str) -> int:
+        return await self._value(
+            "SELECT coalesce(max(seq), 0) FROM task_events WHERE task = %s AND kind != 'progress'", (task,)
+        )
+
+    async def idempotency_key(self, team: str, key: str, since: float) -> IdempotencyKey | None:
+        row = await self._row(
+            "SELECT team, key, task, fingerprint, created FROM idempotency_keys"
+            " WHERE team = %s AND key = %s AND created >= %s",
+            (team, key, since),
+        )
+        return IdempotencyKey(*row) if row else None
+
+    async def claim_idempotency_key(self, claim: IdempotencyKey, since: float) -> bool:
+        """A key another transaction has just claimed is waited for (the insert waits on its row):
+        then it is the other's."""
+        row = await self._row(
+            "INSERT INTO idempotency_keys AS k (team, key, task, fingerprint, created) VALUES (%s, %s, %s, %s, %s)"
+            " ON CONFLICT (team, key) DO UPDATE SET task = excluded.task, fingerprint = excluded.fingerprint,"
+            " created = excluded.created WHERE k.created < %s RETURNING 1",
+            (*msgspec.structs.astuple(claim), since),
+        )
+        return row is not None
+
+    async def drop_idempotency_keys(self, before: float, limit: int) -> int:
+        async with self._connection() as conn:
+            cur = await conn.execute(
+                "DELETE FROM idempotency_keys WHERE (team, key) IN"
+                " (SELECT team, key FROM idempotency_keys WHERE created < %s ORDER BY created LIMIT %s)",
+                (before, limit),
+            )
+            return cur.rowcount
+
     async def _execute(self, query: str, params: Any = ()) -> None:
         async with self._connection() as conn:
             await conn.execute(query, params)
@@ -680,6 +789,15 @@ class PostgresDatabase(_Queries):
     async def close(self) -> None:
         if self._opened:
             await self.pool.close()
+
+
+_TASK_BODY = [f.name for f in msgspec.structs.fields(TaskRecord)].index("body")
+
+
+def _task_record(row: Any) -> TaskRecord:
+    values = list(row)
+    values[_TASK_BODY] = bytes(values[_TASK_BODY])  # bytea may come as a memoryview
+    return TaskRecord(*values)
 
 
 def _filters(team: str, status: str | None, flow: str | None) -> tuple[list[str], list[Any]]:

@@ -24,7 +24,19 @@ import msgspec
 from flowengine.core.machine import Run
 from flowengine.errors import Error, conflict, insufficient_storage
 from flowengine.identity.records import Credential, Role, Team, User
-from flowengine.persistence.base import FileRecord, NewRun, RunRow, Wait, WorkflowRecord, prefix_end
+from flowengine.persistence.base import (
+    FileRecord,
+    IdempotencyKey,
+    NewRun,
+    RunRow,
+    TaskChange,
+    TaskEventRow,
+    TaskRecord,
+    TaskRow,
+    Wait,
+    WorkflowRecord,
+    prefix_end,
+)
 from flowengine.persistence.migrations import Migration, failed, pending
 
 WAL_KEEP = 64 << 20  # bytes of WAL file kept for reuse after a checkpoint; the rest is truncated
@@ -33,6 +45,8 @@ _CREDENTIAL = (
 )
 _FILE = "store, key, team, name, size, content_type, created, expires"
 _WORKFLOW = "id, team, slug, version, status, created, updated, source"
+_TASK = ", ".join(f.name for f in msgspec.structs.fields(TaskRecord))  # the columns are its fields, in order
+_TASK_OF_T = ", ".join(f"t.{f.name}" for f in msgspec.structs.fields(TaskRecord))
 _encode = msgspec.json.Encoder().encode
 _decode_run = msgspec.json.Decoder(Run).decode
 
@@ -485,6 +499,85 @@ class SqliteDatabase:
 
     async def count_workflows(self, team: str) -> int:
         return self.conn.execute("SELECT count(*) FROM workflows WHERE team IN ('', ?)", (team,)).fetchone()[0]
+
+    # tasks: runs started through the workflow/task API, their events, and idempotency keys
+
+    async def insert_tasks(self, tasks: list[tuple[TaskRecord, list[TaskEventRow]]]) -> None:
+        marks = ", ".join("?" * len(msgspec.structs.fields(TaskRecord)))
+        self.conn.executemany(f"INSERT INTO tasks ({_TASK}) VALUES ({marks})",
+                              [msgspec.structs.astuple(task) for task, _ in tasks])  # fmt: skip
+        self.conn.executemany(
+            "INSERT INTO task_events (task, seq, kind, data, at) VALUES (?, ?, ?, ?, ?)",
+            [(task.id, e.seq, e.kind, e.data, e.at) for task, events in tasks for e in events],
+        )
+        self.conn.executemany(
+            "INSERT INTO task_counts VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET n = n + excluded.n",
+            [(*key, n) for key, n in Counter((task.team, task.status) for task, _ in tasks).items()],
+        )
+
+    async def save_task(self, task: str, change: TaskChange) -> None:
+        (last,) = self.conn.execute(
+            "UPDATE tasks SET status = ?, events = events + ?, started = coalesce(started, ?),"
+            " completed = coalesce(completed, ?) WHERE id = ? RETURNING events",
+            (change.status, len(change.events), change.started, change.completed, task),
+        ).fetchone()
+        first = last - len(change.events) + 1
+        self.conn.executemany(
+            "INSERT INTO task_events (task, seq, kind, data, at) VALUES (?, ?, ?, ?, ?)",
+            [(task, first + i, kind, data, at) for i, (kind, data, at) in enumerate(change.events)],
+        )
+
+    async def task(self, task: str) -> TaskRecord | None:
+        row = self.conn.execute(f"SELECT {_TASK} FROM tasks WHERE id = ?", (task,)).fetchone()
+        return TaskRecord(*row) if row else None
+
+    async def list_tasks(self, team: str, status: str | None, limit: int, offset: int) -> list[TaskRow]:
+        where, params = ("t.team = ? AND t.status = ?", [team, status]) if status else ("t.team = ?", [team])
+        rows = self.conn.execute(
+            f"SELECT {_TASK_OF_T}, r.doc FROM tasks t JOIN runs r ON r.id = t.id WHERE {where}"
+            " ORDER BY t.id DESC LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        )
+        return [TaskRow(TaskRecord(*r[:-1]), _decode_run(r[-1])) for r in rows]
+
+    async def count_tasks(self, team: str, status: str | None) -> int:
+        where, params = _filters(team, status, None)
+        return self.conn.execute(f"SELECT coalesce(sum(n), 0) FROM task_counts WHERE {' AND '.join(where)}",
+                                 params).fetchone()[0]  # fmt: skip
+
+    async def task_events(self, task: str, after: int) -> list[TaskEventRow]:
+        rows = self.conn.execute(
+            "SELECT seq, kind, data, at FROM task_events WHERE task = ? AND seq > ? ORDER BY seq", (task, after)
+        )
+        return [TaskEventRow(*r) for r in rows]
+
+    async def task_state_seq(self, task: str) -> int:
+        return self.conn.execute(
+            "SELECT coalesce(max(seq), 0) FROM task_events WHERE task = ? AND kind != 'progress'", (task,)
+        ).fetchone()[0]
+
+    async def idempotency_key(self, team: str, key: str, since: float) -> IdempotencyKey | None:
+        row = self.conn.execute(
+            "SELECT team, key, task, fingerprint, created FROM idempotency_keys"
+            " WHERE team = ? AND key = ? AND created >= ?",
+            (team, key, since),
+        ).fetchone()
+        return IdempotencyKey(*row) if row else None
+
+    async def claim_idempotency_key(self, claim: IdempotencyKey, since: float) -> bool:
+        return bool(self.conn.execute(
+            "INSERT INTO idempotency_keys (team, key, task, fingerprint, created) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT DO UPDATE SET task = excluded.task, fingerprint = excluded.fingerprint,"
+            " created = excluded.created WHERE created < ?",
+            (*msgspec.structs.astuple(claim), since),
+        ).rowcount)  # fmt: skip
+
+    async def drop_idempotency_keys(self, before: float, limit: int) -> int:
+        return self.conn.execute(
+            "DELETE FROM idempotency_keys WHERE (team, key) IN"
+            " (SELECT team, key FROM idempotency_keys WHERE created < ? ORDER BY created LIMIT ?)",
+            (before, limit),
+        ).rowcount
 
 
 def migrate(path: Path | str) -> list[Migration]:

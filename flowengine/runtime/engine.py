@@ -41,8 +41,8 @@ from flowengine.core.validate import validate
 from flowengine.errors import Error, conflict, not_found
 from flowengine.identity.directory import Directory
 from flowengine.persistence import open_database
-from flowengine.persistence.base import Database, NewRun, Queries, RunRow, Wait
-from flowengine.runtime import datadir, landing, retention
+from flowengine.persistence.base import Database, NewRun, Queries, RunRow, TaskEventRow, TaskRecord, Wait
+from flowengine.runtime import datadir, landing, retention, tasks
 from flowengine.runtime.catalog import Catalog
 from flowengine.runtime.executors.reaper import Reaper
 from flowengine.runtime.executors.sandbox import Sandbox
@@ -84,6 +84,8 @@ class _Creation(msgspec.Struct):
     waits: list[Wait]
     wake: float | None  # machine.next_wake(run)
     first_check: float  # when the reconciler first asks the store about the waits
+    task: tasks.NewTask | None = None  # a task's run: its row and first events are inserted with it
+    task_rows: tuple[TaskRecord, list[TaskEventRow]] | None = None
 
 
 class Engine:
@@ -330,21 +332,28 @@ class Engine:
                 "body.Flow.Stores[0]",
             )  # fmt: skip
 
-    async def create_run(self, plan: Plan, team: str = "") -> Run:
+    async def create_run(self, plan: Plan, team: str = "", task: tasks.NewTask | None = None) -> Run:
+        """A new run of `team`; with `task`, a task's (runtime/tasks.py): its file wells arrive filled,
+        its steps take its flags, and its row is inserted with the run."""
         now = self.clock()
         run_id = self.new_id()
         edges = {e.name: e.state(run_id, now) for e in plan.edges}
+        if task is not None:
+            edges.update(task.edges)
         for store in plan.s3_stores:
             await self.stores.prepare(store)
         for e in plan.statics:
             await _fill_static(e, edges[e.name], now)
         if len(edges) > 1:
             _refuse_shared_keys(edges, plan)
-        run, commands = machine.start(plan.flow, run_id, edges, now, team)
+        flags = task.flags if task is not None else None
+        run, commands = machine.start(plan.flow, run_id, edges, now, team, flags=flags, task=task is not None)
         waiting = machine.waiting_edges(run)
         waits = [_wait(e.store, run, e.name) for e in plan.edges if e.name in waiting]
         wake = machine.next_wake(run)
-        await self._commit_creation(_Creation(run, plan, waits, wake, now + self.config.reconcile_interval))
+        rows = tasks.first_rows(task, run, plan.flow) if task is not None else None
+        creation = _Creation(run, plan, waits, wake, now + self.config.reconcile_interval, task, rows)
+        await self._commit_creation(creation)
         self._flows.put(plan.digest, plan.flow)
         self._runs.put(run.id, RunRow(run, plan.digest))
         self._after_commit(None, run, plan.flow, commands, wake)
@@ -365,13 +374,18 @@ class Engine:
         refused: dict[int, Error] = {}
         try:
             async with self.db.transaction() as tx:
-                rows = []
+                rows, task_rows = [], []
                 for i, (creation, _) in enumerate(batch):
                     try:
                         rows.append(await self._claim(tx, creation))
                     except Error as exc:
                         refused[i] = exc
+                        continue
+                    if creation.task_rows is not None:
+                        task_rows.append(creation.task_rows)
                 await tx.insert_runs(rows)
+                if task_rows:
+                    await tx.insert_tasks(task_rows)
         except Exception as exc:
             for _, future in batch:
                 future.set_exception(exc)
@@ -385,6 +399,12 @@ class Engine:
     async def _claim(self, tx: Queries, c: _Creation) -> NewRun:
         """Claim a creation's waits and store its definition, or refuse it before it writes anything;
         returns its run's row, which the batch inserts with the others'."""
+        claim = c.task.idempotency if c.task is not None else None
+        if claim is not None:  # first: refused, it has written nothing
+            since = claim.created - tasks.IDEMPOTENCY_WINDOW
+            if not await tx.claim_idempotency_key(msgspec.structs.replace(claim, task=c.run.id), since):
+                raise Error("conflict", tasks.IDEMPOTENCY_TAKEN, "another request with this Idempotency-Key came "
+                            "first", "header.Idempotency-Key")  # fmt: skip
         # Embedded-store uploads come through the engine and land at once: the reconciler need not
         # ask about them (start() does, once, for uploads a crash interrupted).
         checks = [(w, None if w.location.startswith("local:") else c.first_check) for w in c.waits]
@@ -411,6 +431,10 @@ class Engine:
                 return run
             wake = machine.next_wake(run)
             await tx.save_run(run, wake)
+            if run.task:
+                change = tasks.task_change(row.run, run, flow)
+                if change.events:
+                    await tx.save_task(run.id, change)
             filled = [n for n, e in run.edges.items() if e.object and not row.run.edges[n].object]
             still = set(machine.waiting_edges(run))
             gone = [n for n in machine.waiting_edges(row.run) if n not in still]
@@ -501,6 +525,7 @@ class Engine:
                 python_path=self.python_path,
                 sandbox=self.sandbox,
                 reaper=self.reaper,
+                flags=run.flags.get(step.id, {}),
             )
             try:
                 event = await run_step(job)

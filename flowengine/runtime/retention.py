@@ -1,6 +1,7 @@
 """The sweeper: deletes run objects past their retention (inputs 1 day, outputs 7 days by default).
 
-It runs for every store, and removes a finished run's step logs after `output_retention` too.
+It runs for every store, and removes a finished run's step logs after `output_retention` too, and
+tasks' Idempotency-Keys once their 24 hours are over.
 On S3 the engine also installs lifecycle rules for its default `inputs/` and `outputs/` prefixes,
 which keep expiring objects while the engine is down; the sweeper covers keys outside those
 prefixes and servers without lifecycle support. The run document keeps listing a swept
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from flowengine.errors import Error
+from flowengine.runtime.tasks import IDEMPOTENCY_WINDOW
 from flowengine.stores.base import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -58,7 +60,16 @@ async def sweep(engine: Engine) -> int:
                 pass  # the run or edge is gone: nothing left to delete
             await engine.db.drop_expiry(run_id, edge_name)
             deleted += 1
-    return deleted + await _sweep_files(engine)
+    deleted += await _sweep_files(engine)
+    await _forget_idempotency_keys(engine)
+    return deleted
+
+
+async def _forget_idempotency_keys(engine: Engine) -> None:
+    """Idempotency-Keys past their window (a lookup already ignores them: this only frees the rows)."""
+    before = engine.clock() - IDEMPOTENCY_WINDOW
+    while await engine.db.drop_idempotency_keys(before, BATCH) == BATCH:
+        pass
 
 
 async def _sweep_files(engine: Engine) -> int:

@@ -50,15 +50,18 @@ class StepJob(msgspec.Struct, kw_only=True):
     python_path: str  # where a Python task's module is found: the flows directory
     sandbox: Sandbox
     reaper: Reaper
+    flags: dict[str, Scalar] = {}  # the run's values for the step's flags (a task's parameters), over the step's
 
 
 class Refused(Exception):
     """What the step left cannot be taken as its output (the message says why)."""
 
 
-def flag_values(step: Step, task: Task) -> dict[str, Scalar]:
+def flag_values(step: Step, task: Task, run_flags: dict[str, Scalar] | None = None) -> dict[str, Scalar]:
+    """The task's defaults, under the step's Flags, under the run's own values (a task's parameters)."""
     values = {f.name: f.default for f in task.flags if f.default is not None}
     values.update(step.flags)
+    values.update(run_flags or {})
     return values
 
 
@@ -111,7 +114,7 @@ async def _attempt(job: StepJob, scratch: Path) -> StepSucceeded | StepFailed:
     outputs = {b.slot: scratch / "out" / b.slot / PurePosixPath(job.edges[b.edge].key).name for b in step.outputs}
     for path in [*(p.parent for p in outputs.values()), scratch / "home", scratch / "tmp"]:
         path.mkdir(parents=True)
-    flags = flag_values(step, task)
+    flags = flag_values(step, task, job.flags)
 
     if task.exec is not None:
         values = {**inputs, **{s: str(p) for s, p in outputs.items()}, **{k: str(v) for k, v in flags.items()}}
