@@ -59,7 +59,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     jwt_secret: str = ""  # HMAC key of user session tokens; empty: generated once, kept in data_dir/jwt_secret
     session_ttl: Positive = 43_200.0  # seconds a session token from `flowengine token` lives (12 h)
     files_store: str = "default"  # where files presigned for the workflow/task API go: default or an operator store
-    inline_flows: bool = True  # accept {"Flow": {...}} bodies (they may use the task library in flows_dir/tasks)
+    inline_flows: bool = True  # accept {"Flow": {...}} bodies and teams' workflows with a flow (task library by name)
     inline_commands: bool = False  # let inline flows define Exec / Python tasks of their own (run on this host)
     inline_stores: bool = False  # let inline flows define stores of their own (the engine connects where they say)
     concurrency: AtLeastOne = 4  # steps running at once

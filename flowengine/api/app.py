@@ -16,13 +16,14 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from flowengine import version
-from flowengine.api import browser, events, flow, openapi, upload
+from flowengine.api import browser, events, flow, openapi, upload, workflows
 from flowengine.api.documents import RenderedDocuments
 from flowengine.api.errors import ERROR_HANDLERS, error_response
 from flowengine.api.http import json_response, send_json
 from flowengine.api.openapi import Answer, ApiRoute, Operation
 from flowengine.api.r import files as r_files
 from flowengine.api.r import tasks as r_tasks
+from flowengine.api.r import workflows as r_workflows
 from flowengine.config import Config
 from flowengine.core.lru import LRU
 from flowengine.errors import Error
@@ -154,7 +155,16 @@ def create_app(config: Config, engine: Engine | None = None) -> HotRoutes:
             await app.state.engine.stop()
 
     app = Starlette(
-        routes=[*flow.routes, *upload.routes, *events.routes, *r_files.routes, *r_tasks.routes, *routes],
+        routes=[
+            *flow.routes,
+            *upload.routes,
+            *events.routes,
+            *r_files.routes,
+            *r_workflows.routes,
+            *r_tasks.routes,
+            *workflows.routes,
+            *routes,
+        ],
         exception_handlers=ERROR_HANDLERS,
         lifespan=lifespan,
     )

@@ -44,12 +44,19 @@ class ErrorBody(msgspec.Struct, rename="pascal", omit_defaults=True):
     problems: list[Problem] = []
 
 
+class ReferenceProblem(msgspec.Struct):
+    field: str
+    message: str
+
+
 class ReferenceErrorBody(msgspec.Struct, omit_defaults=True):
-    """The workflow/task API's error body: the reference's `error_message`, and which error and field."""
+    """The workflow/task API's error body: the reference's `error_message`, and which error and field;
+    where a body had several problems (a workflow's), `problems` lists every one."""
 
     error_message: str
     error_code: str
     field: str = ""
+    problems: list[ReferenceProblem] = []
 
 
 # The workflow/task API and its management endpoints answer errors in the reference's shape.
@@ -58,12 +65,15 @@ REFERENCE_PREFIXES = ("/api/v1/r/", "/api/v1/workflows", "/api/v1/credentials", 
 
 
 def error_response(error: Error, path: str = "") -> Response:
+    status = STATUS[error.kind]
     if path.startswith(REFERENCE_PREFIXES):
-        body: msgspec.Struct = ReferenceErrorBody(error.message, error.code, error.location)
+        problems = [ReferenceProblem(p.path, p.message) for p in error.problems]
+        body: msgspec.Struct = ReferenceErrorBody(error.message, error.code, error.location, problems)
+        status = 400 if error.kind == "invalid" else status  # the reference says 400 for every invalid field
     else:
         body = ErrorBody(error.code, error.message, error.location, error.problems)
     headers = {"WWW-Authenticate": "Bearer"} if error.kind == "unauthorized" else None
-    return Response(_encode(body), STATUS[error.kind], headers=headers, media_type="application/json")
+    return Response(_encode(body), status, headers=headers, media_type="application/json")
 
 
 async def _domain_error(request: Request, exc: Exception) -> Response:

@@ -107,7 +107,7 @@ async def start_run(scope: Scope, receive: Receive) -> tuple[int, bytes]:
     library = await engine.catalog.library()
     plan = state.inline_plans.get((name, body, library.stamp))
     if plan is None:
-        flow = _inline_flow(engine, name, body)
+        flow = _inline_flow(name, body)
         plan = engine.plan(flow, inline=True) if flow is not None else engine.plan(await engine.catalog.get(name))
         if flow is not None and len(body) <= INLINE_PLAN_BYTES:
             state.inline_plans.put((name, body, library.stamp), plan)
@@ -115,14 +115,11 @@ async def start_run(scope: Scope, receive: Receive) -> tuple[int, bytes]:
     return 201, run_json(scope, run, plan.flow)
 
 
-def _inline_flow(engine: Engine, name: str, body: bytes) -> Flow | None:
+def _inline_flow(name: str, body: bytes) -> Flow | None:
     """The flow a body defines (named after the URL unless it has a Name), or None to run the flow file."""
     flow = decode_flow_body(body) if body.strip() else None
     if flow is None:
         return None
-    if not engine.config.inline_flows:
-        raise Error("forbidden", "inline_flows_disabled", "this engine runs only its flow files (inline_flows is off)",
-                       "body.Flow")  # fmt: skip
     return flow if flow.name else msgspec.structs.replace(flow, name=name)
 
 

@@ -1,9 +1,10 @@
 """Workflows: a flow plus its public description in the workflow/task API, and the inputs of a run of one.
 
 - Types. The API's wire types, snake_case as the reference names them (`cyberun-api.md` §4, §5.1):
-  `ParameterDef`, `WorkflowIn` (the body of `POST /workflows` and `PUT /workflows/{id}`),
-  `WorkflowDetail`, `RunRequest`, `TaskSubmitted`. A flow file declares a workflow in a `Workflow:`
-  section: the same fields, PascalCase (`workflow_fields.py`).
+  `ParameterDef`, `WorkflowIn` (a workflow, as a version stores it), `WorkflowWrite` (the body of
+  `POST /workflows` and `PUT /workflows/{id}`: a WorkflowIn and a status), `WorkflowDetail`,
+  `RunRequest`, `TaskSubmitted`. A flow file declares a workflow in a `Workflow:` section: the same
+  fields, PascalCase (`workflow_fields.py`).
 - Conversions: `from_flow_file` and `to_flow_file`, field by field without listing the fields.
 - Checks, every problem at once with its path: `validate_flow` (a flow file: `Workflow.Parameters[2].Flag`)
   and `check` (an API body: `parameters[2].flag`). One set of rules serves both: each rule names the
@@ -21,7 +22,7 @@ import typing
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -70,11 +71,21 @@ MAX_REGION = 64
 
 
 class WorkflowIn(WorkflowFields, kw_only=True):
-    """`POST /workflows` and `PUT /workflows/{id}`: a workflow, with a `flow` (a flow definition,
-    PascalCase inside) or, for `tool_type: comfyui`, without one (`synthesise`). `check` makes one ready
-    to store (`prepare`)."""
+    """A workflow, with a `flow` (a flow definition, PascalCase inside) or, for `tool_type: comfyui`,
+    without one (`synthesise`): what `POST /workflows` and `PUT /workflows/{id}` take (`WorkflowWrite`
+    adds the status). `check` makes one ready to store (`prepare`); a version stores that."""
 
     flow: Flow | None = None
+
+
+class WorkflowWrite(WorkflowIn, kw_only=True):
+    """The body of `POST /workflows` and `PUT /workflows/{id}`: a workflow, and the status to give it,
+    which no version holds (`disabled` refuses new tasks whichever version they name)."""
+
+    workflow_status: WorkflowStatus | None = None  # None: active for a new workflow, unchanged by an update
+
+    def split(self) -> tuple[WorkflowIn, WorkflowStatus | None]:
+        return _recast(self, WorkflowIn), self.workflow_status
 
 
 class WorkflowDetail(WorkflowFields, kw_only=True, omit_defaults=False, forbid_unknown_fields=False):
@@ -142,15 +153,18 @@ class StoredFile(msgspec.Struct, frozen=True):
     content_type: str  # the stored object's own type
 
 
-def decode_workflow(body: bytes) -> WorkflowIn:
-    """The body of `POST /workflows` or `PUT /workflows/{id}`, or an Error listing every structural
-    problem, with paths like validation's (`parameters[2].type`, `flow.Steps[0].ID`)."""
+W = TypeVar("W", bound=WorkflowIn)
+
+
+def decode_workflow(body: bytes, type_: type[W] = WorkflowIn) -> W:  # type: ignore[assignment]
+    """The body of `POST /workflows` or `PUT /workflows/{id}` (a `WorkflowIn`, or `type_`), or an Error
+    listing every structural problem, with paths like validation's (`parameters[2].type`, `flow.Steps[0].ID`)."""
     try:
-        return decode_json(body, WorkflowIn)
+        return decode_json(body, type_)
     except Error as exc:
         if exc.code != "invalid_field":
             raise
-    return shape.convert(decode_json(body, Any), WorkflowIn)  # msgspec stopped at the first problem
+    return shape.convert(decode_json(body, Any), type_)  # msgspec stopped at the first problem
 
 
 # --- conversions -------------------------------------------------------------------------------

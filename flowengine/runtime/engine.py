@@ -297,7 +297,7 @@ class Engine:
         An `inline` flow (posted by a client) may use the operator's task library, but define
         commands of its own only where `inline_commands` allows it: they would run on this host."""
         if inline:
-            self._check_inline(flow)
+            self.check_inline(flow)
         flow = with_tasks(flow, self.catalog.installed.tasks)
         definition = _encode(flow)
         digest = hashlib.sha256(definition).hexdigest()
@@ -310,10 +310,15 @@ class Engine:
             self._plans.put(digest, plan)
         return plan
 
-    def _check_inline(self, flow: Flow) -> None:
-        """What a client's flow may not do unless the operator allows it: define commands (they run
-        on this host), or stores (the engine would connect wherever one says, with the operator's S3
-        credentials). The operator's tasks and stores are used by name instead."""
+    def check_inline(self, flow: Flow, at: str = "body.Flow") -> None:
+        """What a client's flow (an inline one, or a team's workflow's) may not do unless the operator
+        allows it: define commands (they run on this host), or stores (the engine would connect wherever
+        one says, with the operator's S3 credentials). The operator's tasks and stores are used by name
+        instead. `at`: where the flow is in the request, for the error's location. With `inline_flows`
+        off, no client's flow is taken at all."""
+        if not self.config.inline_flows:
+            message = "this engine runs only its flow files (inline_flows is off)"
+            raise Error("forbidden", "inline_flows_disabled", message, at)
         for i, task in enumerate(flow.tasks):
             if not self.config.inline_commands and (task.exec is not None or task.python is not None):
                 installed = ", ".join(sorted(self.catalog.installed.tasks)) or "none"
@@ -321,7 +326,7 @@ class Engine:
                     "forbidden", "inline_commands_disabled",
                     f"task {task.name!r} defines a command, which an inline flow may not do on this engine "
                     f"(inline_commands is off); use a task the operator installed ({installed})",
-                    f"body.Flow.Tasks[{i}]",
+                    f"{at}.Tasks[{i}]",
                 )  # fmt: skip
         if flow.stores and not self.config.inline_stores:
             named = ", ".join(["default", *self.stores.configured]) or "none"
@@ -329,7 +334,7 @@ class Engine:
                 "forbidden", "inline_stores_disabled",
                 f"store {flow.stores[0].name!r} is defined by the flow, which an inline flow may not do on this "
                 f"engine (inline_stores is off); use a store the operator defined ({named})",
-                "body.Flow.Stores[0]",
+                f"{at}.Stores[0]",
             )  # fmt: skip
 
     async def create_run(self, plan: Plan, team: str = "", task: tasks.NewTask | None = None) -> Run:
