@@ -1,9 +1,24 @@
-"""What confining a step costs: exec steps started one after another, raw and through the sandbox.
+"""What a step costs: whole runs of one trivial step through the engine, beside what starting the
+same process costs alone; and what confining a step's process costs.
 
-    python bench/steps.py [--count 500] [--concurrency 1]
+    python bench/steps.py [--runs 300] [--rounds 3]              # runs through the engine (default)
+    python bench/steps.py --process [--count 500] [--concurrency 1]
 
-`raw` starts `/bin/true` with asyncio's own subprocess support (fork or vfork, then exec, then
-wait): the ceiling. `sandboxed` starts it the way the engine starts an exec step's process
+Runs: an engine in this process (`Engine`, as `flowengine serve` makes it, SQLite in a temp data
+dir, `concurrency` 4) is handed `--runs` runs at once of a flow with one step and no inputs, and
+timed from the first creation to the last run COMPLETE (creation, dispatch, the step in its scratch
+dir with its log, its commits). Figures, in alternating rounds (the best round of each is shown):
+
+- `exec step`: the step runs `/bin/true`; its ceiling, `fork+exec`, starts `/bin/true` with
+  asyncio's subprocess support (fork or vfork, exec, wait), 4 at a time.
+- `python task (warm)`: the step's task is `Python: trivial:noop` (returns nothing), served by warm
+  workers (README, "Warm Python workers"); `python task (cold)` is the same with
+  `python_workers: 0`, an interpreter per step (as before warm workers); their ceiling,
+  `python -c pass`, starts this Python with `-c pass`, 4 at a time. A warm worker is started in the
+  first round's first steps: its import is in the figures.
+
+--process: `/bin/true` started one after another (or N at a time), `raw` through asyncio's own
+subprocess support (the ceiling), `sandboxed` the way the engine starts an exec step's process
 (run_process: a fresh thread confined with Landlock and, as root, the step user and namespaces of
 its own; vfork and exec; the reaper told; the process group killed and reaped; its log read).
 Scratch dirs, input copies and the run's database commits are left out: this is the process alone.
@@ -13,16 +28,86 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import msgspec
+
+from flowengine.config import Config
+from flowengine.core import machine
+from flowengine.core.spec import Flow
+from flowengine.runtime.engine import Engine
 from flowengine.runtime.executors.process import run_process
 from flowengine.runtime.executors.reaper import Reaper
 from flowengine.runtime.executors.sandbox import Sandbox
 
 ARGV = ["/bin/true"]
+CONCURRENCY = 4  # the engine's default `concurrency`
+TRIVIAL = "def noop(inputs, flags, workdir):\n    return {}\n"
+_PR_SET_DUMPABLE = 4
+
+
+def one_step_flow(task: dict) -> Flow:
+    return msgspec.convert({"Name": "bench", "Steps": [{"ID": "s", "Uses": "t"}], "Tasks": [{"Name": "t", **task}]},
+                           Flow)  # fmt: skip
+
+
+async def through_engine(root: Path, runs: int, task: dict, python_workers: int) -> float:
+    """Runs of one step per second, all handed to the engine at once."""
+    flows = root / "flows"
+    flows.mkdir()
+    (flows / "trivial.py").write_text(TRIVIAL)
+    config = Config(data_dir=str(root / "data"), flows_dir=str(flows), work_dir=str(root / "work"),
+                    python_workers=python_workers, concurrency=CONCURRENCY)  # fmt: skip
+    engine = Engine(config)
+    await engine.start()
+    try:
+        plan = engine.plan(one_step_flow(task))
+        begun = time.perf_counter()
+        ids = [(await engine.create_run(plan)).id for _ in range(runs)]
+        for run_id in ids:
+            while (run := (await engine.get_run(run_id))[0]).status not in machine.TERMINAL:
+                await asyncio.sleep(0.005)
+            assert run.status == machine.COMPLETE, run
+        return runs / (time.perf_counter() - begun)
+    finally:
+        await engine.stop()
+        ctypes.CDLL(None).prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)  # the engine made this process undumpable
+
+
+async def started(argv: list[str], count: int) -> float:
+    """Processes started, CONCURRENCY at a time, per second: a step's ceiling."""
+
+    async def one() -> None:
+        proc = await asyncio.create_subprocess_exec(*argv, start_new_session=True)
+        await proc.wait()
+
+    return (await _rate(one, count, CONCURRENCY))[0]
+
+
+async def runs_main(args: argparse.Namespace) -> None:
+    figures = {
+        "exec step": lambda root: through_engine(root, args.runs, {"Exec": ARGV}, 4),
+        "fork+exec /bin/true": lambda root: started(ARGV, args.runs),
+        "python task (warm)": lambda root: through_engine(root, args.runs, {"Python": "trivial:noop"}, 4),
+        "python task (cold)": lambda root: through_engine(root, args.runs, {"Python": "trivial:noop"}, 0),
+        "python -c pass": lambda root: started([sys.executable, "-c", "pass"], args.runs),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in figures}
+    for _ in range(args.rounds):
+        for name, figure in figures.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                rates[name].append(await figure(Path(tmp)))
+    best = {name: max(values) for name, values in rates.items()}
+    for name, ceiling in (("exec step", "fork+exec /bin/true"), ("python task (warm)", "python -c pass"),
+                          ("python task (cold)", "python -c pass")):  # fmt: skip
+        print(f"{name:20} {best[name]:7.0f} steps/s   {ceiling:20} {best[ceiling]:7.0f}/s   "
+              f"ratio {best[name] / best[ceiling]:.2f}")  # fmt: skip
+    print("rounds:", {name: [round(r) for r in values] for name, values in rates.items()})
 
 
 async def raw(count: int, concurrency: int) -> tuple[float, float]:
@@ -83,12 +168,7 @@ def _cpu() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--count", type=int, default=500)
-    parser.add_argument("--concurrency", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each is shown")
-    args = parser.parse_args()
+async def process_main(args: argparse.Namespace) -> None:
     rates: dict[str, list[float]] = {"raw": [], "sandboxed": []}
     cpus: dict[str, list[float]] = {"raw": [], "sandboxed": []}
     for _ in range(args.rounds):
@@ -105,6 +185,17 @@ async def main() -> None:
         f"sandboxed / raw: {max(rates['sandboxed']) / max(rates['raw']):.2f} in rate, "
         f"{min(cpus['raw']) / min(cpus['sandboxed']):.2f} in CPU per step"
     )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--process", action="store_true", help="the process alone, raw and sandboxed")
+    parser.add_argument("--runs", type=int, default=300, help="runs per round through the engine")
+    parser.add_argument("--count", type=int, default=500, help="--process: processes per round")
+    parser.add_argument("--concurrency", type=int, default=1, help="--process: processes at a time")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each is shown")
+    args = parser.parse_args()
+    await (process_main(args) if args.process else runs_main(args))
 
 
 if __name__ == "__main__":

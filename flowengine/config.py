@@ -29,7 +29,8 @@ from flowengine.logs import LogFormat
 PATH_SETTINGS = ("data_dir", "flows_dir", "work_dir")  # "" (work_dir's default) stays ""
 LIST_SETTINGS = ("step_read_paths",)
 DURATION_SETTINGS = ("session_ttl", "upload_ttl", "download_ttl", "input_retention", "output_retention",
-                     "sweep_interval", "reconcile_interval", "reconcile_max_interval")  # fmt: skip
+                     "sweep_interval", "reconcile_interval", "reconcile_max_interval",
+                     "python_worker_idle")  # fmt: skip
 SQLITE = "sqlite:///"
 POSTGRES = ("postgresql://", "postgres://")
 CLIENT_VARIABLES = ("FLOWENGINE_URL", "FLOWENGINE_KEY")  # read by the examples and clients, not by the engine
@@ -70,6 +71,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     step_user: str = "nobody"  # when the engine runs as root, steps run as this user (a name or a uid)
     step_read_paths: list[str] = []  # more directories steps may read (with Landlock), besides SYSTEM_READ
     log_tail: int = 20  # lines of a step's output kept in the run document
+    python_workers: Annotated[int, msgspec.Meta(ge=0)] = 4  # warm Python workers kept idle at most; 0: none
+    python_worker_calls: AtLeastOne = 100  # calls a warm Python worker serves before it is retired
+    python_worker_idle: Positive = 300.0  # seconds a warm Python worker may stay idle before it is retired
     input_retention: float = 86_400.0  # seconds uploaded inputs are kept
     output_retention: float = 604_800.0  # seconds step outputs are kept
     sweep_interval: float = 600.0  # seconds between retention sweeps

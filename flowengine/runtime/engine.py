@@ -46,6 +46,7 @@ from flowengine.runtime import datadir, landing, retention, tasks
 from flowengine.runtime.catalog import Catalog
 from flowengine.runtime.executors.reaper import Reaper
 from flowengine.runtime.executors.sandbox import Sandbox
+from flowengine.runtime.executors.warm import Workers
 from flowengine.runtime.metrics import Metrics
 from flowengine.runtime.notifier import LocalNotifier, Notifier, run_topic
 from flowengine.runtime.retention import LOGS
@@ -123,6 +124,7 @@ class Engine:
         self._creations: list[tuple[_Creation, asyncio.Future[None]]] = []
         self.sandbox: Sandbox | None = None
         self.reaper = Reaper()
+        self.workers: Workers | None = None
         self.recovery = Recovery()
 
     # lifecycle
@@ -136,6 +138,9 @@ class Engine:
         self.sandbox = Sandbox.prepare(self.config.data_path.resolve(), self.work_root, Path(self.config.flows_dir),
                                        self.config.step_user, self.config.step_read_paths)  # fmt: skip
         self.reaper.start()
+        self.workers = Workers(self.sandbox, self.reaper, self.work_root / "workers", size=self.config.python_workers,
+                               max_calls=self.config.python_worker_calls,
+                               idle_timeout=self.config.python_worker_idle)  # fmt: skip
         self.recovery.crashed = not await self.db.take_clean_stop()
         self.spawn_loop("timers", self._timers, self._until_next_wake)
         self.spawn_loop("housekeeping", self.db.housekeeping, every(HOUSEKEEPING_INTERVAL))
@@ -143,6 +148,7 @@ class Engine:
         self.spawn_loop("sweeper", lambda: retention.sweep(self), every(self.config.sweep_interval))
         self.spawn_loop("event-loop-lag", self.metrics.sample_event_loop_lag, every(0))
         self.spawn_loop("workflows", self.workflows.sync, every(WORKFLOW_SYNC_INTERVAL))
+        self.spawn_loop("python-workers", self.workers.sweep, every(min(self.config.python_worker_idle, 10.0)))
         self.spawn(self.stores.prepare_configured())
         self.spawn(self._recover())
 
@@ -232,6 +238,8 @@ class Engine:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.workers is not None:
+            await self.workers.close()
         self.reaper.stop()
         with contextlib.suppress(OSError):
             self.work_root.rmdir()  # empty now: every step removed its own dir
@@ -531,6 +539,7 @@ class Engine:
                 sandbox=self.sandbox,
                 reaper=self.reaper,
                 flags=run.flags.get(step.id, {}),
+                workers=self.workers,
             )
             try:
                 event = await run_step(job)

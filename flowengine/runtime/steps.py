@@ -26,9 +26,10 @@ from flowengine.core.machine import EdgeState, ObjectMeta, StepFailed, StepSucce
 from flowengine.core.spec import Scalar, Step, Task
 from flowengine.runtime.executors import pyrun
 from flowengine.runtime.executors.process import run_process
-from flowengine.runtime.executors.pyrun import Request
+from flowengine.runtime.executors.pyrun import Call, Request
 from flowengine.runtime.executors.reaper import Reaper
 from flowengine.runtime.executors.sandbox import Sandbox
+from flowengine.runtime.executors.warm import Worker, WorkerKey, Workers
 from flowengine.stores.base import Store, StoreUnavailable
 
 # Where a step finds programs: this Python's own bin dir first, then the usual system ones.
@@ -50,6 +51,7 @@ class StepJob(msgspec.Struct, kw_only=True):
     python_path: str  # where a Python task's module is found: the flows directory
     sandbox: Sandbox
     reaper: Reaper
+    workers: Workers  # warm Python workers, when enabled
     flags: dict[str, Scalar] = {}  # the run's values for the step's flags (a task's parameters), over the step's
 
 
@@ -75,35 +77,53 @@ def expand_arg(arg: str, values: dict[str, str]) -> str:
     return VAR.sub(lambda m: values.get(m.group(1), m.group(0)), arg)
 
 
-def step_env(job: StepJob, scratch: Path) -> dict[str, str]:
-    """The step's whole environment: nothing of the engine's (its secrets live there)."""
+def task_env(task: Task, python_path: str, scratch: Path) -> dict[str, str]:
+    """A task's environment in `scratch`: nothing of the engine's (its secrets live there)."""
     env = {"PATH": STEP_PATH, "LANG": "C.UTF-8", "HOME": str(scratch / "home"), "TMPDIR": str(scratch / "tmp")}
-    env.update(job.task.env)
-    if job.task.python is not None:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (job.python_path, job.task.env.get("PYTHONPATH")) if p)
+    env.update(task.env)
+    if task.python is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (python_path, task.env.get("PYTHONPATH")) if p)
+    return env
+
+
+def step_env(job: StepJob, scratch: Path) -> dict[str, str]:
+    """The step's whole environment: its task's, and which attempt of which step it is."""
+    env = task_env(job.task, job.python_path, scratch)
     env.update(FLOWENGINE_RUN_ID=job.run_id, FLOWENGINE_STEP_ID=job.step.id, FLOWENGINE_ATTEMPT=str(job.attempt))
     return env
 
 
 async def run_step(job: StepJob) -> StepSucceeded | StepFailed:
+    if job.task.python is not None and job.workers.enabled:
+        # A warm worker imported the module (or will, at its first call); the scratch dir goes
+        # beneath its own directory, the only part of the work dir it can reach.
+        key = WorkerKey(job.task.python.partition(":")[0], tuple(sorted(job.task.env.items())))
+        async with job.workers.lease(key, lambda area: task_env(job.task, job.python_path, area)) as worker:
+            return await _in_scratch(job, worker.area / f"{job.run_id}.{job.step.id}.{job.attempt}", worker)
     scratch = job.work_root / job.run_id / f"{job.step.id}.{job.attempt}"
-    await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)  # a dispatch again of an attempt that never ran
     scratch.parent.mkdir(exist_ok=True)
     scratch.parent.chmod(0o711)  # passable, not listable: other steps' dirs stay unknown
-    scratch.mkdir(mode=0o700)
     try:
-        return await _attempt(job, scratch)
-    except (StoreUnavailable, OSError) as exc:
-        return StepFailed(job.step.id, job.attempt, f"{type(exc).__name__}: {exc}")
+        return await _in_scratch(job, scratch, None)
     finally:
-        await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)
-        # The run's dir goes with its last step. On the event loop, like the two mkdirs above: one
+        # The run's dir goes with its last step. On the event loop, like the mkdir above: one
         # step's rmdir never falls between another's.
         with contextlib.suppress(OSError):
             scratch.parent.rmdir()
 
 
-async def _attempt(job: StepJob, scratch: Path) -> StepSucceeded | StepFailed:
+async def _in_scratch(job: StepJob, scratch: Path, worker: Worker | None) -> StepSucceeded | StepFailed:
+    await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)  # a dispatch again of an attempt that never ran
+    scratch.mkdir(mode=0o700)
+    try:
+        return await _attempt(job, scratch, worker)
+    except (StoreUnavailable, OSError) as exc:
+        return StepFailed(job.step.id, job.attempt, f"{type(exc).__name__}: {exc}")
+    finally:
+        await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)
+
+
+async def _attempt(job: StepJob, scratch: Path, worker: Worker | None) -> StepSucceeded | StepFailed:
     step, task = job.step, job.task
     inputs: dict[str, str] = {}
     for b in step.inputs:
@@ -116,6 +136,7 @@ async def _attempt(job: StepJob, scratch: Path) -> StepSucceeded | StepFailed:
         path.mkdir(parents=True)
     flags = flag_values(step, task, job.flags)
 
+    argv: list[str] = []
     if task.exec is not None:
         values = {**inputs, **{s: str(p) for s, p in outputs.items()}, **{k: str(v) for k, v in flags.items()}}
         argv = [expand_arg(a, values) for a in task.exec]
@@ -123,15 +144,21 @@ async def _attempt(job: StepJob, scratch: Path) -> StepSucceeded | StepFailed:
     else:
         answer = scratch / "answer.json"
         request = Request(task.python or "", inputs, flags, str(scratch), str(answer))
-        (scratch / "request.json").write_bytes(msgspec.json.encode(request))
-        # The shim by its path, not as a module: it imports nothing of flowengine, which the step's
-        # Python may not find where the engine's did. -B: importing the task's module leaves no
-        # __pycache__ in the flows directory; -P: the shim's own directory is not a place to import from.
-        argv = [sys.executable, "-B", "-P", pyrun.__file__, str(scratch / "request.json")]
+        if worker is not None:  # the call's child sets its own environment from the file, once confined
+            (scratch / "call.json").write_bytes(msgspec.json.encode(Call(request, step_env(job, scratch))))
+        else:
+            (scratch / "request.json").write_bytes(msgspec.json.encode(request))
+            # The shim by its path, not as a module: it imports nothing of flowengine, which the step's
+            # Python may not find where the engine's did. -B: importing the task's module leaves no
+            # __pycache__ in the flows directory; -P: the shim's own directory is not a place to import from.
+            argv = [sys.executable, "-B", "-P", pyrun.__file__, str(scratch / "request.json")]
     if job.sandbox.user is not None:
         _give(scratch, job.sandbox.user.uid, job.sandbox.user.gid)
-    result = await run_process(argv, scratch, step_env(job, scratch), job.log_path, task.timeout_seconds, job.log_tail,
-                               job.sandbox, job.reaper)  # fmt: skip
+    if worker is not None:
+        result = await worker.run(scratch, job.log_path, task.timeout_seconds, job.log_tail)
+    else:
+        result = await run_process(argv, scratch, step_env(job, scratch), job.log_path, task.timeout_seconds,
+                                   job.log_tail, job.sandbox, job.reaper)  # fmt: skip
 
     def failed(error: str) -> StepFailed:
         return StepFailed(step.id, job.attempt, error, result.logs)

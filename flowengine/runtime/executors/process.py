@@ -35,7 +35,7 @@ async def run_process(
         try:
             proc = await asyncio.shield(starting)
         except asyncio.CancelledError:
-            await _end(await starting)  # cancelled while it started: it must not run on unwatched
+            await end_process(await starting)  # cancelled while it started: it must not run on unwatched
             raise
     reaper.add(proc.pid)
     timed_out = False
@@ -46,7 +46,7 @@ async def run_process(
     finally:
         # What the step leaves behind (its process group; as root, its PID namespace) ends with it,
         # and at a timeout or a cancel, all of it.
-        await _end(proc)
+        await end_process(proc)
         reaper.remove(proc.pid)
     return ProcessResult(None if timed_out else proc.returncode, last_lines(log_path, tail))
 
@@ -64,7 +64,7 @@ async def _exit_of(pid: int) -> None:
         os.close(fd)
 
 
-async def _end(proc: subprocess.Popen) -> None:
+async def end_process(proc: subprocess.Popen) -> None:
     """Kill what is left of a step, then reap its first process. Killed before the reaping, while the
     process group's number is still taken: afterwards it could be a new, unrelated group's."""
     kill_group(proc.pid)

@@ -162,20 +162,26 @@ class Sandbox:
                             f"is out of their reach")  # fmt: skip
         return problems
 
-    def start(self, argv: list[str], env: dict[str, str], scratch: Path, log_fd: int) -> Future[subprocess.Popen]:
-        """Start a step's process in `scratch`, its output and errors going to `log_fd`."""
+    def start(
+        self, argv: list[str], env: dict[str, str], scratch: Path, log_fd: int, pass_fds: tuple[int, ...] = ()
+    ) -> Future[subprocess.Popen]:
+        """Start a step's process in `scratch`, its output and errors going to `log_fd`; it inherits
+        `pass_fds` besides."""
         done: Future[subprocess.Popen] = Future()
-        _thread.start_new_thread(self._start, (done, argv, env, scratch, log_fd))  # no handshake: done says it all
+        # no handshake: done says it all
+        _thread.start_new_thread(self._start, (done, argv, env, scratch, log_fd, pass_fds))
         return done
 
-    def _start(self, done: Future, argv: list[str], env: dict[str, str], scratch: Path, log_fd: int) -> None:
+    def _start(self, done: Future, *args: object) -> None:
         """In a thread of its own, thrown away after: confine it, then start the step from it."""
         try:
-            done.set_result(self._confined_popen(argv, env, scratch, log_fd))
+            done.set_result(self._confined_popen(*args))
         except BaseException as exc:
             done.set_exception(exc)
 
-    def _confined_popen(self, argv: list[str], env: dict[str, str], scratch: Path, log_fd: int) -> subprocess.Popen:
+    def _confined_popen(
+        self, argv: list[str], env: dict[str, str], scratch: Path, log_fd: int, pass_fds: tuple[int, ...]
+    ) -> subprocess.Popen:
         if self.namespaces:
             _check(_libc.unshare(_CLONE_NEWNS | _CLONE_NEWPID))
             os.umask(0o022)  # this thread's own now (unshare gave it its own fs attributes): covers' dirs are 0755
@@ -189,7 +195,7 @@ class Sandbox:
                 os.close(fd)
         ids = _drop_thread_to(self.user) if self.user is not None else {}
         return subprocess.Popen(argv, cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
-                                start_new_session=True, umask=0o077, **ids)  # fmt: skip
+                                start_new_session=True, umask=0o077, pass_fds=pass_fds, **ids)  # fmt: skip
 
     def close(self) -> None:
         if self.rules is not None:
