@@ -1,6 +1,8 @@
 """The sweeper: deletes run objects past their retention (inputs 1 day, outputs 7 days by default).
 
-It runs for every store, and removes a finished run's step logs after `output_retention` too.
+It runs for every store, and removes a finished run's step logs after `output_retention` too,
+files presigned for the workflow/task API after `input_retention`, and multipart uploads left
+incomplete after `multipart_ttl`.
 On S3 the engine also installs lifecycle rules for its default `inputs/` and `outputs/` prefixes,
 which keep expiring objects while the engine is down; the sweeper covers keys outside those
 prefixes and servers without lifecycle support. The run document keeps listing a swept
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from flowengine.errors import Error
+from flowengine.runtime import multipart
 from flowengine.stores.base import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -58,7 +61,7 @@ async def sweep(engine: Engine) -> int:
                 pass  # the run or edge is gone: nothing left to delete
             await engine.db.drop_expiry(run_id, edge_name)
             deleted += 1
-    return deleted + await _sweep_files(engine)
+    return deleted + await _sweep_files(engine) + await multipart.sweep(engine)
 
 
 async def _sweep_files(engine: Engine) -> int:
