@@ -30,7 +30,7 @@ PATH_SETTINGS = ("data_dir", "flows_dir", "work_dir")  # "" (work_dir's default)
 LIST_SETTINGS = ("step_read_paths",)
 DURATION_SETTINGS = ("session_ttl", "upload_ttl", "download_ttl", "input_retention", "output_retention",
                      "sweep_interval", "reconcile_interval", "reconcile_max_interval",
-                     "python_worker_idle")  # fmt: skip
+                     "python_worker_idle", "multipart_ttl")  # fmt: skip
 SQLITE = "sqlite:///"
 POSTGRES = ("postgresql://", "postgres://")
 CLIENT_VARIABLES = ("FLOWENGINE_URL", "FLOWENGINE_KEY")  # read by the examples and clients, not by the engine
@@ -60,6 +60,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     jwt_secret: str = ""  # HMAC key of user session tokens; empty: generated once, kept in data_dir/jwt_secret
     session_ttl: Positive = 43_200.0  # seconds a session token from `flowengine token` lives (12 h)
     files_store: str = "default"  # where files presigned for the workflow/task API go: default or an operator store
+    multipart_part_size: Annotated[int, msgspec.Meta(ge=5 * 1024 * 1024)] = 104_857_600  # bytes a part (100 MiB)
+    max_multipart_size: AtLeastOne = 5 * 1024**4  # bytes, for a file sent in parts (5 TiB, S3's largest object)
+    multipart_ttl: Positive = 86_400.0  # seconds a multipart upload may stay incomplete; then it is aborted
     inline_flows: bool = True  # accept {"Flow": {...}} bodies and teams' workflows with a flow (task library by name)
     inline_commands: bool = False  # let inline flows define Exec / Python tasks of their own (run on this host)
     inline_stores: bool = False  # let inline flows define stores of their own (the engine connects where they say)

@@ -59,7 +59,7 @@ def admin_teams(server: Server) -> list[str]:
     [
         ({"file_size": "big"}, 400, "file_size"),
         ({"file_size": -1}, 400, "file_size"),
-        ({"file_size": 600_000_000}, 400, "file_size"),  # over max_upload_size, the 500 MB default
+        ({"file_size": 6 * 1024**4}, 400, "file_size"),  # over max_multipart_size, the 5 TiB default
         ({"content_type": "not a type"}, 400, "content_type"),
         ({"file_name": ""}, 400, "file_name"),
     ],

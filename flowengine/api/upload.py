@@ -14,10 +14,11 @@ from flowengine.api.flow import run_response
 from flowengine.api.http import engine_of, whole_number
 from flowengine.api.openapi import Answer, ApiRoute, Body, Operation, in_header, in_path, in_query
 from flowengine.core.keys import MAX_KEY_BYTES, key_problem
+from flowengine.core.parts import MAX_PARTS
 from flowengine.errors import Error, already_exists, bad_request, conflict, not_found
-from flowengine.runtime.ingest import DEFAULT_TYPE, Upload, receive, receive_object
+from flowengine.runtime.ingest import DEFAULT_TYPE, Upload, receive, receive_object, receive_part
 from flowengine.stores.local import LocalStore
-from flowengine.stores.signing import SignatureError, hook_resource, local_resource
+from flowengine.stores.signing import SignatureError, hook_resource, local_part_resource, local_resource
 
 
 def _length(request: Request) -> int | None:
@@ -54,7 +55,10 @@ def _signed_object(request: Request, method: str) -> tuple[LocalStore, str, dict
 
 
 async def put_object(request: Request) -> Response:
-    """A presigned PUT to the embedded store (what a WaitingURL's PutURL points at)."""
+    """A presigned PUT to the embedded store (what a WaitingURL's PutURL points at), or of one part of
+    a multipart upload to it (S3's `?partNumber=N&uploadId=ID`)."""
+    if "uploadId" in request.query_params:
+        return await _put_part(request)
     engine = engine_of(request)
     store, key, signed = _signed_object(request, "PUT")
     no_overwrite = signed.get("if-none-match") == "*"
@@ -71,6 +75,20 @@ async def put_object(request: Request) -> Response:
         raise conflict(f"no run is waiting for {key!r}: its edge is already filled or its run has ended", "path.key")
     info = store.stat_now(key)
     return Response(status_code=200, headers={"ETag": f'"{info.etag}"'} if info else {})
+
+
+async def _put_part(request: Request) -> Response:
+    name, key, upload_id = request.path_params["store"], request.path_params["key"], request.query_params["uploadId"]
+    number = whole_number(request.query_params.get("partNumber"))
+    if number is None or not 1 <= number <= MAX_PARTS:
+        raise bad_request("invalid_part_number", f"partNumber must be a whole number from 1 to {MAX_PARTS}",
+                          "query.partNumber")  # fmt: skip
+    signed = _verify(request, "PUT", local_part_resource(name, key, upload_id, number))
+    declared = int(signed["content-length"]) if "content-length" in signed else None
+    upload = Upload(_content_type(request), _length(request), declared)
+    engine = engine_of(request)
+    etag = await receive_part(engine, engine.stores.local(name), upload_id, number, request.stream(), upload)
+    return Response(status_code=200, headers={"ETag": f'"{etag}"'})
 
 
 async def get_object(request: Request) -> Response:

@@ -64,6 +64,38 @@ class FileRecord(msgspec.Struct, frozen=True):
     expires: float  # when the sweeper deletes the object (input_retention after the presign)
 
 
+class UploadRecord(msgspec.Struct, frozen=True):
+    """A multipart upload under way (`POST /api/v1/uploads/multipart/initiate`) to a file's key."""
+
+    id: str  # the engine's (the upload_id clients name)
+    team: str
+    store: str
+    key: str
+    native_id: str  # the store's own upload ID
+    file_size: int
+    part_size: int  # every part's but the last
+    part_count: int
+    created: float
+    expires: float  # when the sweeper aborts it, if it is not complete by then
+
+
+class ModelRecord(msgspec.Struct, frozen=True):
+    """A model file a team registered (`POST /api/v1/models`); agents sync the active ones."""
+
+    id: str
+    team: str
+    display_name: str
+    model_type: str
+    store: str
+    storage_key: str
+    file_size: int
+    file_hash: str  # sha256:<hex>
+    model_path: str
+    status: Literal["active", "disabled"]
+    created: float
+    updated: float
+
+
 class WorkflowRecord(msgspec.Struct, frozen=True):
     """A workflow as stored; each version's body (a prepared `core.workflows.WorkflowIn`, JSON) apart."""
 
@@ -270,6 +302,39 @@ class Queries(Protocol):
     async def due_files(self, now: float, limit: int) -> list[FileRecord]: ...
 
     async def drop_file(self, store: str, key: str) -> None: ...
+
+    async def keep_file(self, store: str, key: str, expires: float) -> None:
+        """Keep a file until `expires` (a multipart upload completed: its retention counts from then)."""
+        ...
+
+    # multipart uploads under way
+    async def insert_upload(self, upload: UploadRecord) -> None:
+        """A conflict if the key has an upload under way already."""
+        ...
+
+    async def upload(self, id: str) -> UploadRecord | None: ...
+
+    async def due_uploads(self, now: float, limit: int) -> list[UploadRecord]: ...
+
+    async def drop_upload(self, id: str) -> bool:
+        """Whether it was there: of two callers dropping one upload, one is told it did."""
+        ...
+
+    # model files
+    async def put_model(self, model: ModelRecord) -> ModelRecord:
+        """The model, or the one already registered at its storage key with this one's metadata (its
+        ID and creation kept): what is stored now."""
+        ...
+
+    async def model(self, id: str) -> ModelRecord | None: ...
+
+    async def models(self, team: str, status: str | None, limit: int, offset: int) -> list[ModelRecord]:
+        """A team's models, oldest first."""
+        ...
+
+    async def count_models(self, team: str, status: str | None) -> int: ...
+
+    async def set_model_status(self, id: str, status: str, at: float) -> None: ...
 
     # workflows: immutable versions, the current one named by the workflow's row
     async def insert_workflow(self, workflow: WorkflowRecord, body: bytes) -> None:

@@ -40,12 +40,14 @@ from flowengine.persistence import redacted
 from flowengine.persistence.base import (
     FileRecord,
     IdempotencyKey,
+    ModelRecord,
     NewRun,
     RunRow,
     TaskChange,
     TaskEventRow,
     TaskRecord,
     TaskRow,
+    UploadRecord,
     Wait,
     WorkflowRecord,
     prefix_end,
@@ -138,6 +140,10 @@ _FILE = "store, key, team, name, size, content_type, created, expires"
 _WORKFLOW = "id, team, slug, version, status, created, updated, source"
 _TASK = ", ".join(f.name for f in msgspec.structs.fields(TaskRecord))  # the columns are its fields, in order
 _TASK_OF_T = ", ".join(f"t.{f.name}" for f in msgspec.structs.fields(TaskRecord))
+_UPLOAD = "id, team, store, key, native_id, file_size, part_size, part_count, created, expires"
+_MODEL = (
+    "id, team, display_name, model_type, store, storage_key, file_size, file_hash, model_path, status, created, updated"
+)
 
 
 class _Held:
@@ -546,6 +552,60 @@ class _Queries:
 
     async def drop_file(self, store: str, key: str) -> None:
         await self._execute("DELETE FROM files WHERE store = %s AND key = %s", (store, key))
+
+    async def keep_file(self, store: str, key: str, expires: float) -> None:
+        await self._execute("UPDATE files SET expires = %s WHERE store = %s AND key = %s", (expires, store, key))
+
+    # multipart uploads
+
+    async def insert_upload(self, upload: UploadRecord) -> None:
+        await self._execute(f"INSERT INTO multipart_uploads ({_UPLOAD}) VALUES ({', '.join(['%s'] * 10)})",
+                            msgspec.structs.astuple(upload))  # fmt: skip
+
+    async def upload(self, id: str) -> UploadRecord | None:
+        row = await self._row(f"SELECT {_UPLOAD} FROM multipart_uploads WHERE id = %s", (id,))
+        return UploadRecord(*row) if row else None
+
+    async def due_uploads(self, now: float, limit: int) -> list[UploadRecord]:
+        rows = await self._rows(
+            f"SELECT {_UPLOAD} FROM multipart_uploads WHERE expires <= %s ORDER BY expires LIMIT %s", (now, limit)
+        )
+        return [UploadRecord(*r) for r in rows]
+
+    async def drop_upload(self, id: str) -> bool:
+        return await self._row("DELETE FROM multipart_uploads WHERE id = %s RETURNING id", (id,)) is not None
+
+    # model files
+
+    async def put_model(self, model: ModelRecord) -> ModelRecord:
+        row = await self._row(
+            f"INSERT INTO models ({_MODEL}) VALUES ({', '.join(['%s'] * 12)}) ON CONFLICT (store, storage_key) DO"
+            " UPDATE SET display_name = excluded.display_name, model_type = excluded.model_type, file_size ="
+            " excluded.file_size, file_hash = excluded.file_hash, model_path = excluded.model_path,"
+            f" updated = excluded.updated RETURNING {_MODEL}",
+            msgspec.structs.astuple(model),
+        )
+        return ModelRecord(*row)
+
+    async def model(self, id: str) -> ModelRecord | None:
+        row = await self._row(f"SELECT {_MODEL} FROM models WHERE id = %s", (id,))
+        return ModelRecord(*row) if row else None
+
+    async def models(self, team: str, status: str | None, limit: int, offset: int) -> list[ModelRecord]:
+        rows = await self._rows(
+            f"SELECT {_MODEL} FROM models WHERE team = %s AND (%s::text IS NULL OR status = %s)"
+            " ORDER BY id LIMIT %s OFFSET %s",
+            (team, status, status, limit, offset),
+        )
+        return [ModelRecord(*r) for r in rows]
+
+    async def count_models(self, team: str, status: str | None) -> int:
+        return await self._value(
+            "SELECT count(*) FROM models WHERE team = %s AND (%s::text IS NULL OR status = %s)", (team, status, status)
+        )
+
+    async def set_model_status(self, id: str, status: str, at: float) -> None:
+        await self._execute("UPDATE models SET status = %s, updated = %s WHERE id = %s", (status, at, id))
 
     # workflows
 

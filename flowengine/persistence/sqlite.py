@@ -27,12 +27,14 @@ from flowengine.identity.records import Credential, Role, Team, User
 from flowengine.persistence.base import (
     FileRecord,
     IdempotencyKey,
+    ModelRecord,
     NewRun,
     RunRow,
     TaskChange,
     TaskEventRow,
     TaskRecord,
     TaskRow,
+    UploadRecord,
     Wait,
     WorkflowRecord,
     prefix_end,
@@ -47,6 +49,10 @@ _FILE = "store, key, team, name, size, content_type, created, expires"
 _WORKFLOW = "id, team, slug, version, status, created, updated, source"
 _TASK = ", ".join(f.name for f in msgspec.structs.fields(TaskRecord))  # the columns are its fields, in order
 _TASK_OF_T = ", ".join(f"t.{f.name}" for f in msgspec.structs.fields(TaskRecord))
+_UPLOAD = "id, team, store, key, native_id, file_size, part_size, part_count, created, expires"
+_MODEL = (
+    "id, team, display_name, model_type, store, storage_key, file_size, file_hash, model_path, status, created, updated"
+)
 _encode = msgspec.json.Encoder().encode
 _decode_run = msgspec.json.Decoder(Run).decode
 
@@ -458,6 +464,58 @@ class SqliteDatabase:
 
     async def drop_file(self, store: str, key: str) -> None:
         self.conn.execute("DELETE FROM files WHERE store = ? AND key = ?", (store, key))
+
+    async def keep_file(self, store: str, key: str, expires: float) -> None:
+        self.conn.execute("UPDATE files SET expires = ? WHERE store = ? AND key = ?", (expires, store, key))
+
+    # multipart uploads
+
+    async def insert_upload(self, upload: UploadRecord) -> None:
+        self.conn.execute(f"INSERT INTO multipart_uploads ({_UPLOAD}) VALUES ({', '.join('?' * 10)})",
+                          msgspec.structs.astuple(upload))  # fmt: skip
+
+    async def upload(self, id: str) -> UploadRecord | None:
+        row = self.conn.execute(f"SELECT {_UPLOAD} FROM multipart_uploads WHERE id = ?", (id,)).fetchone()
+        return UploadRecord(*row) if row else None
+
+    async def due_uploads(self, now: float, limit: int) -> list[UploadRecord]:
+        rows = self.conn.execute(
+            f"SELECT {_UPLOAD} FROM multipart_uploads WHERE expires <= ? ORDER BY expires LIMIT ?", (now, limit)
+        )
+        return [UploadRecord(*r) for r in rows]
+
+    async def drop_upload(self, id: str) -> bool:
+        return self.conn.execute("DELETE FROM multipart_uploads WHERE id = ?", (id,)).rowcount > 0
+
+    # model files
+
+    async def put_model(self, model: ModelRecord) -> ModelRecord:
+        row = self.conn.execute(
+            f"INSERT INTO models ({_MODEL}) VALUES ({', '.join('?' * 12)}) ON CONFLICT (store, storage_key) DO UPDATE"
+            " SET display_name = excluded.display_name, model_type = excluded.model_type, file_size ="
+            " excluded.file_size, file_hash = excluded.file_hash, model_path = excluded.model_path,"
+            f" updated = excluded.updated RETURNING {_MODEL}",
+            msgspec.structs.astuple(model),
+        ).fetchone()
+        return ModelRecord(*row)
+
+    async def model(self, id: str) -> ModelRecord | None:
+        row = self.conn.execute(f"SELECT {_MODEL} FROM models WHERE id = ?", (id,)).fetchone()
+        return ModelRecord(*row) if row else None
+
+    async def models(self, team: str, status: str | None, limit: int, offset: int) -> list[ModelRecord]:
+        rows = self.conn.execute(
+            f"SELECT {_MODEL} FROM models WHERE team = ? AND (? IS NULL OR status = ?) ORDER BY id LIMIT ? OFFSET ?",
+            (team, status, status, limit, offset),
+        )
+        return [ModelRecord(*r) for r in rows]
+
+    async def count_models(self, team: str, status: str | None) -> int:
+        query = "SELECT count(*) FROM models WHERE team = ? AND (? IS NULL OR status = ?)"
+        return self.conn.execute(query, (team, status, status)).fetchone()[0]
+
+    async def set_model_status(self, id: str, status: str, at: float) -> None:
+        self.conn.execute("UPDATE models SET status = ?, updated = ? WHERE id = ?", (status, at, id))
 
     # workflows
 

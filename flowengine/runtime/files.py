@@ -3,7 +3,8 @@
 `POST /api/v1/r/files/presign` records the file (its team, name, declared size and type) and
 hands out a PUT URL that signs `Content-Length` (the declared size) and `If-None-Match: *` (no
 overwrite). The key it returns (`file_key`) is what a `file` parameter of a run takes; the engine
-checks then that the object is there, is the team's, and is of a type the parameter accepts.
+checks then that the object is there, is the team's, and is of a type the parameter accepts. A file
+over `max_upload_size` goes up in parts instead (runtime/multipart.py), to the same key.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def files_store(engine: Engine) -> Store:
 async def presign_upload(
     engine: Engine, team: str, name: str, size: int, content_type: str, base_url: str
 ) -> tuple[FileRecord, Presigned]:
-    limit = engine.config.max_upload_size
+    limit = engine.config.max_multipart_size  # over max_upload_size, the key is for a multipart upload
     if size > limit:
         raise bad_request("too_large", f"file_size {size} is over this engine's limit of {limit} bytes", "file_size")
     store = files_store(engine)

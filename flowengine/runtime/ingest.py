@@ -158,6 +158,23 @@ async def receive_object(
             path.unlink()
 
 
+async def receive_part(
+    engine: Engine, store: LocalStore, upload_id: str, number: int, body: AsyncIterator[bytes], upload: Upload
+) -> str:
+    """A part of a multipart upload to the embedded store, as long as its URL signed; its ETag (MD5)."""
+    limit = upload.declared_length if upload.declared_length is not None else engine.config.multipart_part_size
+    if upload.length is not None and upload.length > limit:
+        raise too_large(limit)
+    path, meta = await _spool_declared(engine, body, upload, limit)
+    try:
+        if not store.place_part(upload_id, number, path, meta.etag):
+            raise not_found("multipart upload", upload_id, "query.uploadId")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    return meta.etag
+
+
 async def _spool_declared(
     engine: Engine, body: AsyncIterator[bytes], upload: Upload, limit: int
 ) -> tuple[Path, ObjectMeta]:

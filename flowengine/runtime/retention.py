@@ -1,7 +1,8 @@
 """The sweeper: deletes run objects past their retention (inputs 1 day, outputs 7 days by default).
 
-It runs for every store, and removes a finished run's step logs after `output_retention` too, and
-tasks' Idempotency-Keys once their 24 hours are over.
+It runs for every store, and removes a finished run's step logs after `output_retention` too,
+files presigned for the workflow/task API after `input_retention`, multipart uploads left
+incomplete after `multipart_ttl`, and tasks' Idempotency-Keys once their 24 hours are over.
 On S3 the engine also installs lifecycle rules for its default `inputs/` and `outputs/` prefixes,
 which keep expiring objects while the engine is down; the sweeper covers keys outside those
 prefixes and servers without lifecycle support. The run document keeps listing a swept
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from flowengine.errors import Error
+from flowengine.runtime import multipart
 from flowengine.runtime.tasks import IDEMPOTENCY_WINDOW
 from flowengine.stores.base import StoreUnavailable
 
@@ -60,7 +62,7 @@ async def sweep(engine: Engine) -> int:
                 pass  # the run or edge is gone: nothing left to delete
             await engine.db.drop_expiry(run_id, edge_name)
             deleted += 1
-    deleted += await _sweep_files(engine)
+    deleted += await _sweep_files(engine) + await multipart.sweep(engine)
     await _forget_idempotency_keys(engine)
     return deleted
 

@@ -7,6 +7,7 @@ names those headers so the caller can tell the client which to send.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Protocol
 
@@ -51,6 +52,19 @@ class KeyPage(msgspec.Struct, frozen=True):
     truncated: bool  # more keys follow the last one
 
 
+class Part(msgspec.Struct, frozen=True):
+    """One part of a multipart upload, as the store holds it."""
+
+    number: int  # 1..10,000
+    etag: str  # unquoted
+    size: int
+
+
+def multipart_etag(part_md5s: list[bytes]) -> str:
+    """S3's ETag of an object assembled from parts: the MD5 of the parts' MD5s, then '-' and their number."""
+    return f"{hashlib.md5(b''.join(part_md5s), usedforsecurity=False).hexdigest()}-{len(part_md5s)}"
+
+
 class StoreUnavailable(Exception):
     """The store did not answer (down, unreachable, credentials refused)."""
 
@@ -84,6 +98,27 @@ class Store(Protocol):
         ...
 
     async def delete(self, key: str) -> None: ...
+
+    # Multipart uploads: an object sent in parts, each to a presigned URL, assembled when complete.
+    async def create_multipart(self, key: str, content_type: str) -> str:
+        """Start an upload to `key`; its ID as the store knows it."""
+        ...
+
+    def presign_part(
+        self, key: str, upload_id: str, number: int, expires: float, conditions: PutConditions, base_url: str
+    ) -> Presigned: ...
+
+    async def list_parts(self, key: str, upload_id: str) -> list[Part] | None:
+        """The parts received so far, by number; None if the store knows no such upload."""
+        ...
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> ObjectInfo:
+        """Assemble `parts` (each as `list_parts` gave it) into the object; streamed, never whole in memory."""
+        ...
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Drop the upload and its parts; an unknown upload is not an error."""
+        ...
 
     async def check(self) -> None:
         """Raise StoreUnavailable when the store cannot be used right now (for /readyz)."""

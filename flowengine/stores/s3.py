@@ -24,13 +24,14 @@ import urllib3
 from minio import Minio
 from minio.commonconfig import ENABLED, Filter
 from minio.datatypes import Object
+from minio.datatypes import Part as MinioPart
 from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.lifecycleconfig import AbortIncompleteMultipartUpload, Expiration, LifecycleConfig, Rule
 from urllib3 import BaseHTTPResponse, HTTPHeaderDict
 
 from flowengine.core.keys import key_problem
 from flowengine.stores import sigv4
-from flowengine.stores.base import KeyPage, ObjectInfo, Presigned, PutConditions, StoreUnavailable
+from flowengine.stores.base import KeyPage, ObjectInfo, Part, Presigned, PutConditions, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -115,7 +116,16 @@ class S3Store:
     def presign_get(self, key: str, expires: float, base_url: str) -> Presigned:
         return self._presign("GET", key, expires, {})
 
-    def _presign(self, method: str, key: str, expires: float, headers: dict[str, str]) -> Presigned:
+    def presign_part(
+        self, key: str, upload_id: str, number: int, expires: float, conditions: PutConditions, base_url: str
+    ) -> Presigned:
+        """An UploadPart URL: S3's own multipart upload, the part's bytes never pass through the engine."""
+        query = {"partNumber": str(number), "uploadId": upload_id}
+        return self._presign("PUT", key, expires, conditions.headers(), query)
+
+    def _presign(
+        self, method: str, key: str, expires: float, headers: dict[str, str], query: dict[str, str] | None = None
+    ) -> Presigned:
         # X-Amz-Date has whole seconds: count from the truncated time so the URL never outlives `expires`.
         signed_at = math.floor(self._clock())
         expires_in = math.floor(expires - signed_at)
@@ -134,6 +144,7 @@ class S3Store:
             expires_in,
             signed_at,
             headers,
+            query=query,
         )
         return Presigned(url=url, headers=dict(headers), expires=float(signed_at + expires_in))
 
@@ -246,6 +257,48 @@ class S3Store:
     async def delete(self, key: str) -> None:
         """Remove the object; deleting a missing object is not an error (S3 semantics)."""
         await self._run(self._client.remove_object, self.bucket, self._full(key))
+
+    # -- multipart uploads -------------------------------------------------------------------------
+
+    async def create_multipart(self, key: str, content_type: str) -> str:
+        return await self._run(self._client._create_multipart_upload, self.bucket, self._full(key),
+                               {"Content-Type": content_type})  # fmt: skip
+
+    async def list_parts(self, key: str, upload_id: str) -> list[Part] | None:
+        full = self._full(key)
+
+        def collect() -> list[Part]:
+            parts: list[Part] = []
+            marker: str | None = None
+            while True:
+                page = self._client._list_parts(self.bucket, full, upload_id, 1000, marker)
+                parts += [Part(p.part_number, (p.etag or "").strip('"'), p.size or 0) for p in page.parts]
+                if not page.is_truncated:
+                    return parts
+                marker = str(page.next_part_number_marker)
+
+        try:
+            return await self._run(collect)
+        except S3Error as exc:
+            if exc.code == "NoSuchUpload":
+                return None
+            raise
+
+    async def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> ObjectInfo:
+        full = self._full(key)
+        listed = [MinioPart(p.number, p.etag) for p in parts]
+        await self._run(self._client._complete_multipart_upload, self.bucket, full, upload_id, listed)
+        info = await self.stat(key)
+        if info is None:  # deleted by someone else in between
+            raise FileNotFoundError(f"{self.name}: {key} vanished right after its multipart upload completed")
+        return info
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        try:
+            await self._run(self._client._abort_multipart_upload, self.bucket, self._full(key), upload_id)
+        except S3Error as exc:
+            if exc.code != "NoSuchUpload":
+                raise
 
     # -- the bucket ---------------------------------------------------------------------------------
 

@@ -81,6 +81,11 @@ def local_resource(store: str, key: str) -> str:
     return f"store/{store}/{key}"
 
 
+def local_part_resource(store: str, key: str, upload_id: str, number: int) -> str:
+    """One part of a multipart upload to an embedded-store object."""
+    return f"{local_resource(store, key)}?partNumber={number}&uploadId={upload_id}"
+
+
 def hook_resource(run_id: str, edge: str) -> str:
     """A webhook well of a run."""
     return f"hook/{run_id}/{edge}"

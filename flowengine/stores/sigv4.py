@@ -34,12 +34,14 @@ def presign(
     *,
     virtual_host: bool = False,
     service: str = "s3",
+    query: dict[str, str] | None = None,
 ) -> str:
     """Return the full presigned URL for `method` on `bucket`/`key`.
 
     `url_base` is `scheme://host[:port]`. Path style (`/bucket/key`) by default; with
     `virtual_host` the bucket becomes the first label of the host and the path is `/key`.
     The request must then carry every header in `signed_headers` with exactly these values.
+    `query` is signed too: an UploadPart URL's `partNumber` and `uploadId`.
     """
     if not 1 <= expires_in <= MAX_EXPIRES or int(expires_in) != expires_in:
         raise ValueError(f"expires_in must be a whole number of seconds in 1..{MAX_EXPIRES}, got {expires_in}")
@@ -62,6 +64,7 @@ def presign(
     stamp = _amz_date(now)
     scope = f"{stamp[:8]}/{region}/{service}/aws4_request"
     query = {
+        **(query or {}),
         "X-Amz-Algorithm": ALGORITHM,
         "X-Amz-Credential": f"{access_key}/{scope}",
         "X-Amz-Date": stamp,

@@ -45,7 +45,8 @@ PRESIGN = Operation(
     summary="A presigned PUT URL for a file a run's `file` parameter will take",
     description="Upload the file with a PUT to `upload_url`, sending every header of `upload_headers` verbatim "
     "(`Content-Length`: exactly `file_size`; `If-None-Match: *`: no overwrite). Then pass `file_key` as the "
-    "parameter's value. Files are kept for `input_retention` (1 day).",
+    "parameter's value. Files are kept for `input_retention` (1 day). A file over `max_upload_size` (500 MB) goes "
+    "up in parts to the same key (`/api/v1/uploads/multipart/*`): the embedded store refuses it as one PUT.",
     tag="files",
     body=Body(PresignFile, "the file to come: its name, exact size and type"),
     security=RUNTIME_SECURITY,
@@ -53,7 +54,7 @@ PRESIGN = Operation(
     answers={
         200: Answer("where to PUT the file, and its key", PresignedFile),
         400: "a field is missing or of the wrong type, the type is no MIME type, or file_size is over the "
-        "engine's limit (max_upload_size)",
+        "engine's limit (max_multipart_size)",
         503: "the files store did not answer (store_unavailable)",
     },
 )

@@ -1,0 +1,319 @@
+"""`/api/v1/uploads/multipart/*`: large files in parts, on the embedded store and on S3, end to end."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from live import Server, admin
+from minio import Minio
+
+MIB = 1024 * 1024
+PART = 5 * MIB  # the least part size: small files still come in several parts
+MULTIPART = "/api/v1/uploads/multipart"
+
+
+class Session:
+    """A user's session token on a team of a server, and the calls the tests make with it."""
+
+    def __init__(self, server: Server, team: str, email: str = "ann@example.com") -> None:
+        self.team = admin(server, "teams", "create", team)
+        admin(server, "users", "add", email, "--team", team)
+        self.headers = {"Authorization": f"Bearer {admin(server, 'token', '--user', email)}", "X-Team-ID": self.team}
+        self.client = httpx.Client(base_url=server.url, timeout=60, headers=self.headers)
+
+    def presign(self, size: int, name: str = "big.bin", content_type: str = "application/octet-stream") -> str:
+        body = {"file_name": name, "file_size": size, "content_type": content_type}
+        answer = self.client.post("/api/v1/r/files/presign", json=body)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["file_key"]
+
+    def post(self, action: str, **body: Any) -> httpx.Response:
+        return self.client.post(f"{MULTIPART}/{action}", json=body)
+
+    def initiate(self, key: str, size: int) -> dict[str, Any]:
+        answer = self.post("initiate", storage_key=key, file_size=size)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def part_urls(self, upload_id: str, numbers: list[int]) -> dict[int, dict[str, Any]]:
+        answer = self.post("presign-parts", upload_id=upload_id, part_numbers=numbers)
+        assert answer.status_code == 200, answer.text
+        return {p["part_number"]: p for p in answer.json()["parts"]}
+
+
+def content(size: int, seed: int = 0) -> Iterator[bytes]:
+    """`size` bytes, made as they are read: every MiB differs (its index in front of a shared random block),
+    so parts put in the wrong place or twice are seen, and nothing of the size is ever held."""
+    block = hashlib.sha256(str(seed).encode()).digest() * (MIB // 32)
+    for offset in range(0, size, MIB):
+        chunk = offset.to_bytes(8, "big") + block[8:]
+        yield chunk[: min(MIB, size - offset)]
+
+
+def part_content(size: int, part_size: int, number: int, seed: int = 0) -> Iterator[bytes]:
+    """Part `number`'s bytes of `content(size)` (parts are whole MiB)."""
+    start = (number - 1) * part_size
+    end = min(size, start + part_size)
+    for chunk_start, chunk in zip(range(0, size, MIB), content(size, seed), strict=False):
+        if chunk_start >= end:
+            return
+        if chunk_start >= start:
+            yield chunk
+
+
+def md5_of(chunks: Iterator[bytes]) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def put_part(part: dict[str, Any], body: Iterator[bytes] | bytes) -> httpx.Response:
+    return httpx.put(part["upload_url"], content=body, headers=part["upload_headers"], timeout=120)
+
+
+def upload_parts(session: Session, initiated: dict[str, Any], size: int, numbers: list[int]) -> dict[int, str]:
+    """PUT the given parts with plain HTTP; their ETags by number."""
+    urls = session.part_urls(initiated["upload_id"], numbers)
+    etags = {}
+    for n in numbers:
+        answer = put_part(urls[n], part_content(size, initiated["part_size"], n))
+        assert answer.status_code == 200, answer.text
+        etags[n] = answer.headers["ETag"]
+    return etags
+
+
+def complete(session: Session, upload_id: str, etags: dict[int, str]) -> httpx.Response:
+    parts = [{"part_number": n, "etag": etags[n]} for n in sorted(etags)]
+    return session.post("complete", upload_id=upload_id, parts=parts)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest) -> str:
+    """Where the files store is: the embedded store, or S3 (SeaweedFS)."""
+    return request.param
+
+
+def start_on(store: str, start_server, tmp_path: Path, s3: dict[str, Any] | None, **settings: Any) -> Server:
+    if store == "local":
+        return start_server(multipart_part_size=PART, **settings)
+    assert s3 is not None
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"files_store: media\nstores:\n  - Name: media\n    Type: s3\n    Params: {{endpoint: '{s3['endpoint']}', "
+        f"bucket: {s3['bucket']}, prefix: mp-{uuid.uuid4().hex[:8]}, secure: false, "
+        f"access_key: {s3['access_key']}, secret_key: {s3['secret_key']}}}\n"
+    )
+    return start_server(config=str(config), multipart_part_size=PART, **settings)
+
+
+class Stored:
+    """What a server's files store holds, read around the engine: the files on disk, or the minio client on S3."""
+
+    def __init__(self, server: Server, s3: dict[str, Any] | None) -> None:
+        self.server = server
+        self.minio = Minio(s3["endpoint"], s3["access_key"], s3["secret_key"], secure=False) if s3 else None
+        self.bucket = s3["bucket"] if s3 else ""
+        self.prefix = ""
+        if server.config:
+            self.prefix = Path(server.config).read_text().split("prefix: ")[1].split(",")[0] + "/"
+
+    def md5(self, key: str) -> str | None:
+        if self.minio is None:
+            path = self.server.data_dir / "objects" / "default" / key
+            if not path.exists():
+                return None
+            with open(path, "rb") as f:
+                return md5_of(iter(lambda: f.read(MIB), b""))
+        try:
+            response = self.minio.get_object(self.bucket, self.prefix + key)
+        except Exception:
+            return None
+        try:
+            return md5_of(response.stream(MIB))
+        finally:
+            response.close()
+            response.release_conn()
+
+    def uploads_under_way(self) -> int:
+        """Multipart uploads the store holds (S3's list, or the embedded store's part folders)."""
+        if self.minio is None:
+            parts = self.server.data_dir / "multipart" / "default"
+            return len(list(parts.iterdir())) if parts.exists() else 0
+        listed = self.minio._list_multipart_uploads(self.bucket, prefix=self.prefix)
+        return len(listed.uploads)
+
+
+@pytest.fixture
+def on(
+    store: str, start_server, tmp_path: Path, request: pytest.FixtureRequest
+) -> Callable[..., tuple[Server, Stored]]:
+    def start(**settings: Any) -> tuple[Server, Stored]:
+        s3 = request.getfixturevalue("s3") if store == "s3" else None
+        server = start_on(store, start_server, tmp_path, s3, **settings)
+        return server, Stored(server, s3)
+
+    return start
+
+
+def test_a_file_goes_up_in_parts_resumes_and_completes_to_its_presigned_key(on):
+    server, stored = on()
+    session = Session(server, "parts")
+    size = 3 * PART + 3 * MIB  # four parts, the last one shorter
+    key = session.presign(size)
+    initiated = session.initiate(key, size)
+    assert (initiated["storage_key"], initiated["part_size"], initiated["part_count"]) == (key, PART, 4)
+
+    etags = upload_parts(session, initiated, size, [1, 3])
+    # The client stops here, and resumes: the upload says which parts it holds.
+    described = session.client.get(f"{MULTIPART}/{initiated['upload_id']}").json()
+    assert [(p["part_number"], p["size"]) for p in described["parts"]] == [(1, PART), (3, PART)]
+    assert {p["part_number"]: f'"{p["etag"]}"' for p in described["parts"]} == etags
+    etags |= upload_parts(session, initiated, size, [2, 4])
+
+    done = complete(session, initiated["upload_id"], etags)
+    assert done.status_code == 200, done.text
+    assert (done.json()["file_key"], done.json()["file_size"]) == (key, size)
+    assert stored.md5(key) == md5_of(content(size))
+    assert stored.uploads_under_way() == 0
+    # Done: the upload is gone, and the key is taken.
+    assert session.client.get(f"{MULTIPART}/{initiated['upload_id']}").status_code == 404
+    assert session.post("initiate", storage_key=key, file_size=size).status_code == 412
+
+
+def test_a_part_takes_only_its_signed_size_and_a_part_sent_again_replaces_it(on):
+    server, stored = on()
+    session = Session(server, "sizes")
+    size = PART + MIB
+    key = session.presign(size)
+    initiated = session.initiate(key, size)
+    urls = session.part_urls(initiated["upload_id"], [1, 2])
+    assert urls[1]["upload_headers"] == {"Content-Length": str(PART)}
+    assert urls[2]["upload_headers"] == {"Content-Length": str(MIB)}
+    assert httpx.put(urls[2]["upload_url"], content=b"x" * (MIB - 1)).status_code in (400, 403)  # another length
+    tampered = urls[2]["upload_url"].replace("partNumber=2", "partNumber=1")
+    assert httpx.put(tampered, content=b"x" * MIB, headers=urls[2]["upload_headers"]).status_code == 403
+
+    first = put_part(urls[1], b"a" * PART).headers["ETag"]
+    second = put_part(urls[1], part_content(size, PART, 1)).headers["ETag"]
+    last = put_part(urls[2], part_content(size, PART, 2)).headers["ETag"]
+    assert first != second
+    stale = complete(session, initiated["upload_id"], {1: first, 2: last})
+    assert (stale.status_code, stale.json()["field"]) == (400, "parts[0].etag")
+    assert complete(session, initiated["upload_id"], {1: second, 2: last}).status_code == 200
+    assert stored.md5(key) == md5_of(content(size))
+
+
+def test_an_aborted_upload_leaves_nothing_and_the_key_can_be_sent_again(on):
+    server, stored = on()
+    session = Session(server, "abort")
+    size = PART + MIB
+    key = session.presign(size)
+    initiated = session.initiate(key, size)
+    upload_parts(session, initiated, size, [1])
+    assert stored.uploads_under_way() == 1
+    assert session.post("abort", upload_id=initiated["upload_id"]).status_code == 204
+    assert stored.uploads_under_way() == 0
+    assert session.post("abort", upload_id=initiated["upload_id"]).status_code == 404
+    again = session.initiate(key, size)
+    etags = upload_parts(session, again, size, [1, 2])
+    assert complete(session, again["upload_id"], etags).status_code == 200
+    assert stored.md5(key) == md5_of(content(size))
+
+
+def test_an_incomplete_upload_is_aborted_by_the_sweeper(on):
+    server, stored = on(multipart_ttl=2, sweep_interval=0.2)
+    session = Session(server, "sweep")
+    size = PART + MIB
+    initiated = session.initiate(session.presign(size), size)
+    upload_parts(session, initiated, size, [1])
+    deadline = time.monotonic() + 15
+    while stored.uploads_under_way() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert stored.uploads_under_way() == 0
+    assert session.client.get(f"{MULTIPART}/{initiated['upload_id']}").status_code == 404
+
+
+def test_only_a_users_session_may_send_parts_and_only_for_its_team(start_server):
+    server = start_server(multipart_part_size=PART)
+    session = Session(server, "mine")
+    other = Session(server, "theirs", "bob@example.com")
+    size = PART + 1
+    key = session.presign(size)
+    for kind in ("integration", "device", "agent"):
+        user = ("--user", "ann@example.com") if kind == "device" else ()
+        credential = admin(server, "keys", "create", "--team", "mine", "--kind", kind, *user)
+        answer = httpx.post(f"{server.url}{MULTIPART}/initiate", json={"storage_key": key, "file_size": size},
+                            headers={"Authorization": f"Bearer {credential}"})  # fmt: skip
+        assert answer.status_code == 401, (kind, answer.text)
+    assert httpx.post(f"{server.url}{MULTIPART}/initiate", json={}).status_code == 401  # even on an open engine
+    missing_team = httpx.post(f"{server.url}{MULTIPART}/initiate", json={"storage_key": key, "file_size": size},
+                              headers={"Authorization": session.headers["Authorization"]})  # fmt: skip
+    assert missing_team.status_code == 400
+
+    # Another team's key is unknown to it; another team's upload is not found.
+    theirs = other.post("initiate", storage_key=key, file_size=size)
+    assert (theirs.status_code, theirs.json()["field"]) == (400, "storage_key")
+    upload_id = session.initiate(key, size)["upload_id"]
+    assert other.post("presign-parts", upload_id=upload_id, part_numbers=[1]).status_code == 404
+    assert other.client.get(f"{MULTIPART}/{upload_id}").status_code == 404
+    assert other.post("abort", upload_id=upload_id).status_code == 404
+    assert other.post("complete", upload_id=upload_id, parts=[{"part_number": 1, "etag": "x"}]).status_code == 404
+    assert session.client.get(f"{MULTIPART}/{upload_id}").status_code == 200
+
+
+BAD_REQUESTS = [
+    ("initiate", {"file_size": 1}, 400, "storage_key"),
+    ("initiate", {"storage_key": "KEY", "file_size": 0}, 400, "file_size"),
+    ("initiate", {"storage_key": "KEY", "file_size": "big"}, 400, "file_size"),
+    ("initiate", {"storage_key": "KEY", "file_size": PART}, 400, "file_size"),  # not the presigned size
+    ("initiate", {"storage_key": "inputs/elsewhere", "file_size": PART + 1}, 400, "storage_key"),
+    ("initiate", {"storage_key": "KEY", "file_size": PART + 1}, 409, "storage_key"),  # one under way already
+    ("presign-parts", {"upload_id": "UPLOAD", "part_numbers": [3]}, 400, "part_numbers[0]"),
+    ("presign-parts", {"upload_id": "UPLOAD", "part_numbers": [0]}, 400, "part_numbers[0]"),
+    ("presign-parts", {"upload_id": "UPLOAD", "part_numbers": []}, 400, "part_numbers"),
+    ("presign-parts", {"upload_id": "UPLOAD", "part_numbers": [1], "storage_key": "x"}, 400, "storage_key"),
+    ("presign-parts", {"upload_id": "nope", "part_numbers": [1]}, 404, "upload_id"),
+    ("complete", {"upload_id": "UPLOAD", "parts": [{"part_number": 1, "etag": "x"}]}, 400, "parts"),
+    ("complete", {"upload_id": "UPLOAD", "parts": [{"part_number": n, "etag": "x"} for n in (2, 1)]}, 400, "parts"),
+    ("complete", {"upload_id": "UPLOAD", "parts": [{"part_number": n, "etag": "x"} for n in (1, 2)]}, 400, "parts[0]"),
+    ("complete", {"upload_id": "UPLOAD"}, 400, "parts"),
+    ("abort", {}, 400, "upload_id"),
+]
+
+
+def test_bad_requests_are_4xx_naming_the_field(start_server):
+    session = Session(start_server(multipart_part_size=PART), "fields")
+    key = session.presign(PART + 1)
+    upload_id = session.initiate(key, PART + 1)["upload_id"]
+    for action, body, status, field in BAD_REQUESTS:
+        filled = {k: upload_id if v == "UPLOAD" else key if v == "KEY" else v for k, v in body.items()}
+        answer = session.post(action, **filled)
+        assert (answer.status_code, answer.json()["field"]) == (status, field), (action, body, answer.text)
+
+
+def test_a_file_over_the_single_put_limit_is_presigned_for_parts_and_refused_whole(server: Server):
+    session = Session(server, "limits")
+    size = 600_000_000  # over max_upload_size (500 MB)
+    answer = session.client.post("/api/v1/r/files/presign", json={"file_name": "a", "file_size": size,
+                                                                   "content_type": "text/plain"})  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    url = urlsplit(answer.json()["upload_url"])
+    # The headers alone: the engine refuses the body before it comes.
+    conn = http.client.HTTPConnection(url.netloc, timeout=10)
+    conn.putrequest("PUT", f"{url.path}?{url.query}")
+    for name, value in answer.json()["upload_headers"].items():
+        conn.putheader(name, value)
+    conn.endheaders()
+    assert conn.getresponse().status == 413
+    conn.close()
+    assert session.initiate(answer.json()["file_key"], size)["part_count"] == 6
