@@ -16,7 +16,6 @@ from pathlib import Path
 from flowengine.config import Config, ensure_secret, load_config
 from flowengine.core.ids import uuid7
 from flowengine.identity.directory import Directory
-from flowengine.identity.records import Credential
 from flowengine.persistence import open_database
 
 
@@ -100,21 +99,12 @@ async def _key_create(directory: Directory, args: argparse.Namespace, config: Co
 async def _key_list(directory: Directory, args: argparse.Namespace, config: Config) -> None:
     team = (await directory.team_named(args.team)).id if args.team else None
     names = {t.id: t.name for t in await directory.db.teams()}
-    offset = 0
+    offset, now = 0, directory.clock()
     while page := await directory.db.credentials(team, args.kind, 500, offset):
         for c in page:
-            print(
-                f"{c.id}  {c.kind:<11}  {names.get(c.team, c.team)}  {c.key_prefix}...  {_state(c)}  {c.display_name}"
-            )
+            team_name = names.get(c.team, c.team)
+            print(f"{c.id}  {c.kind:<11}  {team_name}  {c.key_prefix}...  {c.status(now)}  {c.display_name}")
         offset += len(page)
-
-
-def _state(c: Credential) -> str:
-    if c.revoked is not None:
-        return "revoked"
-    if c.expires is not None and c.expires <= time.time():
-        return "expired"
-    return "active"
 
 
 async def _key_revoke(directory: Directory, args: argparse.Namespace, config: Config) -> None:

@@ -551,6 +551,8 @@ async def test_teams_users_members_and_credentials(db: Database) -> None:
     assert await db.credential(key_hash="hash1") == key and await db.credential(id="c2") == agent
     assert await db.credentials("t1", None, 10, 0) == [key, agent]
     assert await db.credentials(None, "agent", 10, 0) == [agent] and await db.credentials("t2", None, 10, 0) == []
+    filters = [("t1", None), (None, "agent"), ("t1", "device"), ("t2", None)]
+    assert [await db.count_credentials(*f) for f in filters] == [2, 1, 1, 0]
     await db.revoke_credentials(["c1", "c2"], 7.0)
     await db.revoke_credentials(["c1"], 8.0)  # revoked once: the first time stays
     await db.touch_credential("c1", 9.0)

@@ -18,6 +18,9 @@ Accepts = frozenset[PrincipalKind]
 FLOW_CALLERS: Accepts = frozenset({"anonymous", "user", "integration", "device"})  # the flow API
 RUNTIME_CALLERS: Accepts = frozenset({"user", "integration", "device"})  # the workflow/task API (/api/v1/r/)
 AGENT_CALLERS: Accepts = frozenset({"agent"})
+# Credential management and confirming a pairing: a signed-in user only, so that a stolen key (a dk- above
+# all) cannot mint keys that outlive its own revocation.
+SESSION_CALLERS: Accepts = frozenset({"user"})
 RUNTIME_SECURITY = ("bearer",)  # the OpenAPI security of routes that take RUNTIME_CALLERS
 _NAMES = {"user": "a user session token", "integration": "an sk- key", "device": "a dk- key", "agent": "an ak- key"}
 

@@ -95,6 +95,17 @@ class Directory:
         expires_in_days: int | None = None, paired_with: str | None = None,
     ) -> tuple[Credential, str]:  # fmt: skip
         """A new key of the team (by id) and the raw key, which is shown this once and never stored."""
+        credential, raw = self.new_key(team, kind, display_name, user=user, expires_in_days=expires_in_days,
+                                       paired_with=paired_with)  # fmt: skip
+        async with self.db.transaction() as tx:
+            await tx.insert_credential(credential)
+        return credential, raw
+
+    def new_key(
+        self, team: str, kind: KeyKind, display_name: str = "", *, user: str | None = None,
+        expires_in_days: int | None = None, paired_with: str | None = None,
+    ) -> tuple[Credential, str]:  # fmt: skip
+        """A key's record and the raw key, not yet stored (for a caller storing it with more, in one transaction)."""
         if kind == "device" and user is None:
             raise Error("invalid", "user_required", "a device key belongs to a user", "user")
         if expires_in_days is not None and not 1 <= expires_in_days <= 365:
@@ -105,9 +116,11 @@ class Directory:
         name = display_name or f"{kind} key {keys.key_prefix(raw)}"
         credential = Credential(self.new_id(), kind, team, user, name, keys.key_prefix(raw), keys.key_hash(raw), now,
                                 expires, paired_with=paired_with)  # fmt: skip
-        async with self.db.transaction() as tx:
-            await tx.insert_credential(credential)
         return credential, raw
+
+    async def keys_of(self, team: str, kind: KeyKind | None, limit: int, offset: int) -> tuple[list[Credential], int]:
+        """A page of a team's keys (of a kind, or all), oldest first, and how many there are in all."""
+        return await self.db.credentials(team, kind, limit, offset), await self.db.count_credentials(team, kind)
 
     async def revoke(self, credential_id: str, team: str | None = None) -> Credential:
         """Revoke a key (of `team`, when given): at once. A device key's paired agent key goes with it."""

@@ -9,6 +9,7 @@ import msgspec
 from flowengine.identity.keys import KeyKind
 
 Role = Literal["admin", "member"]
+KeyStatus = Literal["active", "revoked", "expired"]
 
 
 class Team(msgspec.Struct, frozen=True):
@@ -38,4 +39,9 @@ class Credential(msgspec.Struct, frozen=True):
     paired_with: str | None = None  # a device key's companion agent key, revoked with it
 
     def usable(self, now: float) -> bool:
-        return self.revoked is None and (self.expires is None or now < self.expires)
+        return self.status(now) == "active"
+
+    def status(self, now: float) -> KeyStatus:
+        if self.revoked is not None:
+            return "revoked"
+        return "expired" if self.expires is not None and now >= self.expires else "active"

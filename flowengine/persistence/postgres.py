@@ -527,6 +527,14 @@ class _Queries:
         )
         return [Credential(*r) for r in rows]
 
+    async def count_credentials(self, team: str | None, kind: str | None) -> int:
+        row = await self._row(
+            "SELECT count(*) FROM credentials"
+            " WHERE (%s::text IS NULL OR team = %s) AND (%s::text IS NULL OR kind = %s)",
+            (team, team, kind, kind),
+        )
+        return row[0]  # type: ignore[index]
+
     async def revoke_credentials(self, ids: list[str], at: float) -> None:
         await self._execute("UPDATE credentials SET revoked = %s WHERE id = ANY(%s) AND revoked IS NULL", (at, ids))
 

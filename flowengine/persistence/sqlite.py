@@ -71,6 +71,16 @@ def _filters(team: str, status: str | None, flow: str | None) -> tuple[list[str]
     return where, params
 
 
+def _credential_filters(team: str | None, kind: str | None) -> tuple[str, list[str]]:
+    """A WHERE clause for the credentials of a team and of a kind (None: any)."""
+    where, params = [], []
+    for column, value in (("team", team), ("kind", kind)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    return (f" WHERE {' AND '.join(where)}" if where else ""), params
+
+
 class SqliteDatabase:
     """The embedded default: one SQLite file under the data dir, one connection, written by one engine."""
 
@@ -429,17 +439,16 @@ class SqliteDatabase:
         return Credential(*row) if row else None
 
     async def credentials(self, team: str | None, kind: str | None, limit: int, offset: int) -> list[Credential]:
-        where, params = [], []
-        for column, value in (("team", team), ("kind", kind)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        clause, params = _credential_filters(team, kind)
         rows = self.conn.execute(
             f"SELECT {_CREDENTIAL} FROM credentials{clause} ORDER BY created, id LIMIT ? OFFSET ?",
             [*params, limit, offset],
         )
         return [Credential(*r) for r in rows]
+
+    async def count_credentials(self, team: str | None, kind: str | None) -> int:
+        clause, params = _credential_filters(team, kind)
+        return self.conn.execute(f"SELECT count(*) FROM credentials{clause}", params).fetchone()[0]
 
     async def revoke_credentials(self, ids: list[str], at: float) -> None:
         self.conn.executemany(

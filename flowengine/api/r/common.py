@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from starlette.requests import Request
 
 from flowengine.api.http import base_url, engine_of, query_int, read_json
+from flowengine.api.openapi import in_query
 from flowengine.core.spec import decode_json
 from flowengine.errors import Error, bad_request
 
@@ -33,6 +34,12 @@ class Page(msgspec.Struct, frozen=True):
 
     def meta(self, total: int) -> PageMeta:
         return PageMeta(self.current_page, self.per_page, total)
+
+
+PAGE_PARAMS = (
+    in_query("current_page", Annotated[int, msgspec.Meta(ge=1)], "which page, from 1 (default 1)"),
+    in_query("per_page", Annotated[int, msgspec.Meta(ge=1, le=MAX_PER_PAGE)], "items a page (default 20)"),
+)
 
 
 def page_of(request: Request) -> Page:
