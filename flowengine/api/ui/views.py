@@ -133,12 +133,4 @@ def percent(fraction: float) -> str:
     return f"{fraction * 100:.0f} %"
 
 
-def id_time(run_id: str) -> float | None:
-    """When a UUIDv7 run ID was made (its first 48 bits are milliseconds)."""
-    try:
-        return int(run_id.replace("-", "")[:12], 16) / 1000
-    except ValueError:
-        return None
-
-
 FILTERS: dict[str, Any] = {"when": when, "iso": iso, "duration": duration, "size": size, "percent": percent}
