@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from flowengine.core.ids import COUNTER_BITS, UUID7
+from flowengine.core.ids import COUNTER_BITS, UUID7, uuid7_floor
 
 
 class Clock:
@@ -62,3 +62,10 @@ def test_a_full_counter_borrows_the_next_millisecond():
     make._counter = (1 << COUNTER_BITS) - 1  # as if 2**41 IDs had been made in this millisecond
     overflowed = make()
     assert overflowed > ids[-1] and fields(overflowed)[0] == clock.ms + 1
+
+
+def test_the_floor_of_a_millisecond_sorts_between_the_ids_before_and_after_it():
+    ms = 1_700_000_000_123
+    ids = [UUID7(clock_ns=lambda at=at: at * 1_000_000)() for at in (ms - 1, ms, ms + 1)]
+    floor = uuid7_floor(ms / 1000 + 0.0004)
+    assert ids[0] < floor < ids[1] < ids[2] and uuid.UUID(floor).version == 7

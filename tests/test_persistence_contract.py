@@ -125,7 +125,20 @@ async def test_runs_list_newest_first_by_id_in_byte_order_with_filters_and_offse
     assert [r.id for r in await db.list_runs("", None, None, 10, before="a0")] == ["B2", "A1"]
     assert [r.id for r in await db.list_runs("", None, None, 1, offset=1)] == ["B2"]
     assert await db.list_runs("", None, "z", 10) == []
+    assert [r.id for r in await db.list_runs("", None, None, 10, after="A1")] == ["a0", "B2"]
+    assert [r.id for r in await db.list_runs("", None, None, 10, after="A1", before="a0")] == ["B2"]
     assert await db.last_run_id() == "a0"
+
+
+async def test_runs_of_every_team_are_listed_and_counted_with_no_team(db: Database):
+    mine, theirs = run("r1", "x"), msgspec.structs.replace(run("r2", "x"), team="t-b")
+    await insert(db, mine, theirs, run("r3", "y", machine.COMPLETE))
+    assert [r.id for r in await db.list_runs(None, None, None, 10)] == ["r3", "r2", "r1"]
+    assert [r.id for r in await db.list_runs(None, None, "x", 10)] == ["r2", "r1"]
+    assert [r.id for r in await db.list_runs("t-b", None, None, 10)] == ["r2"]
+    assert await db.count_runs(None, None, None) == 3
+    assert await db.count_runs(None, machine.WAITING, "x") == 2
+    assert await db.count_runs("", None, None) == 2
 
 
 async def test_pages_by_key_see_every_run_once_newest_first(db: Database):

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from flowengine import version
-from flowengine.api import browser, credentials, events, flow, openapi, upload, uploads, workflows
+from flowengine.api import browser, credentials, events, flow, openapi, ui, upload, uploads, workflows
 from flowengine.api.documents import RenderedDocuments
 from flowengine.api.errors import ERROR_HANDLERS, error_response
 from flowengine.api.http import json_response, send_json
@@ -106,10 +106,12 @@ class HotRoutes:
     matched here by hand, ahead of Starlette's middleware and router, which cost about a tenth of
     a run's creation (bench/README.md). Everything else, and these routes whenever `hot_route`
     declines, goes through the Starlette app; errors go to the same handlers either way. What a
-    browser may do (browser.py) is decided here first, for every route."""
+    browser may do (browser.py) is decided here first, for every route. The dashboard (/ui) is an
+    app of its own: HTML pages, not an API (nor in its OpenAPI document)."""
 
-    def __init__(self, app: Starlette, public_url: str) -> None:
+    def __init__(self, app: Starlette, public_url: str, dashboard: Starlette) -> None:
         self.app = app
+        self.dashboard = dashboard
         self.presigned = browser.presigned_cors(app)
         self.public_url = public_url
 
@@ -124,6 +126,9 @@ class HotRoutes:
             browser.refuse_cross_site(scope, self.public_url)
         except Error as exc:
             await error_response(exc, scope["path"])(scope, receive, send)
+            return
+        if ui.is_dashboard(scope["path"]):
+            await self.dashboard(scope, receive, send)
             return
         handler = flow.hot_route(scope)
         if handler is None:
@@ -141,9 +146,11 @@ class HotRoutes:
 
 
 def create_app(config: Config, engine: Engine | None = None) -> HotRoutes:
+    dashboard = ui.create_dashboard()
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.engine = running = engine or Engine(config)
+        app.state.engine = dashboard.state.engine = running = engine or Engine(config)
         app.state.documents = RenderedDocuments(running)
         app.state.inline_plans = LRU(flow.INLINE_PLANS)
         await running.start()
@@ -172,4 +179,4 @@ def create_app(config: Config, engine: Engine | None = None) -> HotRoutes:
     )
     app.router.redirect_slashes = False  # an API answers the URL it was given, 404 or not
     app.state.openapi = openapi.document(app.routes, title="flowengine", version=version(), description=ABOUT)
-    return HotRoutes(app, config.public_url)
+    return HotRoutes(app, config.public_url, dashboard)

@@ -141,29 +141,29 @@ async def list_runs(request: Request) -> Response:
     limit = query_int(request, "limit", 50, 1, 500)
     offset = query_int(request, "offset", 0, 0, 10**9)
     cursor = request.query_params.get("cursor")
-    before = _decode_cursor(cursor) if cursor else None
+    before = decode_cursor(cursor) if cursor else None
     if before is not None and offset:
         raise bad_request("invalid_query", "give either cursor or offset, not both", "query.offset")
     db = engine_of(request).db
     runs = await db.list_runs(principal.team, status, flow, limit + 1, before=before, offset=offset)
-    after = _encode_cursor(runs[limit - 1].id) if len(runs) > limit else None
+    after = encode_cursor(runs[limit - 1].id) if len(runs) > limit else None
     summaries = [run_summary(r) for r in runs[:limit]]
     total = await db.count_runs(principal.team, status, flow)
     return json_response(RunPage(summaries, total, limit, offset, after))
 
 
-def _encode_cursor(run_id: str) -> str:
+def encode_cursor(run_id: str) -> str:
     return base64.urlsafe_b64encode(run_id.encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> str:
+def decode_cursor(cursor: str) -> str:
     """The run ID a page ended at. Cursors are opaque to clients: anything not made by
-    `_encode_cursor` is refused."""
+    `encode_cursor` is refused."""
     try:
         run_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     except (ValueError, UnicodeError):
         run_id = ""
-    if not (0 < len(run_id) <= MAX_CURSOR_ID and run_id.isprintable()) or _encode_cursor(run_id) != cursor:
+    if not (0 < len(run_id) <= MAX_CURSOR_ID and run_id.isprintable()) or encode_cursor(run_id) != cursor:
         raise bad_request("invalid_query", "cursor is not one this API handed out (take Next from a page)",
                           "query.cursor")  # fmt: skip
     return run_id

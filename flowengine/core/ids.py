@@ -64,3 +64,10 @@ class UUID7:
 
 
 uuid7 = UUID7()  # the process's generator: every run ID comes from here, so all of them increase
+
+
+def uuid7_floor(seconds: float) -> str:
+    """The least UUIDv7 string of the millisecond `seconds` falls in: every ID made at or after that
+    time sorts after it, every one made before sorts before it (a time range as an ID range)."""
+    h = f"{int(seconds * 1000) & ((1 << 48) - 1):012x}7000" + "8" + "0" * 15
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

@@ -192,21 +192,22 @@ class Queries(Protocol):
 
     async def list_runs(
         self,
-        team: str,
+        team: str | None,
         status: str | None,
         flow: str | None,
         limit: int,
         *,
         before: str | None = None,
+        after: str | None = None,
         offset: int = 0,
     ) -> list[Run]:
-        """A team's runs ('' for those of no team), newest first (by ID); `before`: only those whose
-        ID sorts before it (a page after another, at the cost of the first); `offset` skips rows one
-        by one."""
+        """A team's runs ('' for those of no team; None: every team's), newest first (by ID);
+        `before`: only those whose ID sorts before it (a page after another, at the cost of the
+        first); `after`: only those whose ID sorts after it; `offset` skips rows one by one."""
         ...
 
-    async def count_runs(self, team: str, status: str | None, flow: str | None) -> int:
-        """How many runs match, from counters: the cost does not grow with the runs."""
+    async def count_runs(self, team: str | None, status: str | None, flow: str | None) -> int:
+        """How many runs match (team None: of every team), from counters: the cost does not grow with the runs."""
         ...
 
     async def count_by_status(self) -> dict[str, int]: ...

@@ -254,20 +254,25 @@ class _Queries:
 
     async def list_runs(
         self,
-        team: str,
+        team: str | None,
         status: str | None,
         flow: str | None,
         limit: int,
         *,
         before: str | None = None,
+        after: str | None = None,
         offset: int = 0,
     ) -> list[Run]:
         """Runs newest first (by ID), with the filters given; `before`: only those whose ID sorts before
-        it (an index range, however deep). An `offset` skips rows one by one instead."""
+        it (an index range, however deep); `after`: only those whose ID sorts after it. An `offset`
+        skips rows one by one instead."""
         where, params = _filters(team, status, flow)
         if before is not None:
             where.append("id < %s")
             params.append(before)
+        if after is not None:
+            where.append("id > %s")
+            params.append(after)
         async with self._connection() as conn:
             cur = await conn.execute(
                 f"SELECT doc FROM runs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT %s OFFSET %s",
@@ -275,7 +280,7 @@ class _Queries:
             )
             return [_decode_run(r[0]) for r in await cur.fetchall()]
 
-    async def count_runs(self, team: str, status: str | None, flow: str | None) -> int:
+    async def count_runs(self, team: str | None, status: str | None, flow: str | None) -> int:
         """How many runs match the filters, from the counters (a few rows, however many runs)."""
         table = "flow_counts" if flow else "status_counts"
         where, params = _filters(team, status, flow)
@@ -868,9 +873,12 @@ def _task_record(row: Any) -> TaskRecord:
     return TaskRecord(*values)
 
 
-def _filters(team: str, status: str | None, flow: str | None) -> tuple[list[str], list[Any]]:
-    where: list[str] = ["team = %s"]
-    params: list[Any] = [team]
+def _filters(team: str | None, status: str | None, flow: str | None) -> tuple[list[str], list[Any]]:
+    where: list[str] = ["TRUE"]
+    params: list[Any] = []
+    if team is not None:
+        where.append("team = %s")
+        params.append(team)
     if status:
         where.append("status = %s")
         params.append(status)

@@ -60,8 +60,11 @@ _decode_run = msgspec.json.Decoder(Run).decode
 _TREE = "replace(key, '/', char(1))"  # a key in tree order: '/' before every character a key may hold
 
 
-def _filters(team: str, status: str | None, flow: str | None) -> tuple[list[str], list[str]]:
-    where, params = ["team = ?"], [team]
+def _filters(team: str | None, status: str | None, flow: str | None) -> tuple[list[str], list[str]]:
+    where, params = ["TRUE"], []
+    if team is not None:
+        where.append("team = ?")
+        params.append(team)
     if status:
         where.append("status = ?")
         params.append(status)
@@ -216,28 +219,32 @@ class SqliteDatabase:
 
     async def list_runs(
         self,
-        team: str,
+        team: str | None,
         status: str | None,
         flow: str | None,
         limit: int,
         *,
         before: str | None = None,
+        after: str | None = None,
         offset: int = 0,
     ) -> list[Run]:
         """Runs newest first (by ID), with the filters given; `before`: only those whose ID sorts before
-        it, which is how a page follows the one before (an index range, however deep). An `offset`
-        skips rows one by one instead: its cost grows with it."""
+        it, which is how a page follows the one before (an index range, however deep); `after`: only
+        those whose ID sorts after it. An `offset` skips rows one by one instead: its cost grows with it."""
         where, params = _filters(team, status, flow)
         if before is not None:
             where.append("id < ?")
             params.append(before)
+        if after is not None:
+            where.append("id > ?")
+            params.append(after)
         rows = self.conn.execute(
             f"SELECT doc FROM runs WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ? OFFSET ?",
             [*params, limit, offset],
         )
         return [_decode_run(r[0]) for r in rows]
 
-    async def count_runs(self, team: str, status: str | None, flow: str | None) -> int:
+    async def count_runs(self, team: str | None, status: str | None, flow: str | None) -> int:
         """How many runs match the filters, from the counters (a few rows, however many runs)."""
         table = "flow_counts" if flow else "status_counts"
         where, params = _filters(team, status, flow)

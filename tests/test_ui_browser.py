@@ -1,0 +1,178 @@
+"""The dashboard in a real Chromium (Debian's, driven by Playwright): signing in, starting a run from
+the form with an upload, watching it finish live, downloading its output, cancelling, reading a
+failed step's log, another team's run refused; screenshots of the main pages are kept.
+
+`.ci/run` installs Chromium and Playwright; where either is missing locally these tests skip.
+Screenshots go to $FLOWENGINE_UI_ARTIFACTS, else to ui-artifacts/ under pytest's base temp dir
+(the path is printed)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from dashboard import write_flows
+from live import Server, make_key, wait_for_status
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no chromium (apt-get install chromium)")
+ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--no-first-run",
+        "--disable-dev-shm-usage"]  # fmt: skip
+WAIT = 20_000  # milliseconds Playwright waits for a page to show something
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1200, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(WAIT)
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = Path(os.environ.get("FLOWENGINE_UI_ARTIFACTS") or tmp_path_factory.getbasetemp() / "ui-artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    print(f"\ndashboard screenshots: {path}")
+    return path
+
+
+def shot(page: Any, artifacts: Path, name: str) -> None:
+    path = artifacts / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 1000
+
+
+@pytest.fixture
+def keyed(start_server, flows_dir: Path) -> Server:
+    write_flows(flows_dir)
+    return start_server(auth="keys")
+
+
+@pytest.fixture
+def open_engine(start_server, flows_dir: Path) -> Server:
+    write_flows(flows_dir)
+    return start_server()
+
+
+def sign_in(page: Any, server: Server, key: str, then: str = "/ui/runs") -> None:
+    page.goto(f"{server.url}{then}")
+    assert "/ui/sign-in" in page.url  # no page without signing in
+    page.get_by_label("Key or session token").fill(key)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{server.url}{then}")
+
+
+def started_and_uploaded(server: Server, flow: str, content: bytes) -> str:
+    run = httpx.post(f"{server.url}/api/v1/flow/{flow}").json()
+    assert httpx.put(run["WaitingURLs"][0]["PutURL"], content=content).status_code == 200
+    return run["ID"]
+
+
+def test_sign_in_start_a_run_with_an_upload_watch_it_complete_live_and_download_it(
+    keyed: Server, page: Any, artifacts: Path, tmp_path: Path
+):
+    key = make_key(keyed, "alpha")
+    page.goto(f"{keyed.url}/ui/flows")
+    shot(page, artifacts, "sign-in")
+    sign_in(page, keyed, key, "/ui/flows")
+    upload = tmp_path / "notes.txt"
+    upload.write_bytes(b"line one\nline two\n" * 1000)
+    form = page.locator("#flow-copy form.start")
+    form.get_by_label("in any file").set_input_files(str(upload))
+    shot(page, artifacts, "flows")
+    form.get_by_role("button", name="Start run").click()
+    page.wait_for_url(f"{keyed.url}/ui/runs/*")
+    run_id = page.url.rsplit("/", 1)[1]
+    assert form.count() == 0  # the flows page is gone: we are on the run's page
+    page.evaluate("window.notReloaded = true")
+    first = page.locator("#run-status").inner_text()
+    assert first in ("WAITING", "RUNNING"), first  # the step takes 1.5 s: the page opens before it ends
+    page.locator("#log-copy pre", has_text="copying").wait_for()  # its log tail, while it runs
+    page.locator("#run-status", has_text="COMPLETE").wait_for()
+    assert page.evaluate("window.notReloaded") is True  # it changed in place, over SSE
+    assert page.locator("#node-copy.s-complete").count() == 1  # the graph shows the step's new state
+    shot(page, artifacts, "run-complete")
+    with page.expect_download() as downloading:
+        page.locator("#download-out").click()
+    download = downloading.value
+    assert download.suggested_filename == "copied.txt"
+    assert Path(download.path()).read_bytes() == upload.read_bytes()
+    status = httpx.get(f"{keyed.url}/api/v1/flow/status/{run_id}", headers={"Authorization": f"Bearer {key}"})
+    assert status.json()["Status"] == "COMPLETE"  # the run is the signed-in team's
+    page.goto(f"{keyed.url}/ui/runs")
+    assert page.locator(f"#run-{run_id}").count() == 1
+    shot(page, artifacts, "runs")
+    page.goto(f"{keyed.url}/ui")
+    shot(page, artifacts, "overview")
+
+
+def test_cancel_a_run_and_read_a_failed_steps_log(open_engine: Server, page: Any, artifacts: Path):
+    slow = started_and_uploaded(open_engine, "slow", b"zzz")
+    page.goto(f"{open_engine.url}/ui/runs/{slow}")
+    page.locator("#log-nap pre", has_text="napping").wait_for()
+    page.get_by_role("button", name="Cancel run").click()
+    page.locator("#run-status", has_text="STOPPED").wait_for()
+    assert page.get_by_role("button", name="Cancel run").count() == 0
+    with httpx.Client(base_url=open_engine.url) as client:
+        assert wait_for_status(client, slow, {"STOPPED"})["Status"] == "STOPPED"
+    failing = started_and_uploaded(open_engine, "failing", b"no header")
+    page.goto(f"{open_engine.url}/ui/runs/{failing}")
+    page.locator("#run-status", has_text="ERROR").wait_for()
+    assert "in step parse" in page.locator("#run-error").inner_text()
+    log = page.locator("#log-parse pre")
+    assert "fatal: no header on line 1" in log.inner_text() and log.is_visible()  # open, not hidden in a fold
+    shot(page, artifacts, "run-failed")
+    page.get_by_role("link", name="#1").click()
+    assert "reading the input" in page.locator("body").inner_text()
+
+
+def test_a_team_cannot_open_another_teams_run(keyed: Server, page: Any, artifacts: Path):
+    mine, theirs = make_key(keyed, "alpha"), make_key(keyed, "beta")
+    run = httpx.post(f"{keyed.url}/api/v1/flow/copy", headers={"Authorization": f"Bearer {theirs}"}).json()["ID"]
+    sign_in(page, keyed, mine)
+    answer = page.goto(f"{keyed.url}/ui/runs/{run}")
+    assert answer.status == 404
+    assert page.get_by_role("heading", name="Not found").is_visible() and run in page.locator("body").inner_text()
+    assert page.locator(f"#run-{run}").count() == 0
+    shot(page, artifacts, "not-found")
+
+
+def test_pages_fit_a_narrow_screen_and_label_every_field(open_engine: Server, browser: Any, artifacts: Path):
+    run = started_and_uploaded(open_engine, "failing", b"x")
+    context = browser.new_context(viewport={"width": 375, "height": 800})
+    page = context.new_page()
+    try:
+        for name, path in [
+            ("overview", "/ui"),
+            ("runs", "/ui/runs"),
+            ("flows", "/ui/flows"),
+            ("run", f"/ui/runs/{run}"),
+        ]:
+            page.goto(f"{open_engine.url}{path}")
+            page.wait_for_load_state("networkidle") if name != "run" else page.locator("#run-status").wait_for()
+            # The page itself never scrolls sideways (wide tables and graphs scroll in their own boxes).
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), name
+            unlabelled = page.evaluate("""[...document.querySelectorAll('input:not([type=hidden]), select')]
+                .filter(e => !e.labels.length && !e.getAttribute('aria-label')).map(e => e.outerHTML)""")
+            assert unlabelled == [], name
+            shot(page, artifacts, f"narrow-{name}")
+        page.keyboard.press("Tab")  # the first stop is the skip link, and it shows
+        assert page.evaluate("document.activeElement.className") == "skip"
+    finally:
+        context.close()
