@@ -1,2 +1,0 @@
--- Reserved for the queue and agents (h-queue): replaced by that migration when the branches merge.
-SELECT 1;
