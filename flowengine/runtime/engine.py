@@ -126,6 +126,7 @@ class Engine:
         self.reaper = Reaper()
         self.workers: Workers | None = None
         self.recovery = Recovery()
+        self.started = False  # steps are dispatched only between start() and stop(); recovery takes the rest
 
     # lifecycle
 
@@ -133,6 +134,7 @@ class Engine:
         """Resume after a stop or a crash. Only preparing the scratch dirs and the sandbox happens
         before the engine serves; the rest of the recovery (`_recover`) runs in the background."""
         datadir.prepare_work_root(self.work_root, self.config.data_path)
+        self.started = True
         shutil.rmtree(self.config.data_path / "tmp", ignore_errors=True)
         (self.config.data_path / "tmp").mkdir(parents=True, exist_ok=True)
         self.sandbox = Sandbox.prepare(self.config.data_path.resolve(), self.work_root, Path(self.config.flows_dir),
@@ -232,6 +234,7 @@ class Engine:
         self.spawn(self.loops.run(name, work, pause))
 
     async def stop(self) -> None:
+        self.started = False
         tasks = [*self._background, *self._steps.values()]
         for task in tasks:
             task.cancel()
@@ -510,6 +513,8 @@ class Engine:
     # steps
 
     def _dispatch(self, run_id: str, flow: Flow, command: Dispatch) -> None:
+        if not self.started:  # the step stays READY: the next start's recovery dispatches it
+            return
         task = asyncio.create_task(self._run_step(run_id, flow, command))
         self._steps[(run_id, command.step)] = task
         task.add_done_callback(lambda _t, k=(run_id, command.step): self._forget(k, _t))
