@@ -25,6 +25,29 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no chromium
 ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--no-first-run",
         "--disable-dev-shm-usage"]  # fmt: skip
 WAIT = 20_000  # milliseconds Playwright waits for a page to show something
+# Every element with text of its own, whose colour has less than WCAG AA's 4.5:1 contrast with the
+# background it is drawn on (the first opaque one up its ancestors).
+LOW_CONTRAST = """() => {
+  const rgb = (s) => s.match(/[\\d.]+/g).map(Number);
+  const linear = (v) => (v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  const lum = (c) => c.slice(0, 3).map(linear)
+    .reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+  const background = (e) => {
+    for (; e; e = e.parentElement) {
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length < 4 || c[3] > 0) return c;
+    }
+    return [255, 255, 255];
+  };
+  return [...document.querySelectorAll("body *")]
+    .filter((e) => !e.closest("svg") && e.getClientRects().length
+      && [...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim()))
+    .map((e) => {
+      const [a, b] = [lum(rgb(getComputedStyle(e).color)), lum(background(e))];
+      return [(Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05), e.tagName, e.textContent.trim().slice(0, 40)];
+    })
+    .filter(([ratio]) => ratio < 4.5);
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +194,7 @@ def test_pages_fit_a_narrow_screen_and_label_every_field(open_engine: Server, br
             unlabelled = page.evaluate("""[...document.querySelectorAll('input:not([type=hidden]), select')]
                 .filter(e => !e.labels.length && !e.getAttribute('aria-label')).map(e => e.outerHTML)""")
             assert unlabelled == [], name
+            assert page.evaluate(LOW_CONTRAST) == [], name
             shot(page, artifacts, f"narrow-{name}")
         page.keyboard.press("Tab")  # the first stop is the skip link, and it shows
         assert page.evaluate("document.activeElement.className") == "skip"
