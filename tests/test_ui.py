@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -134,6 +135,12 @@ def test_every_form_needs_its_csrf_token(keyed: Server):
         # Another session's token is no good either.
         with sign_in(keyed, key) as other:
             assert other.post(f"/ui/runs/{run}/cancel", data={"csrf": token}).status_code == 403
+        before = httpx.get(f"{keyed.url}/api/v1/flow/status/{run}", headers=bearer(key)).json()["WaitingURLs"][0]
+        time.sleep(1.1)  # TTLs are written to the second
+        refreshed = client.post(f"/ui/runs/{run}/refresh", data={"csrf": token})
+        assert refreshed.status_code == 303 and refreshed.headers["location"] == f"/ui/runs/{run}"
+        after = httpx.get(f"{keyed.url}/api/v1/flow/status/{run}", headers=bearer(key)).json()["WaitingURLs"][0]
+        assert after["TTL"] > before["TTL"] and after["PutURL"] != before["PutURL"]
         cancelled = client.post(f"/ui/runs/{run}/cancel", data={"csrf": token})
         assert cancelled.status_code == 303 and cancelled.headers["location"] == f"/ui/runs/{run}"
         assert wait_for_status(client, run, {"STOPPED"}, headers=bearer(key))
@@ -163,12 +170,19 @@ def test_a_team_sees_only_its_own_runs_and_another_teams_run_is_not_found(keyed:
         assert client.get(f"/ui/runs?id={theirs}", follow_redirects=True).status_code == 404
 
 
-def test_a_revoked_key_ends_its_session_at_the_next_request(keyed: Server):
-    key = make_key(keyed, "alpha")
+def test_a_revoked_key_ends_its_session_at_the_next_request_and_its_open_stream(keyed: Server):
+    key, other = make_key(keyed, "alpha"), make_key(keyed, "alpha")
+    run = start(keyed, "copy", key)["ID"]
     with sign_in(keyed, key) as client:
         assert client.get("/ui/runs").status_code == 200
-        [line] = [row for row in admin(keyed, "keys", "list").splitlines() if key[:11] in row]
-        admin(keyed, "keys", "revoke", line.split()[0])
+        with client.stream("GET", f"/ui/runs/{run}/events") as stream:
+            lines = stream.iter_lines()
+            assert next(line for line in lines if line.startswith("event: ")) == "event: live"
+            [row] = [row for row in admin(keyed, "keys", "list").splitlines() if key[:11] in row]
+            admin(keyed, "keys", "revoke", row.split()[0])
+            assert httpx.post(f"{keyed.url}/api/v1/flow/{run}/cancel", headers=bearer(other)).status_code == 200
+            rest = list(lines)  # the change wakes the stream, which finds the key revoked and ends
+        assert not any(line.startswith("event: ") for line in rest), rest
         assert client.get("/ui/runs").status_code == 303
 
 

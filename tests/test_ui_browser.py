@@ -9,6 +9,7 @@ Screenshots go to $FLOWENGINE_UI_ARTIFACTS, else to ui-artifacts/ under pytest's
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,6 +164,25 @@ def test_cancel_a_run_and_read_a_failed_steps_log(open_engine: Server, page: Any
     shot(page, artifacts, "run-failed")
     page.get_by_role("link", name="#1").click()
     assert "reading the input" in page.locator("body").inner_text()
+
+
+def test_the_runs_list_refreshes_in_place_and_a_waiting_inputs_time_counts_down(open_engine: Server, page: Any):
+    page.goto(f"{open_engine.url}/ui/runs")
+    page.evaluate("window.notReloaded = true")
+    run = httpx.post(f"{open_engine.url}/api/v1/flow/copy").json()["ID"]
+    page.locator(f"#run-{run}").wait_for()  # htmx polled the rows in
+    assert page.evaluate("window.notReloaded") is True
+    page.locator(f"#run-{run} a").click()
+    countdown = page.locator(".countdown")
+    first = countdown.inner_text()
+    page.wait_for_function("(before) => document.querySelector('.countdown').textContent !== before", arg=first)
+    assert 3500 < seconds(countdown.inner_text()) < seconds(first) <= 3600  # the well's TTL: upload_ttl, an hour
+
+
+def seconds(shown: str) -> int:
+    """ "59 min 58 s" -> 3598"""
+    minutes, rest = re.fullmatch(r"(?:(\d+) min )?(\d+) s", shown).groups()  # type: ignore[union-attr]
+    return int(minutes or 0) * 60 + int(rest)
 
 
 def test_a_team_cannot_open_another_teams_run(keyed: Server, page: Any, artifacts: Path):

@@ -26,7 +26,7 @@ import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from flowengine.api import documents
@@ -352,6 +352,8 @@ async def run_events(request: Request, viewer: Viewer) -> Response:
         sent, number = "", 0
         with engine.notifier.subscribe(run_topic(run_id)) as changes:
             while True:
+                if viewer.signed_in and await sessions.principal_of(engine, viewer.session) is None:
+                    return  # the key was revoked meanwhile: the page's next request signs in again
                 live = await _run_view(request, viewer)
                 html = templates.get_template("run_live.html").render(
                     viewer=viewer, view=live, graph=live.graph, csrf=sessions.csrf_token(engine, viewer.session)
@@ -379,7 +381,7 @@ async def step_log(request: Request, viewer: Viewer) -> Response:
     path = views.log_path(engine, run.id, step_id, attempt)
     if not 1 <= attempt <= state.attempts or not path.is_file():
         raise Error("not_found", "not_found", f"step {step_id} has no log for attempt {attempt}", "query.attempt")
-    return PlainTextResponse(path.read_text("utf-8", "replace"), headers={"X-Content-Type-Options": "nosniff"})
+    return FileResponse(path, media_type="text/plain; charset=utf-8", headers={"X-Content-Type-Options": "nosniff"})
 
 
 async def cancel_run(request: Request, viewer: Viewer) -> Response:
