@@ -59,13 +59,23 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
+def watched(page: Any) -> list[str]:
+    """What went wrong in the page's scripts: uncaught errors, and anything the Content-Security-Policy blocked."""
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("console", lambda m: "Content Security Policy" in m.text and problems.append(m.text))
+    page.set_default_timeout(WAIT)
+    return problems
+
+
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1200, "height": 900}, accept_downloads=True)
     page = context.new_page()
-    page.set_default_timeout(WAIT)
+    problems = watched(page)
     yield page
     context.close()
+    assert problems == []
 
 
 @pytest.fixture(scope="session")
@@ -130,6 +140,7 @@ def test_sign_in_start_a_run_with_an_upload_watch_it_complete_live_and_download_
     page.locator("#log-copy pre", has_text="copying").wait_for()  # its log tail, while it runs
     page.locator("#run-status", has_text="COMPLETE").wait_for()
     assert page.evaluate("window.notReloaded") is True  # it changed in place, over SSE
+    assert page.locator("#announce").inner_text() == "Run COMPLETE"  # what a screen reader hears
     assert page.locator("#node-copy.s-complete").count() == 1  # the graph shows the step's new state
     shot(page, artifacts, "run-complete")
     with page.expect_download() as downloading:
@@ -200,6 +211,7 @@ def test_pages_fit_a_narrow_screen_and_label_every_field(open_engine: Server, br
     run = started_and_uploaded(open_engine, "failing", b"x")
     context = browser.new_context(viewport={"width": 375, "height": 800})
     page = context.new_page()
+    problems = watched(page)
     try:
         for name, path in [
             ("overview", "/ui"),
@@ -220,3 +232,4 @@ def test_pages_fit_a_narrow_screen_and_label_every_field(open_engine: Server, br
         assert page.evaluate("document.activeElement.className") == "skip"
     finally:
         context.close()
+    assert problems == []
