@@ -67,6 +67,11 @@ def test_signing_in_sets_a_signed_httponly_samesite_cookie_holding_no_credential
     with httpx.Client(base_url=keyed.url) as client:
         form = client.get("/ui/sign-in")
         visitor = form.headers["set-cookie"]
+        for elsewhere in ["https://evil.example/ui", "//evil.example/ui", "/uievil", "/api/v1/flow/x/cancel"]:
+            with httpx.Client(base_url=keyed.url) as other:
+                token = csrf_of(other.get("/ui/sign-in").text)
+                sent = other.post("/ui/sign-in", data={"csrf": token, "credential": key, "next": elsewhere})
+                assert sent.headers["location"] == "/ui/runs", elsewhere  # never off the dashboard
         answer = client.post("/ui/sign-in", data={"csrf": csrf_of(form.text), "credential": key, "next": "/ui/flows"})
         assert answer.status_code == 303 and answer.headers["location"] == "/ui/flows"
         cookie = answer.headers["set-cookie"]
@@ -124,6 +129,8 @@ def test_every_form_needs_its_csrf_token(keyed: Server):
         visitor.get("/ui/sign-in")
         refused = visitor.post("/ui/sign-in", data={"credential": key})
         assert refused.status_code == 403 and "expired" in refused.text and "set-cookie" not in refused.headers
+        huge = visitor.post("/ui/sign-in", data={"credential": "x" * 70_000})
+        assert huge.status_code == 413 and "over 65536 bytes" in huge.text
     with sign_in(keyed, key) as client:
         token = csrf_of(client.get(f"/ui/runs/{run}").text)
         for data, headers in [({}, {}), ({"csrf": "forged"}, {}), ({}, {"X-CSRF-Token": "forged"})]:
@@ -231,7 +238,8 @@ def test_the_runs_list_filters_by_status_flow_and_time_and_pages_by_cursor(open_
                               ({"cursor": "bogus!"}, "query.cursor")]:  # fmt: skip
             bad = client.get("/ui/runs", params=params)
             assert bad.status_code == 400 and where in bad.text, params
-        assert client.get("/ui/runs", params={"id": other}).headers["location"] == f"/ui/runs/{other}"
+        assert client.get("/ui/runs", params={"id": f" {other} "}).headers["location"] == f"/ui/runs/{other}"
+        assert client.get("/ui/runs", params={"id": "a/b?c"}).headers["location"] == "/ui/runs/a%2Fb%3Fc"
 
 
 def test_a_run_page_streams_its_changes_until_the_run_ends(open_engine: Server):

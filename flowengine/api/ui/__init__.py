@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import mimetypes
 import reprlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 import jinja2
 import msgspec
@@ -63,6 +62,10 @@ PAGE_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosni
                 "Referrer-Policy": "same-origin", "Cache-Control": "no-store"}  # fmt: skip
 
 
+MEDIA_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+               ".txt": "text/plain; charset=utf-8"}  # fmt: skip
+
+
 class Asset(msgspec.Struct, frozen=True):
     body: bytes
     media_type: str
@@ -73,7 +76,7 @@ def _assets() -> dict[str, Asset]:
     found = {}
     for path in sorted((HERE / "static").iterdir()):
         body = path.read_bytes()
-        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        media_type = MEDIA_TYPES[path.suffix]
         found[path.name] = Asset(body, media_type, hashlib.sha256(body).hexdigest()[:12])
     return found
 
@@ -95,7 +98,7 @@ def render(request: Request, viewer: Viewer | None, template: str, status: int =
     engine = engine_of(request)
     session = viewer.session if viewer else context.pop("session")
     html = templates.get_template(template).render(
-        request=request, viewer=viewer, csrf=sessions.csrf_token(engine, session), auth=engine.config.auth, **context
+        request=request, viewer=viewer, csrf=sessions.csrf_token(engine, session), **context
     )
     return HTMLResponse(html, status, headers=PAGE_HEADERS)
 
@@ -164,7 +167,7 @@ async def form(request: Request) -> dict[str, str]:
 
 def _next(value: str | None) -> str:
     """Where to go after signing in: a dashboard path of this engine, never another site."""
-    if value and value.startswith(f"{PREFIX}") and not value.startswith("//") and "\\" not in value:
+    if value and (value == PREFIX or value.startswith(f"{PREFIX}/")) and "\\" not in value:
         return value
     return f"{PREFIX}/runs"
 
@@ -317,7 +320,7 @@ async def list_page(engine: Engine, viewer: Viewer, query: RunQuery) -> dict[str
 async def runs_page(request: Request, viewer: Viewer) -> Response:
     wanted = request.query_params.get("id", "").strip()
     if wanted:  # a search by ID opens that run (or its not-found page)
-        return RedirectResponse(f"{PREFIX}/runs/{wanted}" if "/" not in wanted else f"{PREFIX}/runs", 303)
+        return RedirectResponse(f"{PREFIX}/runs/{quote(wanted, safe='')}", 303)
     engine = engine_of(request)
     query = run_query(request, viewer)
     flows = [entry.name for entry in await engine.catalog.entries()]
@@ -446,6 +449,12 @@ async def static(request: Request) -> Response:
     return Response(asset.body, media_type=asset.media_type, headers=headers)
 
 
+async def _domain_error(request: Request, exc: Exception) -> Response:
+    """An error outside `page` (the sign-in form's): a page without navigation."""
+    assert isinstance(exc, Error)
+    return error_page(request, None, exc, session=sessions.new_session(engine_of(request)))
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     kind = "not_found" if exc.status_code == 404 else "bad_request"
@@ -480,4 +489,4 @@ def is_dashboard(path: str) -> bool:
 
 def create_dashboard() -> Starlette:
     """The dashboard's app; its `state.engine` is set by the API app's lifespan."""
-    return Starlette(routes=routes, exception_handlers={HTTPException: _not_found})
+    return Starlette(routes=routes, exception_handlers={Error: _domain_error, HTTPException: _not_found})
