@@ -3,7 +3,7 @@ the form with an upload, watching it finish live, downloading its output, cancel
 failed step's log, another team's run refused; screenshots of the main pages are kept.
 
 `.ci/run` installs Chromium and Playwright; where either is missing locally these tests skip.
-Screenshots go to $FLOWENGINE_UI_ARTIFACTS, else to ui-artifacts/ under pytest's base temp dir
+Screenshots go to $UI_SCREENSHOTS, else to ui-artifacts/ under pytest's base temp dir
 (the path is printed)."""
 
 from __future__ import annotations
@@ -79,10 +79,11 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = Path(os.environ.get("FLOWENGINE_UI_ARTIFACTS") or tmp_path_factory.getbasetemp() / "ui-artifacts")
+def artifacts(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Path:
+    path = Path(os.environ.get("UI_SCREENSHOTS") or tmp_path_factory.getbasetemp() / "ui-artifacts")
     path.mkdir(parents=True, exist_ok=True)
-    print(f"\ndashboard screenshots: {path}")
+    with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        print(f"\ndashboard screenshots: {path}")  # shown whatever the capture mode
     return path
 
 
