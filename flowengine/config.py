@@ -58,7 +58,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     auth: Literal["open", "keys"] = "open"  # keys: every API call needs a credential (teams' keys, session tokens)
     allow_open: bool = False  # serve with auth: open on an address other than loopback (anyone could use it)
     jwt_secret: str = ""  # HMAC key of user session tokens; empty: generated once, kept in data_dir/jwt_secret
-    session_ttl: Positive = 43_200.0  # seconds a session token from `flowengine token` lives (12 h)
+    session_ttl: Positive = 43_200.0  # seconds a session token (`flowengine token`) and a dashboard sign-in live (12 h)
     files_store: str = "default"  # where files presigned for the workflow/task API go: default or an operator store
     multipart_part_size: Annotated[int, msgspec.Meta(ge=5 * 1024 * 1024)] = 104_857_600  # bytes a part (100 MiB)
     max_multipart_size: AtLeastOne = 5 * 1024**4  # bytes, for a file sent in parts (5 TiB, S3's largest object)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -66,6 +67,11 @@ def test_signing_in_sets_a_signed_httponly_samesite_cookie_holding_no_credential
     with httpx.Client(base_url=keyed.url) as client:
         form = client.get("/ui/sign-in")
         visitor = form.headers["set-cookie"]
+        for elsewhere in ["https://evil.example/ui", "//evil.example/ui", "/uievil", "/api/v1/flow/x/cancel"]:
+            with httpx.Client(base_url=keyed.url) as other:
+                token = csrf_of(other.get("/ui/sign-in").text)
+                sent = other.post("/ui/sign-in", data={"csrf": token, "credential": key, "next": elsewhere})
+                assert sent.headers["location"] == "/ui/runs", elsewhere  # never off the dashboard
         answer = client.post("/ui/sign-in", data={"csrf": csrf_of(form.text), "credential": key, "next": "/ui/flows"})
         assert answer.status_code == 303 and answer.headers["location"] == "/ui/flows"
         cookie = answer.headers["set-cookie"]
@@ -123,6 +129,8 @@ def test_every_form_needs_its_csrf_token(keyed: Server):
         visitor.get("/ui/sign-in")
         refused = visitor.post("/ui/sign-in", data={"credential": key})
         assert refused.status_code == 403 and "expired" in refused.text and "set-cookie" not in refused.headers
+        huge = visitor.post("/ui/sign-in", data={"credential": "x" * 70_000})
+        assert huge.status_code == 413 and "over 65536 bytes" in huge.text
     with sign_in(keyed, key) as client:
         token = csrf_of(client.get(f"/ui/runs/{run}").text)
         for data, headers in [({}, {}), ({"csrf": "forged"}, {}), ({}, {"X-CSRF-Token": "forged"})]:
@@ -134,6 +142,12 @@ def test_every_form_needs_its_csrf_token(keyed: Server):
         # Another session's token is no good either.
         with sign_in(keyed, key) as other:
             assert other.post(f"/ui/runs/{run}/cancel", data={"csrf": token}).status_code == 403
+        before = httpx.get(f"{keyed.url}/api/v1/flow/status/{run}", headers=bearer(key)).json()["WaitingURLs"][0]
+        time.sleep(1.1)  # TTLs are written to the second
+        refreshed = client.post(f"/ui/runs/{run}/refresh", data={"csrf": token})
+        assert refreshed.status_code == 303 and refreshed.headers["location"] == f"/ui/runs/{run}"
+        after = httpx.get(f"{keyed.url}/api/v1/flow/status/{run}", headers=bearer(key)).json()["WaitingURLs"][0]
+        assert after["TTL"] > before["TTL"] and after["PutURL"] != before["PutURL"]
         cancelled = client.post(f"/ui/runs/{run}/cancel", data={"csrf": token})
         assert cancelled.status_code == 303 and cancelled.headers["location"] == f"/ui/runs/{run}"
         assert wait_for_status(client, run, {"STOPPED"}, headers=bearer(key))
@@ -163,12 +177,19 @@ def test_a_team_sees_only_its_own_runs_and_another_teams_run_is_not_found(keyed:
         assert client.get(f"/ui/runs?id={theirs}", follow_redirects=True).status_code == 404
 
 
-def test_a_revoked_key_ends_its_session_at_the_next_request(keyed: Server):
-    key = make_key(keyed, "alpha")
+def test_a_revoked_key_ends_its_session_at_the_next_request_and_its_open_stream(keyed: Server):
+    key, other = make_key(keyed, "alpha"), make_key(keyed, "alpha")
+    run = start(keyed, "copy", key)["ID"]
     with sign_in(keyed, key) as client:
         assert client.get("/ui/runs").status_code == 200
-        [line] = [row for row in admin(keyed, "keys", "list").splitlines() if key[:11] in row]
-        admin(keyed, "keys", "revoke", line.split()[0])
+        with client.stream("GET", f"/ui/runs/{run}/events") as stream:
+            lines = stream.iter_lines()
+            assert next(line for line in lines if line.startswith("event: ")) == "event: live"
+            [row] = [row for row in admin(keyed, "keys", "list").splitlines() if key[:11] in row]
+            admin(keyed, "keys", "revoke", row.split()[0])
+            assert httpx.post(f"{keyed.url}/api/v1/flow/{run}/cancel", headers=bearer(other)).status_code == 200
+            rest = list(lines)  # the change wakes the stream, which finds the key revoked and ends
+        assert not any(line.startswith("event: ") for line in rest), rest
         assert client.get("/ui/runs").status_code == 303
 
 
@@ -217,7 +238,8 @@ def test_the_runs_list_filters_by_status_flow_and_time_and_pages_by_cursor(open_
                               ({"cursor": "bogus!"}, "query.cursor")]:  # fmt: skip
             bad = client.get("/ui/runs", params=params)
             assert bad.status_code == 400 and where in bad.text, params
-        assert client.get("/ui/runs", params={"id": other}).headers["location"] == f"/ui/runs/{other}"
+        assert client.get("/ui/runs", params={"id": f" {other} "}).headers["location"] == f"/ui/runs/{other}"
+        assert client.get("/ui/runs", params={"id": "a/b?c"}).headers["location"] == "/ui/runs/a%2Fb%3Fc"
 
 
 def test_a_run_page_streams_its_changes_until_the_run_ends(open_engine: Server):

@@ -3,12 +3,13 @@ the form with an upload, watching it finish live, downloading its output, cancel
 failed step's log, another team's run refused; screenshots of the main pages are kept.
 
 `.ci/run` installs Chromium and Playwright; where either is missing locally these tests skip.
-Screenshots go to $FLOWENGINE_UI_ARTIFACTS, else to ui-artifacts/ under pytest's base temp dir
+Screenshots go to $UI_SCREENSHOTS, else to ui-artifacts/ under pytest's base temp dir
 (the path is printed)."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,29 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no chromium
 ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--no-first-run",
         "--disable-dev-shm-usage"]  # fmt: skip
 WAIT = 20_000  # milliseconds Playwright waits for a page to show something
+# Every element with text of its own, whose colour has less than WCAG AA's 4.5:1 contrast with the
+# background it is drawn on (the first opaque one up its ancestors).
+LOW_CONTRAST = """() => {
+  const rgb = (s) => s.match(/[\\d.]+/g).map(Number);
+  const linear = (v) => (v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  const lum = (c) => c.slice(0, 3).map(linear)
+    .reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+  const background = (e) => {
+    for (; e; e = e.parentElement) {
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length < 4 || c[3] > 0) return c;
+    }
+    return [255, 255, 255];
+  };
+  return [...document.querySelectorAll("body *")]
+    .filter((e) => !e.closest("svg") && e.getClientRects().length
+      && [...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim()))
+    .map((e) => {
+      const [a, b] = [lum(rgb(getComputedStyle(e).color)), lum(background(e))];
+      return [(Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05), e.tagName, e.textContent.trim().slice(0, 40)];
+    })
+    .filter(([ratio]) => ratio < 4.5);
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -35,20 +59,31 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
+def watched(page: Any) -> list[str]:
+    """What went wrong in the page's scripts: uncaught errors, and anything the Content-Security-Policy blocked."""
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("console", lambda m: "Content Security Policy" in m.text and problems.append(m.text))
+    page.set_default_timeout(WAIT)
+    return problems
+
+
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1200, "height": 900}, accept_downloads=True)
     page = context.new_page()
-    page.set_default_timeout(WAIT)
+    problems = watched(page)
     yield page
     context.close()
+    assert problems == []
 
 
 @pytest.fixture(scope="session")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = Path(os.environ.get("FLOWENGINE_UI_ARTIFACTS") or tmp_path_factory.getbasetemp() / "ui-artifacts")
+def artifacts(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Path:
+    path = Path(os.environ.get("UI_SCREENSHOTS") or tmp_path_factory.getbasetemp() / "ui-artifacts")
     path.mkdir(parents=True, exist_ok=True)
-    print(f"\ndashboard screenshots: {path}")
+    with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        print(f"\ndashboard screenshots: {path}")  # shown whatever the capture mode
     return path
 
 
@@ -106,6 +141,7 @@ def test_sign_in_start_a_run_with_an_upload_watch_it_complete_live_and_download_
     page.locator("#log-copy pre", has_text="copying").wait_for()  # its log tail, while it runs
     page.locator("#run-status", has_text="COMPLETE").wait_for()
     assert page.evaluate("window.notReloaded") is True  # it changed in place, over SSE
+    assert page.locator("#announce").inner_text() == "Run COMPLETE"  # what a screen reader hears
     assert page.locator("#node-copy.s-complete").count() == 1  # the graph shows the step's new state
     shot(page, artifacts, "run-complete")
     with page.expect_download() as downloading:
@@ -142,6 +178,25 @@ def test_cancel_a_run_and_read_a_failed_steps_log(open_engine: Server, page: Any
     assert "reading the input" in page.locator("body").inner_text()
 
 
+def test_the_runs_list_refreshes_in_place_and_a_waiting_inputs_time_counts_down(open_engine: Server, page: Any):
+    page.goto(f"{open_engine.url}/ui/runs")
+    page.evaluate("window.notReloaded = true")
+    run = httpx.post(f"{open_engine.url}/api/v1/flow/copy").json()["ID"]
+    page.locator(f"#run-{run}").wait_for()  # htmx polled the rows in
+    assert page.evaluate("window.notReloaded") is True
+    page.locator(f"#run-{run} a").click()
+    countdown = page.locator(".countdown")
+    first = countdown.inner_text()
+    page.wait_for_function("(before) => document.querySelector('.countdown').textContent !== before", arg=first)
+    assert 3500 < seconds(countdown.inner_text()) < seconds(first) <= 3600  # the well's TTL: upload_ttl, an hour
+
+
+def seconds(shown: str) -> int:
+    """ "59 min 58 s" -> 3598"""
+    minutes, rest = re.fullmatch(r"(?:(\d+) min )?(\d+) s", shown).groups()  # type: ignore[union-attr]
+    return int(minutes or 0) * 60 + int(rest)
+
+
 def test_a_team_cannot_open_another_teams_run(keyed: Server, page: Any, artifacts: Path):
     mine, theirs = make_key(keyed, "alpha"), make_key(keyed, "beta")
     run = httpx.post(f"{keyed.url}/api/v1/flow/copy", headers={"Authorization": f"Bearer {theirs}"}).json()["ID"]
@@ -157,6 +212,7 @@ def test_pages_fit_a_narrow_screen_and_label_every_field(open_engine: Server, br
     run = started_and_uploaded(open_engine, "failing", b"x")
     context = browser.new_context(viewport={"width": 375, "height": 800})
     page = context.new_page()
+    problems = watched(page)
     try:
         for name, path in [
             ("overview", "/ui"),
@@ -171,8 +227,10 @@ def test_pages_fit_a_narrow_screen_and_label_every_field(open_engine: Server, br
             unlabelled = page.evaluate("""[...document.querySelectorAll('input:not([type=hidden]), select')]
                 .filter(e => !e.labels.length && !e.getAttribute('aria-label')).map(e => e.outerHTML)""")
             assert unlabelled == [], name
+            assert page.evaluate(LOW_CONTRAST) == [], name
             shot(page, artifacts, f"narrow-{name}")
         page.keyboard.press("Tab")  # the first stop is the skip link, and it shows
         assert page.evaluate("document.activeElement.className") == "skip"
     finally:
         context.close()
+    assert problems == []

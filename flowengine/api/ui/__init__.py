@@ -13,20 +13,19 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import mimetypes
 import reprlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 import jinja2
 import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from flowengine.api import documents
@@ -63,6 +62,10 @@ PAGE_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosni
                 "Referrer-Policy": "same-origin", "Cache-Control": "no-store"}  # fmt: skip
 
 
+MEDIA_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+               ".txt": "text/plain; charset=utf-8"}  # fmt: skip
+
+
 class Asset(msgspec.Struct, frozen=True):
     body: bytes
     media_type: str
@@ -73,7 +76,7 @@ def _assets() -> dict[str, Asset]:
     found = {}
     for path in sorted((HERE / "static").iterdir()):
         body = path.read_bytes()
-        media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        media_type = MEDIA_TYPES[path.suffix]
         found[path.name] = Asset(body, media_type, hashlib.sha256(body).hexdigest()[:12])
     return found
 
@@ -95,7 +98,7 @@ def render(request: Request, viewer: Viewer | None, template: str, status: int =
     engine = engine_of(request)
     session = viewer.session if viewer else context.pop("session")
     html = templates.get_template(template).render(
-        request=request, viewer=viewer, csrf=sessions.csrf_token(engine, session), auth=engine.config.auth, **context
+        request=request, viewer=viewer, csrf=sessions.csrf_token(engine, session), **context
     )
     return HTMLResponse(html, status, headers=PAGE_HEADERS)
 
@@ -164,7 +167,7 @@ async def form(request: Request) -> dict[str, str]:
 
 def _next(value: str | None) -> str:
     """Where to go after signing in: a dashboard path of this engine, never another site."""
-    if value and value.startswith(f"{PREFIX}") and not value.startswith("//") and "\\" not in value:
+    if value and (value == PREFIX or value.startswith(f"{PREFIX}/")) and "\\" not in value:
         return value
     return f"{PREFIX}/runs"
 
@@ -317,7 +320,7 @@ async def list_page(engine: Engine, viewer: Viewer, query: RunQuery) -> dict[str
 async def runs_page(request: Request, viewer: Viewer) -> Response:
     wanted = request.query_params.get("id", "").strip()
     if wanted:  # a search by ID opens that run (or its not-found page)
-        return RedirectResponse(f"{PREFIX}/runs/{wanted}" if "/" not in wanted else f"{PREFIX}/runs", 303)
+        return RedirectResponse(f"{PREFIX}/runs/{quote(wanted, safe='')}", 303)
     engine = engine_of(request)
     query = run_query(request, viewer)
     flows = [entry.name for entry in await engine.catalog.entries()]
@@ -352,6 +355,8 @@ async def run_events(request: Request, viewer: Viewer) -> Response:
         sent, number = "", 0
         with engine.notifier.subscribe(run_topic(run_id)) as changes:
             while True:
+                if viewer.signed_in and await sessions.principal_of(engine, viewer.session) is None:
+                    return  # the key was revoked meanwhile: the page's next request signs in again
                 live = await _run_view(request, viewer)
                 html = templates.get_template("run_live.html").render(
                     viewer=viewer, view=live, graph=live.graph, csrf=sessions.csrf_token(engine, viewer.session)
@@ -379,7 +384,7 @@ async def step_log(request: Request, viewer: Viewer) -> Response:
     path = views.log_path(engine, run.id, step_id, attempt)
     if not 1 <= attempt <= state.attempts or not path.is_file():
         raise Error("not_found", "not_found", f"step {step_id} has no log for attempt {attempt}", "query.attempt")
-    return PlainTextResponse(path.read_text("utf-8", "replace"), headers={"X-Content-Type-Options": "nosniff"})
+    return FileResponse(path, media_type="text/plain; charset=utf-8", headers={"X-Content-Type-Options": "nosniff"})
 
 
 async def cancel_run(request: Request, viewer: Viewer) -> Response:
@@ -444,6 +449,12 @@ async def static(request: Request) -> Response:
     return Response(asset.body, media_type=asset.media_type, headers=headers)
 
 
+async def _domain_error(request: Request, exc: Exception) -> Response:
+    """An error outside `page` (the sign-in form's): a page without navigation."""
+    assert isinstance(exc, Error)
+    return error_page(request, None, exc, session=sessions.new_session(engine_of(request)))
+
+
 async def _not_found(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     kind = "not_found" if exc.status_code == 404 else "bad_request"
@@ -478,4 +489,4 @@ def is_dashboard(path: str) -> bool:
 
 def create_dashboard() -> Starlette:
     """The dashboard's app; its `state.engine` is set by the API app's lifespan."""
-    return Starlette(routes=routes, exception_handlers={HTTPException: _not_found})
+    return Starlette(routes=routes, exception_handlers={Error: _domain_error, HTTPException: _not_found})

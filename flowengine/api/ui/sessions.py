@@ -142,8 +142,11 @@ async def viewer_of(request: Request, engine: Engine) -> Viewer:
         return Viewer(principal, session, operator=False)
     if engine.config.auth == "keys":
         raise SignInRequired
-    fresh = session is None or bool(session.kind)  # a lapsed sign-in starts over as a visitor
-    return Viewer(ANONYMOUS, new_session(engine) if fresh else session, operator=True, fresh=fresh)  # type: ignore[arg-type]
+    fresh = session is None or bool(session.kind)  # a lapsed sign-in starts over as the operator
+    if fresh:
+        session = new_session(engine, engine.config.session_ttl)
+    assert session is not None
+    return Viewer(ANONYMOUS, session, operator=True, fresh=fresh)
 
 
 def visitor_session(request: Request, engine: Engine) -> tuple[Session, bool]:

@@ -11,15 +11,23 @@
     const live = document.getElementById("live");
     if (!live || !live.dataset.events) return;
     const source = new EventSource(live.dataset.events);
+    const status = () => (document.getElementById("run-status") || {}).textContent;
+    let shown = status();
     source.addEventListener("live", (event) => {
-      // Keep what the reader opened or closed, and where they scrolled a log to.
+      // Keep what the reader opened or closed, and where the keyboard was.
       const open = {};
       live.querySelectorAll("details[id]").forEach((d) => { open[d.id] = d.open; });
+      const focused = live.contains(document.activeElement) ? document.activeElement.id : "";
       live.innerHTML = JSON.parse(event.data);
       live.querySelectorAll("details[id]").forEach((d) => {
         if (d.id in open) d.open = open[d.id];
       });
+      if (focused && document.getElementById(focused)) document.getElementById(focused).focus();
       live.querySelectorAll("pre.tail").forEach((pre) => { pre.scrollTop = pre.scrollHeight; });
+      if (status() !== shown) {  // a screen reader hears the run's new status, not the whole page again
+        shown = status();
+        document.getElementById("announce").textContent = `Run ${shown}`;
+      }
       countDown();
       document.dispatchEvent(new CustomEvent("flowengine:live"));
     });
