@@ -220,3 +220,23 @@ def test_no_worker_outlives_a_killed_engine(start_server, module):
         assert len(workers_of(module)) == 3
     server.kill9()
     assert gone(module, 3)
+
+
+def test_a_changed_module_is_imported_again_and_a_failing_import_fails_the_step_with_its_traceback(
+    start_server, flows_dir, module
+):
+    server = start_server()
+    source = flows_dir / f"{module}.py"
+    with server.client() as client:
+        first = run_one(client, module, "hello")
+        source.write_text(MODULE.replace("TOKEN = ", "import nowhere_to_be_found\nTOKEN = "))
+        os.utime(source, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime, however coarse the clock
+        broken = run_one(client, module, "hello")
+        assert broken["Status"] == "ERROR" and "exited with status 1" in broken["Error"], broken
+        assert "ModuleNotFoundError: No module named 'nowhere_to_be_found'" in log_of(client, broken["ID"])
+        source.write_text(MODULE.replace('print("token"', 'print("edited", "token"'))
+        os.utime(source, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+        fixed = run_one(client, module, "hello")
+    assert fixed["Status"] == "COMPLETE", fixed
+    assert fixed["Steps"][0]["Logs"][0].startswith("edited token")  # the code as it is now
+    assert tokens(first) != fixed["Steps"][0]["Logs"][0].split()[2]

@@ -43,6 +43,7 @@ from flowengine.runtime.executors.process import ProcessResult, end_process, las
 from flowengine.runtime.executors.pyrun import Reply, ServeConfig
 from flowengine.runtime.executors.reaper import Reaper, kill_group
 from flowengine.runtime.executors.sandbox import DEVICES, SYSTEM_READ, Sandbox
+from flowengine.runtime.pycheck import mtime
 
 log = logging.getLogger("flowengine")
 
@@ -69,6 +70,7 @@ class Worker:
         self.calls = 0
         self.broken = False  # retire it when its call is over
         self.idle_since = 0.0
+        self.sources: tuple[tuple[str, int], ...] = ()  # (path, mtime_ns) of the files its import read
         self._call_pid = 0  # without PID namespaces: the running call, for the reaper
 
     async def run(self, scratch: Path, log_path: Path, timeout: float, tail: int) -> ProcessResult:
@@ -112,8 +114,8 @@ class Worker:
     async def _start(self, out: IO[bytes]) -> bool:
         """Start the worker and wait for its import; what the import printed goes to `out`."""
         sandbox, reaper = self.workers.sandbox, self.workers.reaper
-        config = ServeConfig(self.key.module, [*SYSTEM_READ, *map(str, sandbox.reveal)], DEVICES,
-                             sandbox.rules.abi if sandbox.rules else 0)  # fmt: skip
+        config = ServeConfig(self.key.module, self.workers.directory, [*SYSTEM_READ, *map(str, sandbox.reveal)],
+                             DEVICES, sandbox.rules.abi if sandbox.rules else 0)  # fmt: skip
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         self.channel = ours
         output = self.area / "import.log"  # the engine's: the worker holds it open, its calls cannot reach it
@@ -136,7 +138,12 @@ class Worker:
             ready = await self._receive()
         finally:
             out.write(_tail(output, IMPORT_OUTPUT))
+        self.sources = tuple((path, mtime(path)) for path in ready.files)
         return ready.kind == "ready"
+
+    def stale(self) -> bool:
+        """Whether a file its import read (or the flows directory) changed since: a new import is due."""
+        return any(mtime(path) != when for path, when in self.sources)
 
     async def _receive(self) -> Reply:
         assert self.channel is not None
@@ -179,6 +186,7 @@ class Workers:
         sandbox: Sandbox,
         reaper: Reaper,
         root: Path,
+        directory: str,
         *,
         size: int,
         max_calls: int,
@@ -188,12 +196,12 @@ class Workers:
         self.sandbox = sandbox
         self.reaper = reaper
         self.root = root  # work_dir/workers
+        self.directory = directory  # where tasks' modules are imported from: the flows directory
         self.size = size
         self.max_calls = max_calls
         self.idle_timeout = idle_timeout
         self._clock = clock
         self._idle: list[Worker] = []  # the least recently used first
-        self._busy: set[Worker] = set()
         self._numbers = itertools.count(1)
 
     @property
@@ -207,13 +215,13 @@ class Workers:
         worker = next((w for w in reversed(self._idle) if w.key == key), None)
         if worker is not None:
             self._idle.remove(worker)
-        else:
-            worker = self._new(key, env_of)
-        self._busy.add(worker)
+            if worker.stale():  # the operator changed the module: calls run the code as it is now
+                await worker.retire()
+                worker = None
+        worker = worker or self._new(key, env_of)
         try:
             yield worker
         finally:
-            self._busy.discard(worker)
             await self._give_back(worker)
 
     def _new(self, key: WorkerKey, env_of: Callable[[Path], dict[str, str]]) -> Worker:
@@ -242,10 +250,6 @@ class Workers:
         self._idle = [w for w in self._idle if w not in stale]
         for worker in stale:
             await worker.retire()
-
-    def count(self) -> tuple[int, int]:
-        """Workers idle and busy."""
-        return len(self._idle), len(self._busy)
 
     async def close(self) -> None:
         """Retire every idle worker (busy ones go with their calls, cancelled by the engine's stop)."""
