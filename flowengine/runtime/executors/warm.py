@@ -80,7 +80,7 @@ class Worker:
         code: int | None = 1
         log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with open(log_path, "wb") as out:
+            with open(log_path, "wb", buffering=0) as out:  # the call writes to it too
                 try:
                     async with asyncio.timeout(timeout):
                         code = await self._call(scratch, out)
@@ -103,7 +103,7 @@ class Worker:
                 self._call_pid = started.pid
                 self.workers.reaper.add(started.pid)
             ended = await self._receive()
-        except WorkerEnded:
+        except (WorkerEnded, ConnectionError):  # ended during the call, or while it was idle
             status = await self._end()
             out.write(f"flowengine: the Python worker ended during the call (status {status})\n".encode())
             return status or 1
@@ -159,8 +159,10 @@ class Worker:
             self._forget_call()
         if self.proc is None:
             return 0
-        await end_process(self.proc)
-        self.workers.reaper.remove(self.proc.pid)
+        if self.proc.returncode is None:
+            await end_process(self.proc)
+        if self.proc.pid in self.workers.reaper.live:  # once: the number may be another step's later
+            self.workers.reaper.remove(self.proc.pid)
         return self.proc.returncode
 
     def _forget_call(self) -> None:
@@ -171,8 +173,7 @@ class Worker:
     async def retire(self) -> None:
         """Kill it, if it still runs, and remove its directory."""
         self.broken = True
-        if self.proc is not None and self.proc.returncode is None:
-            await self._end()
+        await self._end()
         if self.channel is not None:
             self.channel.close()
         await anyio.to_thread.run_sync(shutil.rmtree, self.area, True)
@@ -215,7 +216,9 @@ class Workers:
         worker = next((w for w in reversed(self._idle) if w.key == key), None)
         if worker is not None:
             self._idle.remove(worker)
-            if worker.stale():  # the operator changed the module: calls run the code as it is now
+            # Ended while idle (killed, out of memory), or the operator changed the module: calls
+            # run the code as it is now.
+            if worker.proc.poll() is not None or worker.stale():
                 await worker.retire()
                 worker = None
         worker = worker or self._new(key, env_of)
