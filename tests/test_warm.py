@@ -291,3 +291,13 @@ def test_an_engine_that_is_not_root_ends_strays_and_leaves_no_worker_or_call_aft
     finally:
         server.stop()
         shutil.rmtree(base)
+
+
+def test_an_idle_worker_is_retired_after_python_worker_idle(start_server, module):
+    server = start_server(python_worker_idle="1s")
+    with server.client() as client:
+        done = run_one(client, module, "hello")
+        assert done["Status"] == "COMPLETE", done
+        assert gone(module, 5)  # idle 1 s, swept every second
+        again = run_one(client, module, "hello")
+    assert tokens(again) != tokens(done)
