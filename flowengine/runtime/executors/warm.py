@@ -88,7 +88,6 @@ class Worker:
                     code = None
         finally:
             if code != 0:  # failed, timed out, cancelled: the worker may be in any state now
-                self.broken = True
                 await self.retire()
         return ProcessResult(code, last_lines(log_path, tail))
 
