@@ -17,6 +17,10 @@ dir with its log, its commits). Figures, in alternating rounds (the best round o
   `python -c pass`, starts this Python with `-c pass`, 4 at a time. A warm worker is started in the
   first round's first steps: its import is in the figures.
 
+Beside each rate, the CPU time per step (this process, the engine's, and its children's: the
+steps, workers, and the reaper), the least of the rounds: it moves much less than the rates when
+other work shares the machine.
+
 --process: `/bin/true` started one after another (or N at a time), `raw` through asyncio's own
 subprocess support (the ceiling), `sandboxed` the way the engine starts an exec step's process
 (run_process: a fresh thread confined with Landlock and, as root, the step user and namespaces of
@@ -56,8 +60,8 @@ def one_step_flow(task: dict) -> Flow:
                            Flow)  # fmt: skip
 
 
-async def through_engine(root: Path, runs: int, task: dict, python_workers: int) -> float:
-    """Runs of one step per second, all handed to the engine at once."""
+async def through_engine(root: Path, runs: int, task: dict, python_workers: int) -> tuple[float, float]:
+    """Runs of one step per second, all handed to the engine at once, and CPU seconds per run."""
     flows = root / "flows"
     flows.mkdir()
     (flows / "trivial.py").write_text(TRIVIAL)
@@ -67,26 +71,26 @@ async def through_engine(root: Path, runs: int, task: dict, python_workers: int)
     await engine.start()
     try:
         plan = engine.plan(one_step_flow(task))
-        begun = time.perf_counter()
+        begun, cpu = time.perf_counter(), _cpu()
         ids = [(await engine.create_run(plan)).id for _ in range(runs)]
         for run_id in ids:
             while (run := (await engine.get_run(run_id))[0]).status not in machine.TERMINAL:
                 await asyncio.sleep(0.005)
             assert run.status == machine.COMPLETE, run
-        return runs / (time.perf_counter() - begun)
+        return runs / (time.perf_counter() - begun), (_cpu() - cpu) / runs
     finally:
         await engine.stop()
         ctypes.CDLL(None).prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)  # the engine made this process undumpable
 
 
-async def started(argv: list[str], count: int) -> float:
-    """Processes started, CONCURRENCY at a time, per second: a step's ceiling."""
+async def started(argv: list[str], count: int) -> tuple[float, float]:
+    """Processes started, CONCURRENCY at a time, per second (a step's ceiling), and CPU seconds each."""
 
     async def one() -> None:
         proc = await asyncio.create_subprocess_exec(*argv, start_new_session=True)
         await proc.wait()
 
-    return (await _rate(one, count, CONCURRENCY))[0]
+    return await _rate(one, count, CONCURRENCY)
 
 
 async def runs_main(args: argparse.Namespace) -> None:
@@ -98,16 +102,23 @@ async def runs_main(args: argparse.Namespace) -> None:
         "python -c pass": lambda root: started([sys.executable, "-c", "pass"], args.runs),
     }
     rates: dict[str, list[float]] = {name: [] for name in figures}
+    cpus: dict[str, list[float]] = {name: [] for name in figures}
     for _ in range(args.rounds):
         for name, figure in figures.items():
             with tempfile.TemporaryDirectory() as tmp:
-                rates[name].append(await figure(Path(tmp)))
+                rate, cpu = await figure(Path(tmp))
+            rates[name].append(rate)
+            cpus[name].append(cpu)
     best = {name: max(values) for name, values in rates.items()}
+    least = {name: min(values) for name, values in cpus.items()}
     for name, ceiling in (("exec step", "fork+exec /bin/true"), ("python task (warm)", "python -c pass"),
                           ("python task (cold)", "python -c pass")):  # fmt: skip
-        print(f"{name:20} {best[name]:7.0f} steps/s   {ceiling:20} {best[ceiling]:7.0f}/s   "
-              f"ratio {best[name] / best[ceiling]:.2f}")  # fmt: skip
-    print("rounds:", {name: [round(r) for r in values] for name, values in rates.items()})
+        ratio = best[name] / best[ceiling]
+        print(
+            f"{name:18} {best[name]:5.0f} steps/s {least[name] * 1e3:5.1f} ms CPU each | {ceiling:19} "
+            f"{best[ceiling]:5.0f}/s {least[ceiling] * 1e3:5.1f} ms CPU each | ratio {ratio:.2f}"
+        )
+    print("rounds (steps/s):", {name: [round(r) for r in values] for name, values in rates.items()})
 
 
 async def raw(count: int, concurrency: int) -> tuple[float, float]:

@@ -8,16 +8,19 @@ name, which each test makes unique.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
-from live import wait_for_status
+from live import Server, wait_for_status
 from test_api import start
-from test_isolation import _processes_with, log_of, one_step
+from test_isolation import AS_USER, NOBODY, _processes_with, log_of, one_step
 
 from flowengine.runtime.executors import landlock
 
@@ -70,10 +73,13 @@ def sleeps(inputs, flags, workdir):
 
 
 def strays(inputs, flags, workdir):
+    left, told = os.pipe()
     if os.fork() == 0:
         os.setsid()
+        os.write(told, b"x")
         time.sleep(60)
         os._exit(0)
+    os.read(left, 1)  # it has left the call's process group
     print("token", TOKEN)
 """
 
@@ -220,3 +226,78 @@ def test_no_worker_outlives_a_killed_engine(start_server, module):
         assert len(workers_of(module)) == 3
     server.kill9()
     assert gone(module, 3)
+
+
+def test_a_changed_module_is_imported_again_and_a_failing_import_fails_the_step_with_its_traceback(
+    start_server, flows_dir, module
+):
+    server = start_server()
+    source = flows_dir / f"{module}.py"
+    with server.client() as client:
+        first = run_one(client, module, "hello")
+        source.write_text(MODULE.replace("TOKEN = ", "import nowhere_to_be_found\nTOKEN = "))
+        os.utime(source, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime, however coarse the clock
+        broken = run_one(client, module, "hello")
+        assert broken["Status"] == "ERROR" and "exited with status 1" in broken["Error"], broken
+        assert "ModuleNotFoundError: No module named 'nowhere_to_be_found'" in log_of(client, broken["ID"])
+        source.write_text(MODULE.replace('print("token"', 'print("edited", "token"'))
+        os.utime(source, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+        fixed = run_one(client, module, "hello")
+    assert fixed["Status"] == "COMPLETE", fixed
+    assert fixed["Steps"][0]["Logs"][0].startswith("edited token")  # the code as it is now
+    assert tokens(first) != fixed["Steps"][0]["Logs"][0].split()[2]
+
+
+def test_a_worker_that_died_while_idle_is_replaced_before_the_next_call(start_server, module):
+    server = start_server()
+    with server.client() as client:
+        first = run_one(client, module, "hello")
+        (worker,) = workers_of(module)
+        os.kill(worker, signal.SIGKILL)
+        assert gone(module)
+        second = run_one(client, module, "hello")
+    assert first["Status"] == second["Status"] == "COMPLETE", second
+    assert tokens(first) != tokens(second)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root, to start the engine as nobody")
+def test_an_engine_that_is_not_root_ends_strays_and_leaves_no_worker_or_call_after_kill9():
+    """No PID namespaces: strays come back to the worker as their subreaper, and the reaper knows
+    each call's process group besides its worker's."""
+    base = Path(tempfile.mkdtemp(prefix="flowengine-warm-nobody-"))  # outside pytest's dirs, closed to nobody
+    data, flows = base / "data", base / "flows"
+    flows.mkdir()
+    module = f"warm_{uuid.uuid4().hex[:12]}"
+    (flows / f"{module}.py").write_text(MODULE)
+    for path in (base, flows, flows / f"{module}.py"):
+        os.chown(path, NOBODY, NOBODY)
+    server = Server(data, flows)
+    server.prefix = [sys.executable, str(AS_USER), "nobody", "--"]
+    try:
+        server.start()
+        with server.client() as client:
+            strayed = run_one(client, module, "strays")
+            assert strayed["Status"] == "COMPLETE", strayed
+            assert gone(module)  # the worker, retired, and the stray it found
+            flow = one_step({"Name": "t", "Python": f"{module}:sleeps", "Flags": [{"Name": "always"}]})
+            flow["Flow"]["Steps"][0]["Flags"] = {"always": True}
+            start(client, "busy", flow)
+            deadline = time.monotonic() + 10
+            while len(workers_of(module)) < 2 and time.monotonic() < deadline:  # the worker and its call
+                time.sleep(0.05)
+            assert len(workers_of(module)) == 2
+        server.kill9()
+        assert gone(module, 3)
+    finally:
+        server.stop()
+        shutil.rmtree(base)
+
+
+def test_an_idle_worker_is_retired_after_python_worker_idle(start_server, module):
+    server = start_server(python_worker_idle="1s")
+    with server.client() as client:
+        done = run_one(client, module, "hello")
+        assert done["Status"] == "COMPLETE", done
+        assert gone(module, 5)  # idle 1 s, swept every second
+        again = run_one(client, module, "hello")
+    assert tokens(again) != tokens(done)

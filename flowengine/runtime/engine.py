@@ -140,7 +140,8 @@ class Engine:
         self.sandbox = Sandbox.prepare(self.config.data_path.resolve(), self.work_root, Path(self.config.flows_dir),
                                        self.config.step_user, self.config.step_read_paths)  # fmt: skip
         self.reaper.start()
-        self.workers = Workers(self.sandbox, self.reaper, self.work_root / "workers", size=self.config.python_workers,
+        self.workers = Workers(self.sandbox, self.reaper, self.work_root / "workers", self.python_path,
+                               size=self.config.python_workers,
                                max_calls=self.config.python_worker_calls,
                                idle_timeout=self.config.python_worker_idle)  # fmt: skip
         self.recovery.crashed = not await self.db.take_clean_stop()

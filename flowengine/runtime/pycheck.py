@@ -29,7 +29,7 @@ class ImportCheck(msgspec.Struct, frozen=True):
     files: tuple[tuple[str, int], ...] = ()  # (path, mtime_ns) of what the answer depends on
 
     def fresh(self) -> bool:
-        return all(_mtime(path) == mtime for path, mtime in self.files)
+        return all(mtime(path) == when for path, when in self.files)
 
 
 def targets(tasks: list[Task]) -> list[str]:
@@ -59,13 +59,13 @@ def check_imports(directory: Path, wanted: list[str]) -> ImportCheck:
                                   capture_output=True, timeout=CHECK_TIMEOUT)  # fmt: skip
         except subprocess.TimeoutExpired:
             why = f"importing it took longer than {CHECK_TIMEOUT:g}s"
-            return ImportCheck(dict.fromkeys(wanted, why), ((str(directory), _mtime(str(directory))),))
+            return ImportCheck(dict.fromkeys(wanted, why), ((str(directory), mtime(str(directory))),))
         if done.returncode != 0 or not answer.is_file():  # the module ended the child (os._exit, a crash)
             last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
             why = f"the import check exited with status {done.returncode}: {last}"
-            return ImportCheck(dict.fromkeys(wanted, why), ((str(directory), _mtime(str(directory))),))
+            return ImportCheck(dict.fromkeys(wanted, why), ((str(directory), mtime(str(directory))),))
         found = msgspec.json.decode(answer.read_bytes(), type=CheckAnswer)
-    return ImportCheck(found.problems, tuple((path, _mtime(path)) for path in found.files))
+    return ImportCheck(found.problems, tuple((path, mtime(path)) for path in found.files))
 
 
 def _environment(directory: Path) -> dict[str, str]:
@@ -74,7 +74,7 @@ def _environment(directory: Path) -> dict[str, str]:
     return env
 
 
-def _mtime(path: str) -> int:
+def mtime(path: str) -> int:
     try:
         return os.stat(path).st_mtime_ns
     except OSError:

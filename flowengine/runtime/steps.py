@@ -28,7 +28,7 @@ from flowengine.runtime.executors import pyrun
 from flowengine.runtime.executors.process import run_process
 from flowengine.runtime.executors.pyrun import Call, Request
 from flowengine.runtime.executors.reaper import Reaper
-from flowengine.runtime.executors.sandbox import Sandbox
+from flowengine.runtime.executors.sandbox import Sandbox, StepUser
 from flowengine.runtime.executors.warm import Worker, WorkerKey, Workers
 from flowengine.stores.base import Store, StoreUnavailable
 
@@ -100,27 +100,57 @@ async def run_step(job: StepJob) -> StepSucceeded | StepFailed:
         key = WorkerKey(job.task.python.partition(":")[0], tuple(sorted(job.task.env.items())))
         async with job.workers.lease(key, lambda area: task_env(job.task, job.python_path, area)) as worker:
             return await _in_scratch(job, worker.area / f"{job.run_id}.{job.step.id}.{job.attempt}", worker)
-    scratch = job.work_root / job.run_id / f"{job.step.id}.{job.attempt}"
-    scratch.parent.mkdir(exist_ok=True)
-    scratch.parent.chmod(0o711)  # passable, not listable: other steps' dirs stay unknown
-    try:
-        return await _in_scratch(job, scratch, None)
-    finally:
-        # The run's dir goes with its last step. On the event loop, like the mkdir above: one
-        # step's rmdir never falls between another's.
-        with contextlib.suppress(OSError):
-            scratch.parent.rmdir()
+    return await _in_scratch(job, job.work_root / job.run_id / f"{job.step.id}.{job.attempt}", None)
+
+
+# Making and removing directories and files takes milliseconds each on some filesystems (ext4 on a
+# busy virtual disk): all of it is done in worker threads, never on the event loop.
 
 
 async def _in_scratch(job: StepJob, scratch: Path, worker: Worker | None) -> StepSucceeded | StepFailed:
-    await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)  # a dispatch again of an attempt that never ran
-    scratch.mkdir(mode=0o700)
+    in_run_dir = worker is None  # a worker's calls' dirs are in its own directory instead
     try:
+        await anyio.to_thread.run_sync(_make_scratch, scratch, in_run_dir)
         return await _attempt(job, scratch, worker)
     except (StoreUnavailable, OSError) as exc:
         return StepFailed(job.step.id, job.attempt, f"{type(exc).__name__}: {exc}")
     finally:
-        await anyio.to_thread.run_sync(shutil.rmtree, scratch, True)
+        await anyio.to_thread.run_sync(_remove_scratch, scratch, in_run_dir)
+
+
+def _make_scratch(scratch: Path, in_run_dir: bool) -> None:
+    shutil.rmtree(scratch, True)  # a dispatch again of an attempt that never ran
+    for _ in range(100):
+        try:
+            if in_run_dir:
+                scratch.parent.mkdir(exist_ok=True)
+                scratch.parent.chmod(0o711)  # passable, not listable: other steps' dirs stay unknown
+            scratch.mkdir(mode=0o700)
+            return
+        except FileNotFoundError:
+            if not in_run_dir:
+                raise
+            # The run's other step, ending, removed the run's dir between the two mkdirs: again.
+    raise OSError(f"cannot make the scratch dir {scratch}: its parent keeps disappearing")
+
+
+def _remove_scratch(scratch: Path, in_run_dir: bool) -> None:
+    shutil.rmtree(scratch, True)
+    if in_run_dir:
+        with contextlib.suppress(OSError):  # another step of the run still has its dir in it
+            scratch.parent.rmdir()  # the run's dir goes with its last step
+
+
+def _lay_out(scratch: Path, dirs: list[Path], files: dict[Path, bytes], user: StepUser | None, log: Path) -> None:
+    """What the step finds in its scratch dir, given to its user; its log file, empty."""
+    for path in dirs:
+        path.mkdir(parents=True)
+    for path, content in files.items():
+        path.write_bytes(content)
+    if user is not None:
+        _give(scratch, user.uid, user.gid)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_bytes(b"")
 
 
 async def _attempt(job: StepJob, scratch: Path, worker: Worker | None) -> StepSucceeded | StepFailed:
@@ -132,10 +162,8 @@ async def _attempt(job: StepJob, scratch: Path, worker: Worker | None) -> StepSu
         await job.store_of(edge).download(edge.key, dest)  # a copy: the stored object is out of the step's reach
         inputs[b.slot] = str(dest)
     outputs = {b.slot: scratch / "out" / b.slot / PurePosixPath(job.edges[b.edge].key).name for b in step.outputs}
-    for path in [*(p.parent for p in outputs.values()), scratch / "home", scratch / "tmp"]:
-        path.mkdir(parents=True)
     flags = flag_values(step, task, job.flags)
-
+    files: dict[Path, bytes] = {}
     argv: list[str] = []
     if task.exec is not None:
         values = {**inputs, **{s: str(p) for s, p in outputs.items()}, **{k: str(v) for k, v in flags.items()}}
@@ -145,15 +173,15 @@ async def _attempt(job: StepJob, scratch: Path, worker: Worker | None) -> StepSu
         answer = scratch / "answer.json"
         request = Request(task.python or "", inputs, flags, str(scratch), str(answer))
         if worker is not None:  # the call's child sets its own environment from the file, once confined
-            (scratch / "call.json").write_bytes(msgspec.json.encode(Call(request, step_env(job, scratch))))
+            files[scratch / "call.json"] = msgspec.json.encode(Call(request, step_env(job, scratch)))
         else:
-            (scratch / "request.json").write_bytes(msgspec.json.encode(request))
+            files[scratch / "request.json"] = msgspec.json.encode(request)
             # The shim by its path, not as a module: it imports nothing of flowengine, which the step's
             # Python may not find where the engine's did. -B: importing the task's module leaves no
             # __pycache__ in the flows directory; -P: the shim's own directory is not a place to import from.
             argv = [sys.executable, "-B", "-P", pyrun.__file__, str(scratch / "request.json")]
-    if job.sandbox.user is not None:
-        _give(scratch, job.sandbox.user.uid, job.sandbox.user.gid)
+    dirs = [*(p.parent for p in outputs.values()), scratch / "home", scratch / "tmp"]
+    await anyio.to_thread.run_sync(_lay_out, scratch, dirs, files, job.sandbox.user, job.log_path)
     if worker is not None:
         result = await worker.run(scratch, job.log_path, task.timeout_seconds, job.log_tail)
     else:

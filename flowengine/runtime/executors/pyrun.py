@@ -50,6 +50,7 @@ class Call(msgspec.Struct):
 
 class ServeConfig(msgspec.Struct):
     module: str  # imported once, before the first call
+    directory: str  # the flows directory: the files the import read there are watched
     read: list[str]  # what a call may read and execute (as a step's Landlock rules say)
     devices: str
     abi: int  # Landlock's
@@ -60,6 +61,7 @@ class Reply(msgspec.Struct, omit_defaults=True):
     pid: int = 0
     code: int = 0
     leftover: bool = False  # a process the call started outlived it: the worker retires
+    files: list[str] = []  # ready: the files under the flows directory the import read
 
 
 class CheckAnswer(msgspec.Struct):
@@ -102,9 +104,15 @@ def check(directory: str, targets: list[str]) -> CheckAnswer:
             _attribute(module, module_name, qualname)
         except Exception as exc:
             problems[target] = str(exc)
+    return CheckAnswer(problems, sources(directory, touched))
+
+
+def sources(directory: str, also: set[str] = frozenset()) -> list[str]:
+    """The files under `directory` that the modules imported came from, `also`, and `directory`
+    itself (a module added there could change what an import finds): an import holds while none changes."""
     root = str(Path(directory).resolve())
-    files = {getattr(module, "__file__", None) for module in list(sys.modules.values())} | touched
-    return CheckAnswer(problems, sorted({root, *(f for f in files if f and f.startswith(root + os.sep))}))
+    files = {getattr(module, "__file__", None) for module in list(sys.modules.values())} | also
+    return sorted({root, *(f for f in files if f and f.startswith(root + os.sep))})
 
 
 def _import_failure(module_name: str, exc: BaseException) -> str:
@@ -163,7 +171,7 @@ def serve(fd: int, config: ServeConfig) -> int:
     for path in config.read:
         rules.allow(Path(path), landlock.READ)
     rules.allow(Path(config.devices), landlock.DEVICES)
-    channel.send(msgspec.json.encode(Reply("ready")))
+    channel.send(msgspec.json.encode(Reply("ready", files=sources(config.directory))))
     worker = os.getpid()
     while True:
         message, fds, _, _ = socket.recv_fds(channel, 4096, 1)

@@ -43,6 +43,7 @@ from flowengine.runtime.executors.process import ProcessResult, end_process, las
 from flowengine.runtime.executors.pyrun import Reply, ServeConfig
 from flowengine.runtime.executors.reaper import Reaper, kill_group
 from flowengine.runtime.executors.sandbox import DEVICES, SYSTEM_READ, Sandbox
+from flowengine.runtime.pycheck import mtime
 
 log = logging.getLogger("flowengine")
 
@@ -69,6 +70,7 @@ class Worker:
         self.calls = 0
         self.broken = False  # retire it when its call is over
         self.idle_since = 0.0
+        self.sources: tuple[tuple[str, int], ...] = ()  # (path, mtime_ns) of the files its import read
         self._call_pid = 0  # without PID namespaces: the running call, for the reaper
 
     async def run(self, scratch: Path, log_path: Path, timeout: float, tail: int) -> ProcessResult:
@@ -78,7 +80,7 @@ class Worker:
         code: int | None = 1
         log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with open(log_path, "wb") as out:
+            with open(log_path, "wb", buffering=0) as out:  # the call writes to it too
                 try:
                     async with asyncio.timeout(timeout):
                         code = await self._call(scratch, out)
@@ -86,7 +88,6 @@ class Worker:
                     code = None
         finally:
             if code != 0:  # failed, timed out, cancelled: the worker may be in any state now
-                self.broken = True
                 await self.retire()
         return ProcessResult(code, last_lines(log_path, tail))
 
@@ -101,7 +102,7 @@ class Worker:
                 self._call_pid = started.pid
                 self.workers.reaper.add(started.pid)
             ended = await self._receive()
-        except WorkerEnded:
+        except (WorkerEnded, ConnectionError):  # ended during the call, or while it was idle
             status = await self._end()
             out.write(f"flowengine: the Python worker ended during the call (status {status})\n".encode())
             return status or 1
@@ -112,8 +113,8 @@ class Worker:
     async def _start(self, out: IO[bytes]) -> bool:
         """Start the worker and wait for its import; what the import printed goes to `out`."""
         sandbox, reaper = self.workers.sandbox, self.workers.reaper
-        config = ServeConfig(self.key.module, [*SYSTEM_READ, *map(str, sandbox.reveal)], DEVICES,
-                             sandbox.rules.abi if sandbox.rules else 0)  # fmt: skip
+        config = ServeConfig(self.key.module, self.workers.directory, [*SYSTEM_READ, *map(str, sandbox.reveal)],
+                             DEVICES, sandbox.rules.abi if sandbox.rules else 0)  # fmt: skip
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         self.channel = ours
         output = self.area / "import.log"  # the engine's: the worker holds it open, its calls cannot reach it
@@ -136,7 +137,12 @@ class Worker:
             ready = await self._receive()
         finally:
             out.write(_tail(output, IMPORT_OUTPUT))
+        self.sources = tuple((path, mtime(path)) for path in ready.files)
         return ready.kind == "ready"
+
+    def stale(self) -> bool:
+        """Whether a file its import read (or the flows directory) changed since: a new import is due."""
+        return any(mtime(path) != when for path, when in self.sources)
 
     async def _receive(self) -> Reply:
         assert self.channel is not None
@@ -152,8 +158,10 @@ class Worker:
             self._forget_call()
         if self.proc is None:
             return 0
-        await end_process(self.proc)
-        self.workers.reaper.remove(self.proc.pid)
+        if self.proc.returncode is None:
+            await end_process(self.proc)
+        if self.proc.pid in self.workers.reaper.live:  # once: the number may be another step's later
+            self.workers.reaper.remove(self.proc.pid)
         return self.proc.returncode
 
     def _forget_call(self) -> None:
@@ -164,8 +172,7 @@ class Worker:
     async def retire(self) -> None:
         """Kill it, if it still runs, and remove its directory."""
         self.broken = True
-        if self.proc is not None and self.proc.returncode is None:
-            await self._end()
+        await self._end()
         if self.channel is not None:
             self.channel.close()
         await anyio.to_thread.run_sync(shutil.rmtree, self.area, True)
@@ -179,6 +186,7 @@ class Workers:
         sandbox: Sandbox,
         reaper: Reaper,
         root: Path,
+        directory: str,
         *,
         size: int,
         max_calls: int,
@@ -188,12 +196,12 @@ class Workers:
         self.sandbox = sandbox
         self.reaper = reaper
         self.root = root  # work_dir/workers
+        self.directory = directory  # where tasks' modules are imported from: the flows directory
         self.size = size
         self.max_calls = max_calls
         self.idle_timeout = idle_timeout
         self._clock = clock
         self._idle: list[Worker] = []  # the least recently used first
-        self._busy: set[Worker] = set()
         self._numbers = itertools.count(1)
 
     @property
@@ -207,13 +215,15 @@ class Workers:
         worker = next((w for w in reversed(self._idle) if w.key == key), None)
         if worker is not None:
             self._idle.remove(worker)
-        else:
-            worker = self._new(key, env_of)
-        self._busy.add(worker)
+            # Ended while idle (killed, out of memory), or the operator changed the module: calls
+            # run the code as it is now.
+            if worker.proc.poll() is not None or worker.stale():
+                await worker.retire()
+                worker = None
+        worker = worker or self._new(key, env_of)
         try:
             yield worker
         finally:
-            self._busy.discard(worker)
             await self._give_back(worker)
 
     def _new(self, key: WorkerKey, env_of: Callable[[Path], dict[str, str]]) -> Worker:
@@ -242,10 +252,6 @@ class Workers:
         self._idle = [w for w in self._idle if w not in stale]
         for worker in stale:
             await worker.retire()
-
-    def count(self) -> tuple[int, int]:
-        """Workers idle and busy."""
-        return len(self._idle), len(self._busy)
 
     async def close(self) -> None:
         """Retire every idle worker (busy ones go with their calls, cancelled by the engine's stop)."""
