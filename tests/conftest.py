@@ -40,6 +40,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "backends(*names): run each test that starts an engine once per database named (sqlite, postgres)"
     )
+    config.addinivalue_line(
+        "markers", "slow: minutes on a busy machine (files of several GiB); in the suite, `-m 'not slow'` leaves it out"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
