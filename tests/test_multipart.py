@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
+import re
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -377,3 +380,25 @@ def test_a_file_of_several_gib_goes_through_with_the_engines_memory_flat(on):
         assert rss is not None and rss < 400 * MIB, rss  # parts stream through the engine, or not through it at all
     finally:
         stored.delete(key)
+
+
+def test_the_readmes_script_as_printed_sends_a_file_in_parts(start_server, tmp_path: Path):
+    server = start_server(multipart_part_size=PART)
+    session = Session(server, "readme")
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split("\n## Large files: multipart uploads\n", 1)[1].split("\n## ", 1)[0]
+    (script,) = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
+    size = 2 * PART + 12_345
+    scan = tmp_path / "readme"
+    scan.mkdir()
+    with open(scan / "scan.tif", "wb") as f:
+        for chunk in content(size):
+            f.write(chunk)
+    token = session.headers["Authorization"].removeprefix("Bearer ")
+    done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script.replace("127.0.0.1:1234", server.url[7:])],
+                          cwd=scan, env={**os.environ, "TOKEN": token, "TEAM": session.team}, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    completed = json.loads(done.stdout)
+    assert completed["file_size"] == size and not list(scan.glob("part.*"))
+    assert Stored(server, None).md5(completed["file_key"]) == md5_of(content(size))

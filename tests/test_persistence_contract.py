@@ -21,7 +21,15 @@ from flowengine.core import machine
 from flowengine.errors import Error
 from flowengine.identity.records import Credential, Team, User
 from flowengine.persistence import open_database
-from flowengine.persistence.base import Database, FileRecord, NewRun, Wait, WorkflowRecord
+from flowengine.persistence.base import (
+    Database,
+    FileRecord,
+    ModelRecord,
+    NewRun,
+    UploadRecord,
+    Wait,
+    WorkflowRecord,
+)
 from flowengine.persistence.migrations import migrations
 
 pytestmark = pytest.mark.anyio
@@ -580,3 +588,49 @@ async def test_workflows_keep_every_version_and_teams_see_their_own_and_the_oper
     with pytest.raises(Error):  # the slug is unique
         async with db.transaction() as tx:
             await tx.insert_workflow(WorkflowRecord("w4", "t2", "mine", 1, "active", 7.0, 7.0, "api"), b"x")
+
+
+async def test_multipart_uploads_one_a_key_come_due_and_are_dropped_once(db: Database) -> None:
+    early = UploadRecord("u1", "t", "default", "inputs/t/a", "native-1", 10, 5, 2, 1.0, 5.0)
+    late = UploadRecord("u2", "t", "default", "inputs/t/b", "native-2", 10, 5, 2, 2.0, 50.0)
+    async with db.transaction() as tx:
+        await tx.insert_upload(late)
+        await tx.insert_upload(early)
+    assert await db.upload("u1") == early and await db.upload("nope") is None
+    with pytest.raises(Error) as caught:  # a key has one upload under way at most
+        async with db.transaction() as tx:
+            await tx.insert_upload(msgspec.structs.replace(late, id="u3"))
+    assert caught.value.kind == "conflict"
+    assert await db.due_uploads(10.0, 10) == [early]
+    assert await db.drop_upload("u1") and not await db.drop_upload("u1")
+    assert await db.due_uploads(100.0, 10) == [late]
+
+
+async def test_a_files_retention_can_start_again(db: Database) -> None:
+    file = FileRecord("default", "inputs/t/a/x/a.bin", "t", "a.bin", 10, "application/octet-stream", 1.0, 5.0)
+    async with db.transaction() as tx:
+        await tx.insert_file(file)
+        await tx.keep_file("default", file.key, 99.0)
+    assert (await db.file("default", file.key)).expires == 99.0 and await db.due_files(50.0, 10) == []
+
+
+async def test_models_are_kept_by_storage_key_listed_by_team_and_status(db: Database) -> None:
+    first = ModelRecord("m1", "t", "SDXL", "checkpoints", "default", "models/t/1", 10, "sha256:aa", "a/b.bin",
+                        "active", 1.0, 1.0)  # fmt: skip
+    other = msgspec.structs.replace(first, id="m2", storage_key="models/t/2", created=2.0, updated=2.0)
+    theirs = msgspec.structs.replace(first, id="m3", team="u", storage_key="models/u/3")
+    for model in (first, other, theirs):
+        assert await db.put_model(model) == model
+    # Again at a key: the metadata changes, the ID and creation stay.
+    again = msgspec.structs.replace(first, id="m9", display_name="SDXL base", created=5.0, updated=5.0)
+    assert await db.put_model(again) == msgspec.structs.replace(first, display_name="SDXL base", updated=5.0)
+    await db.set_model_status("m2", "disabled", 6.0)
+    assert (await db.model("m2")).status == "disabled" and await db.model("nope") is None
+    assert [m.id for m in await db.models("t", None, 10, 0)] == ["m1", "m2"]
+    assert [m.id for m in await db.models("t", "active", 10, 0)] == ["m1"]
+    assert [m.id for m in await db.models("t", None, 1, 1)] == ["m2"]
+    assert (
+        await db.count_models("t", None),
+        await db.count_models("t", "disabled"),
+        await db.count_models("u", None),
+    ) == (2, 1, 1)
