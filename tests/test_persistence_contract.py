@@ -626,6 +626,7 @@ async def test_models_are_kept_by_storage_key_listed_by_team_and_status(db: Data
     assert await db.put_model(again) == msgspec.structs.replace(first, display_name="SDXL base", updated=5.0)
     await db.set_model_status("m2", "disabled", 6.0)
     assert (await db.model("m2")).status == "disabled" and await db.model("nope") is None
+    assert (await db.model_at("default", "models/t/2")).id == "m2" and await db.model_at("other", "models/t/2") is None
     assert [m.id for m in await db.models("t", None, 10, 0)] == ["m1", "m2"]
     assert [m.id for m in await db.models("t", "active", 10, 0)] == ["m1"]
     assert [m.id for m in await db.models("t", None, 1, 1)] == ["m2"]
