@@ -54,6 +54,7 @@ async def initiate(engine: Engine, team: str, key: str, file_size: int) -> Uploa
     try:
         async with engine.db.transaction() as tx:
             await tx.insert_upload(upload)
+            await tx.keep_file(store.name, key, max(file.expires, upload.expires))  # not swept while it goes up
     except Error as exc:
         await store.abort_multipart(key, native)
         if exc.kind == "conflict":
@@ -124,7 +125,8 @@ async def complete(engine: Engine, upload: UploadRecord, store: Store, named: li
         await tx.drop_upload(upload.id)
         await tx.keep_file(store.name, upload.key, now + engine.config.input_retention)  # counted from now
     file = await engine.db.file(store.name, upload.key)
-    assert file is not None  # the files sweeper deletes a row only once past its retention
+    if file is None:  # swept this very moment, with the upload's time up
+        raise not_found("multipart upload", upload.id, "upload_id")
     return file
 
 
