@@ -119,24 +119,25 @@ def test_who_may_presign_register_and_list(start_server):
 
 
 PRESIGN_PROBLEMS = [
-    ({"model_type": ""}, "model_type"),
-    ({"model_type": "x" * 51}, "model_type"),
-    ({"model_path": "/etc/passwd"}, "model_path"),
-    ({"model_path": "models/../../etc"}, "model_path"),
-    ({"model_path": "models\\checkpoints\\a.bin"}, "model_path"),
-    ({"model_path": "models/a?b.bin"}, "model_path"),
-    ({"model_path": ""}, "model_path"),
-    ({"file_size": 0}, "file_size"),
-    ({"file_size": 6 * 1024**4}, "file_size"),  # over max_multipart_size
-    ({"file_name": ""}, "file_name"),
+    ({"model_type": ""}, "model_type", "length >= 1"),
+    ({"model_type": "x" * 51}, "model_type", "length <= 50"),
+    ({"model_path": "/etc/passwd"}, "model_path", "relative"),
+    ({"model_path": "models/../../etc"}, "model_path", "'..'"),
+    ({"model_path": "models\\checkpoints\\a.bin"}, "model_path", "backslash"),
+    ({"model_path": "models/a?b.bin"}, "model_path", "letters, digits"),
+    ({"model_path": ""}, "model_path", "length >= 1"),
+    ({"file_size": 0}, "file_size", ">= 1"),
+    ({"file_size": 6 * 1024**4}, "file_size", "limit"),  # over max_multipart_size
+    ({"file_name": ""}, "file_name", "length >= 1"),
 ]
 
 
 def test_presign_refuses_each_bad_field_by_name(server: Server):
     session = Session(server, "fields")
-    for fields, field in PRESIGN_PROBLEMS:
+    for fields, field, says in PRESIGN_PROBLEMS:
         answer = presign(session, **fields)
         assert (answer.status_code, answer.json()["field"]) == (400, field), (fields, answer.text)
+        assert says in answer.json()["error_message"], answer.text
     assert (
         presign(session, model_path="loras/détail v2.safetensors").status_code == 200
     )  # \w takes letters of any script
