@@ -17,7 +17,6 @@ from flowengine.core.times import rfc3339
 from flowengine.errors import bad_request
 from flowengine.persistence.base import ModelRecord
 from flowengine.runtime import models
-from flowengine.runtime.files import files_store
 
 PRESIGN_CALLERS: Accepts = frozenset({"user", "device"})  # the reference: "Accepts JWT or dk-"
 ModelType = Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
@@ -161,10 +160,10 @@ async def agent_models(request: Request) -> Response:
     engine, page = engine_of(request), page_of(request)
     found = await engine.db.models(principal.team, "active", page.per_page, page.offset)
     total = await engine.db.count_models(principal.team, "active")
-    store, base, expires = files_store(engine), public_base(request), engine.clock() + engine.config.download_ttl
+    base, expires = public_base(request), engine.clock() + engine.config.download_ttl
     listed = []
     for m in found:
-        url = store.presign_get(m.storage_key, expires, base)
+        url = engine.stores.resolve(None, m.store).presign_get(m.storage_key, expires, base)
         listed.append(AgentModel(m.id, m.display_name, m.model_type, m.model_path, m.file_size, m.file_hash,
                                  rfc3339(m.updated), url.url, rfc3339(url.expires, False)))  # fmt: skip
     return json_response(AgentModelList(listed, page.meta(total)))

@@ -120,6 +120,9 @@ async def complete(engine: Engine, upload: UploadRecord, store: Store, named: li
         await store.complete_multipart(upload.key, upload.native_id, parts)
     except FileExistsError:
         raise already_exists(upload.key) from None
+    except FileNotFoundError:  # the embedded store: a part was sent again while this read it
+        message = "a part was sent again while the upload was completing: list its parts and complete it again"
+        raise bad_request("part_missing", message, "parts") from None
     now = engine.clock()
     async with engine.db.transaction() as tx:
         await tx.drop_upload(upload.id)
