@@ -10,6 +10,7 @@ import pgserver
 import pytest
 import s3server
 from live import Server
+from uploading import Stored, start_on
 
 from flowengine.stores.s3 import S3Store
 
@@ -39,6 +40,9 @@ def s3_store(s3: dict[str, Any]) -> S3Store:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "backends(*names): run each test that starts an engine once per database named (sqlite, postgres)"
+    )
+    config.addinivalue_line(
+        "markers", "slow: minutes on a busy machine (files of several GiB); in the suite, `-m 'not slow'` leaves it out"
     )
 
 
@@ -142,3 +146,23 @@ def shipped(start_server: Callable[..., Server], flows_dir: Path) -> Server:
 def client(server: Server) -> Iterator[httpx.Client]:
     with server.client() as c:
         yield c
+
+
+@pytest.fixture(params=["local", "s3"])
+def files_store_kind(request: pytest.FixtureRequest) -> str:
+    """Where the files store is: the embedded store, or S3 (SeaweedFS)."""
+    return request.param
+
+
+@pytest.fixture
+def serve_files(
+    files_store_kind: str, start_server, tmp_path: Path, request: pytest.FixtureRequest
+) -> Callable[..., tuple[Server, Stored]]:
+    """Start a server whose files store is each kind in turn: serve_files(**settings) -> (server, stored)."""
+
+    def start(**settings: Any) -> tuple[Server, Stored]:
+        s3 = request.getfixturevalue("s3") if files_store_kind == "s3" else None
+        server = start_on(files_store_kind, start_server, tmp_path, s3, **settings)
+        return server, Stored(server, s3)
+
+    return start

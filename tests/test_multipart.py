@@ -2,171 +2,38 @@
 
 from __future__ import annotations
 
-import hashlib
 import http.client
+import json
+import os
+import re
+import subprocess
 import time
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from live import Server, admin
-from minio import Minio
+from live import Server, admin, metric
+from uploading import (
+    GIB,
+    MIB,
+    MULTIPART,
+    PART,
+    Session,
+    Stored,
+    complete,
+    content,
+    md5_of,
+    part_content,
+    put_part,
+    upload_parts,
+)
 
-MIB = 1024 * 1024
-PART = 5 * MIB  # the least part size: small files still come in several parts
-MULTIPART = "/api/v1/uploads/multipart"
-
-
-class Session:
-    """A user's session token on a team of a server, and the calls the tests make with it."""
-
-    def __init__(self, server: Server, team: str, email: str = "ann@example.com") -> None:
-        self.team = admin(server, "teams", "create", team)
-        admin(server, "users", "add", email, "--team", team)
-        self.headers = {"Authorization": f"Bearer {admin(server, 'token', '--user', email)}", "X-Team-ID": self.team}
-        self.client = httpx.Client(base_url=server.url, timeout=60, headers=self.headers)
-
-    def presign(self, size: int, name: str = "big.bin", content_type: str = "application/octet-stream") -> str:
-        body = {"file_name": name, "file_size": size, "content_type": content_type}
-        answer = self.client.post("/api/v1/r/files/presign", json=body)
-        assert answer.status_code == 200, answer.text
-        return answer.json()["file_key"]
-
-    def post(self, action: str, **body: Any) -> httpx.Response:
-        return self.client.post(f"{MULTIPART}/{action}", json=body)
-
-    def initiate(self, key: str, size: int) -> dict[str, Any]:
-        answer = self.post("initiate", storage_key=key, file_size=size)
-        assert answer.status_code == 200, answer.text
-        return answer.json()
-
-    def part_urls(self, upload_id: str, numbers: list[int]) -> dict[int, dict[str, Any]]:
-        answer = self.post("presign-parts", upload_id=upload_id, part_numbers=numbers)
-        assert answer.status_code == 200, answer.text
-        return {p["part_number"]: p for p in answer.json()["parts"]}
+from flowengine.stores.base import multipart_etag
 
 
-def content(size: int, seed: int = 0) -> Iterator[bytes]:
-    """`size` bytes, made as they are read: every MiB differs (its index in front of a shared random block),
-    so parts put in the wrong place or twice are seen, and nothing of the size is ever held."""
-    block = hashlib.sha256(str(seed).encode()).digest() * (MIB // 32)
-    for offset in range(0, size, MIB):
-        chunk = offset.to_bytes(8, "big") + block[8:]
-        yield chunk[: min(MIB, size - offset)]
-
-
-def part_content(size: int, part_size: int, number: int, seed: int = 0) -> Iterator[bytes]:
-    """Part `number`'s bytes of `content(size)` (parts are whole MiB)."""
-    start = (number - 1) * part_size
-    end = min(size, start + part_size)
-    for chunk_start, chunk in zip(range(0, size, MIB), content(size, seed), strict=False):
-        if chunk_start >= end:
-            return
-        if chunk_start >= start:
-            yield chunk
-
-
-def md5_of(chunks: Iterator[bytes]) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    for chunk in chunks:
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def put_part(part: dict[str, Any], body: Iterator[bytes] | bytes) -> httpx.Response:
-    return httpx.put(part["upload_url"], content=body, headers=part["upload_headers"], timeout=120)
-
-
-def upload_parts(session: Session, initiated: dict[str, Any], size: int, numbers: list[int]) -> dict[int, str]:
-    """PUT the given parts with plain HTTP; their ETags by number."""
-    urls = session.part_urls(initiated["upload_id"], numbers)
-    etags = {}
-    for n in numbers:
-        answer = put_part(urls[n], part_content(size, initiated["part_size"], n))
-        assert answer.status_code == 200, answer.text
-        etags[n] = answer.headers["ETag"]
-    return etags
-
-
-def complete(session: Session, upload_id: str, etags: dict[int, str]) -> httpx.Response:
-    parts = [{"part_number": n, "etag": etags[n]} for n in sorted(etags)]
-    return session.post("complete", upload_id=upload_id, parts=parts)
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest) -> str:
-    """Where the files store is: the embedded store, or S3 (SeaweedFS)."""
-    return request.param
-
-
-def start_on(store: str, start_server, tmp_path: Path, s3: dict[str, Any] | None, **settings: Any) -> Server:
-    if store == "local":
-        return start_server(multipart_part_size=PART, **settings)
-    assert s3 is not None
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        f"files_store: media\nstores:\n  - Name: media\n    Type: s3\n    Params: {{endpoint: '{s3['endpoint']}', "
-        f"bucket: {s3['bucket']}, prefix: mp-{uuid.uuid4().hex[:8]}, secure: false, "
-        f"access_key: {s3['access_key']}, secret_key: {s3['secret_key']}}}\n"
-    )
-    return start_server(config=str(config), multipart_part_size=PART, **settings)
-
-
-class Stored:
-    """What a server's files store holds, read around the engine: the files on disk, or the minio client on S3."""
-
-    def __init__(self, server: Server, s3: dict[str, Any] | None) -> None:
-        self.server = server
-        self.minio = Minio(s3["endpoint"], s3["access_key"], s3["secret_key"], secure=False) if s3 else None
-        self.bucket = s3["bucket"] if s3 else ""
-        self.prefix = ""
-        if server.config:
-            self.prefix = Path(server.config).read_text().split("prefix: ")[1].split(",")[0] + "/"
-
-    def md5(self, key: str) -> str | None:
-        if self.minio is None:
-            path = self.server.data_dir / "objects" / "default" / key
-            if not path.exists():
-                return None
-            with open(path, "rb") as f:
-                return md5_of(iter(lambda: f.read(MIB), b""))
-        try:
-            response = self.minio.get_object(self.bucket, self.prefix + key)
-        except Exception:
-            return None
-        try:
-            return md5_of(response.stream(MIB))
-        finally:
-            response.close()
-            response.release_conn()
-
-    def uploads_under_way(self) -> int:
-        """Multipart uploads the store holds (S3's list, or the embedded store's part folders)."""
-        if self.minio is None:
-            parts = self.server.data_dir / "multipart" / "default"
-            return len(list(parts.iterdir())) if parts.exists() else 0
-        listed = self.minio._list_multipart_uploads(self.bucket, prefix=self.prefix)
-        return len(listed.uploads)
-
-
-@pytest.fixture
-def on(
-    store: str, start_server, tmp_path: Path, request: pytest.FixtureRequest
-) -> Callable[..., tuple[Server, Stored]]:
-    def start(**settings: Any) -> tuple[Server, Stored]:
-        s3 = request.getfixturevalue("s3") if store == "s3" else None
-        server = start_on(store, start_server, tmp_path, s3, **settings)
-        return server, Stored(server, s3)
-
-    return start
-
-
-def test_a_file_goes_up_in_parts_resumes_and_completes_to_its_presigned_key(on):
-    server, stored = on()
+def test_a_file_goes_up_in_parts_resumes_and_completes_to_its_presigned_key(serve_files):
+    server, stored = serve_files()
     session = Session(server, "parts")
     size = 3 * PART + 3 * MIB  # four parts, the last one shorter
     key = session.presign(size)
@@ -190,8 +57,8 @@ def test_a_file_goes_up_in_parts_resumes_and_completes_to_its_presigned_key(on):
     assert session.post("initiate", storage_key=key, file_size=size).status_code == 412
 
 
-def test_a_part_takes_only_its_signed_size_and_a_part_sent_again_replaces_it(on):
-    server, stored = on()
+def test_a_part_takes_only_its_signed_size_and_a_part_sent_again_replaces_it(serve_files):
+    server, stored = serve_files()
     session = Session(server, "sizes")
     size = PART + MIB
     key = session.presign(size)
@@ -213,8 +80,8 @@ def test_a_part_takes_only_its_signed_size_and_a_part_sent_again_replaces_it(on)
     assert stored.md5(key) == md5_of(content(size))
 
 
-def test_an_aborted_upload_leaves_nothing_and_the_key_can_be_sent_again(on):
-    server, stored = on()
+def test_an_aborted_upload_leaves_nothing_and_the_key_can_be_sent_again(serve_files):
+    server, stored = serve_files()
     session = Session(server, "abort")
     size = PART + MIB
     key = session.presign(size)
@@ -230,8 +97,8 @@ def test_an_aborted_upload_leaves_nothing_and_the_key_can_be_sent_again(on):
     assert stored.md5(key) == md5_of(content(size))
 
 
-def test_an_incomplete_upload_is_aborted_by_the_sweeper(on):
-    server, stored = on(multipart_ttl=2, sweep_interval=0.2)
+def test_an_incomplete_upload_is_aborted_by_the_sweeper(serve_files):
+    server, stored = serve_files(multipart_ttl=2, sweep_interval=0.2)
     session = Session(server, "sweep")
     size = PART + MIB
     initiated = session.initiate(session.presign(size), size)
@@ -317,3 +184,52 @@ def test_a_file_over_the_single_put_limit_is_presigned_for_parts_and_refused_who
     assert conn.getresponse().status == 413
     conn.close()
     assert session.initiate(answer.json()["file_key"], size)["part_count"] == 6
+
+
+@pytest.mark.slow
+def test_a_file_of_several_gib_goes_through_with_the_engines_memory_flat(serve_files):
+    """3 GiB in 100 MiB parts (the default), made as they are sent. Every MiB starts with its offset: reading
+    those back at each part's ends shows the parts assembled in place, and the object's ETag (S3's digest
+    of the parts' digests) shows it was made of exactly the bytes each part's PUT answered for."""
+    server, stored = serve_files(multipart_part_size=104_857_600)
+    session = Session(server, "big")
+    size = 3 * GIB + 123
+    key = session.presign(size)
+    initiated = session.initiate(key, size)
+    part_size, count = initiated["part_size"], initiated["part_count"]
+    assert (part_size, count) == (104_857_600, 31)
+    etags = upload_parts(session, initiated, size, list(range(1, count + 1)))
+    done = complete(session, initiated["upload_id"], etags)
+    assert done.status_code == 200, done.text
+    try:
+        assert stored.info(key) == (size, multipart_etag([bytes.fromhex(etags[n].strip('"')) for n in range(1, 32)]))
+        for start in range(0, size, part_size):
+            for offset in (start, min(start + part_size, size - 1) // MIB * MIB):
+                assert stored.read(key, offset, 8) == offset.to_bytes(8, "big"), offset
+        with server.client() as client:
+            rss = metric(client, "process_resident_memory_bytes")
+        assert rss is not None and rss < 400 * MIB, rss  # parts stream through the engine, or not through it at all
+    finally:
+        stored.delete(key)
+
+
+def test_the_readmes_script_as_printed_sends_a_file_in_parts(start_server, tmp_path: Path):
+    server = start_server(multipart_part_size=PART)
+    session = Session(server, "readme")
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = text.split("\n## Large files: multipart uploads\n", 1)[1].split("\n## ", 1)[0]
+    (script,) = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
+    size = 2 * PART + 12_345
+    scan = tmp_path / "readme"
+    scan.mkdir()
+    with open(scan / "scan.tif", "wb") as f:
+        for chunk in content(size):
+            f.write(chunk)
+    token = session.headers["Authorization"].removeprefix("Bearer ")
+    done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", script.replace("127.0.0.1:1234", server.url[7:])],
+                          cwd=scan, env={**os.environ, "TOKEN": token, "TEAM": session.team}, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    completed = json.loads(done.stdout)
+    assert completed["file_size"] == size and not list(scan.glob("part.*"))
+    assert Stored(server, None).md5(completed["file_key"]) == md5_of(content(size))

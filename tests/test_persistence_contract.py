@@ -25,10 +25,12 @@ from flowengine.persistence.base import (
     Database,
     FileRecord,
     IdempotencyKey,
+    ModelRecord,
     NewRun,
     TaskChange,
     TaskEventRow,
     TaskRecord,
+    UploadRecord,
     Wait,
     WorkflowRecord,
 )
@@ -736,3 +738,48 @@ async def test_old_idempotency_keys_are_dropped_oldest_first_in_batches(db: Data
     assert await db.drop_idempotency_keys(before=3.5, limit=10) == 2
     assert await db.drop_idempotency_keys(before=3.5, limit=10) == 0
     assert await db.idempotency_key("t1", "k4", 0.0) is not None
+async def test_multipart_uploads_one_a_key_come_due_and_are_dropped_once(db: Database) -> None:
+    early = UploadRecord("u1", "t", "default", "inputs/t/a", "native-1", 10, 5, 2, 1.0, 5.0)
+    late = UploadRecord("u2", "t", "default", "inputs/t/b", "native-2", 10, 5, 2, 2.0, 50.0)
+    async with db.transaction() as tx:
+        await tx.insert_upload(late)
+        await tx.insert_upload(early)
+    assert await db.upload("u1") == early and await db.upload("nope") is None
+    with pytest.raises(Error) as caught:  # a key has one upload under way at most
+        async with db.transaction() as tx:
+            await tx.insert_upload(msgspec.structs.replace(late, id="u3"))
+    assert caught.value.kind == "conflict"
+    assert await db.due_uploads(10.0, 10) == [early]
+    assert await db.drop_upload("u1") and not await db.drop_upload("u1")
+    assert await db.due_uploads(100.0, 10) == [late]
+
+
+async def test_a_files_retention_can_start_again(db: Database) -> None:
+    file = FileRecord("default", "inputs/t/a/x/a.bin", "t", "a.bin", 10, "application/octet-stream", 1.0, 5.0)
+    async with db.transaction() as tx:
+        await tx.insert_file(file)
+        await tx.keep_file("default", file.key, 99.0)
+    assert (await db.file("default", file.key)).expires == 99.0 and await db.due_files(50.0, 10) == []
+
+
+async def test_models_are_kept_by_storage_key_listed_by_team_and_status(db: Database) -> None:
+    first = ModelRecord("m1", "t", "SDXL", "checkpoints", "default", "models/t/1", 10, "sha256:aa", "a/b.bin",
+                        "active", 1.0, 1.0)  # fmt: skip
+    other = msgspec.structs.replace(first, id="m2", storage_key="models/t/2", created=2.0, updated=2.0)
+    theirs = msgspec.structs.replace(first, id="m3", team="u", storage_key="models/u/3")
+    for model in (first, other, theirs):
+        assert await db.put_model(model) == model
+    # Again at a key: the metadata changes, the ID and creation stay.
+    again = msgspec.structs.replace(first, id="m9", display_name="SDXL base", created=5.0, updated=5.0)
+    assert await db.put_model(again) == msgspec.structs.replace(first, display_name="SDXL base", updated=5.0)
+    await db.set_model_status("m2", "disabled", 6.0)
+    assert (await db.model("m2")).status == "disabled" and await db.model("nope") is None
+    assert (await db.model_at("default", "models/t/2")).id == "m2" and await db.model_at("other", "models/t/2") is None
+    assert [m.id for m in await db.models("t", None, 10, 0)] == ["m1", "m2"]
+    assert [m.id for m in await db.models("t", "active", 10, 0)] == ["m1"]
+    assert [m.id for m in await db.models("t", None, 1, 1)] == ["m2"]
+    assert (
+        await db.count_models("t", None),
+        await db.count_models("t", "disabled"),
+        await db.count_models("u", None),
+    ) == (2, 1, 1)

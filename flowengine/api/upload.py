@@ -165,19 +165,27 @@ PUT_OBJECT = Operation(
             str,
             "`*` when the URL signs it (see the WaitingURL's Headers): the object must not exist yet",
         ),
+        in_query(
+            "partNumber",
+            Annotated[int, msgspec.Meta(ge=1, le=MAX_PARTS)],
+            "a part of a multipart upload (`/api/v1/uploads/multipart/presign-parts`): its number, signed",
+        ),
+        in_query("uploadId", str, "a part of a multipart upload: the upload's ID in the store, signed"),
     ),
     body=UPLOAD_BODY,
     security=SIGNED,
     answers={
         **INGEST,
         200: Answer(
-            "the object is stored and its run advanced (or, for a file presigned for the workflow/task API, stored)",
+            "the object is stored and its run advanced (or, for a file presigned for the workflow/task API or a "
+            "part of a multipart upload, stored)",
             headers=(STORED_ETAG,),
         ),
         400: f"{INGEST[400]}, or the key is not valid (invalid_key)",
         403: SIGNATURE,
         409: "no run is waiting for this key and no file was presigned at it, or another upload to its well "
         "finished first (conflict)",
+        404: "a part's multipart upload was completed or aborted (not_found)",
         412: "`If-None-Match: *` is signed and the object exists (precondition_failed)",
     },
 )

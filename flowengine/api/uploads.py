@@ -225,9 +225,9 @@ DESCRIBE = Operation(
 
 PREFIX = "/api/v1/uploads/multipart"
 routes = [
-    ApiRoute(f"{PREFIX}/initiate", initiate, post=INITIATE),
-    ApiRoute(f"{PREFIX}/presign-parts", presign_parts, post=PRESIGN_PARTS),
-    ApiRoute(f"{PREFIX}/complete", complete, post=COMPLETE),
-    ApiRoute(f"{PREFIX}/abort", abort, post=ABORT),
-    ApiRoute(f"{PREFIX}/{{upload_id}}", describe, get=DESCRIBE),
+    ApiRoute(f"{PREFIX}/initiate", initiate, name="multipart_initiate", post=INITIATE),
+    ApiRoute(f"{PREFIX}/presign-parts", presign_parts, name="multipart_presign_parts", post=PRESIGN_PARTS),
+    ApiRoute(f"{PREFIX}/complete", complete, name="multipart_complete", post=COMPLETE),
+    ApiRoute(f"{PREFIX}/abort", abort, name="multipart_abort", post=ABORT),
+    ApiRoute(f"{PREFIX}/{{upload_id}}", describe, name="multipart_upload", get=DESCRIBE),
 ]

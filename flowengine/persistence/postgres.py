@@ -604,6 +604,12 @@ class _Queries:
         row = await self._row(f"SELECT {_MODEL} FROM models WHERE id = %s", (id,))
         return ModelRecord(*row) if row else None
 
+    async def model_at(self, store: str, storage_key: str) -> ModelRecord | None:
+        row = await self._row(
+            f"SELECT {_MODEL} FROM models WHERE store = %s AND storage_key = %s", (store, storage_key)
+        )
+        return ModelRecord(*row) if row else None
+
     async def models(self, team: str, status: str | None, limit: int, offset: int) -> list[ModelRecord]:
         rows = await self._rows(
             f"SELECT {_MODEL} FROM models WHERE team = %s AND (%s::text IS NULL OR status = %s)"

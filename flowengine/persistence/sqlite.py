@@ -519,6 +519,11 @@ class SqliteDatabase:
         row = self.conn.execute(f"SELECT {_MODEL} FROM models WHERE id = ?", (id,)).fetchone()
         return ModelRecord(*row) if row else None
 
+    async def model_at(self, store: str, storage_key: str) -> ModelRecord | None:
+        query = f"SELECT {_MODEL} FROM models WHERE store = ? AND storage_key = ?"
+        row = self.conn.execute(query, (store, storage_key)).fetchone()
+        return ModelRecord(*row) if row else None
+
     async def models(self, team: str, status: str | None, limit: int, offset: int) -> list[ModelRecord]:
         rows = self.conn.execute(
             f"SELECT {_MODEL} FROM models WHERE team = ? AND (? IS NULL OR status = ?) ORDER BY id LIMIT ? OFFSET ?",

@@ -54,6 +54,7 @@ async def initiate(engine: Engine, team: str, key: str, file_size: int) -> Uploa
     try:
         async with engine.db.transaction() as tx:
             await tx.insert_upload(upload)
+            await tx.keep_file(store.name, key, max(file.expires, upload.expires))  # not swept while it goes up
     except Error as exc:
         await store.abort_multipart(key, native)
         if exc.kind == "conflict":
@@ -119,12 +120,16 @@ async def complete(engine: Engine, upload: UploadRecord, store: Store, named: li
         await store.complete_multipart(upload.key, upload.native_id, parts)
     except FileExistsError:
         raise already_exists(upload.key) from None
+    except FileNotFoundError:  # the embedded store: a part was sent again while this read it
+        message = "a part was sent again while the upload was completing: list its parts and complete it again"
+        raise bad_request("part_missing", message, "parts") from None
     now = engine.clock()
     async with engine.db.transaction() as tx:
         await tx.drop_upload(upload.id)
         await tx.keep_file(store.name, upload.key, now + engine.config.input_retention)  # counted from now
     file = await engine.db.file(store.name, upload.key)
-    assert file is not None  # the files sweeper deletes a row only once past its retention
+    if file is None:  # swept this very moment, with the upload's time up
+        raise not_found("multipart upload", upload.id, "upload_id")
     return file
 
 

@@ -8,6 +8,7 @@ names those headers so the caller can tell the client which to send.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
@@ -87,6 +88,10 @@ class Store(Protocol):
     async def list_keys(self, prefix: str, start_after: str = "", limit: int = 1000) -> KeyPage:
         """One request's worth of keys (at most `limit`) that start with `prefix` and come after
         `start_after`, in the server's order."""
+        ...
+
+    def read(self, key: str) -> AsyncIterator[bytes]:
+        """The object's bytes in chunks, streamed; FileNotFoundError if it does not exist."""
         ...
 
     async def download(self, key: str, dest: Path) -> ObjectInfo:

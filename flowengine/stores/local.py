@@ -13,6 +13,7 @@ import re
 import secrets
 import shutil
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote
@@ -126,6 +127,13 @@ class LocalStore:
 
     async def stat(self, key: str) -> ObjectInfo | None:
         return self.stat_now(key)
+
+    async def read(self, key: str) -> AsyncIterator[bytes]:
+        if self.stat_now(key) is None:
+            raise FileNotFoundError(f"{self.location}/{key}")
+        with open(self.path(key), "rb") as f:
+            while chunk := await anyio.to_thread.run_sync(f.read, CHUNK << 2):
+                yield chunk
 
     async def download(self, key: str, dest: Path) -> ObjectInfo:
         info = self.stat_now(key)
