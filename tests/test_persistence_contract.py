@@ -738,6 +738,8 @@ async def test_old_idempotency_keys_are_dropped_oldest_first_in_batches(db: Data
     assert await db.drop_idempotency_keys(before=3.5, limit=10) == 2
     assert await db.drop_idempotency_keys(before=3.5, limit=10) == 0
     assert await db.idempotency_key("t1", "k4", 0.0) is not None
+
+
 async def test_multipart_uploads_one_a_key_come_due_and_are_dropped_once(db: Database) -> None:
     early = UploadRecord("u1", "t", "default", "inputs/t/a", "native-1", 10, 5, 2, 1.0, 5.0)
     late = UploadRecord("u2", "t", "default", "inputs/t/b", "native-2", 10, 5, 2, 2.0, 50.0)
