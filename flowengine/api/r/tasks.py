@@ -207,10 +207,11 @@ async def task_events(request: Request) -> Response:
     engine = engine_of(request)
     task = await _task(engine, request.path_params["taskId"], principal.team)
     after = sse.last_event_id(request)
-    if after and task.status in TERMINAL_TASK and after >= task.events:
-        return Response(status_code=204)  # the stream has ended: an EventSource stops reconnecting
-    if not after:  # a new stream starts with the task's current status
+    given = (request.headers.get("last-event-id"), request.query_params.get("last_event_id"))
+    if not any(value and value.strip() for value in given):  # a new stream starts with the task's current status
         after = max(0, await engine.db.task_state_seq(task.id) - 1)
+    elif task.status in TERMINAL_TASK and after >= task.events:
+        return Response(status_code=204)  # the stream has ended: an EventSource stops reconnecting
 
     async def read_after(seq: int) -> list[sse.Event]:
         return [sse.Event(e.seq, e.kind, e.data) for e in await engine.db.task_events(task.id, seq)]
