@@ -6,6 +6,7 @@ written (only BASE and API_KEY changed), on the embedded store and on S3."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -363,6 +364,34 @@ def test_tasks_need_a_credential_of_the_runtime_kinds(server: Server, team: Team
             assert answer.status_code == 401, (headers, path)
 
 
+def test_a_task_records_how_it_was_created_and_is_its_teams_whoever_started_it(server: Server, team: Team):
+    from live import admin
+
+    team_id = next(line.split()[0] for line in admin(server, "teams", "list").splitlines() if line.endswith("alpha"))
+    admin(server, "users", "add", "ann@example.com", "--team", "alpha")
+    token = admin(server, "token", "--user", "ann@example.com")
+    device = admin(server, "keys", "create", "--team", "alpha", "--kind", "device", "--user", "ann@example.com")
+    url = f"{server.url}/api/v1/r/workflows/slug/greet/run"
+    no_team = httpx.post(url, json={}, headers={"Authorization": f"Bearer {token}"})
+    assert no_team.status_code == 400 and no_team.json()["field"] == "header.X-Team-ID"
+    by_user = httpx.post(url, json={}, headers={"Authorization": f"Bearer {token}", "X-Team-ID": team_id})
+    by_device = httpx.post(url, json={}, headers={"Authorization": f"Bearer {device}"})
+    assert by_user.status_code == by_device.status_code == 202
+    assert team.task(by_user.json()["task_id"])["created_via"] == "jwt"  # the team's key sees its members' tasks
+    assert team.task(by_device.json()["task_id"])["created_via"] == "device"
+
+
+def test_a_file_past_its_retention_is_not_found(start_server: Callable[..., Server], flows_dir: Path):
+    install(flows_dir, "img2img")
+    server = start_server(input_retention=1, sweep_interval=3600)  # kept past its time, yet not taken
+    team = Team(server, "alpha")
+    wait_for_workflows(team)
+    file_key = team.upload()
+    time.sleep(1.2)
+    answer = team.run({"input_image": file_key})
+    assert (answer.status_code, answer.json()["error_code"]) == (400, "file_not_found")
+
+
 # server-sent events
 
 
@@ -501,3 +530,34 @@ def test_the_references_python_example_runs_as_written(
     task = team.wait(done.stdout.strip())
     assert task["task_status"] == "completed", task
     assert httpx.get(team.result(task["id"])["download_url"]).content == photo + b"|enhance|256|fit|False"
+
+
+# in process
+
+
+def test_retries_racing_with_one_idempotency_key_make_one_task(tmp_path: Path):
+    """Submissions with one key that all miss the first lookup (none is committed yet) meet in the
+    claim, inside the transaction that creates each task: one task, the same id for all."""
+    from flowengine.config import Config
+    from flowengine.core.workflows import RunRequest
+    from flowengine.identity.directory import Principal
+    from flowengine.runtime.engine import Engine
+    from flowengine.runtime.tasks import submit
+
+    install(tmp_path, "greet")
+    engine = Engine(Config(data_dir=str(tmp_path / "data"), flows_dir=str(tmp_path)))
+
+    async def scenario() -> tuple[list[tuple[str, bool]], int]:
+        await engine.start()
+        try:
+            await engine.workflows.sync()
+            stored = await engine.workflows.get("t1", slug="greet")
+            caller = Principal("integration", "t1")
+            answers = await asyncio.gather(*(submit(engine, caller, stored, RunRequest(), "key") for _ in range(5)))
+            return answers, await engine.db.count_tasks("t1", None)
+        finally:
+            await engine.stop()
+
+    answers, total = asyncio.run(scenario())
+    assert len({task_id for task_id, _ in answers}) == 1 and total == 1
+    assert sorted(replayed for _, replayed in answers) == [False, True, True, True, True]
