@@ -58,9 +58,9 @@ class Error(Exception):
         match = re.search(r" - at `\$(.*)`$", text)
         path = match.group(1).lstrip(".") if match else ""
         message = text[: match.start()] if match else text
-        missing = re.fullmatch(r"Object missing required field `(\w+)`", message)
-        if missing:  # the field is what is wrong, not the object holding it
-            path = f"{path}.{missing.group(1)}".lstrip(".")
+        named = re.fullmatch(r"Object (?:missing required|contains unknown) field `(.+)`", message)
+        if named:  # the field is what is wrong, not the object holding it
+            path = f"{path}.{named.group(1)}".lstrip(".")
         location = f"{what}.{path}" if path else what
         return cls("invalid", "invalid_field", f"{location}: {message}", location, [Problem(location, message)])
 

@@ -207,10 +207,11 @@ async def task_events(request: Request) -> Response:
     engine = engine_of(request)
     task = await _task(engine, request.path_params["taskId"], principal.team)
     after = sse.last_event_id(request)
-    if after and task.status in TERMINAL_TASK and after >= task.events:
-        return Response(status_code=204)  # the stream has ended: an EventSource stops reconnecting
-    if not after:  # a new stream starts with the task's current status
+    given = (request.headers.get("last-event-id"), request.query_params.get("last_event_id"))
+    if not any(value and value.strip() for value in given):  # a new stream starts with the task's current status
         after = max(0, await engine.db.task_state_seq(task.id) - 1)
+    elif task.status in TERMINAL_TASK and after >= task.events:
+        return Response(status_code=204)  # the stream has ended: an EventSource stops reconnecting
 
     async def read_after(seq: int) -> list[sse.Event]:
         return [sse.Event(e.seq, e.kind, e.data) for e in await engine.db.task_events(task.id, seq)]
@@ -240,7 +241,8 @@ _RUN_ANSWERS: dict[int, Answer | str] = {
     "(missing_parameter), a value of the wrong type (type_mismatch), out of range (out_of_range), not one of "
     "the options (invalid_option), a file not uploaded or another team's (file_not_found), of a type not accepted "
     "(file_type_rejected), over 100 keys (too_many_parameters), comfy_cloud while no cloud is configured "
-    "(cloud_unavailable), another tool_type (tool_type_mismatch), a submitter_region over 64 characters "
+    "(cloud_unavailable) or for a workflow that is no ComfyUI one (bad_dispatch_target), another tool_type"
+    " (tool_type_mismatch), a submitter_region over 64 characters "
     "(bad_region), a disabled workflow (workflow_disabled); or a malformed Idempotency-Key",
     404: "no workflow the caller's team sees has this ID, slug or version (not_found)",
     409: "the Idempotency-Key came with another request in the last 24 hours (idempotency_key_reused)",
