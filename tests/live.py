@@ -129,10 +129,10 @@ def metric(client: httpx.Client, name: str, **labels: str) -> float | None:
 
 
 def admin(server: Server, *args: str) -> str:
-    """Run an operator's command (`flowengine teams ...`, `keys ...`) on a server's data dir, while it
-    runs; its output."""
+    """Run an operator's command (`flowengine teams ...`, `keys ...`) on a server's data dir and database,
+    while it runs; its output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWENGINE_")}
-    if "database" in server.settings:  # the server's database, wherever it is
+    if server.settings.get("database"):
         env["FLOWENGINE_DATABASE"] = str(server.settings["database"])
     done = subprocess.run([sys.executable, "-m", "flowengine.cli", *args, "--data-dir", str(server.data_dir)],
                           capture_output=True, text=True, check=False, env=env)  # fmt: skip

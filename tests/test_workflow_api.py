@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ import httpx
 import pytest
 from live import Server, admin, make_key
 from test_workflows import COMFY
+
+pytestmark = pytest.mark.backends("sqlite", "postgres")
 
 LIBRARY = """
 Tasks:
@@ -391,6 +394,36 @@ def test_credentials(client: httpx.Client, engine: Server):
     # Every kind of team credential manages: a session token for its team, sk- and dk- keys.
     for kind, slug in [("jwt", "by-token"), ("sk", "by-key"), ("dk", "by-device")]:
         create(client, alpha, body(COMFY, workflow_slug=slug), kind)
+
+
+def test_racing_writes_are_each_whole_or_a_clear_409(client: httpx.Client, engine: Server):
+    """Writes at once (on PostgreSQL, in transactions side by side): one create of a slug wins, the others
+    are told the slug is taken; updates each make the next version, or are told to try again."""
+    team = Team(engine, "alpha")
+
+    def post(_: int) -> httpx.Response:
+        with engine.client() as own:
+            return own.post("/api/v1/workflows", json=COMFY, headers=team.headers())
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(post, range(8)))
+    assert sorted(a.status_code for a in answers) == [201] + [409] * 7, [a.text for a in answers]
+    assert {a.json()["error_code"] for a in answers if a.status_code == 409} == {"slug_taken"}
+    (id,) = [a.json()["id"] for a in answers if a.status_code == 201]
+
+    def put(i: int) -> httpx.Response:
+        with engine.client() as own:
+            return own.put(f"/api/v1/workflows/{id}", json=body(COMFY, description=f"take {i}"), headers=team.headers())
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(put, range(8)))
+    assert {a.status_code for a in answers} <= {200, 409}, [a.text for a in answers]
+    assert {a.json()["error_code"] for a in answers if a.status_code == 409} <= {"workflow_changed"}
+    made = sorted(a.json()["version"] for a in answers if a.status_code == 200)
+    assert made == list(range(2, 2 + len(made)))  # each its own version, none lost or made twice
+    for version in made:
+        pinned = client.get(f"/api/v1/r/workflows/slug/sd-portrait@{version}", headers=team.headers()).json()
+        assert pinned["version"] == version and pinned["description"].startswith("take ")
 
 
 # --- pages ---------------------------------------------------------------------------------------

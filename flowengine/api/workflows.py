@@ -114,6 +114,7 @@ UPDATE = Operation(
         200: Answer("the workflow's id and its current version", WorkflowSaved),
         400: f"{_BODY_PROBLEMS}; or the slug is another (slug_immutable)",
         **_OWN,
+        409: "another update made the next version meanwhile: read the workflow and try again (workflow_changed)",
     },
 )
 _STATUS_NOTE = "Its versions stay as they are; the status is the workflow's, whichever version a task names."

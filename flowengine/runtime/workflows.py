@@ -98,11 +98,16 @@ class Workflows:
         now = self.engine.clock()
         record = WorkflowRecord(self.engine.new_id(), team, prepared.workflow_slug, 1, status or "active", now, now,
                                 API_SOURCE)  # fmt: skip
-        async with self.engine.db.transaction() as tx:
-            taken = await tx.workflow(slug=record.slug)
-            if taken is not None:
-                raise _slug_taken(record.slug, taken, team, "workflow_slug")
-            await tx.insert_workflow(record, _encode(prepared))
+        try:
+            async with self.engine.db.transaction() as tx:
+                taken = await tx.workflow(slug=record.slug)
+                if taken is not None:
+                    raise _slug_taken(record.slug, taken, team, "workflow_slug")
+                await tx.insert_workflow(record, _encode(prepared))
+        except Error as exc:
+            if exc.code != "conflict":  # the database's unique slug: another engine's create won the race
+                raise
+            raise Error("conflict", "slug_taken", f"slug {record.slug!r} was taken meanwhile", "workflow_slug") from exc
         return Stored(record, 1, prepared)
 
     async def update(self, team: str, id: str, workflow: WorkflowIn, status: WorkflowStatus | None = None) -> Stored:
@@ -114,9 +119,15 @@ class Workflows:
                                                 "clients name it): create a new workflow for a new slug",
                               "workflow_slug")  # fmt: skip
         prepared = await self._checked(msgspec.structs.replace(workflow, workflow_slug=record.slug))
-        async with self.engine.db.transaction() as tx:
-            record = await self._own(team, id, tx)
-            record = await _save(tx, record, _encode(prepared), status, self.engine.clock())
+        try:
+            async with self.engine.db.transaction() as tx:
+                record = await self._own(team, id, tx)
+                record = await _save(tx, record, _encode(prepared), status, self.engine.clock())
+        except Error as exc:
+            if exc.code != "conflict":  # the database's unique (workflow, version): another update won the race
+                raise
+            message = f"workflow {id!r} changed meanwhile (another update made its next version): read it, try again"
+            raise Error("conflict", "workflow_changed", message, "path.workflowId") from exc
         return Stored(record, record.version, prepared)
 
     async def set_status(self, team: str, id: str, status: WorkflowStatus) -> Stored:
