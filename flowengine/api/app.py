@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from flowengine import version
-from flowengine.api import browser, credentials, events, flow, openapi, upload
+from flowengine.api import browser, credentials, events, flow, openapi, pairing, upload
 from flowengine.api.documents import RenderedDocuments
 from flowengine.api.errors import ERROR_HANDLERS, error_response
 from flowengine.api.http import json_response, send_json
@@ -144,6 +144,7 @@ def create_app(config: Config, engine: Engine | None = None) -> HotRoutes:
         app.state.engine = running = engine or Engine(config)
         app.state.documents = RenderedDocuments(running)
         app.state.inline_plans = LRU(flow.INLINE_PLANS)
+        app.state.pairing = pairing.Service(running)
         await running.start()
         gc.freeze()  # what is loaded by now lives as long as the process: full collections need not walk it each time
         running.spawn(overview.log_overview(running))
@@ -153,7 +154,15 @@ def create_app(config: Config, engine: Engine | None = None) -> HotRoutes:
             await app.state.engine.stop()
 
     app = Starlette(
-        routes=[*flow.routes, *upload.routes, *events.routes, *r_files.routes, *credentials.routes, *routes],
+        routes=[
+            *flow.routes,
+            *upload.routes,
+            *events.routes,
+            *r_files.routes,
+            *credentials.routes,
+            *pairing.routes,
+            *routes,
+        ],
         exception_handlers=ERROR_HANDLERS,
         lifespan=lifespan,
     )

@@ -62,7 +62,9 @@ def error_response(error: Error, path: str = "") -> Response:
         body: msgspec.Struct = ReferenceErrorBody(error.message, error.code, error.location)
     else:
         body = ErrorBody(error.code, error.message, error.location, error.problems)
-    headers = {"WWW-Authenticate": "Bearer"} if error.kind == "unauthorized" else None
+    headers = {"WWW-Authenticate": "Bearer"} if error.kind == "unauthorized" else {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(error.retry_after)
     return Response(_encode(body), STATUS[error.kind], headers=headers, media_type="application/json")
 
 
