@@ -129,10 +129,12 @@ def metric(client: httpx.Client, name: str, **labels: str) -> float | None:
 
 
 def admin(server: Server, *args: str) -> str:
-    """Run an operator's command (`flowengine teams ...`, `keys ...`) on a server's data dir, while it
-    runs; its output."""
+    """Run an operator's command (`flowengine teams ...`, `keys ...`) on a server's data dir and
+    database, while it runs; its output."""
+    env = {**os.environ, **({"FLOWENGINE_DATABASE": server.settings["database"]} if "database" in server.settings
+                            else {})}  # fmt: skip
     done = subprocess.run([sys.executable, "-m", "flowengine.cli", *args, "--data-dir", str(server.data_dir)],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+                          capture_output=True, text=True, check=False, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 

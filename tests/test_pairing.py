@@ -83,6 +83,7 @@ def test_a_device_is_paired_and_collects_its_keys_exactly_once(keyed: Server, an
             assert secret.encode() not in stored
 
 
+@pytest.mark.backends("sqlite", "postgres")
 def test_of_two_polls_at_once_one_collects_the_keys(keyed: Server, ann: Member):
     with keyed.client() as client:
         started = start(client)
@@ -94,6 +95,7 @@ def test_of_two_polls_at_once_one_collects_the_keys(keyed: Server, ann: Member):
         assert len(listed(client, ann, "device")) == 1
 
 
+@pytest.mark.backends("sqlite", "postgres")
 def test_revoking_the_device_key_revokes_its_agent_key_at_once(keyed: Server, ann: Member):
     with keyed.client() as client:
         started = start(client)
