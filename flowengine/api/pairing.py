@@ -75,13 +75,6 @@ class Poll(msgspec.Struct):
     device_code: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
 
-class PollAnswer(msgspec.Struct, omit_defaults=True):
-    status: str  # pending | slow_down | expired | approved
-    interval: int = 0  # seconds to wait before the next poll (grown after a slow_down)
-    raw_key: str | None = None  # approved: the device's dk- key, this once
-    agent_key: str | None = None  # approved: its companion ak- key (the device's agent), this once
-
-
 async def start(request: Request) -> Response:
     pairing = service(request)
     client = request.client.host if request.client else ""
@@ -104,8 +97,7 @@ async def confirm(request: Request) -> Response:
 
 async def poll(request: Request) -> Response:
     body = await body_of(request, Poll)
-    polled: Polled = await service(request).pairings.poll(body.device_code)
-    return json_response(PollAnswer(polled.status, polled.interval, polled.raw_key, polled.agent_key))
+    return json_response(await service(request).pairings.poll(body.device_code))
 
 
 RETRY_AFTER = (in_header("Retry-After", int, "seconds to wait"),)
@@ -151,7 +143,7 @@ POLL = Operation(
     body=Body(Poll, "the device code `start` gave"),
     errors=ReferenceErrorBody,
     answers={
-        200: Answer("where the pairing stands", PollAnswer),
+        200: Answer("where the pairing stands", Polled),
         400: "device_code is missing or not a string (the field is named)",
         404: "no pairing has this device code: never started, collected already, or expired long ago (not_found)",
     },

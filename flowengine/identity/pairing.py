@@ -42,11 +42,13 @@ class Started(msgspec.Struct, frozen=True):
     interval: int
 
 
-class Polled(msgspec.Struct, frozen=True):
+class Polled(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Where a pairing stands, as the poll answers it."""
+
     status: PollStatus
-    interval: int = 0
-    raw_key: str | None = None  # approved: the dk- key
-    agent_key: str | None = None  # approved: its companion ak- key
+    interval: int = 0  # pending, slow_down: seconds to wait before the next poll
+    raw_key: str | None = None  # approved: the device's dk- key, this once
+    agent_key: str | None = None  # approved: its companion ak- key (for the device's agent), this once
 
 
 def show(user_code: str) -> str:
