@@ -30,12 +30,14 @@ PATH_SETTINGS = ("data_dir", "flows_dir", "work_dir")  # "" (work_dir's default)
 LIST_SETTINGS = ("step_read_paths",)
 DURATION_SETTINGS = ("session_ttl", "upload_ttl", "download_ttl", "input_retention", "output_retention",
                      "sweep_interval", "reconcile_interval", "reconcile_max_interval",
-                     "python_worker_idle", "multipart_ttl")  # fmt: skip
+                     "python_worker_idle", "multipart_ttl",
+                     "pair_code_ttl")  # fmt: skip
 SQLITE = "sqlite:///"
 POSTGRES = ("postgresql://", "postgres://")
 CLIENT_VARIABLES = ("FLOWENGINE_URL", "FLOWENGINE_KEY")  # read by the examples and clients, not by the engine
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+NoneOrMore = Annotated[int, msgspec.Meta(ge=0)]
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 
@@ -59,6 +61,15 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     allow_open: bool = False  # serve with auth: open on an address other than loopback (anyone could use it)
     jwt_secret: str = ""  # HMAC key of user session tokens; empty: generated once, kept in data_dir/jwt_secret
     session_ttl: Positive = 43_200.0  # seconds a session token (`flowengine token`) and a dashboard sign-in live (12 h)
+    # Pairing a device (/api/v1/desktop/pair/*): how long a code waits to be confirmed, how often a device
+    # may poll, the page users enter codes on ("": {public_url}/desktop/pair), and the limits that keep
+    # the anonymous endpoints from being flooded (0: no limit).
+    pair_code_ttl: Positive = 300.0  # seconds
+    pair_interval: AtLeastOne = 2  # seconds between polls; polling sooner answers slow_down (and adds 5 s)
+    pair_verification_url: str = ""
+    pair_start_limit: NoneOrMore = 10  # pairings started per minute per client address
+    pair_confirm_limit: NoneOrMore = 10  # confirmations tried per minute per user
+    pair_max_pending: NoneOrMore = 10_000  # pairings waiting at once, across all clients
     files_store: str = "default"  # where files presigned for the workflow/task API go: default or an operator store
     multipart_part_size: Annotated[int, msgspec.Meta(ge=5 * 1024 * 1024)] = 104_857_600  # bytes a part (100 MiB)
     max_multipart_size: AtLeastOne = 5 * 1024**4  # bytes, for a file sent in parts (5 TiB, S3's largest object)

@@ -42,7 +42,14 @@ class Problem(msgspec.Struct, rename="pascal", frozen=True):
 
 class Error(Exception):
     def __init__(
-        self, kind: Kind, code: str, message: str, location: str = "", problems: list[Problem] | None = None
+        self,
+        kind: Kind,
+        code: str,
+        message: str,
+        location: str = "",
+        problems: list[Problem] | None = None,
+        *,
+        retry_after: int | None = None,  # seconds after which the same request may succeed (a rate limit)
     ) -> None:
         super().__init__(message)
         self.kind = kind
@@ -50,6 +57,7 @@ class Error(Exception):
         self.message = message
         self.location = location
         self.problems = problems or []
+        self.retry_after = retry_after
 
     @classmethod
     def from_msgspec(cls, exc: msgspec.ValidationError, what: str) -> Error:

@@ -19,7 +19,7 @@ import pytest
 from flowengine.config import Config
 from flowengine.core import machine
 from flowengine.errors import Error
-from flowengine.identity.records import Credential, Team, User
+from flowengine.identity.records import Credential, Pairing, Team, User
 from flowengine.persistence import open_database
 from flowengine.persistence.base import (
     Database,
@@ -573,6 +573,27 @@ async def test_teams_users_members_and_credentials(db: Database) -> None:
     await db.touch_credential("c1", 9.0)
     found = await db.credential(id="c1")
     assert (found.revoked, found.last_used) == (7.0, 9.0) and not found.usable(10.0)
+
+
+async def test_pairings_are_found_confirmed_polled_taken_once_and_swept(db: Database) -> None:
+    waiting, old = Pairing("h1", "ABCD2345", 1.0, 301.0, 2), Pairing("h2", "EFGH6789", 1.0, 50.0, 2)
+    async with db.transaction() as tx:
+        await tx.insert_pairing(waiting)
+        await tx.insert_pairing(old)
+    with pytest.raises(Error) as taken:  # a user code is one pairing's
+        async with db.transaction() as tx:
+            await tx.insert_pairing(Pairing("h3", "ABCD2345", 2.0, 302.0, 2))
+    assert taken.value.kind == "conflict" and await db.pairing(device_hash="h3") is None
+    assert await db.pairing(device_hash="h1") == waiting and await db.pairing(user_code="EFGH6789") == old
+    assert await db.pairing(user_code="nope") is None
+    await db.polled_pairing("h1", 10.0, 7)
+    await db.confirm_pairing("ABCD2345", "t1", "u1", "laptop", 11.0)
+    assert await db.pairing(device_hash="h1") == Pairing("h1", "ABCD2345", 1.0, 301.0, 7, 10.0, "t1", "u1", "laptop",
+                                                         11.0)  # fmt: skip
+    assert [await db.count_pairings(now) for now in (40.0, 100.0, 400.0)] == [2, 1, 0]
+    await db.drop_pairings(expired_before=100.0)
+    assert await db.pairing(device_hash="h2") is None and await db.pairing(device_hash="h1") is not None
+    assert [await db.take_pairing("h1"), await db.take_pairing("h1")] == [True, False]
 
 
 async def test_files_are_found_by_store_and_key_and_come_due(db: Database) -> None:

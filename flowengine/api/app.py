@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from flowengine import version
-from flowengine.api import browser, credentials, events, flow, models, openapi, ui, upload, uploads, workflows
+from flowengine.api import browser, credentials, events, flow, models, openapi, pairing, ui, upload, uploads, workflows
 from flowengine.api.documents import RenderedDocuments
 from flowengine.api.errors import ERROR_HANDLERS, error_response
 from flowengine.api.http import json_response, send_json
@@ -153,6 +153,7 @@ def create_app(config: Config, engine: Engine | None = None) -> HotRoutes:
         app.state.engine = dashboard.state.engine = running = engine or Engine(config)
         app.state.documents = RenderedDocuments(running)
         app.state.inline_plans = LRU(flow.INLINE_PLANS)
+        app.state.pairing = pairing.Service(running)
         await running.start()
         gc.freeze()  # what is loaded by now lives as long as the process: full collections need not walk it each time
         running.spawn(overview.log_overview(running))
@@ -173,6 +174,7 @@ def create_app(config: Config, engine: Engine | None = None) -> HotRoutes:
             *uploads.routes,
             *credentials.routes,
             *models.routes,
+            *pairing.routes,
             *routes,
         ],
         exception_handlers=ERROR_HANDLERS,

@@ -72,7 +72,9 @@ def error_response(error: Error, path: str = "") -> Response:
         status = 400 if error.kind == "invalid" else status  # the reference says 400 for every invalid field
     else:
         body = ErrorBody(error.code, error.message, error.location, error.problems)
-    headers = {"WWW-Authenticate": "Bearer"} if error.kind == "unauthorized" else None
+    headers = {"WWW-Authenticate": "Bearer"} if error.kind == "unauthorized" else {}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(error.retry_after)
     return Response(_encode(body), status, headers=headers, media_type="application/json")
 
 

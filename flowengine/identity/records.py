@@ -45,3 +45,19 @@ class Credential(msgspec.Struct, frozen=True):
         if self.revoked is not None:
             return "revoked"
         return "expired" if self.expires is not None and now >= self.expires else "active"
+
+
+class Pairing(msgspec.Struct, frozen=True):
+    """A device waiting to be paired (identity/pairing.py): found by its device code's hash (the code
+    itself is never stored) or by the code a user confirms it with."""
+
+    device_hash: str  # SHA-256 of the device code
+    user_code: str  # 8 characters, without the dash
+    created: float
+    expires: float
+    interval: int  # seconds the device waits between polls (grows by 5 at each slow_down)
+    last_poll: float | None = None
+    team: str | None = None  # the rest: set when a member of the team confirms it
+    user: str | None = None
+    device_name: str | None = None
+    confirmed: float | None = None

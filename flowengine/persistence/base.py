@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 import msgspec
 
 from flowengine.core.machine import Run
-from flowengine.identity.records import Credential, Role, Team, User
+from flowengine.identity.records import Credential, Pairing, Role, Team, User
 
 
 class Wait(msgspec.Struct, frozen=True, gc=False):
@@ -296,6 +296,27 @@ class Queries(Protocol):
     async def revoke_credentials(self, ids: list[str], at: float) -> None: ...
 
     async def touch_credential(self, id: str, at: float) -> None: ...
+
+    # devices waiting to be paired (identity/pairing.py decides; this stores)
+    async def insert_pairing(self, pairing: Pairing) -> None:
+        """A conflict error when its user code is taken."""
+        ...
+
+    async def pairing(self, *, device_hash: str | None = None, user_code: str | None = None) -> Pairing | None: ...
+
+    async def confirm_pairing(self, user_code: str, team: str, user: str, device_name: str, at: float) -> None: ...
+
+    async def polled_pairing(self, device_hash: str, at: float, interval: int) -> None: ...
+
+    async def take_pairing(self, device_hash: str) -> bool:
+        """Delete it; whether this call did (of two at once, one does)."""
+        ...
+
+    async def count_pairings(self, now: float) -> int:
+        """Those not yet expired."""
+        ...
+
+    async def drop_pairings(self, expired_before: float) -> None: ...
 
     # files presigned for the workflow/task API
     async def insert_file(self, file: FileRecord) -> None: ...

@@ -35,7 +35,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from flowengine.core.machine import Run
 from flowengine.errors import Error, conflict, insufficient_storage
-from flowengine.identity.records import Credential, Role, Team, User
+from flowengine.identity.records import Credential, Pairing, Role, Team, User
 from flowengine.persistence import redacted
 from flowengine.persistence.base import (
     FileRecord,
@@ -136,6 +136,7 @@ def migrate(url: str) -> list[Migration]:
 _CREDENTIAL = (
     'id, kind, team, "user", display_name, key_prefix, key_hash, created, expires, revoked, last_used, paired_with'
 )
+_PAIRING = 'device_hash, user_code, created, expires, "interval", last_poll, team, "user", device_name, confirmed'
 _FILE = "store, key, team, name, size, content_type, created, expires"
 _WORKFLOW = "id, team, slug, version, status, created, updated, source"
 _TASK = ", ".join(f.name for f in msgspec.structs.fields(TaskRecord))  # the columns are its fields, in order
@@ -545,6 +546,37 @@ class _Queries:
 
     async def touch_credential(self, id: str, at: float) -> None:
         await self._execute("UPDATE credentials SET last_used = %s WHERE id = %s", (at, id))
+
+    # devices waiting to be paired
+
+    async def insert_pairing(self, pairing: Pairing) -> None:
+        marks = ", ".join(["%s"] * len(msgspec.structs.fields(Pairing)))
+        await self._execute(f"INSERT INTO pairings ({_PAIRING}) VALUES ({marks})", msgspec.structs.astuple(pairing))
+
+    async def pairing(self, *, device_hash: str | None = None, user_code: str | None = None) -> Pairing | None:
+        column, value = ("device_hash", device_hash) if device_hash is not None else ("user_code", user_code)
+        row = await self._row(f"SELECT {_PAIRING} FROM pairings WHERE {column} = %s", (value,))
+        return Pairing(*row) if row else None
+
+    async def confirm_pairing(self, user_code: str, team: str, user: str, device_name: str, at: float) -> None:
+        await self._execute(
+            'UPDATE pairings SET team = %s, "user" = %s, device_name = %s, confirmed = %s WHERE user_code = %s',
+            (team, user, device_name, at, user_code),
+        )
+
+    async def polled_pairing(self, device_hash: str, at: float, interval: int) -> None:
+        await self._execute(
+            'UPDATE pairings SET last_poll = %s, "interval" = %s WHERE device_hash = %s', (at, interval, device_hash)
+        )
+
+    async def take_pairing(self, device_hash: str) -> bool:
+        return await self._row("DELETE FROM pairings WHERE device_hash = %s RETURNING 1", (device_hash,)) is not None
+
+    async def count_pairings(self, now: float) -> int:
+        return (await self._row("SELECT count(*) FROM pairings WHERE expires > %s", (now,)))[0]  # type: ignore[index]
+
+    async def drop_pairings(self, expired_before: float) -> None:
+        await self._execute("DELETE FROM pairings WHERE expires < %s", (expired_before,))
 
     # files presigned for the workflow/task API
 

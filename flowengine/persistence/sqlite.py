@@ -23,7 +23,7 @@ import msgspec
 
 from flowengine.core.machine import Run
 from flowengine.errors import Error, conflict, insufficient_storage
-from flowengine.identity.records import Credential, Role, Team, User
+from flowengine.identity.records import Credential, Pairing, Role, Team, User
 from flowengine.persistence.base import (
     FileRecord,
     IdempotencyKey,
@@ -45,6 +45,7 @@ WAL_KEEP = 64 << 20  # bytes of WAL file kept for reuse after a checkpoint; the 
 _CREDENTIAL = (
     "id, kind, team, user, display_name, key_prefix, key_hash, created, expires, revoked, last_used, paired_with"
 )
+_PAIRING = "device_hash, user_code, created, expires, interval, last_poll, team, user, device_name, confirmed"
 _FILE = "store, key, team, name, size, content_type, created, expires"
 _WORKFLOW = "id, team, slug, version, status, created, updated, source"
 _TASK = ", ".join(f.name for f in msgspec.structs.fields(TaskRecord))  # the columns are its fields, in order
@@ -464,6 +465,37 @@ class SqliteDatabase:
 
     async def touch_credential(self, id: str, at: float) -> None:
         self.conn.execute("UPDATE credentials SET last_used = ? WHERE id = ?", (at, id))
+
+    # devices waiting to be paired
+
+    async def insert_pairing(self, pairing: Pairing) -> None:
+        marks = ", ".join("?" * len(msgspec.structs.fields(Pairing)))
+        self.conn.execute(f"INSERT INTO pairings ({_PAIRING}) VALUES ({marks})", msgspec.structs.astuple(pairing))
+
+    async def pairing(self, *, device_hash: str | None = None, user_code: str | None = None) -> Pairing | None:
+        column, value = ("device_hash", device_hash) if device_hash is not None else ("user_code", user_code)
+        row = self.conn.execute(f"SELECT {_PAIRING} FROM pairings WHERE {column} = ?", (value,)).fetchone()
+        return Pairing(*row) if row else None
+
+    async def confirm_pairing(self, user_code: str, team: str, user: str, device_name: str, at: float) -> None:
+        self.conn.execute(
+            "UPDATE pairings SET team = ?, user = ?, device_name = ?, confirmed = ? WHERE user_code = ?",
+            (team, user, device_name, at, user_code),
+        )
+
+    async def polled_pairing(self, device_hash: str, at: float, interval: int) -> None:
+        self.conn.execute(
+            "UPDATE pairings SET last_poll = ?, interval = ? WHERE device_hash = ?", (at, interval, device_hash)
+        )
+
+    async def take_pairing(self, device_hash: str) -> bool:
+        return self.conn.execute("DELETE FROM pairings WHERE device_hash = ?", (device_hash,)).rowcount == 1
+
+    async def count_pairings(self, now: float) -> int:
+        return self.conn.execute("SELECT count(*) FROM pairings WHERE expires > ?", (now,)).fetchone()[0]
+
+    async def drop_pairings(self, expired_before: float) -> None:
+        self.conn.execute("DELETE FROM pairings WHERE expires < ?", (expired_before,))
 
     # files presigned for the workflow/task API
 
