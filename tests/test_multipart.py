@@ -42,7 +42,7 @@ def test_a_file_goes_up_in_parts_resumes_and_completes_to_its_presigned_key(serv
 
     etags = upload_parts(session, initiated, size, [1, 3])
     # The client stops here, and resumes: the upload says which parts it holds.
-    described = session.client.get(f"{MULTIPART}/{initiated['upload_id']}").json()
+    described = session.client.get(f"{MULTIPART}/{initiated['upload_id']}/parts").json()
     assert [(p["part_number"], p["size"]) for p in described["parts"]] == [(1, PART), (3, PART)]
     assert {p["part_number"]: f'"{p["etag"]}"' for p in described["parts"]} == etags
     etags |= upload_parts(session, initiated, size, [2, 4])
@@ -53,7 +53,7 @@ def test_a_file_goes_up_in_parts_resumes_and_completes_to_its_presigned_key(serv
     assert stored.md5(key) == md5_of(content(size))
     assert stored.uploads_under_way() == 0
     # Done: the upload is gone, and the key is taken.
-    assert session.client.get(f"{MULTIPART}/{initiated['upload_id']}").status_code == 404
+    assert session.client.get(f"{MULTIPART}/{initiated['upload_id']}/parts").status_code == 404
     assert session.post("initiate", storage_key=key, file_size=size).status_code == 412
 
 
@@ -107,7 +107,7 @@ def test_an_incomplete_upload_is_aborted_by_the_sweeper(serve_files):
     while stored.uploads_under_way() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert stored.uploads_under_way() == 0
-    assert session.client.get(f"{MULTIPART}/{initiated['upload_id']}").status_code == 404
+    assert session.client.get(f"{MULTIPART}/{initiated['upload_id']}/parts").status_code == 404
 
 
 def test_only_a_users_session_may_send_parts_and_only_for_its_team(start_server):
@@ -132,10 +132,10 @@ def test_only_a_users_session_may_send_parts_and_only_for_its_team(start_server)
     assert (theirs.status_code, theirs.json()["field"]) == (400, "storage_key")
     upload_id = session.initiate(key, size)["upload_id"]
     assert other.post("presign-parts", upload_id=upload_id, part_numbers=[1]).status_code == 404
-    assert other.client.get(f"{MULTIPART}/{upload_id}").status_code == 404
+    assert other.client.get(f"{MULTIPART}/{upload_id}/parts").status_code == 404
     assert other.post("abort", upload_id=upload_id).status_code == 404
     assert other.post("complete", upload_id=upload_id, parts=[{"part_number": 1, "etag": "x"}]).status_code == 404
-    assert session.client.get(f"{MULTIPART}/{upload_id}").status_code == 200
+    assert session.client.get(f"{MULTIPART}/{upload_id}/parts").status_code == 200
 
 
 BAD_REQUESTS = [

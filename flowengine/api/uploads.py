@@ -229,5 +229,5 @@ routes = [
     ApiRoute(f"{PREFIX}/presign-parts", presign_parts, name="multipart_presign_parts", post=PRESIGN_PARTS),
     ApiRoute(f"{PREFIX}/complete", complete, name="multipart_complete", post=COMPLETE),
     ApiRoute(f"{PREFIX}/abort", abort, name="multipart_abort", post=ABORT),
-    ApiRoute(f"{PREFIX}/{{upload_id}}", describe, name="multipart_upload", get=DESCRIBE),
+    ApiRoute(f"{PREFIX}/{{upload_id}}/parts", describe, name="multipart_upload", get=DESCRIBE),
 ]
