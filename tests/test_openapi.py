@@ -18,7 +18,7 @@ from starlette.routing import Route
 from flowengine.api import openapi
 from flowengine.api.app import create_app
 from flowengine.api.documents import RunDoc, RunStatus, Source, StepStatus
-from flowengine.api.errors import ErrorBody
+from flowengine.api.errors import REFERENCE_PREFIXES, ErrorBody
 from flowengine.api.openapi import Answer, ApiRoute, Operation, in_path
 from flowengine.config import Config
 from flowengine.core import machine
@@ -134,7 +134,7 @@ def test_what_every_route_of_a_kind_answers_is_on_each(doc: dict[str, Any]) -> N
         if method not in ("GET", "HEAD") and not path.startswith(("/store/", "/api/v1/hook/")):
             assert "cross_site_request" in answers["403"]["description"], (path, method)
         if "application/json" in op.get("requestBody", {}).get("content", {}):
-            reference = path.startswith("/api/v1/r/")  # the workflow/task API: its errors in the reference's shape
+            reference = path.startswith(REFERENCE_PREFIXES)  # errors in the reference's shape
             error = {"$ref": "#/components/schemas/ReferenceErrorBody"} if reference else ERROR
             for status in ("400", "413", "415") if reference else ("400", "413", "415", "422"):
                 assert answers[status]["content"]["application/json"]["schema"] == error, (path, method, status)

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from flowengine import version
-from flowengine.api import browser, events, flow, openapi, upload
+from flowengine.api import agent, browser, events, flow, openapi, upload
 from flowengine.api.documents import RenderedDocuments
 from flowengine.api.errors import ERROR_HANDLERS, error_response
 from flowengine.api.http import json_response, send_json
@@ -153,7 +153,7 @@ def create_app(config: Config, engine: Engine | None = None) -> HotRoutes:
             await app.state.engine.stop()
 
     app = Starlette(
-        routes=[*flow.routes, *upload.routes, *events.routes, *r_files.routes, *routes],
+        routes=[*flow.routes, *upload.routes, *events.routes, *r_files.routes, *agent.routes, *routes],
         exception_handlers=ERROR_HANDLERS,
         lifespan=lifespan,
     )
