@@ -100,11 +100,14 @@ def test_an_agent_with_the_labels_leases_runs_through_urls_and_completes_exactly
     assert lease["inputs"]["scene"]["size"] == len(b"a scene")
     [again] = gpu.lease(wait=0)  # not acknowledged yet: offered again, as it was (a lost answer)
     assert (again["lease_id"], again["token"]) == (lease["lease_id"], lease["token"])
+    assert gpu.heartbeat([lease["lease_id"]]) == {"cancel": [], "lost": []}  # an offer is the agent's too
     assert gpu.call(lease, "ack").status_code == 200
     assert gpu.call(lease, "ack").status_code == 200  # the same acknowledgement again: harmless
     task = client.get(f"/api/v1/flow/status/{run_id}").json()
     assert task["Steps"][0]["Status"] == "RUNNING"
 
+    forged = gpu.call({**lease, "token": "forged"}, "progress", message="not mine")
+    assert forged.status_code == 409 and forged.json()["field"] == "token"
     logs = [{"seq": 1, "text": "loading"}, {"seq": 2, "text": "sampling"}]
     assert gpu.call(lease, "progress", fraction=0.5, step="KSampler", message="half", logs=logs).status_code == 200
     assert gpu.call(lease, "progress", logs=[logs[1], {"seq": 3, "text": "saving"}]).status_code == 200  # 2 again
@@ -167,6 +170,21 @@ def test_an_expired_lease_is_retried_elsewhere_and_the_late_workers_reports_are_
     [image] = [a for a in done["Artifacts"] if a["EdgeName"] == "image"]
     assert httpx.get(image["GetURL"]).content == b"winner"
     assert done["Steps"][0]["Attempts"] == 2
+
+
+def test_a_lease_the_agent_no_longer_lists_is_not_kept_alive_by_its_heartbeats(engine):
+    server, client, key = engine
+    agent = Agent(server, key, "forgetful", labels=["gpu"])
+    start_run(client, gpu_flow(attempts=2))
+    [lease] = until(lambda: agent.lease(wait=1))
+    assert agent.call(lease, "ack").status_code == 200
+
+    def retried() -> list[dict]:
+        assert agent.heartbeat([]) == {"cancel": [], "lost": []}  # alive, running nothing
+        return agent.lease(wait=0.5)
+
+    [again] = until(retried)
+    assert (again["attempt"], again["lease_id"] != lease["lease_id"]) == (2, True)
 
 
 def test_a_heartbeat_keeps_a_lease_and_says_to_cancel_a_cancelled_step(engine):

@@ -656,6 +656,10 @@ async def test_held_due_and_extended_attempts(db: Database):
     assert (await db.attempt("a2")).lease_expires == 80.0
     await db.extend_leases("agent-1", "s1", 50.0)  # never shortened
     assert (await db.attempt("a2")).lease_expires == 80.0
+    await db.extend_leases("agent-1", "s1", 90.0, ids=["a1", "a9"])  # only those named
+    assert (await db.attempt("a2")).lease_expires == 80.0
+    await db.extend_leases("agent-1", "s1", 90.0, ids=["a2"])
+    assert (await db.attempt("a2")).lease_expires == 90.0
     assert await db.attempts_running() == {"agent-1": ["a2"]}
 
 

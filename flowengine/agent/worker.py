@@ -55,6 +55,8 @@ class Agent:
         self.options = options
         self.http = httpx.AsyncClient(base_url=options.server.rstrip("/"), timeout=httpx.Timeout(30, read=90),
                                       headers={"Authorization": f"Bearer {options.key}"})  # fmt: skip
+        # Presigned URLs carry their own authority: sent without the agent's key, on connections of their own.
+        self.plain = httpx.AsyncClient(timeout=httpx.Timeout(30, read=300, write=300))
         self.session = ""
         self.heartbeat_interval = 10.0
         self.running: dict[str, asyncio.Task] = {}  # lease id -> its step
@@ -110,6 +112,7 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await beats
             await self.http.aclose()
+            await self.plain.aclose()
 
     async def _lease_loop(self) -> None:
         while not self.stopping.is_set():
@@ -251,7 +254,7 @@ class Agent:
 
     async def _download(self, url: str, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        async with httpx.AsyncClient(timeout=httpx.Timeout(30, read=300)) as plain, plain.stream("GET", url) as got:
+        async with self.plain.stream("GET", url) as got:
             got.raise_for_status()
             with open(dest, "wb") as f:
                 async for chunk in got.aiter_bytes(1 << 20):
@@ -265,9 +268,8 @@ class Agent:
                 while chunk := f.read(1 << 20):
                     yield chunk
 
-        async with httpx.AsyncClient(timeout=httpx.Timeout(30, write=300)) as plain:
-            put = await plain.put(url, content=chunks(), headers={**headers, "Content-Length": str(size)})
-            put.raise_for_status()
+        put = await self.plain.put(url, content=chunks(), headers={**headers, "Content-Length": str(size)})
+        put.raise_for_status()
         return size
 
 

@@ -327,8 +327,8 @@ class Queries(Protocol):
         """Attempts whose offer, lease or deadline has passed by `now`."""
         ...
 
-    async def extend_leases(self, worker: str, session: str, until: float) -> None:
-        """Every running lease of that worker's session now lasts until `until`."""
+    async def extend_leases(self, worker: str, session: str, until: float, ids: list[str] | None = None) -> None:
+        """Every running lease of that worker's session (of those `ids`, if given) now lasts until `until`."""
         ...
 
     async def attempts_running(self) -> dict[str, list[str]]:

@@ -675,11 +675,12 @@ class _Queries:
         )
         return [attempt_from(r) for r in rows]
 
-    async def extend_leases(self, worker: str, session: str, until: float) -> None:
+    async def extend_leases(self, worker: str, session: str, until: float, ids: list[str] | None = None) -> None:
+        only = "" if ids is None else " AND id = ANY(%s)"
         await self._execute(
             "UPDATE attempts SET lease_expires = greatest(lease_expires, %s)"
-            " WHERE worker = %s AND session = %s AND state = 'running'",
-            (until, worker, session),
+            f" WHERE worker = %s AND session = %s AND state = 'running'{only}",
+            (until, worker, session, *(() if ids is None else (ids,))),
         )
 
     async def attempts_running(self) -> dict[str, list[str]]:

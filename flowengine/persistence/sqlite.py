@@ -578,11 +578,12 @@ class SqliteDatabase:
         )
         return [attempt_from(r) for r in rows]
 
-    async def extend_leases(self, worker: str, session: str, until: float) -> None:
+    async def extend_leases(self, worker: str, session: str, until: float, ids: list[str] | None = None) -> None:
+        only = "" if ids is None else f" AND id IN ({', '.join('?' * len(ids))})"
         self.conn.execute(
             "UPDATE attempts SET lease_expires = max(lease_expires, ?)"
-            " WHERE worker = ? AND session = ? AND state = 'running'",
-            (until, worker, session),
+            f" WHERE worker = ? AND session = ? AND state = 'running'{only}",
+            (until, worker, session, *(ids or ())),
         )
 
     async def attempts_running(self) -> dict[str, list[str]]:

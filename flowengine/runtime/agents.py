@@ -191,7 +191,7 @@ class Agents:
     async def heartbeat(self, worker: Worker, running: list[str]) -> tuple[list[str], list[str]]:
         now = self.engine.clock()
         await self.engine.db.touch_agent(worker.id, now)
-        await self.engine.queue.heartbeat(worker)
+        await self.engine.queue.heartbeat(worker, running)
         return await self.engine.queue.outcome(running, worker)
 
     # reports

@@ -95,9 +95,10 @@ class StepQueue:
         self.engine.committed(change)
         return started
 
-    async def heartbeat(self, worker: Worker) -> None:
-        """Extend every running lease of the worker's session."""
-        await self.engine.db.extend_leases(worker.id, worker.session, self.engine.clock() + self.config.lease)
+    async def heartbeat(self, worker: Worker, running: list[str] | None = None) -> None:
+        """Extend the running leases of the worker's session: those it says it runs (None: all of them).
+        A lease the worker no longer knows of is not kept alive: it expires, and its step is retried."""
+        await self.engine.db.extend_leases(worker.id, worker.session, self.engine.clock() + self.config.lease, running)
 
     async def outcome(self, lease_ids: list[str], worker: Worker) -> tuple[list[str], list[str]]:
         """Of the leases a worker says it runs: those to cancel (the step was aborted) and those lost
@@ -107,8 +108,8 @@ class StepQueue:
             attempt = await self.engine.db.attempt(lease_id)
             if attempt is not None and attempt.outcome == "cancelled" and attempt.worker == worker.id:
                 cancel.append(lease_id)
-            elif attempt is None or attempt.state != "running" or attempt.session != worker.session:
-                lost.append(lease_id)
+            elif attempt is None or attempt.session != worker.session or attempt.state not in ("offered", "running"):
+                lost.append(lease_id)  # an offer not acknowledged yet is still the worker's
         return cancel, lost
 
     # reports
