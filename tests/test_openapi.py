@@ -39,6 +39,12 @@ SERVICE = {
     ("/readyz", "GET"),
     ("/metrics", "GET"),
     ("/api/v1/openapi.json", "GET"),
+    ("/api/v1/agent/register", "POST"),
+    ("/api/v1/agent/lease", "POST"),
+    ("/api/v1/agent/heartbeat", "POST"),
+    ("/api/v1/agent/leases/{lease_id}/complete", "POST"),
+    ("/api/v1/agents", "GET"),
+    ("/api/v1/r/agents", "GET"),
 }
 METHODS = {"get", "put", "post", "delete", "head", "patch", "options", "trace"}
 
