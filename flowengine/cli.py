@@ -11,7 +11,9 @@ import ipaddress
 import logging
 import logging.config
 import os
+import socket
 import sys
+import tempfile
 from pathlib import Path
 
 from flowengine import admin, version
@@ -183,6 +185,13 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path, help="settings file whose stores flows may name")
     check.set_defaults(run=_validate)
     admin.add_parsers(sub)
+    _agent_parser(sub.add_parser(
+        "agent",
+        help="run an agent: lease steps from an engine over HTTP and run them on this machine",
+        description="Register with the engine under --name, long-poll for exec and python steps, run them here "
+        "(inputs and outputs through presigned URLs: no store credentials), and report. SIGTERM stops leasing, "
+        "lets running steps finish for --grace seconds, and gives the rest back.",
+    ))  # fmt: skip
     _run_parser(
         sub.add_parser(
             "run",
@@ -224,6 +233,38 @@ def _run_parser(run: argparse.ArgumentParser) -> None:
         "--quiet", "-q", action="store_true", help="no progress: only errors, and the paths of the outputs"
     )
     run.set_defaults(run=_run)
+
+
+def _agent_parser(agent: argparse.ArgumentParser) -> None:
+    agent.add_argument("--server", default=os.environ.get("FLOWENGINE_URL") or "http://127.0.0.1:1234", metavar="URL",
+                       help="the engine (default: $FLOWENGINE_URL, else http://127.0.0.1:1234)")  # fmt: skip
+    agent.add_argument("--key", default=os.environ.get("FLOWENGINE_KEY") or None,
+                       help="the team's agent key, ak-... (default: $FLOWENGINE_KEY)")  # fmt: skip
+    agent.add_argument("--name", default=socket.gethostname(), help="unique in the team (default: the host name)")
+    agent.add_argument("--labels", default="", help="comma-separated labels steps may ask for: gpu,a100")
+    agent.add_argument("--region", default="", help="where this machine is: steps from this region prefer it")
+    agent.add_argument("--concurrency", type=int, default=1, help="steps run at once (default 1)")
+    agent.add_argument("--community", action="store_true", help="also take steps of other teams' community pool")
+    agent.add_argument("--comfyui-url", default="", metavar="URL", help="a ComfyUI server to run comfyui steps on")
+    agent.add_argument("--work-dir", type=Path, default=None, help="scratch dirs of steps (default: a temp dir)")
+    agent.add_argument("--grace", type=float, default=30.0, help="seconds steps may finish after SIGTERM (30)")
+    agent.set_defaults(run=_agent)
+
+
+def _agent(args: argparse.Namespace) -> int:
+    from flowengine.agent import worker
+
+    if not args.key or not args.key.startswith("ak-"):
+        raise _usage("--key", "an agent key (ak-...) is required: flowengine keys create --team T --kind agent")
+    if args.concurrency < 1:
+        raise _usage("--concurrency", f"{args.concurrency} is not at least 1")
+    if args.comfyui_url:
+        raise _usage("--comfyui-url", "this agent does not run comfyui steps yet")
+    labels = [label.strip() for label in args.labels.split(",") if label.strip()]
+    work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="flowengine-agent-"))
+    return worker.main(worker.Options(server=args.server, key=args.key, name=args.name, labels=labels,
+                                      region=args.region, concurrency=args.concurrency, community=args.community,
+                                      work_dir=work_dir.resolve(), grace=args.grace))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

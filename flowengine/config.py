@@ -27,11 +27,12 @@ from flowengine.errors import Error, Problem
 from flowengine.logs import LogFormat
 
 PATH_SETTINGS = ("data_dir", "flows_dir", "work_dir")  # "" (work_dir's default) stays ""
-LIST_SETTINGS = ("step_read_paths",)
+LIST_SETTINGS = ("step_read_paths", "local_labels")
 DURATION_SETTINGS = ("session_ttl", "upload_ttl", "download_ttl", "input_retention", "output_retention",
                      "sweep_interval", "reconcile_interval", "reconcile_max_interval",
                      "python_worker_idle", "multipart_ttl",
-                     "pair_code_ttl")  # fmt: skip
+                     "pair_code_ttl", "lease", "heartbeat_interval", "offer_timeout", "agent_poll",
+                     "region_wait", "schedule_to_start")  # fmt: skip
 SQLITE = "sqlite:///"
 POSTGRES = ("postgresql://", "postgres://")
 CLIENT_VARIABLES = ("FLOWENGINE_URL", "FLOWENGINE_KEY")  # read by the examples and clients, not by the engine
@@ -77,7 +78,14 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     inline_flows: bool = True  # accept {"Flow": {...}} bodies and teams' workflows with a flow (task library by name)
     inline_commands: bool = False  # let inline flows define Exec / Python tasks of their own (run on this host)
     inline_stores: bool = False  # let inline flows define stores of their own (the engine connects where they say)
-    concurrency: AtLeastOne = 4  # steps running at once
+    concurrency: AtLeastOne = 4  # steps the local executor runs at once
+    local_labels: list[str] = []  # labels of the local executor: it takes exec and python steps needing no others
+    lease: Positive = 30.0  # seconds a worker's lease lasts without a heartbeat; then the attempt fails, retryable
+    heartbeat_interval: Positive = 10.0  # seconds between an agent's heartbeats (told at registration)
+    offer_timeout: Positive = 10.0  # seconds an offer waits for its acknowledgement; then it goes back to the queue
+    agent_poll: Positive = 25.0  # seconds an agent's lease call waits for work by default (it may ask up to 60)
+    region_wait: Positive = 5.0  # seconds a step waits for an agent of its submitter_region; then any may take it
+    schedule_to_start: Positive = 600.0  # seconds a step no worker can take waits for one; then it fails, saying why
     header_timeout: Positive = 10.0  # seconds for a request's headers to arrive whole; then 408 and closed
     body_timeout: Positive = 30.0  # seconds a request's body may stop arriving; then 408 and closed
     max_connections: Annotated[int, msgspec.Meta(ge=1)] = 4096  # open at once (idle ones too); then 503

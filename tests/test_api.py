@@ -212,6 +212,10 @@ def test_retries_then_success_and_logs(client):
     assert done["Status"] == "COMPLETE", done
     [state] = done["Steps"]
     assert state["Attempts"] == 2 and state["Logs"] == ["attempt 2"]
+    [result] = [a for a in done["Artifacts"] if a["EdgeName"] == "result"]
+    # The second attempt wrote under a key of its own, and the run points there.
+    assert result["ObjectName"] == f"outputs/retry/{run['ID']}/attempt-2/result"
+    assert httpx.get(result["GetURL"]).content == b"done\n"
 
 
 def test_failure_after_max_attempts_reports_reason_and_logs(client):

@@ -31,10 +31,13 @@ from flowengine.core.machine import (
     Event,
     Landed,
     ObjectMeta,
+    Progress,
     Refresh,
     Run,
     StepFailed,
     StepInterrupted,
+    StepProgressed,
+    StepReleased,
     StepStarted,
     StepSucceeded,
     Tick,
@@ -794,6 +797,35 @@ def test_terminal_failure_stops_a_parallel_retrying_step_without_abort():
 # StepInterrupted: the engine stopped or died while an attempt ran
 
 
+def test_a_failure_the_worker_says_is_not_retryable_fails_the_step_with_attempts_left():
+    # `first` runs task `work`: MaxAttempts 3.
+    run, commands = advance(hop_running(), HOP, StepFailed("first", 1, "bad input", retry=False), T0 + 10)
+    assert commands == []
+    assert (run.steps["first"].status, run.status) == (ERROR, ERROR)
+    assert run.error == "step 'first' failed after 1 attempt(s): bad input"
+
+
+def test_a_released_attempt_waits_again_as_the_same_attempt_and_counts_nothing():
+    run, commands = advance(hop_running(), HOP, StepReleased("first", 1), T0 + 5)
+    first = run.steps["first"]
+    assert commands == []  # the queue holds the attempt again: nothing to dispatch
+    assert (first.status, first.attempts, first.interrupted, first.started) == (READY, 1, 0, None)
+    assert run.status == RUNNING
+    same, _ = advance(run, HOP, StepReleased("first", 1), T0 + 6)  # again: no longer running, nothing
+    assert same is run
+    run, _ = advance(run, HOP, StepStarted("first", 1), T0 + 7)
+    assert (run.steps["first"].status, run.steps["first"].started) == (RUNNING, T0 + 7)
+
+
+def test_an_output_written_under_an_attempts_own_key_is_where_the_edge_now_points():
+    run = hop_running()
+    old_key = run.edges["mid"].key
+    written = ObjectMeta(3, "text/plain", "e", key="outputs/x/attempt-2/a")
+    run, _ = advance(run, HOP, StepSucceeded("first", 1, {"mid": written}), T0 + 5)
+    assert run.edges["mid"].key == "outputs/x/attempt-2/a" != old_key
+    assert run.edges["mid"].object == written
+
+
 def test_an_interrupted_attempt_is_followed_by_a_new_one_at_once():
     run, commands = advance(hop_running(), HOP, StepInterrupted("first", 1), T0 + 50)
     first = run.steps["first"]
@@ -1113,6 +1145,8 @@ EVERY_EVENT = [
     pytest.param(StepSucceeded("gen", 1, {"g": OBJ}), id="StepSucceeded"),
     pytest.param(StepFailed("gen", 1, "boom"), id="StepFailed"),
     pytest.param(StepInterrupted("gen", 1), id="StepInterrupted"),
+    pytest.param(StepReleased("gen", 1), id="StepReleased"),
+    pytest.param(StepProgressed("gen", 1, Progress(0.5)), id="StepProgressed"),
     pytest.param(Tick(), id="Tick"),
     pytest.param(Cancel(), id="Cancel"),
     pytest.param(Refresh(T0 + 5_000), id="Refresh"),
@@ -1121,7 +1155,7 @@ LATE = T0 + 1_000  # past u's deadline: a Tick would expire it
 
 
 def live(event: Event) -> Run:
-    return mix_running() if isinstance(event, StepInterrupted) else mix_started()
+    return mix_running() if isinstance(event, StepInterrupted | StepReleased | StepProgressed) else mix_started()
 
 
 def test_every_event_type_is_covered():

@@ -39,6 +39,12 @@ SERVICE = {
     ("/readyz", "GET"),
     ("/metrics", "GET"),
     ("/api/v1/openapi.json", "GET"),
+    ("/api/v1/agent/register", "POST"),
+    ("/api/v1/agent/lease", "POST"),
+    ("/api/v1/agent/heartbeat", "POST"),
+    ("/api/v1/agent/leases/{lease_id}/complete", "POST"),
+    ("/api/v1/agents", "GET"),
+    ("/api/v1/r/agents", "GET"),
 }
 METHODS = {"get", "put", "post", "delete", "head", "patch", "options", "trace"}
 
@@ -134,9 +140,7 @@ def test_what_every_route_of_a_kind_answers_is_on_each(doc: dict[str, Any]) -> N
         if method not in ("GET", "HEAD") and not path.startswith(("/store/", "/api/v1/hook/")):
             assert "cross_site_request" in answers["403"]["description"], (path, method)
         if "application/json" in op.get("requestBody", {}).get("content", {}):
-            reference = path.startswith(
-                REFERENCE_PREFIXES
-            )  # the workflow/task API: its errors in the reference's shape
+            reference = path.startswith(REFERENCE_PREFIXES)  # errors in the reference's shape
             error = {"$ref": "#/components/schemas/ReferenceErrorBody"} if reference else ERROR
             for status in ("400", "413", "415") if reference else ("400", "413", "415", "422"):
                 assert answers[status]["content"]["application/json"]["schema"] == error, (path, method, status)

@@ -17,11 +17,13 @@ import psycopg
 import pytest
 
 from flowengine.config import Config
-from flowengine.core import machine
+from flowengine.core import machine, queue
+from flowengine.core.queue import Attempt, Worker
 from flowengine.errors import Error
 from flowengine.identity.records import Credential, Pairing, Team, User
 from flowengine.persistence import open_database
 from flowengine.persistence.base import (
+    AgentRecord,
     Database,
     FileRecord,
     IdempotencyKey,
@@ -806,3 +808,100 @@ async def test_models_are_kept_by_storage_key_listed_by_team_and_status(db: Data
         await db.count_models("t", "disabled"),
         await db.count_models("u", None),
     ) == (2, 1, 1)
+
+
+# the step queue
+
+
+def attempt(id: str, **fields: object) -> Attempt:
+    values: dict = {"run_id": "run", "step": "s", "attempt": 1, "team": "t1", "tool": "exec", "labels": [],
+                    "pool": "team", "region": "", "timeout": 60.0, "created": 1.0}  # fmt: skip
+    values.update(fields)
+    return Attempt(id=id, **values)
+
+
+async def queued(db: Database, worker: dict, limit: int = 10) -> list[str]:
+    found = await db.queued_attempts(
+        worker.get("tools", ["exec", "python"]), worker.get("labels", []), worker.get("team"),
+        worker.get("community", False), worker.get("region", ""), worker.get("region_before", 0.0), limit,
+    )  # fmt: skip
+    return [a.id for a in found]
+
+
+async def test_attempts_are_stored_whole_and_read_back_by_id_and_by_step(db: Database):
+    first = attempt("a1", labels=["gpu", "Ä"], region="eu", deadline=9.5)
+    async with db.transaction() as tx:
+        await tx.insert_attempts([first, attempt("a2", attempt=2), attempt("a3", step="other")])
+    assert await db.attempt("a1") == first
+    assert await db.attempt("nope") is None
+    assert (await db.attempt_of("run", "s", 2)).id == "a2"
+    assert await db.attempt_of("run", "s", 3) is None
+    changed = queue.end(
+        queue.ack(queue.offer(first, Worker(id="w", session="x"), "tok", 2.0, 10.0), 3.0, 30.0), "failed"
+    )
+    await db.save_attempt(changed)
+    assert await db.attempt("a1") == changed
+    assert sorted(a.id for a in await db.open_attempts("run", "s")) == ["a2"]
+
+
+async def test_queued_attempts_are_the_oldest_a_worker_may_take_by_tool_labels_team_pool_and_region(db: Database):
+    async with db.transaction() as tx:
+        await tx.insert_attempts([
+            attempt("a-old-comfy", tool="comfyui", created=1.0),
+            attempt("b-gpu", labels=["gpu"], created=2.0),
+            attempt("c-plain", created=3.0),
+            attempt("d-other-team", team="t2", created=4.0),
+            attempt("e-other-community", team="t2", pool="community", created=5.0),
+            attempt("f-eu", region="eu", created=6.0),
+            attempt("g-offered", created=0.5, state="offered"),
+        ])  # fmt: skip
+    assert await queued(db, {"team": "t1"}) == ["c-plain"]  # f-eu: another region, not waited long enough yet
+    assert await queued(db, {"team": "t1", "region_before": 6.0}) == ["c-plain", "f-eu"]
+    assert await queued(db, {"team": "t1", "region": "eu"}) == ["c-plain", "f-eu"]
+    assert await queued(db, {"team": "t1", "labels": ["gpu", "a100"]}) == ["b-gpu", "c-plain"]
+    assert await queued(db, {"team": "t1", "community": True}) == ["c-plain", "e-other-community"]
+    assert await queued(db, {"team": "t1", "tools": ["comfyui"]}) == ["a-old-comfy"]
+    assert await queued(db, {"team": None}) == ["c-plain", "d-other-team", "e-other-community"]  # the local executor
+    assert await queued(db, {"team": None}, limit=1) == ["c-plain"]
+
+
+async def test_held_due_and_extended_attempts(db: Database):
+    w = Worker(id="agent-1", session="s1")
+    offered = queue.offer(attempt("a1"), w, "t", 10.0, 5.0)  # offer expires at 15
+    running = queue.ack(queue.offer(attempt("a2"), w, "t", 10.0, 5.0), 11.0, 30.0)  # lease until 41, deadline 101
+    waiting = attempt("a3", deadline=20.0)
+    async with db.transaction() as tx:
+        await tx.insert_attempts([offered, running, waiting, attempt("a4")])
+    assert [a.id for a in await db.held_attempts("agent-1", ["offered", "running"])] == ["a1", "a2"]
+    assert [a.id for a in await db.held_attempts("agent-1", ["running"])] == ["a2"]
+    assert [a.id for a in await db.due_attempts(14.0, 10)] == []
+    assert [a.id for a in await db.due_attempts(20.0, 10)] == ["a1", "a3"]
+    assert [a.id for a in await db.due_attempts(41.0, 10)] == ["a1", "a2", "a3"]
+    await db.extend_leases("agent-1", "other-session", 80.0)
+    assert (await db.attempt("a2")).lease_expires == 41.0
+    await db.extend_leases("agent-1", "s1", 80.0)
+    assert (await db.attempt("a2")).lease_expires == 80.0
+    await db.extend_leases("agent-1", "s1", 50.0)  # never shortened
+    assert (await db.attempt("a2")).lease_expires == 80.0
+    await db.extend_leases("agent-1", "s1", 90.0, ids=["a1", "a9"])  # only those named
+    assert (await db.attempt("a2")).lease_expires == 80.0
+    await db.extend_leases("agent-1", "s1", 90.0, ids=["a2"])
+    assert (await db.attempt("a2")).lease_expires == 90.0
+    assert await db.attempts_running() == {"agent-1": ["a2"]}
+
+
+async def test_agents_are_one_per_team_and_name_and_keep_their_heartbeats_and_counts(db: Database):
+    agent = AgentRecord("ag1", "t1", "gpu-box", ["gpu"], ["comfyui"], "eu", 2, True, {"gpu": "A100", "vram": 80},
+                        "s1", 5.0, 5.0, 0)  # fmt: skip
+    await db.put_agent(agent)
+    await db.put_agent(msgspec.structs.replace(agent, session="s2"))
+    assert await db.agent(id="ag1") == msgspec.structs.replace(agent, session="s2")
+    assert (await db.agent(team="t1", name="gpu-box")).id == "ag1"
+    assert await db.agent(team="t2", name="gpu-box") is None
+    await db.put_agent(AgentRecord("ag2", "t2", "cpu", [], ["exec"], "", 1, False, {}, "s", 1.0, 1.0, 0))
+    assert [a.id for a in await db.agents("t1")] == ["ag1"]
+    assert [a.id for a in await db.agents(None)] == ["ag2", "ag1"]
+    await db.touch_agent("ag1", 9.0, completed=1)
+    await db.touch_agent("ag1", 7.0)  # an older heartbeat arriving late does not move it back
+    stored = await db.agent(id="ag1")
+    assert (stored.last_heartbeat, stored.tasks_completed) == (9.0, 1)

@@ -154,30 +154,30 @@ STEP_FLOW = flow({
 })  # fmt: skip
 
 
-def test_interrupted_runs_resume_in_batches_without_dispatching_more_than_a_bounded_backlog(
+def test_interrupted_runs_resume_in_batches_and_their_queued_steps_run_within_the_concurrency(
     engine_on, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(engine_module, "RECOVERY_BATCH", 4)
-    monkeypatch.setattr(engine_module, "RECOVERY_BACKLOG", 6)
 
     async def scenario() -> None:
         first = engine_on(tmp_path)
         runs = await asyncio.gather(*(first.create_run(first.plan(STEP_FLOW)) for _ in range(30)))
-        await first.stop()  # before any step could start: 30 runs RUNNING, each with a READY step
+        await first.stop()  # before any step could start: 30 runs RUNNING, each with a READY step, queued
         second = engine_on(tmp_path, concurrency=2)
-        dispatch, most = second._dispatch, 0
+        start, most = second.local._start, 0
 
         def counted(*args: object) -> None:
             nonlocal most
-            dispatch(*args)
-            most = max(most, len(second._steps))
+            start(*args)
+            most = max(most, len(second.local.running))
 
-        second._dispatch = counted  # type: ignore[method-assign]
+        second.local._start = counted  # type: ignore[method-assign]
         await second.start()
         await until(lambda: all_complete(second, runs), 60)
         await until(lambda: second.recovery.done)
         assert second.recovery.runs == 30
-        assert most <= 6 + 4  # the backlog bound, plus one batch
+        assert most <= 2  # the queue holds the backlog, not the process's memory
+        assert [(await run_of(second, r.id)).steps["mark"].attempts for r in runs] == [1] * 30
         await second.stop()
 
     asyncio.run(scenario())

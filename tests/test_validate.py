@@ -277,10 +277,12 @@ def test_agent_task_rules(fields: dict[str, Any], path: str, fragment: str) -> N
     assert_only(agent_task(**fields), f"Tasks[{STAMP}].{path}", fragment)
 
 
-def test_labels_are_for_agent_tasks() -> None:
+def test_any_task_may_ask_for_labels_its_worker_must_have() -> None:
     doc = valid()
-    doc["Tasks"][STAMP]["Labels"] = ["gpu"]
-    assert_only(doc, f"Tasks[{STAMP}].Labels", "Labels choose the agent that runs a Tool task")
+    doc["Tasks"][STAMP]["Labels"] = ["gpu"]  # an Exec task: an agent (or a local executor with local_labels) runs it
+    assert check(doc) == []
+    doc["Tasks"][STAMP]["Labels"] = ["big gpu"]
+    assert_only(doc, f"Tasks[{STAMP}].Labels[0]", "label 'big gpu' may only use")
 
 
 def test_exec_is_a_non_empty_argv() -> None:

@@ -13,7 +13,7 @@ import msgspec
 
 from flowengine.core import machine
 from flowengine.core.lru import LRU
-from flowengine.core.machine import Run
+from flowengine.core.machine import Progress, Run
 from flowengine.core.spec import Flow
 from flowengine.core.times import rfc3339
 from flowengine.runtime.engine import Engine
@@ -64,6 +64,12 @@ class Artifact(_Doc):
     expired: bool = False  # the object is past retention: no URL is given
 
 
+class StepProgress(_Doc):
+    fraction: float | None = None  # 0 to 1
+    current: str = ""  # what runs now (a ComfyUI node, a phase)
+    message: str = ""
+
+
 class StepDoc(_Doc):
     id: str = msgspec.field(name="ID")
     uses: str
@@ -74,6 +80,7 @@ class StepDoc(_Doc):
     finished: OptionalTime = ""
     retry_at: OptionalTime = ""
     logs: list[str] = []
+    progress: StepProgress | None = None  # what the worker running it last reported
 
 
 class RunDoc(_Doc):
@@ -153,12 +160,16 @@ def artifacts(engine: Engine, run: Run, flow: Flow, base_url: str) -> list[Artif
     return found
 
 
+def _progress(progress: Progress | None) -> StepProgress | None:
+    return None if progress is None else StepProgress(progress.fraction, progress.current, progress.message)
+
+
 def run_document(engine: Engine, run: Run, flow: Flow, base_url: str) -> RunDoc:
     base_url = (engine.config.public_url or base_url).rstrip("/")
     uses = {s.id: s.uses for s in flow.steps}
     steps = [
         StepDoc(name, uses[name], s.status, s.attempts, s.error or "", _opt(s.started), _opt(s.finished),
-                _opt(s.retry_at), s.logs)
+                _opt(s.retry_at), s.logs, _progress(s.progress))
         for name, s in run.steps.items()
     ]  # fmt: skip
     failed = run.steps.get(run.failed_step or "")

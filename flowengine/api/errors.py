@@ -61,7 +61,8 @@ class ReferenceErrorBody(msgspec.Struct, omit_defaults=True):
 
 # The workflow/task API and its management endpoints answer errors in the reference's shape.
 REFERENCE_PREFIXES = ("/api/v1/r/", "/api/v1/workflows", "/api/v1/credentials", "/api/v1/webhooks",
-                      "/api/v1/models", "/api/v1/uploads/", "/api/v1/desktop/", "/api/v1/agents")  # fmt: skip
+                      "/api/v1/models", "/api/v1/uploads/", "/api/v1/desktop/", "/api/v1/agents",
+                      "/api/v1/agent/")  # fmt: skip
 
 
 def error_response(error: Error, path: str = "") -> Response:

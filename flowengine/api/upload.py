@@ -17,6 +17,7 @@ from flowengine.core.keys import MAX_KEY_BYTES, key_problem
 from flowengine.core.parts import MAX_PARTS
 from flowengine.errors import Error, already_exists, bad_request, conflict, not_found
 from flowengine.runtime.ingest import DEFAULT_TYPE, Upload, receive, receive_object, receive_part
+from flowengine.stores.base import LEASE_HEADER
 from flowengine.stores.local import LocalStore
 from flowengine.stores.signing import SignatureError, hook_resource, local_part_resource, local_resource
 
@@ -70,6 +71,9 @@ async def put_object(request: Request) -> Response:
     if wait is not None:
         await receive(engine, wait.run_id, wait.edge, request.stream(), upload)
     elif await engine.db.file(store.name, key) is not None:  # a file presigned for the workflow/task API
+        await receive_object(engine, store, key, request.stream(), upload)
+    elif LEASE_HEADER in signed:  # a step's output, from the worker that holds the attempt's lease
+        await engine.queue.running_lease(signed[LEASE_HEADER])
         await receive_object(engine, store, key, request.stream(), upload)
     else:
         raise conflict(f"no run is waiting for {key!r}: its edge is already filled or its run has ended", "path.key")

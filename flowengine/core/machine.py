@@ -34,10 +34,11 @@ WAITING_SOURCES = ("upload", "webhook")  # sources a client fills: the run waits
 
 # gc=False: runs are kept in memory by the thousand and never hold a reference back to anything, so
 # the cyclic garbage collector need not walk them (it cost about a twentieth of a create's CPU).
-class ObjectMeta(msgspec.Struct, frozen=True, gc=False):
+class ObjectMeta(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     size: int
     content_type: str
     etag: str
+    key: str = ""  # a step's output written elsewhere than its edge's key (a later attempt's own key)
 
 
 class EdgeState(msgspec.Struct, omit_defaults=True, gc=False):
@@ -53,6 +54,14 @@ class EdgeState(msgspec.Struct, omit_defaults=True, gc=False):
     filled_at: float | None = None
 
 
+class Progress(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
+    """What a worker last said about a running attempt."""
+
+    fraction: float | None = None  # 0 to 1
+    current: str = ""  # what runs now (a ComfyUI node, a phase)
+    message: str = ""
+
+
 class StepState(msgspec.Struct, omit_defaults=True, gc=False):
     status: str = IDLE
     attempts: int = 0  # attempts started, interrupted ones included: each has its own number and log
@@ -62,6 +71,7 @@ class StepState(msgspec.Struct, omit_defaults=True, gc=False):
     started: float | None = None
     finished: float | None = None
     retry_at: float | None = None
+    progress: Progress | None = None  # the running attempt's, as its worker last reported
 
 
 class Run(msgspec.Struct, omit_defaults=True, gc=False):
@@ -77,6 +87,8 @@ class Run(msgspec.Struct, omit_defaults=True, gc=False):
     team: str = ""  # the team that owns it ('' on an engine without credentials)
     flags: dict[str, dict[str, Scalar]] = {}  # step -> flag -> value, over the step's own Flags (a task's parameters)
     task: bool = False  # started through the workflow/task API: its changes are the task's events too
+    pool: str = "team"  # which agents may run its steps: its team's, or also the community pool's
+    region: str = ""  # the region whose agents its steps prefer ('' for any)
 
 
 # Events: facts.
@@ -102,6 +114,21 @@ class StepFailed(msgspec.Struct, tag=True, frozen=True):
     attempt: int
     error: str
     logs: list[str] = []
+    retry: bool = True  # False: the worker says another attempt cannot help; the step fails now
+
+
+class StepReleased(msgspec.Struct, tag=True, frozen=True):
+    """The worker gave a running attempt back unfinished (a graceful stop): it waits for a worker
+    again, as the same attempt, not counted against MaxAttempts."""
+
+    step: str
+    attempt: int
+
+
+class StepProgressed(msgspec.Struct, tag=True, frozen=True):
+    step: str
+    attempt: int
+    progress: Progress
 
 
 class StepInterrupted(msgspec.Struct, tag=True, frozen=True):
@@ -123,7 +150,18 @@ class Refresh(msgspec.Struct, tag=True, frozen=True):
     deadline: float  # the new TTL for every well still empty
 
 
-Event = Landed | StepStarted | StepSucceeded | StepFailed | StepInterrupted | Tick | Cancel | Refresh
+Event = (
+    Landed
+    | StepStarted
+    | StepProgressed
+    | StepSucceeded
+    | StepFailed
+    | StepReleased
+    | StepInterrupted
+    | Tick
+    | Cancel
+    | Refresh
+)
 
 
 # Commands: what the shell must do.
@@ -148,11 +186,15 @@ def start(
     *,
     flags: dict[str, dict[str, Scalar]] | None = None,
     task: bool = False,
+    pool: str = "team",
+    region: str = "",
 ) -> tuple[Run, list[Command]]:
     """A new run of `team`: the shell resolved every edge's store and key (static wells, and a task's
-    file wells, arrive filled). `flags` override the steps' own; `task`: a task's run."""
+    file wells, arrive filled). `flags` override the steps' own; `task`: a task's run; `pool` and
+    `region`: which agents its steps may go to, and prefer."""
     steps = {s.id: StepState() for s in flow.steps}
-    run = Run(run_id, flow.name, WAITING, now, now, edges, steps, team=team, flags=flags or {}, task=task)
+    run = Run(run_id, flow.name, WAITING, now, now, edges, steps, team=team, flags=flags or {}, task=task, pool=pool,
+              region=region)  # fmt: skip
     commands = _settle(run, flow, now)
     return run, commands
 
@@ -221,6 +263,8 @@ def _clone(run: Run) -> Run:
 
 def _fill(run: Run, edge: str, obj: ObjectMeta, now: float) -> None:
     state = run.edges[edge]
+    if obj.key:
+        state.key = obj.key  # where the attempt that won wrote it: downloads, later steps and retention read it there
     state.object = obj
     state.filled_at = now
     state.deadline = None
@@ -288,12 +332,27 @@ def _on_failed(run: Run, flow: Flow, event: StepFailed, now: float) -> list[Comm
     state.logs = event.logs
     state.finished = now
     failures = state.attempts - state.interrupted
-    if failures < task.max_attempts:
+    if event.retry and failures < task.max_attempts:
         state.status = RETRYING
         state.retry_at = now + task.backoff_seconds * 2 ** (failures - 1)
         return []
     state.status = ERROR
     _fail(run, f"step {event.step!r} failed after {failures} attempt(s): {event.error}", event.step)
+    return []
+
+
+def _on_progressed(run: Run, flow: Flow, event: StepProgressed, now: float) -> list[Command]:
+    state = _current(run, event.step, event.attempt, frozenset({RUNNING}))
+    if state:
+        state.progress = event.progress
+    return []
+
+
+def _on_released(run: Run, flow: Flow, event: StepReleased, now: float) -> list[Command]:
+    state = _current(run, event.step, event.attempt, frozenset({RUNNING}))
+    if state:
+        state.status = READY
+        state.started = state.progress = None
     return []
 
 
@@ -339,6 +398,8 @@ _HANDLERS = {
     StepStarted: _on_started,
     StepSucceeded: _on_succeeded,
     StepFailed: _on_failed,
+    StepReleased: _on_released,
+    StepProgressed: _on_progressed,
     StepInterrupted: _on_interrupted,
     Tick: _on_tick,
     Cancel: _on_cancel,
@@ -360,7 +421,7 @@ def _settle(run: Run, flow: Flow, now: float) -> list[Command]:
             state.status = READY
             state.attempts += 1
             state.retry_at = None
-            state.started = state.finished = None
+            state.started = state.finished = state.progress = None
             commands.append(Dispatch(step.id, state.attempts))
     run.status = _derived_status(run)
     return commands

@@ -82,7 +82,7 @@ class Task(_Spec):
     exec: list[str] | None = None  # argv; ${Slot} and ${Flag} expand to paths and values
     python: str | None = None  # "module:function"
     tool: str | None = None  # or run by an agent with this tool (`comfyui`), never on the engine's host
-    labels: list[str] = []  # a Tool task: labels its agent must have, every one
+    labels: list[str] = []  # labels the worker that runs it must have, every one (the local executor: local_labels)
     env: dict[str, str] = {}  # environment variables the step gets, beside PATH, LANG, HOME, TMPDIR and its ids
     max_attempts: int = 1
     timeout: Duration = 600.0  # the step is killed past it: seconds, or "10m"

@@ -234,8 +234,6 @@ def _check_runner(path: str, task: Task) -> Problems:
         yield from _check_identifier(f"{path}.Tool", "tool", task.tool)
         if task.env:
             yield Problem(f"{path}.Env", "Env is for commands the engine runs; an agent runs a Tool task")
-    elif task.labels:
-        yield Problem(f"{path}.Labels", "Labels choose the agent that runs a Tool task; this task runs on the engine")
     yield from check_labels(f"{path}.Labels", task.labels)
 
 

@@ -17,6 +17,7 @@ from typing import Literal, Protocol
 import msgspec
 
 from flowengine.core.machine import Run
+from flowengine.core.queue import Attempt, State
 from flowengine.identity.records import Credential, Pairing, Role, Team, User
 
 
@@ -164,6 +165,56 @@ class IdempotencyKey(msgspec.Struct, frozen=True):
     task: str
     fingerprint: str  # of the request: the same key with another request is refused
     created: float
+
+
+class AgentRecord(msgspec.Struct, frozen=True):
+    """An agent as registered (one per team and name); its session changes with each registration."""
+
+    id: str
+    team: str
+    name: str
+    labels: list[str]
+    tools: list[str]
+    region: str
+    capacity: int
+    community: bool
+    system: dict[str, str | int | float | bool | None]  # GPU model, VRAM, OS, versions: as the agent says
+    session: str
+    last_heartbeat: float
+    connected_at: float
+    tasks_completed: int
+
+
+ATTEMPT_FIELDS = [f.name for f in msgspec.structs.fields(Attempt)]  # the attempts table's columns, in order
+ATTEMPT_COLUMNS = ", ".join(ATTEMPT_FIELDS)
+AGENT_FIELDS = [f.name for f in msgspec.structs.fields(AgentRecord)]
+AGENT_COLUMNS = ", ".join(AGENT_FIELDS)
+_LABELS = ATTEMPT_FIELDS.index("labels")
+_encode = msgspec.json.Encoder().encode
+
+
+def attempt_row(attempt: Attempt) -> tuple:
+    row = list(msgspec.structs.astuple(attempt))
+    row[_LABELS] = _encode(row[_LABELS]).decode()
+    return tuple(row)
+
+
+def attempt_from(row: tuple) -> Attempt:
+    values = list(row)
+    values[_LABELS] = msgspec.json.decode(values[_LABELS])
+    return Attempt(**dict(zip(ATTEMPT_FIELDS, values, strict=True)))
+
+
+def agent_row(agent: AgentRecord) -> tuple:
+    return tuple(_encode(v).decode() if isinstance(v, list | dict) else v for v in msgspec.structs.astuple(agent))
+
+
+def agent_from(row: tuple) -> AgentRecord:
+    values = dict(zip(AGENT_FIELDS, row, strict=True))
+    for name in ("labels", "tools", "system"):
+        values[name] = msgspec.json.decode(values[name])
+    values["community"] = bool(values["community"])
+    return AgentRecord(**values)
 
 
 class Queries(Protocol):
@@ -423,6 +474,72 @@ class Queries(Protocol):
 
     async def drop_idempotency_keys(self, before: float, limit: int) -> int:
         """Drop up to `limit` keys made before `before`, oldest first; returns how many."""
+        ...
+
+    # the step queue: attempts (core/queue.py decides every change; this stores)
+    async def insert_attempts(self, attempts: list[Attempt]) -> None: ...
+
+    async def save_attempt(self, attempt: Attempt) -> None:
+        """Write every field of an attempt that exists."""
+        ...
+
+    async def attempt(self, id: str) -> Attempt | None: ...
+
+    async def attempt_of(self, run_id: str, step: str, attempt: int) -> Attempt | None:
+        """The queue's row for that attempt of that step of that run (the latest, if there are several)."""
+        ...
+
+    async def open_attempts(self, run_id: str, step: str) -> list[Attempt]:
+        """The step's attempts not done yet."""
+        ...
+
+    async def queued_attempts(
+        self,
+        tools: list[str],
+        labels: list[str],
+        team: str | None,
+        community: bool,
+        region: str,
+        region_before: float,
+        limit: int,
+    ) -> list[Attempt]:
+        """The oldest queued attempts a worker may take: a tool among `tools`, every label among `labels`,
+        of `team` (or of the community pool if `community`; None: of any team), and of no region, the
+        worker's `region`, or created by `region_before`. Inside a transaction they stay the caller's
+        until it ends; PostgreSQL skips rows another transaction holds."""
+        ...
+
+    async def held_attempts(self, worker: str, states: list[State]) -> list[Attempt]:
+        """A worker's attempts in those states (offered, running)."""
+        ...
+
+    async def due_attempts(self, now: float, limit: int) -> list[Attempt]:
+        """Attempts whose offer, lease or deadline has passed by `now`."""
+        ...
+
+    async def extend_leases(self, worker: str, session: str, until: float, ids: list[str] | None = None) -> None:
+        """Every running lease of that worker's session (of those `ids`, if given) now lasts until `until`."""
+        ...
+
+    async def attempts_running(self) -> dict[str, list[str]]:
+        """Running attempts' ids by worker."""
+        ...
+
+    # agents
+    async def put_agent(self, agent: AgentRecord) -> None:
+        """Insert or replace, by id."""
+        ...
+
+    async def agent(self, *, id: str | None = None, team: str = "", name: str = "") -> AgentRecord | None:
+        """By id, or by team and name."""
+        ...
+
+    async def agents(self, team: str | None) -> list[AgentRecord]:
+        """A team's agents (None: every team's), by name."""
+        ...
+
+    async def touch_agent(self, id: str, at: float, completed: int = 0) -> None:
+        """A heartbeat at `at`; `completed` more tasks done."""
         ...
 
 

@@ -34,10 +34,15 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
 
 from flowengine.core.machine import Run
+from flowengine.core.queue import Attempt, State
 from flowengine.errors import Error, conflict, insufficient_storage
 from flowengine.identity.records import Credential, Pairing, Role, Team, User
 from flowengine.persistence import redacted
 from flowengine.persistence.base import (
+    AGENT_COLUMNS,
+    ATTEMPT_COLUMNS,
+    ATTEMPT_FIELDS,
+    AgentRecord,
     FileRecord,
     IdempotencyKey,
     ModelRecord,
@@ -50,6 +55,10 @@ from flowengine.persistence.base import (
     UploadRecord,
     Wait,
     WorkflowRecord,
+    agent_from,
+    agent_row,
+    attempt_from,
+    attempt_row,
     prefix_end,
 )
 from flowengine.persistence.migrations import Migration, failed, latest, pending
@@ -167,6 +176,7 @@ class _Queries:
     query committed at once) or the one a transaction holds (_Transaction)."""
 
     _lock = ""  # what load_run adds to lock the run's row: only inside a transaction
+    _claim = ""  # what a queue read adds to take its rows, skipping those another transaction holds
 
     def _connection(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection]:
         raise NotImplementedError
@@ -798,6 +808,131 @@ class _Queries:
             )
             return cur.rowcount
 
+    # the step queue
+
+    async def insert_attempts(self, attempts: list[Attempt]) -> None:
+        if not attempts:
+            return
+        marks = ", ".join(["%s"] * len(ATTEMPT_FIELDS))
+        async with self._atomic() as conn, conn.cursor() as cur:
+            await cur.executemany(
+                f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES ({marks})", [attempt_row(a) for a in attempts]
+            )
+
+    async def save_attempt(self, attempt: Attempt) -> None:
+        sets = ", ".join(f"{name} = %s" for name in ATTEMPT_FIELDS[1:])
+        row = attempt_row(attempt)
+        await self._execute(f"UPDATE attempts SET {sets} WHERE id = %s", (*row[1:], row[0]))
+
+    async def attempt(self, id: str) -> Attempt | None:
+        row = await self._row(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id = %s", (id,))
+        return attempt_from(row) if row else None
+
+    async def attempt_of(self, run_id: str, step: str, attempt: int) -> Attempt | None:
+        row = await self._row(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = %s AND step = %s AND attempt = %s"
+            " ORDER BY id DESC LIMIT 1",
+            (run_id, step, attempt),
+        )
+        return attempt_from(row) if row else None
+
+    async def open_attempts(self, run_id: str, step: str) -> list[Attempt]:
+        rows = await self._rows(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = %s AND step = %s AND state != 'done'",
+            (run_id, step),
+        )
+        return [attempt_from(r) for r in rows]
+
+    async def queued_attempts(
+        self,
+        tools: list[str],
+        labels: list[str],
+        team: str | None,
+        community: bool,
+        region: str,
+        region_before: float,
+        limit: int,
+    ) -> list[Attempt]:
+        where = [
+            "state = 'queued'",
+            "tool = ANY(%s)",
+            "labels::jsonb <@ %s::jsonb",
+            "(region = '' OR region = %s OR created <= %s)",
+        ]
+        params: list[object] = [tools, _encode(labels).decode(), region, region_before]
+        if team is not None:
+            where.append("(team = %s OR (pool = 'community' AND %s))")
+            params += [team, community]
+        rows = await self._rows(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE {' AND '.join(where)} ORDER BY created, id LIMIT %s"
+            f"{self._claim}",
+            [*params, limit],
+        )
+        return [attempt_from(r) for r in rows]
+
+    async def held_attempts(self, worker: str, states: list[State]) -> list[Attempt]:
+        rows = await self._rows(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE worker = %s AND state = ANY(%s) ORDER BY id",
+            (worker, list(states)),
+        )
+        return [attempt_from(r) for r in rows]
+
+    async def due_attempts(self, now: float, limit: int) -> list[Attempt]:
+        rows = await self._rows(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id IN ("
+            " SELECT id FROM attempts WHERE state = 'offered' AND offer_expires <= %s"
+            " UNION SELECT id FROM attempts WHERE state = 'running' AND lease_expires <= %s"
+            " UNION SELECT id FROM attempts WHERE state IN ('queued', 'running') AND deadline <= %s"
+            f") ORDER BY id LIMIT %s{self._claim}",
+            (now, now, now, limit),
+        )
+        return [attempt_from(r) for r in rows]
+
+    async def extend_leases(self, worker: str, session: str, until: float, ids: list[str] | None = None) -> None:
+        only = "" if ids is None else " AND id = ANY(%s)"
+        await self._execute(
+            "UPDATE attempts SET lease_expires = greatest(lease_expires, %s)"
+            f" WHERE worker = %s AND session = %s AND state = 'running'{only}",
+            (until, worker, session, *(() if ids is None else (ids,))),
+        )
+
+    async def attempts_running(self) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for worker, id in await self._rows("SELECT worker, id FROM attempts WHERE state = 'running' ORDER BY id"):
+            found.setdefault(worker, []).append(id)
+        return found
+
+    # agents
+
+    async def put_agent(self, agent: AgentRecord) -> None:
+        marks = ", ".join(["%s"] * len(msgspec.structs.fields(AgentRecord)))
+        updates = ", ".join(f"{f.name} = excluded.{f.name}" for f in msgspec.structs.fields(AgentRecord)[1:])
+        await self._execute(
+            f"INSERT INTO agents ({AGENT_COLUMNS}) VALUES ({marks}) ON CONFLICT (id) DO UPDATE SET {updates}",
+            agent_row(agent),
+        )
+
+    async def agent(self, *, id: str | None = None, team: str = "", name: str = "") -> AgentRecord | None:
+        if id is not None:
+            row = await self._row(f"SELECT {AGENT_COLUMNS} FROM agents WHERE id = %s", (id,))
+        else:
+            row = await self._row(f"SELECT {AGENT_COLUMNS} FROM agents WHERE team = %s AND name = %s", (team, name))
+        return agent_from(row) if row else None
+
+    async def agents(self, team: str | None) -> list[AgentRecord]:
+        if team is None:
+            rows = await self._rows(f"SELECT {AGENT_COLUMNS} FROM agents ORDER BY name, id")
+        else:
+            rows = await self._rows(f"SELECT {AGENT_COLUMNS} FROM agents WHERE team = %s ORDER BY name, id", (team,))
+        return [agent_from(r) for r in rows]
+
+    async def touch_agent(self, id: str, at: float, completed: int = 0) -> None:
+        await self._execute(
+            "UPDATE agents SET last_heartbeat = greatest(last_heartbeat, %s),"
+            " tasks_completed = tasks_completed + %s WHERE id = %s",
+            (at, completed, id),
+        )
+
     async def _execute(self, query: str, params: Any = ()) -> None:
         async with self._connection() as conn:
             await conn.execute(query, params)
@@ -822,6 +957,7 @@ class _Transaction(_Queries):
     """The queries of one transaction, on the connection it holds."""
 
     _lock = " FOR NO KEY UPDATE"
+    _claim = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, conn: psycopg.AsyncConnection) -> None:
         self._held = _Held(conn)

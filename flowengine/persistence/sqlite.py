@@ -22,9 +22,14 @@ from pathlib import Path
 import msgspec
 
 from flowengine.core.machine import Run
+from flowengine.core.queue import Attempt, State
 from flowengine.errors import Error, conflict, insufficient_storage
 from flowengine.identity.records import Credential, Pairing, Role, Team, User
 from flowengine.persistence.base import (
+    AGENT_COLUMNS,
+    ATTEMPT_COLUMNS,
+    ATTEMPT_FIELDS,
+    AgentRecord,
     FileRecord,
     IdempotencyKey,
     ModelRecord,
@@ -37,6 +42,10 @@ from flowengine.persistence.base import (
     UploadRecord,
     Wait,
     WorkflowRecord,
+    agent_from,
+    agent_row,
+    attempt_from,
+    attempt_row,
     prefix_end,
 )
 from flowengine.persistence.migrations import Migration, failed, pending
@@ -689,6 +698,125 @@ class SqliteDatabase:
             " (SELECT team, key FROM idempotency_keys WHERE created < ? ORDER BY created LIMIT ?)",
             (before, limit),
         ).rowcount
+
+    # the step queue
+
+    async def insert_attempts(self, attempts: list[Attempt]) -> None:
+        marks = ", ".join("?" * len(ATTEMPT_FIELDS))
+        self.conn.executemany(
+            f"INSERT INTO attempts ({ATTEMPT_COLUMNS}) VALUES ({marks})", [attempt_row(a) for a in attempts]
+        )
+
+    async def save_attempt(self, attempt: Attempt) -> None:
+        sets = ", ".join(f"{name} = ?" for name in ATTEMPT_FIELDS[1:])
+        row = attempt_row(attempt)
+        self.conn.execute(f"UPDATE attempts SET {sets} WHERE id = ?", (*row[1:], row[0]))
+
+    async def attempt(self, id: str) -> Attempt | None:
+        row = self.conn.execute(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id = ?", (id,)).fetchone()
+        return attempt_from(row) if row else None
+
+    async def attempt_of(self, run_id: str, step: str, attempt: int) -> Attempt | None:
+        row = self.conn.execute(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = ? AND step = ? AND attempt = ?"
+            " ORDER BY id DESC LIMIT 1",
+            (run_id, step, attempt),
+        ).fetchone()
+        return attempt_from(row) if row else None
+
+    async def open_attempts(self, run_id: str, step: str) -> list[Attempt]:
+        rows = self.conn.execute(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = ? AND step = ? AND state != 'done'", (run_id, step)
+        )
+        return [attempt_from(r) for r in rows]
+
+    async def queued_attempts(
+        self,
+        tools: list[str],
+        labels: list[str],
+        team: str | None,
+        community: bool,
+        region: str,
+        region_before: float,
+        limit: int,
+    ) -> list[Attempt]:
+        where = [
+            "state = 'queued'",
+            f"tool IN ({', '.join('?' * len(tools))})",
+            f"NOT EXISTS (SELECT 1 FROM json_each(labels) WHERE value NOT IN ({', '.join('?' * len(labels))}))",
+            "(region = '' OR region = ? OR created <= ?)",
+        ]
+        params: list[object] = [*tools, *labels, region, region_before]
+        if team is not None:
+            where.append("(team = ? OR (pool = 'community' AND ?))")
+            params += [team, community]
+        rows = self.conn.execute(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE {' AND '.join(where)} ORDER BY created, id LIMIT ?",
+            [*params, limit],
+        )
+        return [attempt_from(r) for r in rows]
+
+    async def held_attempts(self, worker: str, states: list[State]) -> list[Attempt]:
+        rows = self.conn.execute(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE worker = ? AND state IN ({', '.join('?' * len(states))})"
+            " ORDER BY id",
+            (worker, *states),
+        )
+        return [attempt_from(r) for r in rows]
+
+    async def due_attempts(self, now: float, limit: int) -> list[Attempt]:
+        rows = self.conn.execute(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id IN ("
+            " SELECT id FROM attempts WHERE state = 'offered' AND offer_expires <= ?"
+            " UNION SELECT id FROM attempts WHERE state = 'running' AND lease_expires <= ?"
+            " UNION SELECT id FROM attempts WHERE state IN ('queued', 'running') AND deadline <= ?"
+            ") ORDER BY id LIMIT ?",
+            (now, now, now, limit),
+        )
+        return [attempt_from(r) for r in rows]
+
+    async def extend_leases(self, worker: str, session: str, until: float, ids: list[str] | None = None) -> None:
+        only = "" if ids is None else f" AND id IN ({', '.join('?' * len(ids))})"
+        self.conn.execute(
+            "UPDATE attempts SET lease_expires = max(lease_expires, ?)"
+            f" WHERE worker = ? AND session = ? AND state = 'running'{only}",
+            (until, worker, session, *(ids or ())),
+        )
+
+    async def attempts_running(self) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for worker, id in self.conn.execute("SELECT worker, id FROM attempts WHERE state = 'running' ORDER BY id"):
+            found.setdefault(worker, []).append(id)
+        return found
+
+    # agents
+
+    async def put_agent(self, agent: AgentRecord) -> None:
+        marks = ", ".join("?" * len(msgspec.structs.fields(AgentRecord)))
+        self.conn.execute(f"INSERT OR REPLACE INTO agents ({AGENT_COLUMNS}) VALUES ({marks})", agent_row(agent))
+
+    async def agent(self, *, id: str | None = None, team: str = "", name: str = "") -> AgentRecord | None:
+        if id is not None:
+            row = self.conn.execute(f"SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?", (id,)).fetchone()
+        else:
+            row = self.conn.execute(
+                f"SELECT {AGENT_COLUMNS} FROM agents WHERE team = ? AND name = ?", (team, name)
+            ).fetchone()
+        return agent_from(row) if row else None
+
+    async def agents(self, team: str | None) -> list[AgentRecord]:
+        if team is None:
+            rows = self.conn.execute(f"SELECT {AGENT_COLUMNS} FROM agents ORDER BY name, id")
+        else:
+            rows = self.conn.execute(f"SELECT {AGENT_COLUMNS} FROM agents WHERE team = ? ORDER BY name, id", (team,))
+        return [agent_from(r) for r in rows]
+
+    async def touch_agent(self, id: str, at: float, completed: int = 0) -> None:
+        self.conn.execute(
+            "UPDATE agents SET last_heartbeat = max(last_heartbeat, ?), tasks_completed = tasks_completed + ?"
+            " WHERE id = ?",
+            (at, completed, id),
+        )
 
 
 def migrate(path: Path | str) -> list[Migration]:

@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from flowengine.config import Config, ensure_secret
-from flowengine.core import machine
+from flowengine.core import machine, queue
 from flowengine.core.ids import uuid7
 from flowengine.core.lru import LRU
 from flowengine.core.machine import (
@@ -32,10 +32,9 @@ from flowengine.core.machine import (
     Event,
     ObjectMeta,
     Run,
-    StepFailed,
-    StepSucceeded,
 )
 from flowengine.core.plans import EdgePlan, Plan, make_plan, well_ttl
+from flowengine.core.queue import Attempt
 from flowengine.core.spec import Flow, with_tasks
 from flowengine.core.validate import validate
 from flowengine.errors import Error, conflict, not_found
@@ -43,14 +42,16 @@ from flowengine.identity.directory import Directory
 from flowengine.persistence import open_database
 from flowengine.persistence.base import Database, NewRun, Queries, RunRow, TaskEventRow, TaskRecord, Wait
 from flowengine.runtime import datadir, landing, retention, tasks
+from flowengine.runtime.agents import Agents
 from flowengine.runtime.catalog import Catalog
 from flowengine.runtime.executors.reaper import Reaper
 from flowengine.runtime.executors.sandbox import Sandbox
 from flowengine.runtime.executors.warm import Workers
+from flowengine.runtime.local import LocalExecutor
 from flowengine.runtime.metrics import Metrics
 from flowengine.runtime.notifier import LocalNotifier, Notifier, run_topic
+from flowengine.runtime.queue import StepQueue
 from flowengine.runtime.retention import LOGS
-from flowengine.runtime.steps import StepJob, run_step
 from flowengine.runtime.supervisor import Supervisor
 from flowengine.runtime.workflows import SYNC_INTERVAL as WORKFLOW_SYNC_INTERVAL
 from flowengine.runtime.workflows import Workflows
@@ -59,9 +60,9 @@ from flowengine.stores.registry import Stores
 
 FLOW_CACHE = 1024  # decoded flow definitions kept in memory
 RUN_CACHE = 10_000  # recently used runs kept in memory
+LEASE_TICK = 1.0  # seconds between looks for offers, leases and deadlines that ran out
 HOUSEKEEPING_INTERVAL = 1.0  # seconds between the database's housekeeping (SQLite: WAL checkpoints)
 RECOVERY_BATCH = 500  # rows read at a time when resuming after a restart
-RECOVERY_BACKLOG = 1000  # dispatched steps at most before resuming more interrupted runs
 log = logging.getLogger("flowengine")
 events_log = logging.getLogger("flowengine.runs")  # one line per run and step transition
 _decode_flow = msgspec.json.Decoder(Flow).decode
@@ -85,8 +86,20 @@ class _Creation(msgspec.Struct):
     waits: list[Wait]
     wake: float | None  # machine.next_wake(run)
     first_check: float  # when the reconciler first asks the store about the waits
+    attempts: list[Attempt]  # the queue's rows for the steps it dispatches at once
     task: tasks.NewTask | None = None  # a task's run: its row and first events are inserted with it
     task_rows: tuple[TaskRecord, list[TaskEventRow]] | None = None
+
+
+class Change(msgspec.Struct):
+    """A run change made inside a transaction, to be carried out (`Engine.committed`) after its commit."""
+
+    before: Run
+    run: Run
+    flow: Flow
+    definition: str
+    commands: list[Command]
+    wake: float | None
 
 
 class Engine:
@@ -113,8 +126,9 @@ class Engine:
         self._flows: LRU[str, Flow] = LRU(FLOW_CACHE)  # decoded definitions, by digest
         self._plans: LRU[str, Plan] = LRU(FLOW_CACHE)
         self._runs: LRU[str, RunRow] = LRU(RUN_CACHE)
-        self._steps: dict[tuple[str, str], asyncio.Task] = {}
-        self._slots = asyncio.Semaphore(config.concurrency)
+        self.queue = StepQueue(self)
+        self.local = LocalExecutor(self)
+        self.agents = Agents(self)
         self._wake = asyncio.Event()
         self._sleep_until = math.inf
         self._background: list[asyncio.Task] = []
@@ -126,7 +140,6 @@ class Engine:
         self.reaper = Reaper()
         self.workers: Workers | None = None
         self.recovery = Recovery()
-        self.started = False  # steps are dispatched only between start() and stop(); recovery takes the rest
 
     # lifecycle
 
@@ -134,7 +147,6 @@ class Engine:
         """Resume after a stop or a crash. Only preparing the scratch dirs and the sandbox happens
         before the engine serves; the rest of the recovery (`_recover`) runs in the background."""
         datadir.prepare_work_root(self.work_root, self.config.data_path)
-        self.started = True
         shutil.rmtree(self.config.data_path / "tmp", ignore_errors=True)
         (self.config.data_path / "tmp").mkdir(parents=True, exist_ok=True)
         self.sandbox = Sandbox.prepare(self.config.data_path.resolve(), self.work_root, Path(self.config.flows_dir),
@@ -145,7 +157,12 @@ class Engine:
                                max_calls=self.config.python_worker_calls,
                                idle_timeout=self.config.python_worker_idle)  # fmt: skip
         self.recovery.crashed = not await self.db.take_clean_stop()
+        await self.local.reclaim()
+        await self.agents.resume()
         self.spawn_loop("timers", self._timers, self._until_next_wake)
+        self.spawn_loop("local-executor", self.local.serve, every(0))
+        self.spawn_loop("local-heartbeat", self.local.heartbeat, every(self.config.heartbeat_interval))
+        self.spawn_loop("leases", self.queue.expire, every(LEASE_TICK))
         self.spawn_loop("housekeeping", self.db.housekeeping, every(HOUSEKEEPING_INTERVAL))
         self.spawn_loop("reconciler", landing.Reconciler(self).tick, every(self.config.reconcile_interval))
         self.spawn_loop("sweeper", lambda: retention.sweep(self), every(self.config.sweep_interval))
@@ -185,31 +202,29 @@ class Engine:
                 await self._resume(row)
             self.recovery.runs += len(rows)
             after = rows[-1].run.id
-            await self._step_backlog_below(RECOVERY_BACKLOG)
+            await asyncio.sleep(0)  # the event loop serves between batches
         for location in await self.db.wait_locations() if self.recovery.crashed else ():
             if location.startswith("local:"):
                 await self._recover_local_uploads(location)
 
     async def _resume(self, row: RunRow) -> None:
-        """Carry on with a run the last process left RUNNING. An attempt that was running then was cut
-        short (its process is gone): the machine starts a new attempt, with its own scratch dir and
-        log. One that was dispatched but never started is dispatched again as it was. The engine
-        serves meanwhile: a step an event has already dispatched again is left alone."""
+        """Carry on with a run the last process left RUNNING. Its active steps' attempts are in the
+        queue (the local executor's were reclaimed at start; agents' go on). An active step without
+        an attempt row (a run from before the queue) gets one: READY, as it was dispatched; RUNNING,
+        as an attempt cut short."""
         flow = await self.flow_of(row.definition)
         for name, state in row.run.steps.items():
-            if (row.run.id, name) in self._steps:
+            if state.status not in (machine.READY, machine.RUNNING):
+                continue
+            if await self.db.attempt_of(row.run.id, name, state.attempts) is not None:
                 continue
             if state.status == machine.RUNNING:
                 await self.apply(row.run.id, machine.StepInterrupted(name, state.attempts))
-            elif state.status == machine.READY:
-                self._dispatch(row.run.id, flow, Dispatch(name, state.attempts))
-
-    async def _step_backlog_below(self, limit: int) -> None:
-        """Let the event loop serve, then wait until fewer than `limit` steps are dispatched (each is a
-        task held in memory)."""
-        await asyncio.sleep(0)
-        while len(self._steps) >= limit:
-            await asyncio.sleep(0.05)
+            else:
+                attempt = self.queue.attempt_for(row.run, flow, Dispatch(name, state.attempts), self.clock())
+                async with self.db.transaction() as tx:
+                    await tx.insert_attempts([attempt])
+                self.queue.woke()
 
     async def _recover_local_uploads(self, location: str) -> None:
         """An upload whose file was in place when the process died, before its run advanced. Every
@@ -235,8 +250,7 @@ class Engine:
         self.spawn(self.loops.run(name, work, pause))
 
     async def stop(self) -> None:
-        self.started = False
-        tasks = [*self._background, *self._steps.values()]
+        tasks = [*self._background, *self.local.running.values()]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -349,9 +363,12 @@ class Engine:
                 f"{at}.Stores[0]",
             )  # fmt: skip
 
-    async def create_run(self, plan: Plan, team: str = "", task: tasks.NewTask | None = None) -> Run:
+    async def create_run(
+        self, plan: Plan, team: str = "", task: tasks.NewTask | None = None, pool: str = "team", region: str = ""
+    ) -> Run:
         """A new run of `team`; with `task`, a task's (runtime/tasks.py): its file wells arrive filled,
-        its steps take its flags, and its row is inserted with the run."""
+        its steps take its flags, and its row is inserted with the run. `pool` and `region` say which
+        agents its steps may go to, and prefer."""
         now = self.clock()
         run_id = self.new_id()
         edges = {e.name: e.state(run_id, now) for e in plan.edges}
@@ -364,12 +381,14 @@ class Engine:
         if len(edges) > 1:
             _refuse_shared_keys(edges, plan)
         flags = task.flags if task is not None else None
-        run, commands = machine.start(plan.flow, run_id, edges, now, team, flags=flags, task=task is not None)
+        run, commands = machine.start(plan.flow, run_id, edges, now, team, flags=flags, task=task is not None,
+                                      pool=pool, region=region)  # fmt: skip
         waiting = machine.waiting_edges(run)
         waits = [_wait(e.store, run, e.name) for e in plan.edges if e.name in waiting]
         wake = machine.next_wake(run)
         rows = tasks.first_rows(task, run, plan.flow) if task is not None else None
-        creation = _Creation(run, plan, waits, wake, now + self.config.reconcile_interval, task, rows)
+        attempts = self.queue.attempts_for(run, plan.flow, commands, now)
+        creation = _Creation(run, plan, waits, wake, now + self.config.reconcile_interval, attempts, task, rows)
         await self._commit_creation(creation)
         self._flows.put(plan.digest, plan.flow)
         self._runs.put(run.id, RunRow(run, plan.digest))
@@ -391,10 +410,11 @@ class Engine:
         refused: dict[int, Error] = {}
         try:
             async with self.db.transaction() as tx:
-                rows, task_rows = [], []
+                rows, task_rows, attempts = [], [], []
                 for i, (creation, _) in enumerate(batch):
                     try:
                         rows.append(await self._claim(tx, creation))
+                        attempts += creation.attempts
                     except Error as exc:
                         refused[i] = exc
                         continue
@@ -403,6 +423,7 @@ class Engine:
                 await tx.insert_runs(rows)
                 if task_rows:
                     await tx.insert_tasks(task_rows)
+                await tx.insert_attempts(attempts)
         except Exception as exc:
             for _, future in batch:
                 future.set_exception(exc)
@@ -439,30 +460,49 @@ class Engine:
     async def apply(self, run_id: str, event: Event) -> Run:
         """Apply one event to one run in one transaction; then carry out its commands."""
         async with self.db.transaction() as tx:
-            row = await tx.load_run(run_id)
-            if row is None:
-                raise not_found("run", run_id, "path.runID")
-            flow = await self.flow_of(row.definition, tx)
-            run, commands = machine.advance(row.run, flow, event, self.clock())
-            if run is row.run:
-                return run
-            wake = machine.next_wake(run)
-            await tx.save_run(run, wake)
-            if run.task:
-                change = tasks.task_change(row.run, run, flow)
-                if change.events:
-                    await tx.save_task(run.id, change)
-            filled = [n for n, e in run.edges.items() if e.object and not row.run.edges[n].object]
-            still = set(machine.waiting_edges(run))
-            gone = [n for n in machine.waiting_edges(row.run) if n not in still]
-            await tx.drop_waits([_wait(self.store_of(flow, run.edges[n]), run, n) for n in gone])
-            expiries = self._expiries(run, filled)
-            if run.status in machine.TERMINAL and run.steps:
-                expiries[LOGS] = self.clock() + self.config.output_retention  # the steps' logs go with the outputs
-            await tx.add_expiries(run.id, expiries)
-        self._runs.put(run.id, RunRow(run, row.definition))
-        self._after_commit(row.run, run, flow, commands, wake)
-        return run
+            change = await self.advance(tx, run_id, event)
+        return self.committed(change)
+
+    async def advance(self, tx: Queries, run_id: str, event: Event) -> Change:
+        """Apply one event to one run inside the transaction `tx` (its row locked until the commit),
+        with the queue's rows its commands ask for; `committed` carries out the rest after the commit."""
+        row = await tx.load_run(run_id)
+        if row is None:
+            raise not_found("run", run_id, "path.runID")
+        flow = await self.flow_of(row.definition, tx)
+        now = self.clock()
+        run, commands = machine.advance(row.run, flow, event, now)
+        if run is row.run:
+            return Change(row.run, run, flow, row.definition, [], None)
+        wake = machine.next_wake(run)
+        await tx.save_run(run, wake)
+        if run.task:
+            task_change = tasks.task_change(row.run, run, flow)
+            if task_change.events:
+                await tx.save_task(run.id, task_change)
+        filled = [n for n, e in run.edges.items() if e.object and not row.run.edges[n].object]
+        still = set(machine.waiting_edges(run))
+        gone = [n for n in machine.waiting_edges(row.run) if n not in still]
+        await tx.drop_waits([_wait(self.store_of(flow, run.edges[n]), run, n) for n in gone])
+        expiries = self._expiries(run, filled)
+        if run.status in machine.TERMINAL and run.steps:
+            expiries[LOGS] = now + self.config.output_retention  # the steps' logs go with the outputs
+        await tx.add_expiries(run.id, expiries)
+        await tx.insert_attempts(
+            [self.queue.attempt_for(run, flow, c, now) for c in commands if isinstance(c, Dispatch)]
+        )
+        for command in commands:
+            if isinstance(command, Abort):
+                for attempt in await tx.open_attempts(run.id, command.step):
+                    await tx.save_attempt(queue.end(attempt, "cancelled"))
+        return Change(row.run, run, flow, row.definition, commands, wake)
+
+    def committed(self, change: Change) -> Run:
+        """After the commit of `change`: the cached copy, notifications, logs, and the commands."""
+        if change.run is not change.before:
+            self._runs.put(change.run.id, RunRow(change.run, change.definition))
+            self._after_commit(change.before, change.run, change.flow, change.commands, change.wake)
+        return change.run
 
     def _after_commit(
         self, before: Run | None, run: Run, flow: Flow, commands: list[Command], wake: float | None
@@ -475,13 +515,11 @@ class Engine:
                 _log_transition(transition)
         if wake is not None and wake < self._sleep_until:
             self._wake.set()
+        if any(isinstance(c, Dispatch) for c in commands):
+            self.queue.woke()
         for command in commands:
-            if isinstance(command, Dispatch):
-                self._dispatch(run.id, flow, command)
-            elif isinstance(command, Abort):
-                task = self._steps.get((run.id, command.step))
-                if task:
-                    task.cancel()
+            if isinstance(command, Abort):
+                self.local.cancel(run.id, command.step)
 
     def _expiries(self, run: Run, edges: list[str]) -> dict[str, float]:
         due = {name: self.expires_at(run.edges[name]) for name in edges}
@@ -510,66 +548,6 @@ class Engine:
             raise conflict(f"run {run_id!r} is {run.status}: it waits for no upload", "path.runID")
         ttl = min(well_ttl(flow.well(edge), self.config) for edge in waiting)
         return await self.apply(run_id, machine.Refresh(math.ceil(self.clock() + ttl)))
-
-    # steps
-
-    def _dispatch(self, run_id: str, flow: Flow, command: Dispatch) -> None:
-        if not self.started:  # the step stays READY: the next start's recovery dispatches it
-            return
-        task = asyncio.create_task(self._run_step(run_id, flow, command))
-        self._steps[(run_id, command.step)] = task
-        task.add_done_callback(lambda _t, k=(run_id, command.step): self._forget(k, _t))
-
-    def _forget(self, key: tuple[str, str], task: asyncio.Task) -> None:
-        if self._steps.get(key) is task:
-            del self._steps[key]
-
-    async def _run_step(self, run_id: str, flow: Flow, command: Dispatch) -> None:
-        async with self._slots:
-            run = await self.apply(run_id, machine.StepStarted(command.step, command.attempt))
-            state = run.steps.get(command.step)
-            if state is None or state.attempts != command.attempt or state.status != machine.RUNNING:
-                return
-            step = flow.step(command.step)
-            job = StepJob(
-                run_id=run_id,
-                step=step,
-                task=flow.task_of(step),
-                attempt=command.attempt,
-                edges=run.edges,
-                store_of=lambda edge: self.store_of(flow, edge),
-                work_root=self.work_root,
-                log_path=self.log_root / run_id / f"{step.id}.{command.attempt}.log",
-                log_tail=self.config.log_tail,
-                python_path=self.python_path,
-                sandbox=self.sandbox,
-                reaper=self.reaper,
-                flags=run.flags.get(step.id, {}),
-                workers=self.workers,
-            )
-            try:
-                event = await run_step(job)
-            except Exception as exc:  # a fault of the engine's own, around the step: the attempt fails, visibly
-                log.exception("step %r of run %s, attempt %d: the runner failed", step.id, run_id, command.attempt)
-                event = StepFailed(step.id, command.attempt, f"internal error: {type(exc).__name__}: {exc}")
-            # Recorded before the slot is freed: a step started in it must come after this one's end.
-            await self._report(run_id, event)
-
-    async def _report(self, run_id: str, event: StepSucceeded | StepFailed) -> None:
-        """Apply a step's result; a database that refuses it for a moment is tried again until it
-        takes it, so that no step is left RUNNING for good."""
-        delay = 0.1
-        while True:
-            try:
-                await self.apply(run_id, event)
-                return
-            except Error as exc:
-                if exc.kind not in ("unavailable", "insufficient_storage"):
-                    raise
-                log.exception("run %s: recording the result of step %r failed; retrying in %gs", run_id,
-                              event.step, delay)  # fmt: skip
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
 
     # timers
 

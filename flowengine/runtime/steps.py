@@ -23,6 +23,7 @@ import msgspec
 
 from flowengine.core.keys import VAR
 from flowengine.core.machine import EdgeState, ObjectMeta, StepFailed, StepSucceeded
+from flowengine.core.queue import output_key
 from flowengine.core.spec import Scalar, Step, Task
 from flowengine.runtime.executors import pyrun
 from flowengine.runtime.executors.process import run_process
@@ -272,11 +273,12 @@ async def _store_outputs(job: StepJob, scratch: Path, paths: dict[str, PurePosix
     for b in job.step.outputs:
         edge = job.edges[b.edge]
         fd = _open_inside(scratch, paths[b.slot], f"output {b.slot!r}")
+        key = output_key(edge.key, job.attempt)  # a later attempt's own key: a late one cannot overwrite it
         try:
             # The store reads the file this descriptor holds: whatever happens to the path meanwhile.
-            info = await job.store_of(edge).upload(edge.key, Path(f"/proc/self/fd/{fd}"),
+            info = await job.store_of(edge).upload(key, Path(f"/proc/self/fd/{fd}"),
                                                    output_type(job.task, b.slot, edge))  # fmt: skip
         finally:
             os.close(fd)
-        written[b.edge] = ObjectMeta(info.size, info.content_type, info.etag)
+        written[b.edge] = ObjectMeta(info.size, info.content_type, info.etag, "" if key == edge.key else key)
     return written

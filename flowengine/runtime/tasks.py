@@ -88,7 +88,8 @@ async def submit(
     )  # fmt: skip
     claim = IdempotencyKey(team, idempotency_key, "", fingerprint, now) if idempotency_key is not None else None
     try:
-        run = await engine.create_run(plan, team, NewTask(record, edges, inputs.flags, claim))
+        run = await engine.create_run(plan, team, NewTask(record, edges, inputs.flags, claim), pool=record.target_pool,
+                                      region=record.submitter_region)  # fmt: skip
     except Error as exc:
         if exc.code != IDEMPOTENCY_TAKEN:
             raise

@@ -28,12 +28,16 @@ class Presigned(msgspec.Struct, frozen=True):
     expires: float  # epoch seconds
 
 
+LEASE_HEADER = "x-amz-meta-flowengine-lease"  # metadata to S3; to the embedded store, whose lease the PUT is
+
+
 class PutConditions(msgspec.Struct, frozen=True):
     """What a presigned PUT pins down; each set field becomes a signed header."""
 
     size: int | None = None  # Content-Length
     content_type: str | None = None  # Content-Type
     no_overwrite: bool = False  # If-None-Match: *
+    lease: str | None = None  # x-amz-meta-flowengine-lease: a step attempt's output, taken while its lease runs
 
     def headers(self) -> dict[str, str]:
         signed: dict[str, str] = {}
@@ -43,6 +47,8 @@ class PutConditions(msgspec.Struct, frozen=True):
             signed["Content-Type"] = self.content_type
         if self.no_overwrite:
             signed["If-None-Match"] = "*"
+        if self.lease is not None:
+            signed[LEASE_HEADER] = self.lease
         return signed
 
 

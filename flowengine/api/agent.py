@@ -1,0 +1,289 @@
+"""The agent protocol (`/api/v1/agent/`, `ak-` keys only) and the agents' listing (`/api/v1/agents`,
+`/api/v1/r/agents`). Thin: decode, authenticate, call runtime/agents.py and runtime/queue.py, encode.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from flowengine.api.auth import AGENT_CALLERS, RUNTIME_CALLERS, RUNTIME_SECURITY, authenticate
+from flowengine.api.errors import ReferenceErrorBody
+from flowengine.api.http import engine_of, json_response
+from flowengine.api.openapi import Answer, ApiRoute, Body, Operation, Param
+from flowengine.api.r.common import PageMeta, body_of, page_of, public_base
+from flowengine.core.keys import is_name
+from flowengine.core.times import rfc3339
+from flowengine.errors import bad_request
+from flowengine.runtime.agents import Lease, LogChunk, Registration, Written
+
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=60)]
+TAG = "agents"
+
+
+class Registered(msgspec.Struct):
+    agent_id: str  # the agent's name: unique in its team
+    session: str  # send it with every lease and heartbeat call; a new registration ends it
+    heartbeat_interval: float  # seconds between heartbeats
+    lease_seconds: float  # a lease lasts this long past the last heartbeat
+    poll_seconds: float  # how long a lease call waits for work unless it says
+
+
+class LeaseRequest(msgspec.Struct):
+    session: str
+    wait: Seconds | None = None  # seconds to wait for work (default: the engine's agent_poll)
+    slots: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1  # how many leases the agent can take now
+
+
+class Leases(msgspec.Struct):
+    leases: list[Lease]
+
+
+class Token(msgspec.Struct):
+    token: str
+
+
+class Heartbeat(msgspec.Struct):
+    session: str
+    running: list[str] = []  # lease ids the agent runs
+
+
+class HeartbeatAnswer(msgspec.Struct):
+    cancel: list[str]  # stop these: their step was cancelled
+    lost: list[str]  # these are no longer the agent's (expired, fenced, unknown): stop them, report nothing
+
+
+class Progress(msgspec.Struct):
+    token: str
+    fraction: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    step: str = ""  # what runs now (a ComfyUI node, a phase)
+    message: str = ""
+    logs: list[LogChunk] = []
+
+
+class Complete(msgspec.Struct):
+    token: str
+    outputs: dict[str, Written]  # output slot -> what was uploaded to its URL
+    logs: list[LogChunk] = []
+
+
+class Fail(msgspec.Struct):
+    token: str
+    error: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    retryable: bool = True
+    logs: list[LogChunk] = []
+
+
+class Ok(msgspec.Struct):
+    ok: Literal[True] = True
+
+
+class AgentItem(msgspec.Struct):
+    agent_id: str
+    agent_status: Literal["idle", "busy", "offline"]
+    agent_labels: list[str]
+    tool: list[str]
+    region: str
+    community: bool
+    last_heartbeat: str
+    connected_at: str
+    gpu_capacity: int
+    running_count: int
+    running_tasks: list[str]  # run ids
+    tasks_completed: int
+    system_stats: dict[str, Any]
+
+
+class AgentList(msgspec.Struct):
+    agent_list: list[AgentItem]
+    page_meta: PageMeta
+
+
+def _check_registration(body: Registration) -> None:
+    if not is_name(body.name):
+        raise bad_request("invalid_field", f"name {body.name!r}: a name may only use letters, digits, '.', '_' and "
+                          "'-', at most 128 characters", "name")  # fmt: skip
+    for field, values in (("labels", body.labels), ("tools", body.tools)):
+        for i, value in enumerate(values):
+            if not is_name(value) or len(value) > 64:
+                raise bad_request("invalid_field", f"{value!r} is not a {field[:-1]}: letters, digits, '.', '_', '-'",
+                                  f"{field}[{i}]")  # fmt: skip
+    if not body.tools:
+        raise bad_request("invalid_field", "an agent runs at least one tool (exec, python, comfyui, ...)", "tools")
+    if not 1 <= body.capacity <= 1024:
+        raise bad_request("invalid_field", f"capacity {body.capacity} is not between 1 and 1024", "capacity")
+    if len(body.region) > 64:
+        raise bad_request("invalid_field", "region is longer than 64 characters", "region")
+
+
+async def register(request: Request) -> Response:
+    principal = await authenticate(request.scope, AGENT_CALLERS)
+    body = await body_of(request, Registration)
+    _check_registration(body)
+    engine = engine_of(request)
+    agent = await engine.agents.register(principal.team, body)
+    config = engine.config
+    return json_response(Registered(agent.name, agent.session, config.heartbeat_interval, config.lease,
+                                    config.agent_poll))  # fmt: skip
+
+
+async def lease(request: Request) -> Response:
+    principal = await authenticate(request.scope, AGENT_CALLERS)
+    body = await body_of(request, LeaseRequest)
+    engine = engine_of(request)
+    worker = await engine.agents.session_worker(principal.team, body.session)
+    wait = engine.config.agent_poll if body.wait is None else body.wait
+    return json_response(Leases(await engine.agents.lease(worker, body.slots, wait, public_base(request))))
+
+
+async def heartbeat(request: Request) -> Response:
+    principal = await authenticate(request.scope, AGENT_CALLERS)
+    body = await body_of(request, Heartbeat)
+    engine = engine_of(request)
+    agent = await engine.db.agent(id=body.session.partition(".")[0])
+    if agent is None or agent.team != principal.team or agent.session != body.session:
+        return json_response(HeartbeatAnswer([], list(body.running)))  # a fenced session: all of it is lost
+    cancel, lost = await engine.agents.heartbeat(engine.agents.worker_of(agent), body.running)
+    return json_response(HeartbeatAnswer(cancel, lost))
+
+
+async def ack(request: Request) -> Response:
+    principal = await authenticate(request.scope, AGENT_CALLERS)
+    body = await body_of(request, Token)
+    engine, lease_id = engine_of(request), request.path_params["lease_id"]
+    worker = await engine.agents.lease_worker(principal.team, lease_id)
+    await engine.queue.ack(lease_id, body.token, worker)
+    return json_response(Ok())
+
+
+async def progress(request: Request) -> Response:
+    principal = await authenticate(request.scope, AGENT_CALLERS)
+    body = await body_of(request, Progress)
+    engine, lease_id = engine_of(request), request.path_params["lease_id"]
+    worker = await engine.agents.lease_worker(principal.team, lease_id)
+    await engine.agents.logs(lease_id, body.token, worker, body.logs)
+    await engine.agents.progress(lease_id, body.token, worker, body.fraction, body.step, body.message)
+    return json_response(Ok())
+
+
+async def complete(request: Request) -> Response:
+    principal = await authenticate(request.scope, AGENT_CALLERS)
+    body = await body_of(request, Complete)
+    engine, lease_id = engine_of(request), request.path_params["lease_id"]
+    worker = await engine.agents.lease_worker(principal.team, lease_id)
+    await engine.agents.logs(lease_id, body.token, worker, body.logs)
+    await engine.agents.complete(lease_id, body.token, worker, body.outputs)
+    return json_response(Ok())
+
+
+async def fail(request: Request) -> Response:
+    principal = await authenticate(request.scope, AGENT_CALLERS)
+    body = await body_of(request, Fail)
+    engine, lease_id = engine_of(request), request.path_params["lease_id"]
+    worker = await engine.agents.lease_worker(principal.team, lease_id)
+    await engine.agents.logs(lease_id, body.token, worker, body.logs)
+    attempt = await engine.queue.running(lease_id, body.token, worker, done_ok=True)
+    await engine.queue.fail(lease_id, body.token, worker, body.error, body.retryable, engine.agents.tail(attempt))
+    return json_response(Ok())
+
+
+async def release(request: Request) -> Response:
+    principal = await authenticate(request.scope, AGENT_CALLERS)
+    body = await body_of(request, Token)
+    engine, lease_id = engine_of(request), request.path_params["lease_id"]
+    worker = await engine.agents.lease_worker(principal.team, lease_id)
+    await engine.queue.release(lease_id, body.token, worker)
+    return json_response(Ok())
+
+
+async def list_agents(request: Request) -> Response:
+    principal = await authenticate(request.scope, RUNTIME_CALLERS)
+    page = page_of(request)
+    engine = engine_of(request)
+    now = engine.clock()
+    running = await engine.db.attempts_running()
+    items = []
+    for agent in await engine.db.agents(principal.team):
+        leases = [await engine.db.attempt(i) for i in running.get(agent.id, [])]
+        runs = [a.run_id for a in leases if a is not None]
+        status = "offline" if not engine.agents.connected(agent, now) else "busy" if runs else "idle"
+        items.append(AgentItem(agent.name, status, agent.labels, agent.tools, agent.region, agent.community,
+                               rfc3339(agent.last_heartbeat), rfc3339(agent.connected_at), agent.capacity, len(runs),
+                               runs, agent.tasks_completed, dict(agent.system)))  # fmt: skip
+    shown = items[page.offset : page.offset + page.per_page]
+    return json_response(AgentList(shown, page.meta(len(items))))
+
+
+_LEASE_ID = Param("lease_id", "path", str, "the lease's id, from the lease call", required=True)
+_AGENT_SECURITY = ("bearer",)
+_COMMON = {401: "no ak- key, or a key of another kind", 404: "no such lease among the team's agents'"}
+_STALE = "the token is not the lease's current one (expired, released, fenced, or the step was cancelled): " \
+         "nothing changed; stop the step"  # fmt: skip
+
+
+OK = Answer("accepted", Ok)
+LIST = Operation(
+    summary="The team's agents",
+    tag=TAG,
+    params=(Param("current_page", "query", int, "page, from 1"), Param("per_page", "query", int, "1 to 100")),
+    security=RUNTIME_SECURITY,
+    errors=ReferenceErrorBody,
+    answers={200: Answer("the agents, by name; offline: no heartbeat for three intervals", AgentList), 401: "no "
+             "credential, or an ak- key"},
+)  # fmt: skip
+
+
+def _lease_op(summary: str, body: Body, description: str, **more: str) -> Operation:
+    answers: dict[int, Answer | str] = {200: OK, 400: "a field is missing or of the wrong type", 409: _STALE, **_COMMON}
+    answers.update({int(k.removeprefix("s")): v for k, v in more.items()})
+    return Operation(summary=summary, tag=TAG, description=description, body=body, security=_AGENT_SECURITY,
+                     errors=ReferenceErrorBody, answers=answers, params=(_LEASE_ID,))  # fmt: skip
+
+
+routes = [
+    ApiRoute("/api/v1/agent/register", register, post=Operation(
+        summary="Register an agent: a new session (the agent's previous session's leases are lost)",
+        tag=TAG, body=Body(Registration, "the agent's name, labels, tools, region, capacity, pool and system facts"),
+        security=_AGENT_SECURITY, errors=ReferenceErrorBody,
+        answers={200: Answer("the session and the timings to keep", Registered),
+                 400: "a field is missing, of the wrong type, or not a name", 401: _COMMON[401]},
+    )),
+    ApiRoute("/api/v1/agent/lease", lease, post=Operation(
+        summary="Long poll for work: answers at once when a step is ready for this agent, else within `wait`",
+        description="Each lease is an offer: acknowledge it before `lease_expires`, or it goes back to the queue. "
+        "An offer whose answer was lost comes again (same lease_id and token) on the next call.",
+        tag=TAG, body=Body(LeaseRequest, "the session, how long to wait, how many leases it can take"),
+        security=_AGENT_SECURITY, errors=ReferenceErrorBody,
+        answers={200: Answer("the leases (an empty list when the wait ran out)", Leases),
+                 400: "a field is missing or of the wrong type", 401: _COMMON[401],
+                 409: "the session is over (the agent registered again): register again"},
+    )),
+    ApiRoute("/api/v1/agent/heartbeat", heartbeat, post=Operation(
+        summary="One heartbeat for all the agent's leases: extends them, and says which to cancel and which are lost",
+        tag=TAG, body=Body(Heartbeat, "the session and the leases it runs"), security=_AGENT_SECURITY,
+        errors=ReferenceErrorBody,
+        answers={200: Answer("the leases to cancel and those lost", HeartbeatAnswer),
+                 400: "a field is missing or of the wrong type", 401: _COMMON[401]},
+    )),
+    ApiRoute("/api/v1/agent/leases/{lease_id}/ack", ack, post=_lease_op(
+        "Acknowledge an offer: the step runs (its timeout counts from now)", Body(Token, "the lease's token"), "")),
+    ApiRoute("/api/v1/agent/leases/{lease_id}/progress", progress, post=_lease_op(
+        "Progress and numbered log chunks of a running step", Body(Progress, "progress, and log chunks"),
+        "A chunk whose number was accepted before is ignored: sending again never duplicates a line.")),
+    ApiRoute("/api/v1/agent/leases/{lease_id}/complete", complete, post=_lease_op(
+        "The step succeeded: every output is uploaded to its URL", Body(Complete, "each output's size and type"),
+        "Accepted once every output the step declares has landed with the reported size; reporting again is "
+        "harmless.", s422="an output is not reported, has not landed, or landed with another size")),
+    ApiRoute("/api/v1/agent/leases/{lease_id}/fail", fail, post=_lease_op(
+        "The step failed: retried (counted against its attempts) unless not retryable",
+        Body(Fail, "the error, whether another attempt may help, the log"), "")),
+    ApiRoute("/api/v1/agent/leases/{lease_id}/release", release, post=_lease_op(
+        "Give a lease back unfinished (a graceful stop): the step waits for a worker again, not counted",
+        Body(Token, "the lease's token"), "")),
+    ApiRoute("/api/v1/agents", list_agents, get=LIST),
+    ApiRoute("/api/v1/r/agents", list_agents, name="list_agents_r", get=LIST),
+]  # fmt: skip

@@ -1,0 +1,266 @@
+"""Agents as the engine knows them: registrations and sessions, the leases they are handed (with
+presigned URLs: an agent never holds store credentials), their long polls, heartbeats and reports.
+
+The protocol's rules are the queue's (queue.py, core/queue.py); this module adds who the agent is
+(an `ak-` key's team, a name, a session that a new registration fences) and what a lease carries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import secrets
+import time
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from flowengine.core import machine
+from flowengine.core.queue import Attempt, Worker, output_key
+from flowengine.errors import Error, conflict, not_found
+from flowengine.persistence.base import AgentRecord
+from flowengine.runtime.queue import QUEUE_TOPIC
+from flowengine.runtime.steps import flag_values, output_type
+from flowengine.stores.base import PutConditions, StoreUnavailable
+
+if TYPE_CHECKING:
+    from flowengine.runtime.engine import Engine
+
+OFFLINE_AFTER = 3  # heartbeat intervals without one: the agent counts as offline
+POLL_SLICE = 1.0  # seconds a long poll waits at most between looks (a region's wait may end meanwhile)
+
+
+class Registration(msgspec.Struct, kw_only=True):
+    name: str
+    labels: list[str] = []
+    tools: list[str] = msgspec.field(default_factory=lambda: ["exec", "python"])
+    region: str = ""
+    capacity: int = 1
+    community: bool = False
+    system: dict[str, str | int | float | bool | None] = {}
+
+
+class InputURL(msgspec.Struct):
+    url: str
+    size: int
+    content_type: str
+    name: str  # the file's name (the last part of its key)
+
+
+class OutputURL(msgspec.Struct):
+    url: str
+    headers: dict[str, str]  # send every one with the PUT, verbatim
+    name: str
+    content_type: str
+
+
+class Lease(msgspec.Struct):
+    lease_id: str
+    token: str  # every report about this lease carries it
+    run_id: str
+    task_id: str | None  # the run's id when the run is a task of the workflow/task API
+    step: str
+    attempt: int
+    tool: str
+    timeout: float  # seconds the step may run, counted from the acknowledgement
+    flags: dict[str, Any]
+    inputs: dict[str, InputURL]
+    outputs: dict[str, OutputURL]
+    payload: dict[str, Any]  # what the tool runs: exec's argv and env, python's module:function and env
+    lease_expires: float  # the offer's end: acknowledge before it
+
+
+class LogChunk(msgspec.Struct):
+    seq: int  # numbered from 1 per lease: a chunk sent again is ignored
+    text: str
+
+
+class Written(msgspec.Struct):
+    size: int
+    content_type: str = ""
+    etag: str = ""
+
+
+class Agents:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.config = engine.config
+
+    # who
+
+    def worker_of(self, agent: AgentRecord) -> Worker:
+        return Worker(id=agent.id, session=agent.session, team=agent.team, labels=tuple(agent.labels),
+                      tools=tuple(agent.tools), region=agent.region, community=agent.community)  # fmt: skip
+
+    def connected(self, agent: AgentRecord, now: float) -> bool:
+        return now - agent.last_heartbeat <= OFFLINE_AFTER * self.config.heartbeat_interval
+
+    async def resume(self) -> None:
+        """At start: the engine was away, and agents could not extend their leases meanwhile. Every
+        running lease of an agent lasts at least one more lease from now, so that an agent that carried
+        on gets its heartbeat in."""
+        until = self.engine.clock() + self.config.lease
+        for worker in await self.engine.db.attempts_running():
+            agent = await self.engine.db.agent(id=worker)
+            if agent is not None:
+                await self.engine.db.extend_leases(worker, agent.session, until)
+
+    async def register(self, team: str, body: Registration) -> AgentRecord:
+        """A new session for the agent named `body.name` in `team`: the previous one's leases are lost."""
+        now = self.engine.clock()
+        known = await self.engine.db.agent(team=team, name=body.name)
+        agent_id = known.id if known else self.engine.new_id()
+        agent = AgentRecord(agent_id, team, body.name, sorted(set(body.labels)), sorted(set(body.tools)),
+                            body.region.strip().lower(), body.capacity, body.community, body.system,
+                            f"{agent_id}.{secrets.token_urlsafe(18)}", now, now,
+                            known.tasks_completed if known else 0)  # fmt: skip
+        await self.engine.db.put_agent(agent)
+        if known:
+            await self.engine.queue.fence(agent_id, now)
+        return agent
+
+    async def session_worker(self, team: str, session: str) -> Worker:
+        """The worker of a current session of an agent of `team`; a fenced or unknown one is a conflict."""
+        agent = await self.engine.db.agent(id=session.partition(".")[0])
+        if agent is None or agent.team != team or not secrets.compare_digest(agent.session, session):
+            raise conflict("this session is over (the agent registered again, or never did): register again",
+                           "session")  # fmt: skip
+        return self.worker_of(agent)
+
+    async def lease_worker(self, team: str, lease_id: str) -> Worker:
+        """The worker holding a lease, if it is an agent of `team` (another team's lease is not found)."""
+        attempt = await self.engine.db.attempt(lease_id)
+        agent = await self.engine.db.agent(id=attempt.worker) if attempt and attempt.worker else None
+        if attempt is None or (agent is not None and agent.team != team):
+            raise not_found("lease", lease_id, "path.lease_id")
+        if agent is None:
+            raise conflict(f"lease {lease_id!r} is not held by an agent", "path.lease_id")
+        return self.worker_of(agent)
+
+    # leasing
+
+    async def lease(self, worker: Worker, slots: int, wait: float, base_url: str) -> list[Lease]:
+        """Offers for `worker`: at once when there is work it may take, else when some comes, or
+        none after `wait` seconds. Offers it holds and has not acknowledged come first (an answer
+        that never reached it), with the same lease id and token."""
+        await self.engine.db.touch_agent(worker.id, self.engine.clock())
+        until = time.monotonic() + wait
+        with self.engine.notifier.subscribe(QUEUE_TOPIC) as changes:
+            while True:
+                offered = (await self.engine.queue.pending_offers(worker))[:slots]
+                if len(offered) < slots:
+                    offered += await self.engine.queue.offer(worker, slots - len(offered))
+                if offered:
+                    return [await self.lease_of(a, base_url) for a in offered]
+                left = until - time.monotonic()
+                if left <= 0:
+                    return []
+                await changes.wait(min(left, POLL_SLICE))
+
+    async def lease_of(self, attempt: Attempt, base_url: str) -> Lease:
+        """What an agent needs to run an attempt anywhere: URLs for its inputs and outputs, valid for
+        the whole attempt, its flags and its tool's payload."""
+        run, flow = await self.engine.get_run(attempt.run_id)
+        step = flow.step(attempt.step)
+        task = flow.task_of(step)
+        expires = self.engine.clock() + self.config.offer_timeout + attempt.timeout + 2 * self.config.lease
+        inputs = {}
+        for b in step.inputs:
+            edge = run.edges[b.edge]
+            obj = edge.object or machine.ObjectMeta(0, "application/octet-stream", "")
+            url = self.engine.store_of(flow, edge).presign_get(edge.key, expires, base_url).url
+            inputs[b.slot] = InputURL(url, obj.size, obj.content_type, PurePosixPath(edge.key).name)
+        outputs = {}
+        for b in step.outputs:
+            edge = run.edges[b.edge]
+            content_type = output_type(task, b.slot, edge)
+            key = output_key(edge.key, attempt.attempt)
+            conditions = PutConditions(content_type=content_type, lease=attempt.id)
+            signed = self.engine.store_of(flow, edge).presign_put(key, expires, conditions, base_url)
+            outputs[b.slot] = OutputURL(signed.url, signed.headers, PurePosixPath(key).name, content_type)
+        payload: dict[str, Any] = {"env": task.env}
+        if task.exec is not None:
+            payload["exec"] = task.exec
+        if task.python is not None:
+            payload["python"] = task.python
+        flags = dict(flag_values(step, task))
+        return Lease(attempt.id, attempt.token, run.id, None, step.id, attempt.attempt, attempt.tool,
+                     attempt.timeout, flags, inputs, outputs, payload, attempt.offer_expires or math.inf)  # fmt: skip
+
+    async def heartbeat(self, worker: Worker, running: list[str]) -> tuple[list[str], list[str]]:
+        now = self.engine.clock()
+        await self.engine.db.touch_agent(worker.id, now)
+        await self.engine.queue.heartbeat(worker, running)
+        return await self.engine.queue.outcome(running, worker)
+
+    # reports
+
+    async def logs(self, lease_id: str, token: str, worker: Worker, chunks: list[LogChunk]) -> None:
+        """Append the chunks not seen yet to the step's log, in order; a chunk sent again is ignored."""
+        if not chunks:
+            return
+        attempt = await self.engine.queue.running(lease_id, token, worker, done_ok=True)
+        if attempt.state == "done":  # a report sent again: its chunks are in already
+            return
+        fresh = sorted((c for c in chunks if c.seq > attempt.log_seq), key=lambda c: c.seq)
+        if not fresh:
+            return
+        path = self.engine.log_root / attempt.run_id / f"{attempt.step}.{attempt.attempt}.log"
+        text = "".join(c.text if c.text.endswith("\n") else c.text + "\n" for c in fresh)
+        await asyncio.to_thread(_append, path, text)
+        await self.engine.queue.logged(attempt, fresh[-1].seq)
+
+    async def progress(self, lease_id: str, token: str, worker: Worker, fraction: float | None, current: str,
+                       message: str) -> None:  # fmt: skip
+        """Show what the worker says in the run document (and so in the task's events)."""
+        if fraction is None and not current and not message:
+            return
+        attempt = await self.engine.queue.running(lease_id, token, worker)
+        said = machine.Progress(fraction, current, message)
+        await self.engine.apply(attempt.run_id, machine.StepProgressed(attempt.step, attempt.attempt, said))
+
+    def tail(self, attempt: Attempt) -> list[str]:
+        path = self.engine.log_root / attempt.run_id / f"{attempt.step}.{attempt.attempt}.log"
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        return lines[-self.config.log_tail :]
+
+    async def complete(self, lease_id: str, token: str, worker: Worker, written: dict[str, Written]) -> None:
+        """Accept a success once every output the step declares has landed where its lease said, with
+        the size the agent reports."""
+        attempt = await self.engine.queue.running(lease_id, token, worker, done_ok=True)
+        if attempt.state == "done":
+            await self.engine.queue.complete(lease_id, token, worker, {}, [])  # the same answer again, or 409
+            return
+        run, flow = await self.engine.get_run(attempt.run_id)
+        step = flow.step(attempt.step)
+        outputs = {}
+        for b in step.outputs:
+            edge = run.edges[b.edge]
+            key = output_key(edge.key, attempt.attempt)
+            reported = written.get(b.slot)
+            if reported is None:
+                raise Error("invalid", "output_missing", f"output {b.slot!r} is not reported", f"outputs.{b.slot}")
+            try:
+                info = await self.engine.store_of(flow, edge).stat(key)
+            except StoreUnavailable as exc:
+                raise Error("unavailable", "store_unavailable", f"store {edge.store!r} did not answer: {exc}") from None
+            if info is None:
+                raise Error("invalid", "output_missing", f"output {b.slot!r} has not landed: upload it to its URL",
+                            f"outputs.{b.slot}")  # fmt: skip
+            if info.size != reported.size:
+                raise Error("invalid", "output_size", f"output {b.slot!r} landed with {info.size} bytes, reported "
+                            f"{reported.size}", f"outputs.{b.slot}.size")  # fmt: skip
+            meta = machine.ObjectMeta(info.size, info.content_type, info.etag, "" if key == edge.key else key)
+            outputs[b.edge] = meta
+        await self.engine.queue.complete(lease_id, token, worker, outputs, self.tail(attempt))
+        await self.engine.db.touch_agent(worker.id, self.engine.clock(), completed=1)
+
+
+def _append(path: Any, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
