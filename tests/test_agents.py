@@ -158,3 +158,29 @@ def test_cancel_reaches_a_step_running_on_an_agent(engine: Engine, agents, tmp_p
     time.sleep(4)
     assert marks.read_text() == "started\n"  # killed at the next heartbeat, before it went on
     assert engine.agents()["busy"]["running_count"] == 0
+
+
+def test_an_engine_restarted_while_an_agent_holds_a_lease_loses_nothing(start_server, agents, tmp_path: Path):
+    # The fixture's engine is not used: this one is restarted on its own data dir and port.
+    settings = {**SETTINGS, "lease": 5}  # the restart under load must fit in two leases
+    first = start_server(data_dir=tmp_path / "kept", **settings)
+    engine = Engine(first)
+    marks = tmp_path / "marks"
+    script = f'echo "$FLOWENGINE_ATTEMPT" >> {marks}; sleep 5; cp "$1" "$2"'
+    # The agents fixture talks to the fixture's engine: start this agent by hand, against `first`.
+    log = open(tmp_path / "agent-steady.log", "ab")  # noqa: SIM115 (the process writes it until it ends)
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "flowengine.cli", "agent", "--server", first.url, "--key", engine.agent_key, "--name",
+         "steady", "--labels", "remote", "--work-dir", str(tmp_path / "work-steady")],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        run_id = engine.run(remote_flow(script, attempts=1), b"survives")
+        until(lambda: marks.exists())
+        first.kill9()  # while the agent runs the step
+        second = start_server(data_dir=tmp_path / "kept", port=first.port, **settings)
+        engine.server = second
+        assert engine.output(run_id) == b"survives"  # the agent reported to the new process
+        assert marks.read_text() == "1\n"  # it ran once: the lease outlived the engine's absence
+    finally:
+        stop(agent, signal.SIGKILL)

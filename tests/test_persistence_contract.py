@@ -483,7 +483,9 @@ async def test_expiries_come_due_oldest_first_and_are_dropped_one_by_one(db: Dat
 def test_both_backends_have_the_same_migrations():
     names = [m.name for m in migrations("sqlite")]
     assert names == [m.name for m in migrations("postgres")]
-    assert [m.version for m in migrations("sqlite")] == list(range(1, len(names) + 1))
+    versions = [m.version for m in migrations("sqlite")]
+    # Increasing from 1, each once; a number reserved for a change not merged yet may be missing.
+    assert versions[0] == 1 and versions == sorted(set(versions))
 
 
 # failures of the database itself

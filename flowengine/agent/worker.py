@@ -18,8 +18,9 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import msgspec
@@ -30,7 +31,7 @@ from flowengine.runtime.steps import STEP_PATH, expand_arg
 log = logging.getLogger("flowengine.agent")
 BACKOFF_FIRST, BACKOFF_MOST = 0.5, 30.0  # seconds between tries while the engine is away
 LOG_EVERY = 1.0  # seconds between log chunks sent while a step runs
-TAIL = 40  # lines of output kept for a failure's report
+T = TypeVar("T")
 
 
 class Options(msgspec.Struct, kw_only=True):
@@ -253,6 +254,12 @@ class Agent:
         return {"outputs": written}
 
     async def _download(self, url: str, dest: Path) -> None:
+        await _again_while_away(lambda: self._get(url, dest))
+
+    async def _upload(self, url: str, headers: dict[str, str], path: Path) -> int:
+        return await _again_while_away(lambda: self._put(url, headers, path))
+
+    async def _get(self, url: str, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         async with self.plain.stream("GET", url) as got:
             got.raise_for_status()
@@ -260,7 +267,7 @@ class Agent:
                 async for chunk in got.aiter_bytes(1 << 20):
                     f.write(chunk)
 
-    async def _upload(self, url: str, headers: dict[str, str], path: Path) -> int:
+    async def _put(self, url: str, headers: dict[str, str], path: Path) -> int:
         size = path.stat().st_size
 
         async def chunks() -> Any:
@@ -330,6 +337,21 @@ async def _run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float, 
         with contextlib.suppress(asyncio.CancelledError):
             await reading
         await proc.wait()
+
+
+async def _again_while_away(transfer: Callable[[], Awaitable[T]]) -> T:
+    """A transfer tried again, with a growing backoff, while the store (the engine, for its embedded
+    store) does not answer or answers 5xx; until the lease is lost, which cancels it."""
+    delay = BACKOFF_FIRST
+    while True:
+        try:
+            return await transfer()
+        except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+            if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code < 500:
+                raise
+            log.warning("a transfer failed (%s); again in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MOST)
 
 
 async def _first(*aws: Any) -> Any:

@@ -98,9 +98,9 @@ class Agents:
 
     async def resume(self) -> None:
         """At start: the engine was away, and agents could not extend their leases meanwhile. Every
-        running lease of an agent lasts at least one more lease from now, so that an agent that carried
-        on gets its heartbeat in."""
-        until = self.engine.clock() + self.config.lease
+        running lease of an agent lasts at least two more leases from now: one for the engine to come
+        up and serve, one for an agent that carried on (backing off meanwhile) to get its heartbeat in."""
+        until = self.engine.clock() + 2 * self.config.lease
         for worker in await self.engine.db.attempts_running():
             agent = await self.engine.db.agent(id=worker)
             if agent is not None:
