@@ -445,7 +445,7 @@ class TaskQuery(msgspec.Struct):
     def args(self, **changes: Any) -> str:
         """The query string of this list (as the form writes it), with changes."""
         values = {"status": self.status, "workflow": self.workflow, "page": self.page, **changes}
-        return urlencode({k: v for k, v in values.items() if v not in (None, "", 1)})
+        return urlencode({k: v for k, v in values.items() if v not in (None, "") and (k, v) != ("page", 1)})
 
 
 def task_query(request: Request) -> TaskQuery:
@@ -493,7 +493,7 @@ async def _task_context(request: Request, viewer: Viewer) -> dict[str, Any]:
     task = await team_task(engine, request.path_params["task_id"], viewer.team)
     run, flow = await engine.get_run(task.id)
     detail = task_detail(task, run)
-    return {"task": task, "detail": detail, "body": _task_body(task.body),
+    return {"task": task, "detail": detail, "body": msgspec.json.decode(task.body, type=TaskBody),
             "workflow": await engine.db.workflow(id=task.workflow),
             "result": task_result(engine, task, run, flow, public_base(request)),
             "terminal": detail.task_status in TERMINAL_TASK, "refresh": TASK_REFRESH}  # fmt: skip
@@ -549,10 +549,6 @@ async def disable_workflow(request: Request, viewer: Viewer) -> Response:
 
 async def enable_workflow(request: Request, viewer: Viewer) -> Response:
     return await _set_workflow_status(request, viewer, "active")
-
-
-def _task_body(raw: bytes) -> TaskBody:
-    return msgspec.json.decode(raw, type=TaskBody)
 
 
 # The overview.
