@@ -131,8 +131,11 @@ def metric(client: httpx.Client, name: str, **labels: str) -> float | None:
 def admin(server: Server, *args: str) -> str:
     """Run an operator's command (`flowengine teams ...`, `keys ...`) on a server's data dir, while it
     runs; its output."""
+    env = {**os.environ}
+    if server.settings.get("database"):  # a server on PostgreSQL: the command works on its database
+        env["FLOWENGINE_DATABASE"] = str(server.settings["database"])
     done = subprocess.run([sys.executable, "-m", "flowengine.cli", *args, "--data-dir", str(server.data_dir)],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+                          capture_output=True, text=True, check=False, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
