@@ -28,6 +28,7 @@ from flowengine.api import (
     ui,
     upload,
     uploads,
+    webhooks,
     workflows,
 )
 from flowengine.api.documents import RenderedDocuments
@@ -189,6 +190,7 @@ def create_app(config: Config, engine: Engine | None = None) -> HotRoutes:
             *models.routes,
             *pairing.routes,
             *agent.routes,
+            *webhooks.routes,
             *routes,
         ],
         exception_handlers=ERROR_HANDLERS,

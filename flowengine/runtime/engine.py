@@ -41,7 +41,7 @@ from flowengine.errors import Error, conflict, not_found
 from flowengine.identity.directory import Directory
 from flowengine.persistence import open_database
 from flowengine.persistence.base import Database, NewRun, Queries, RunRow, TaskEventRow, TaskRecord, Wait
-from flowengine.runtime import datadir, landing, retention, tasks
+from flowengine.runtime import datadir, landing, retention, tasks, webhooks
 from flowengine.runtime.agents import Agents
 from flowengine.runtime.catalog import Catalog
 from flowengine.runtime.executors.reaper import Reaper
@@ -100,6 +100,7 @@ class Change(msgspec.Struct):
     definition: str
     commands: list[Command]
     wake: float | None
+    hooks: int = 0  # webhook deliveries it enqueued
 
 
 class Engine:
@@ -139,6 +140,7 @@ class Engine:
         self.sandbox: Sandbox | None = None
         self.reaper = Reaper()
         self.workers: Workers | None = None
+        self.webhooks = webhooks.Sender(self)
         self.recovery = Recovery()
 
     # lifecycle
@@ -168,6 +170,8 @@ class Engine:
         self.spawn_loop("sweeper", lambda: retention.sweep(self), every(self.config.sweep_interval))
         self.spawn_loop("event-loop-lag", self.metrics.sample_event_loop_lag, every(0))
         self.spawn_loop("workflows", self.workflows.sync, every(WORKFLOW_SYNC_INTERVAL))
+        self.webhooks.open()
+        self.spawn_loop("webhooks", self.webhooks.tick, self.webhooks.pause)
         self.spawn_loop("python-workers", self.workers.sweep, every(min(self.config.python_worker_idle, 10.0)))
         self.spawn(self.stores.prepare_configured())
         self.spawn(self._recover())
@@ -258,6 +262,7 @@ class Engine:
                 await task
         if self.workers is not None:
             await self.workers.close()
+        await self.webhooks.close()
         self.reaper.stop()
         with contextlib.suppress(OSError):
             self.work_root.rmdir()  # empty now: every step removed its own dir
@@ -476,10 +481,13 @@ class Engine:
             return Change(row.run, run, flow, row.definition, [], None)
         wake = machine.next_wake(run)
         await tx.save_run(run, wake)
+        hooks = 0
         if run.task:
             task_change = tasks.task_change(row.run, run, flow)
             if task_change.events:
                 await tx.save_task(run.id, task_change)
+            if run.status in machine.TERMINAL and row.run.status not in machine.TERMINAL:
+                hooks = await webhooks.enqueue(tx, self, run, flow)
         filled = [n for n, e in run.edges.items() if e.object and not row.run.edges[n].object]
         still = set(machine.waiting_edges(run))
         gone = [n for n in machine.waiting_edges(row.run) if n not in still]
@@ -495,12 +503,14 @@ class Engine:
             if isinstance(command, Abort):
                 for attempt in await tx.open_attempts(run.id, command.step):
                     await tx.save_attempt(queue.end(attempt, "cancelled"))
-        return Change(row.run, run, flow, row.definition, commands, wake)
+        return Change(row.run, run, flow, row.definition, commands, wake, hooks)
 
     def committed(self, change: Change) -> Run:
         """After the commit of `change`: the cached copy, notifications, logs, and the commands."""
         if change.run is not change.before:
             self._runs.put(change.run.id, RunRow(change.run, change.definition))
+            if change.hooks:
+                self.webhooks.wake.set()
             self._after_commit(change.before, change.run, change.flow, change.commands, change.wake)
         return change.run
 
