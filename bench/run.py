@@ -124,9 +124,14 @@ def server(argv: list[str], workdir: Path, env: dict[str, str] | None = None) ->
 
 
 def engine(
-    workdir: Path, name: str, profile: Path | None = None, source: Path | None = None
+    workdir: Path,
+    name: str,
+    profile: Path | None = None,
+    source: Path | None = None,
+    settings: dict[str, str] | None = None,
 ) -> contextlib.AbstractContextManager[Server]:
-    """An engine on a free port; `source`: a checkout whose flowengine package to run instead of this one."""
+    """An engine on a free port; `source`: a checkout whose flowengine package to run instead of this one;
+    `settings`: more of its settings (`{"concurrency": "8"}`, as FLOWENGINE_* variables)."""
     data, flows = workdir / name, workdir / "flows"
     flows.mkdir(exist_ok=True)
     python = [sys.executable, *(["-m", "cProfile", "-o", str(profile / f"{name}.prof")] if profile else [])]
@@ -134,7 +139,8 @@ def engine(
             "--no-access-log", "--log-level", "warning"]  # fmt: skip
     # The benchmark posts flows with commands of their own (cp steps): its engines allow them.
     env = {"FLOWENGINE_FLOWS_DIR": str(flows), "FLOWENGINE_INLINE_COMMANDS": "true",
-           **({"PYTHONPATH": str(source.resolve())} if source else {})}  # fmt: skip
+           **({"PYTHONPATH": str(source.resolve())} if source else {}),
+           **{f"FLOWENGINE_{k.upper()}": v for k, v in (settings or {}).items()}}  # fmt: skip
     return server(argv, workdir, env)
 
 

@@ -2,6 +2,7 @@
 
     python bench/spy.py create     # POSTs of an inline flow, as run.py's figure 1
     python bench/spy.py status     # GETs of one run's status, as run.py's figure 2
+    python bench/spy.py task       # tasks submitted through the workflow/task API, as bench/tasks.py
 
 Starts the engine as run.py does, drives the load from its own process, records the server
 with `py-spy record --format raw` meanwhile, and prints the functions with the most samples:
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import multiprocessing
 import shutil
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from load import JSON, Client, encode_request, run_load
 from run import HOST, UPLOAD_WELL, chain_flow, engine, expect
+from tasks import SLUG, bearer, task_engine
 
 
 def status_target(port: int) -> str:
@@ -69,33 +72,39 @@ def top(stacks: Path, count: int) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("load", choices=["create", "status"])
+    parser.add_argument("load", choices=["create", "status", "task"])
     parser.add_argument("--seconds", type=float, default=6.0)
-    parser.add_argument("--conns", type=int, help="default: 32 for create, 64 for status")
+    parser.add_argument("--conns", type=int, help="default: 64 for status, 32 otherwise")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--native", action="store_true",
                         help="C frames too (sockets, SQLite, the GC); pauses the server for each sample")  # fmt: skip
     args = parser.parse_args()
     if shutil.which("py-spy") is None:
         sys.exit("py-spy is not installed: pip install py-spy")
-    conns = args.conns or (32 if args.load == "create" else 64)
-    with tempfile.TemporaryDirectory(prefix="flowengine-profile-") as tmp, \
-            ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # fmt: skip
-        workdir = Path(tmp)
-        with engine(workdir, "profile") as srv:
-            if args.load == "create":
-                body = json.dumps({"Flow": {"DataWells": [UPLOAD_WELL]}}).encode()
-                request = encode_request("POST", "/api/v1/flow/bench-profile", f"{HOST}:{srv.port}", body, JSON)
-            else:
-                request = encode_request("GET", status_target(srv.port), f"{HOST}:{srv.port}")
-            pool.submit(run_load, HOST, srv.port, request, conns, 1.0).result(timeout=60)  # warm up
-            loaded = pool.submit(run_load, HOST, srv.port, request, conns, args.seconds + 1.0)
-            raw = workdir / "stacks.txt"
-            subprocess.run(["py-spy", "record", "--pid", str(srv.pid), "--duration", str(int(args.seconds)),
-                            "--rate", "250", "--format", "raw", "--output", str(raw),
-                            "--native" if args.native else "--nonblocking"],
-                           check=True, capture_output=True, timeout=args.seconds + 60)  # fmt: skip
-            result = loaded.result(timeout=args.seconds + 60)
+    conns = args.conns or (64 if args.load == "status" else 32)
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flowengine-profile-")))
+        pool = stack.enter_context(ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")))
+        if args.load == "task":
+            srv, key = stack.enter_context(task_engine(workdir))
+            body = json.dumps({"parameters": {"label": "bench", "seconds": 600}}).encode()
+            request = encode_request("POST", f"/api/v1/r/workflows/slug/{SLUG}/run", f"{HOST}:{srv.port}", body,
+                                     {**JSON, **bearer(key)})  # fmt: skip
+        elif args.load == "create":
+            srv = stack.enter_context(engine(workdir, "profile"))
+            body = json.dumps({"Flow": {"DataWells": [UPLOAD_WELL]}}).encode()
+            request = encode_request("POST", "/api/v1/flow/bench-profile", f"{HOST}:{srv.port}", body, JSON)
+        else:
+            srv = stack.enter_context(engine(workdir, "profile"))
+            request = encode_request("GET", status_target(srv.port), f"{HOST}:{srv.port}")
+        pool.submit(run_load, HOST, srv.port, request, conns, 1.0).result(timeout=60)  # warm up
+        loaded = pool.submit(run_load, HOST, srv.port, request, conns, args.seconds + 1.0)
+        raw = workdir / "stacks.txt"
+        subprocess.run(["py-spy", "record", "--pid", str(srv.pid), "--duration", str(int(args.seconds)),
+                        "--rate", "250", "--format", "raw", "--output", str(raw),
+                        "--native" if args.native else "--nonblocking"],
+                       check=True, capture_output=True, timeout=args.seconds + 60)  # fmt: skip
+        result = loaded.result(timeout=args.seconds + 60)
         print(f"{args.load}: {result['rate']:,.0f} req/s over {conns} conns while sampled ({result['failed']} failed)")
         print(top(raw, args.top))
     return 0

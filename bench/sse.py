@@ -22,11 +22,18 @@ CLOCK_MONOTONIC, one clock per machine). Figures:
   delivered event;
 - every event delivered exactly once (ids checked per stream).
 
-Pointing it at the task endpoint (`GET /api/v1/r/tasks/{id}/events`) once it exists: write another
-`Target` (below) whose `prepare` starts N tasks that stay running and returns their event URLs and
-the credential header, whose `publish` makes each chosen task change (a progress report, a cancel),
-and whose `origin` is when the bench asked for that change (the events' own timestamps are whole
-seconds). The measuring code does not change.
+`--target tasks` measures the real endpoint, `GET /api/v1/r/tasks/{id}/events`, instead (`Tasks`
+below): a `flowengine serve` with bench/tasks.py's `bench-task` workflow, `concurrency` raised to N,
+and N tasks started through `POST /api/v1/r/workflows/slug/bench-task/run` with an `sk-` key, each
+running a step that sleeps ten minutes, so every task is `running` (a real step process each) while
+it is followed. Each stream first gets the task's current status (not timed). An event is then caused
+by cancelling the task (`POST /api/v1/r/tasks/{id}/cancel`): the latency runs from just before the
+bench sends the cancel to the subscriber parsing the `cancelled` frame, so it holds the cancel's own
+request, the run stopped and its step's process killed, the event stored and the stream's database
+read. A task ends with its cancel and its stream then closes, so each task has one timed event:
+trickle cancels half the tasks at `--rate` (default 50/s), the burst cancels the other half at once
+(at most 64 cancel requests in flight). The engine's subscriptions are not visible from outside, so
+"left" is replaced by the count of streams the server closed itself after the terminal event.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from pathlib import Path
 from typing import Protocol
 
 from run import HOST, cpu_seconds, server
+from tasks import SLUG, bearer, task_engine
 
 BENCH = Path(__file__).resolve().parent
 
@@ -117,6 +125,7 @@ def serve(port: int, data_dir: str, max_connections: int) -> None:
 class Target(Protocol):
     port: int
     pid: int  # the server's process, whose memory and CPU are read from /proc
+    once: bool  # a subject's stream ends with the one event the bench causes on it (a task's terminal event)
 
     async def prepare(self, count: int) -> tuple[list[str], dict[str, str]]:
         """`count` subjects to follow: their event stream paths, and the headers each request sends."""
@@ -126,8 +135,9 @@ class Target(Protocol):
         """Make one event happen on each of these subjects, `spacing` seconds apart."""
         ...
 
-    def origin(self, index: int, data: dict) -> float:
-        """When the event (its `data`) on subject `index` was caused, on time.monotonic()'s clock."""
+    def origin(self, index: int, data: dict) -> float | None:
+        """When the event (its `data`) on subject `index` was caused, on time.monotonic()'s clock; None for
+        an event the bench did not cause (not timed)."""
         ...
 
     async def subscriptions(self) -> int:
@@ -137,6 +147,8 @@ class Target(Protocol):
 
 class StandIn:
     """The engine with the bench routes of `serve`."""
+
+    once = False
 
     def __init__(self, port: int, pid: int) -> None:
         self.port = port
@@ -152,7 +164,7 @@ class StandIn:
         status, _ = await request(self.port, "POST", "/bench/publish", body)
         assert status == 202, status
 
-    def origin(self, index: int, data: dict) -> float:
+    def origin(self, index: int, data: dict) -> float | None:
         return data["t"]
 
     async def subscriptions(self) -> int:
@@ -160,11 +172,82 @@ class StandIn:
         return json.loads(body)["subscriptions"] if status == 200 else -1
 
 
-async def request(port: int, method: str, path: str, body: bytes = b"") -> tuple[int, bytes]:
+class Tasks:
+    """Running tasks of the workflow/task API, their events caused by cancelling them."""
+
+    once = True
+
+    def __init__(self, port: int, pid: int, key: str) -> None:
+        self.port = port
+        self.pid = pid
+        self.headers = bearer(key)
+        self.ids: list[str] = []
+        self.asked: dict[int, float] = {}  # subject -> when its cancel was sent
+
+    async def prepare(self, count: int) -> tuple[list[str], dict[str, str]]:
+        body = json.dumps({"parameters": {"label": "sse", "seconds": 600}}).encode()
+        started = time.monotonic()
+        self.ids = await at_most(16, [self.start(body) for _ in range(count)])
+        submitted = time.monotonic() - started
+
+        async def running() -> bool:
+            status, page = await request(self.port, "GET", "/api/v1/r/tasks?status=running&per_page=1",
+                                         headers=self.headers)  # fmt: skip
+            return status == 200 and json.loads(page)["page_meta"]["total_count"] == count
+
+        running_after = await until(running, 120)
+        print(f"{count} tasks submitted in {submitted:.1f} s, all running {running_after:.1f} s later", flush=True)
+        return [f"/api/v1/r/tasks/{task_id}/events" for task_id in self.ids], self.headers
+
+    async def start(self, body: bytes) -> str:
+        status, answer = await request(self.port, "POST", f"/api/v1/r/workflows/slug/{SLUG}/run", body, self.headers)
+        if status != 202:
+            raise RuntimeError(f"run: {status} {answer[:300]!r}")
+        return json.loads(answer)["task_id"]
+
+    async def publish(self, indices: list[int], spacing: float) -> None:
+        async def cancel(index: int) -> None:
+            self.asked[index] = time.monotonic()
+            path = f"/api/v1/r/tasks/{self.ids[index]}/cancel"
+            status, answer = await request(self.port, "POST", path, headers=self.headers)
+            if status != 200:
+                raise RuntimeError(f"cancel: {status} {answer[:300]!r}")
+
+        if not spacing:
+            await at_most(64, [cancel(i) for i in indices])
+            return
+        sent = []
+        for index in indices:
+            sent.append(asyncio.create_task(cancel(index)))
+            await asyncio.sleep(spacing)
+        await asyncio.gather(*sent)
+
+    def origin(self, index: int, data: dict) -> float | None:
+        return self.asked[index] if data["status"] == "cancelled" else None
+
+    async def subscriptions(self) -> int:
+        return -1
+
+
+async def at_most(limit: int, calls: list[Awaitable]) -> list:
+    """Await every call, `limit` at a time; their results in order."""
+    gate = asyncio.Semaphore(limit)
+
+    async def gated(call: Awaitable) -> object:
+        async with gate:
+            return await call
+
+    return await asyncio.gather(*(gated(c) for c in calls))
+
+
+async def request(
+    port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     """One HTTP/1.1 request on its own connection; (status, body)."""
     reader, writer = await asyncio.open_connection(HOST, port)
     try:
         head = f"{method} {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nContent-Length: {len(body)}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         writer.write(head.encode() + b"Content-Type: application/json\r\nConnection: close\r\n\r\n" + body)
         answer = await reader.read()
     finally:
@@ -216,7 +299,9 @@ class Subscriber:
     def received(self, block: bytes, now: float) -> None:
         fields = dict(line.split(b": ", 1) for line in block.split(b"\n"))
         self.ids.append(int(fields[b"id"]))
-        self.latencies.append(now - self.target.origin(self.index, json.loads(fields[b"data"])))
+        origin = self.target.origin(self.index, json.loads(fields[b"data"]))
+        if origin is not None:
+            self.latencies.append(now - origin)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -255,6 +340,7 @@ async def measure(target: Target, args: argparse.Namespace) -> None:
     n = args.subscribers
     rss = {"idle": resident_mb(target.pid)}
     paths, headers = await target.prepare(n)
+    rss["prepared"] = resident_mb(target.pid)
     latencies: list[float] = []
     subscribers = [Subscriber(i, path, target, latencies) for i, path in enumerate(paths)]
     started = time.monotonic()
@@ -266,7 +352,7 @@ async def measure(target: Target, args: argparse.Namespace) -> None:
     opened = time.monotonic() - started
 
     async def subscribed(count: int) -> bool:
-        return await target.subscriptions() == count
+        return await target.subscriptions() in (count, -1)  # -1: the server cannot say
 
     async def received(count: int) -> bool:
         return len(latencies) >= count
@@ -276,26 +362,32 @@ async def measure(target: Target, args: argparse.Namespace) -> None:
     rss["subscribed"] = resident_mb(target.pid)
     print(f"{n} streams open in {opened:.1f} s", flush=True)
 
-    trickle_count = args.events
-    await target.publish([random.randrange(n) for _ in range(trickle_count)], 1 / args.rate)
-    await until(lambda: received(trickle_count), trickle_count / args.rate + 30)
+    if target.once:  # one event a subject: the trickle takes some, the one burst the others
+        order = random.sample(range(n), n)
+        trickle_to, bursts = order[: min(args.events, n // 2)], [order[min(args.events, n // 2) :]]
+    else:
+        trickle_to, bursts = [random.randrange(n) for _ in range(args.events)], [list(range(n))] * args.bursts
+    await target.publish(trickle_to, 1 / args.rate)
+    await until(lambda: received(len(trickle_to)), len(trickle_to) / args.rate + 30)
     trickle, latencies[:] = list(latencies), []
-    print(f"trickle  {trickle_count} events at {args.rate}/s to random subscribers   {spread(trickle)}", flush=True)
+    print(f"trickle  {len(trickle_to)} events at {args.rate:g}/s to random subscribers   {spread(trickle)}", flush=True)
 
-    cpu, own_cpu = cpu_seconds(target.pid), time.process_time()
-    for round_ in range(1, args.bursts + 1):
-        await target.publish(list(range(n)), 0)
-        await until(lambda r=round_: received(r * n), 60)
+    cpu, own_cpu, burst_events = cpu_seconds(target.pid), time.process_time(), sum(map(len, bursts))
+    for round_, subjects in enumerate(bursts, 1):
+        await target.publish(subjects, 0)
+        await until(lambda r=round_: received(sum(map(len, bursts[:r]))), 60)
         await asyncio.sleep(0.5)
-    cpu_per_event = (cpu_seconds(target.pid) - cpu) / (args.bursts * n)
-    own_cpu_per_event = (time.process_time() - own_cpu) / (args.bursts * n)
+    cpu_per_event = (cpu_seconds(target.pid) - cpu) / burst_events
+    own_cpu_per_event = (time.process_time() - own_cpu) / burst_events
     burst = list(latencies)
-    print(f"burst    {args.bursts} x {n} events at once                       {spread(burst)}", flush=True)
+    sizes = f"{len(bursts)} x {len(bursts[0])}"
+    print(f"burst    {sizes} events at once                       {spread(burst)}", flush=True)
     rss["after events"] = resident_mb(target.pid)
 
-    expected = trickle_count + args.bursts * n
-    delivered = sum(len(s.ids) for s in subscribers)
-    exact = all(s.ids == list(range(1, len(s.ids) + 1)) for s in subscribers)
+    expected = len(trickle_to) + burst_events
+    delivered = len(trickle) + len(burst)
+    exact = all(s.ids == list(range(s.ids[0], s.ids[0] + len(s.ids))) for s in subscribers if s.ids)
+    closed_by_server = sum(t.done() and t.exception() is None for t in tasks)
     for s in subscribers:
         s.close()
     left = await until(lambda: subscribed(0), 30)
@@ -305,16 +397,20 @@ async def measure(target: Target, args: argparse.Namespace) -> None:
 
     print()
     print(f"SSE, {n} concurrent subscribers ({os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})")
-    print(f"  server memory     idle {rss['idle']:.1f} MB, subscribed {rss['subscribed']:.1f} MB "
-          f"(+{(rss['subscribed'] - rss['idle']) * 1024 / n:.1f} KB a subscriber), after the events "
+    each = (rss["subscribed"] - rss["prepared"]) * 1024 / n
+    print(f"  server memory     idle {rss['idle']:.1f} MB, prepared {rss['prepared']:.1f} MB, subscribed "
+          f"{rss['subscribed']:.1f} MB (+{each:.1f} KB a subscriber), after the events "
           f"{rss['after events']:.1f} MB, after they left {rss['after they left']:.1f} MB")  # fmt: skip
-    print(f"  notify -> client  trickle: {spread(trickle)}")
+    print(f"  cause -> client   trickle: {spread(trickle)}")
     print(f"                    burst:   {spread(burst)}")
-    print(f"  CPU               {cpu_per_event * 1e6:.0f} us a delivered event in the server, "
+    print(f"  CPU               {cpu_per_event * 1e6:.0f} us a delivered event in the server (its cause included), "
           f"{own_cpu_per_event * 1e6:.0f} us in the subscribers' process (bursts)")  # fmt: skip
     print(f"  delivered         {delivered} of {expected}, each stream's ids in order without a gap or a repeat: "
           f"{'yes' if exact else 'NO'}")  # fmt: skip
-    print(f"  left              every subscription forgotten {left:.2f} s after the clients closed")
+    if target.once:
+        print(f"  closed            {closed_by_server} of {n} streams closed by the server after their last event")
+    else:
+        print(f"  left              every subscription forgotten {left:.2f} s after the clients closed")
 
 
 @contextlib.contextmanager
@@ -325,12 +421,22 @@ def stand_in(workdir: Path, subscribers: int) -> Iterator[StandIn]:
         yield StandIn(srv.port, srv.pid)
 
 
+@contextlib.contextmanager
+def running_tasks(workdir: Path, subscribers: int) -> Iterator[Tasks]:
+    """A `flowengine serve` with a step slot for every task and a connection for every subscriber."""
+    settings = {"concurrency": str(subscribers + 10), "max_connections": str(max(4096, 2 * subscribers + 200))}
+    with task_engine(workdir, settings) as (srv, key):
+        yield Tasks(srv.port, srv.pid, key)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", nargs="?", choices=["measure", "serve"], default="measure")
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--events", type=int, default=2000, help="trickle: how many events")
-    parser.add_argument("--rate", type=float, default=500.0, help="trickle: events a second")
+    parser.add_argument("--target", choices=["standin", "tasks"], default="standin",
+                        help="the stand-in routes, or running tasks' real event streams")  # fmt: skip
+    parser.add_argument("--rate", type=float, help="trickle: events a second (500; 50 cancels with --target tasks)")
     parser.add_argument("--bursts", type=int, default=5, help="rounds of one event to every subscriber at once")
     parser.add_argument("--port", type=int, help="serve: the port")
     parser.add_argument("--data-dir", help="serve: the engine's data dir")
@@ -346,7 +452,9 @@ def main() -> int:
     raise_descriptor_limit()  # a connection each
     workdir = Path(tempfile.mkdtemp(prefix="flowengine-sse-"))
     try:
-        with stand_in(workdir, args.subscribers) as target:
+        args.rate = args.rate or (50.0 if args.target == "tasks" else 500.0)
+        make = running_tasks if args.target == "tasks" else stand_in
+        with make(workdir, args.subscribers) as target:
             uvloop.run(measure(target, args))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
