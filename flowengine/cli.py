@@ -1,4 +1,4 @@
-"""`flowengine serve`, `migrate`, `validate`, `run`, `flowengine --version` (also as `python -m flowengine`).
+"""`flowengine serve`, `migrate`, `validate`, `run`, `task run`, `--version` (also as `python -m flowengine`).
 
 A problem with what the user typed or configured (a missing file, a bad setting) is one line
 naming it and exit status 2, never a traceback. `validate` exits 1 when a flow has problems.
@@ -132,6 +132,12 @@ def _run(args: argparse.Namespace) -> int:
     return command.main(args)
 
 
+def _task_run(args: argparse.Namespace) -> int:
+    from flowengine.client import task_command
+
+    return task_command.main(args)
+
+
 def _relative(path: Path) -> Path:
     """`path` as seen from here, when it is below here: what a user would have typed."""
     try:
@@ -191,6 +197,16 @@ def parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
     )
+    task = sub.add_parser("task", help="the workflow/task API's tasks, from the command line")
+    tasks = task.add_subparsers(dest="task_command", required=True)
+    _task_run_parser(
+        tasks.add_parser(
+            "run",
+            help="run a workflow as a task: upload its files, follow it, download its outputs",
+            description=TASK_RUN_DESCRIPTION,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    )
     return parser
 
 
@@ -205,6 +221,38 @@ request failed; 2 a usage error (a missing file, an input the flow does not take
 (the run is cancelled; a second Ctrl-C quits at once)."""
 
 
+TASK_RUN_DESCRIPTION = """Run the workflow SLUG (slug, or slug@version) of the workflow/task API as a task: upload
+each -f file (presigned, with a progress bar), start the task with the -p values typed as the
+workflow declares them, follow its events until it ends, and download its outputs into --out.
+
+exit status: 0 completed and the outputs downloaded; 1 the task failed or was cancelled, or a
+request failed; 2 a usage error (an unknown parameter, a value of the wrong type, a missing file or
+required parameter), found before any task is started; 130 Ctrl-C (the task is cancelled)."""
+
+
+def _connection_options(parser: argparse.ArgumentParser) -> None:
+    server = os.environ.get("FLOWENGINE_URL") or "http://127.0.0.1:1234"
+    parser.add_argument("--server", default=server, metavar="URL",
+                        help="the engine (default: $FLOWENGINE_URL, else http://127.0.0.1:1234)")  # fmt: skip
+    parser.add_argument("--key", default=os.environ.get("FLOWENGINE_KEY") or None,
+                        help="an API key, sent as a bearer token (default: $FLOWENGINE_KEY)")  # fmt: skip
+    parser.add_argument("--out", "-o", type=Path, default=Path("."), metavar="DIR",
+                        help="where the outputs go (default: the current folder)")  # fmt: skip
+    parser.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress: only errors, and the paths of the outputs"
+    )
+
+
+def _task_run_parser(run: argparse.ArgumentParser) -> None:
+    run.add_argument("slug", metavar="SLUG", help="the workflow's slug, or slug@version")
+    run.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
+                     help="a parameter's value, typed as the workflow declares it (number, boolean...)")  # fmt: skip
+    run.add_argument("--file", "-f", action="append", default=[], metavar="KEY=PATH",
+                     help="a file for a file parameter: uploaded, and its file_key passed")  # fmt: skip
+    _connection_options(run)
+    run.set_defaults(run=_task_run)
+
+
 def _run_parser(run: argparse.ArgumentParser) -> None:
     run.add_argument("flow", metavar="FLOW", help="a flow's name on the engine, or a local flow file's path")
     run.add_argument("--input", "-i", action="append", default=[], metavar="EDGE=PATH",
@@ -213,16 +261,8 @@ def _run_parser(run: argparse.ArgumentParser) -> None:
                      help="the Content-Type of an input (default: guessed from its file name)")  # fmt: skip
     run.add_argument("--flag", action="append", default=[], metavar="STEP.FLAG=VALUE",
                      help="set a step's flag (local flow files only); VALUE: JSON if it parses, else text")  # fmt: skip
-    run.add_argument("--out", "-o", type=Path, default=Path("."), metavar="DIR",
-                     help="where the outputs go (default: the current folder)")  # fmt: skip
-    run.add_argument("--server", default=os.environ.get("FLOWENGINE_URL") or "http://127.0.0.1:1234", metavar="URL",
-                     help="the engine (default: $FLOWENGINE_URL, else http://127.0.0.1:1234)")  # fmt: skip
-    run.add_argument("--key", default=os.environ.get("FLOWENGINE_KEY") or None,
-                     help="an API key, sent as a bearer token (default: $FLOWENGINE_KEY)")  # fmt: skip
+    _connection_options(run)
     run.add_argument("--timeout", type=float, metavar="SECONDS", help="give up (and cancel the run) after this long")
-    run.add_argument(
-        "--quiet", "-q", action="store_true", help="no progress: only errors, and the paths of the outputs"
-    )
     run.set_defaults(run=_run)
 
 

@@ -17,8 +17,17 @@ import httpx
 
 from flowengine import version
 from flowengine.client.definitions import Definition
-from flowengine.client.documents import FlowInfo, RunDoc, RunPage, RunSummary, WaitingURL
-from flowengine.client.protocol import CHUNK, POLL, Effect, Op, Progress, Protocol, Send, Sleep, Steps, T, next_page
+from flowengine.client.documents import (
+    FlowInfo,
+    RunDoc,
+    RunPage,
+    RunSummary,
+    TaskDoc,
+    TaskResult,
+    WaitingURL,
+    WorkflowInfo,
+)
+from flowengine.client.protocol import POLL, Effect, OnEvent, Op, Progress, Protocol, Send, Sleep, Steps, T, next_page
 
 FileProgress = Callable[[str, int, int], None]  # (edge, bytes moved so far, bytes in all)
 
@@ -81,7 +90,7 @@ class Client:
         response = self.http.send(_request(self.http, effect, content), stream=True)
         try:
             if effect.sink and response.is_success:
-                for chunk in response.iter_raw(CHUNK):
+                for chunk in response.iter_raw(effect.sink.chunk):
                     effect.sink.write(chunk)
             else:
                 response.read()
@@ -174,6 +183,38 @@ class Client:
     ) -> list[Path]:
         return self.run(self.protocol.download_outputs(run, out, progress=progress))
 
+    # the workflow/task API: see Protocol for what each does
+
+    def workflow(self, slug: str) -> WorkflowInfo:
+        return self.run(self.protocol.workflow(slug))
+
+    def upload_file(
+        self, path: str | os.PathLike[str], *, content_type: str | None = None, progress: Progress | None = None
+    ) -> str:
+        return self.run(self.protocol.upload_file(path, content_type=content_type, progress=progress))
+
+    def run_workflow(
+        self, slug: str, parameters: Mapping[str, Any] | None = None, *, idempotency_key: str | None = None
+    ) -> str:
+        return self.run(self.protocol.run_workflow(slug, parameters, idempotency_key=idempotency_key))
+
+    def task(self, task_id: str) -> TaskDoc:
+        return self.run(self.protocol.task(task_id))
+
+    def result(self, task_id: str) -> TaskResult:
+        return self.run(self.protocol.result(task_id))
+
+    def cancel_task(self, task_id: str) -> None:
+        self.run(self.protocol.cancel_task(task_id))
+
+    def follow(self, task_id: str, *, on_event: OnEvent | None = None) -> TaskDoc:
+        return self.run(self.protocol.follow(task_id, on_event=on_event))
+
+    def download_result(
+        self, result: TaskResult, out: str | os.PathLike[str], *, progress: FileProgress | None = None
+    ) -> list[Path]:
+        return self.run(self.protocol.download_result(result, out, progress=progress))
+
 
 class AsyncClient:
     """The flow API over HTTP, for asyncio: `Client`'s methods, awaited."""
@@ -225,7 +266,7 @@ class AsyncClient:
         response = await self.http.send(_request(self.http, effect, content), stream=True)
         try:
             if effect.sink and response.is_success:
-                async for chunk in response.aiter_raw(CHUNK):
+                async for chunk in response.aiter_raw(effect.sink.chunk):
                     effect.sink.write(chunk)
             else:
                 await response.aread()
@@ -319,3 +360,35 @@ class AsyncClient:
         self, run: RunDoc, out: str | os.PathLike[str], *, progress: FileProgress | None = None
     ) -> list[Path]:
         return await self.run(self.protocol.download_outputs(run, out, progress=progress))
+
+    # the workflow/task API: see Protocol for what each does
+
+    async def workflow(self, slug: str) -> WorkflowInfo:
+        return await self.run(self.protocol.workflow(slug))
+
+    async def upload_file(
+        self, path: str | os.PathLike[str], *, content_type: str | None = None, progress: Progress | None = None
+    ) -> str:
+        return await self.run(self.protocol.upload_file(path, content_type=content_type, progress=progress))
+
+    async def run_workflow(
+        self, slug: str, parameters: Mapping[str, Any] | None = None, *, idempotency_key: str | None = None
+    ) -> str:
+        return await self.run(self.protocol.run_workflow(slug, parameters, idempotency_key=idempotency_key))
+
+    async def task(self, task_id: str) -> TaskDoc:
+        return await self.run(self.protocol.task(task_id))
+
+    async def result(self, task_id: str) -> TaskResult:
+        return await self.run(self.protocol.result(task_id))
+
+    async def cancel_task(self, task_id: str) -> None:
+        await self.run(self.protocol.cancel_task(task_id))
+
+    async def follow(self, task_id: str, *, on_event: OnEvent | None = None) -> TaskDoc:
+        return await self.run(self.protocol.follow(task_id, on_event=on_event))
+
+    async def download_result(
+        self, result: TaskResult, out: str | os.PathLike[str], *, progress: FileProgress | None = None
+    ) -> list[Path]:
+        return await self.run(self.protocol.download_result(result, out, progress=progress))

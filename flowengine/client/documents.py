@@ -142,3 +142,120 @@ class FlowInfo(_Doc):
 
 class FlowList(_Doc):
     flows: list[FlowInfo]
+
+
+# the workflow/task API (`/api/v1/r/`): snake_case, as the reference has it
+
+TASK_TERMINAL = ("completed", "failed", "cancelled")  # a task in one of these never changes again
+
+
+class _RDoc(msgspec.Struct, kw_only=True):
+    pass
+
+
+class PresignedFile(_RDoc):
+    """Where a file for a task goes: PUT it to `upload_url` with every one of `upload_headers`;
+    `file_key` is then the value of a `file` parameter."""
+
+    file_key: str
+    upload_url: str
+    upload_headers: dict[str, str] = {}
+
+
+class ParameterInfo(_RDoc):
+    """One parameter a workflow takes (its ParameterDef, without the binding)."""
+
+    key: str
+    type: str  # string, number, boolean, select, file
+    label: str = ""
+    description: str = ""
+    required: bool = False
+    default: str | int | float | bool | None = None
+    min: int | float | None = None
+    max: int | float | None = None
+    options: list[str] = []
+    accept: list[str] = []
+
+
+class WorkflowInfo(_RDoc):
+    id: str
+    workflow_slug: str
+    version: int
+    display_name: str = ""
+    description: str = ""
+    workflow_status: str = "active"
+    parameters: list[ParameterInfo] = []
+
+    def parameter(self, key: str) -> ParameterInfo | None:
+        return next((p for p in self.parameters if p.key == key), None)
+
+
+class TaskDoc(_RDoc):
+    """A task, as `GET /api/v1/r/tasks/{id}` shows it (the fields a client acts on)."""
+
+    id: str
+    task_status: str  # pending, waiting, queued, running, completed, failed, cancelled
+    workflow_id: str = ""
+    workflow_version: int = 0
+    created_at: str = ""
+    started_at: str | None = None
+    completed_at: str | None = None
+    task_error: str = ""
+    retry_count: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.task_status in TASK_TERMINAL
+
+
+class OutputFile(_RDoc):
+    storage_key: str
+    size: int
+    content_type: str = ""
+
+
+class TaskOutput(_RDoc):
+    storage_key: str | None = None
+    outputs: dict[str, OutputFile] = {}
+
+
+class TaskResult(_RDoc):
+    """`GET /api/v1/r/tasks/{id}/result`: a completed task's outputs, one download URL per output edge."""
+
+    id: str
+    task_status: str
+    task_output: TaskOutput | None = None
+    download_url: str | None = None
+    download_urls: dict[str, str] | None = None
+    expires_at: str | None = None
+    task_error: str = ""
+    completed_at: str | None = None
+
+
+class TaskEvent(_RDoc):
+    """One event of a task's stream: `event` is status, progress, completed, failed or cancelled;
+    `data` the event's JSON (`task_id`, `status`, `timestamp`, and `output` or `error`)."""
+
+    id: str
+    event: str
+    data: dict[str, object] = {}
+
+    @property
+    def status(self) -> str:
+        return str(self.data.get("status", ""))
+
+    @property
+    def final(self) -> bool:
+        return self.event in TASK_TERMINAL
+
+
+class _Submitted(_RDoc):
+    task_id: str
+
+
+class RErrorBody(_RDoc):
+    """The workflow/task API's error answer: `{"error_message", "error_code", "field"}`."""
+
+    error_message: str = ""
+    error_code: str = ""
+    field: str = ""

@@ -15,6 +15,7 @@ import re
 import stat
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,9 +31,16 @@ from flowengine.client.documents import (
     ErrorBody,
     FlowInfo,
     FlowList,
+    PresignedFile,
+    RErrorBody,
     RunDoc,
     RunPage,
+    TaskDoc,
+    TaskEvent,
+    TaskResult,
     WaitingURL,
+    WorkflowInfo,
+    _Submitted,
 )
 from flowengine.client.errors import (
     ApiError,
@@ -53,6 +61,7 @@ RETRY_STATUSES = (500, 502, 503, 504)  # a store or proxy that may answer otherw
 POLL = (0.2, 5.0)  # seconds between status polls: the first, and the most it backs off to
 
 Progress = Callable[[int, int], None]  # (bytes moved so far, bytes in all), called as the bytes move
+OnEvent = Callable[[TaskEvent], None]
 
 
 @dataclass(slots=True)
@@ -66,7 +75,7 @@ class Send:
     params: dict[str, str | int] | None = None
     content: bytes | None = None
     body: FileBody | None = None
-    sink: FileSink | None = None
+    sink: FileSink | EventSink | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +120,8 @@ class FileSink:
     """A download, written to a temp file beside `dest` and renamed onto it only once it holds
     exactly `size` bytes: `dest` is never a partial file. `start()` begins each try afresh."""
 
+    chunk: int | None = CHUNK  # bytes handed to `write` at a time
+
     def __init__(self, dest: Path, size: int, progress: Progress | None = None) -> None:
         self.dest = dest
         self.size = size
@@ -150,6 +161,46 @@ class FileSink:
         """Drop the temp file (after `commit`, there is none left to drop)."""
         self._file.close()
         self.temp.unlink(missing_ok=True)
+
+
+class EventSink:
+    """A task's server-sent event stream, parsed as its bytes arrive: `on_event` sees each event
+    whole; `last_id` is the last one's id (for a reconnect's Last-Event-ID), `ended` says the
+    task's last event (completed, failed, cancelled) came."""
+
+    def __init__(self, on_event: OnEvent) -> None:
+        self.on_event = on_event
+        self.chunk = None  # the bytes as they arrive: an event is not held back to fill a chunk
+        self.last_id = ""
+        self.ended = False
+        self._buffer = b""
+
+    def start(self) -> None:
+        self._buffer = b""
+
+    def write(self, chunk: bytes) -> None:
+        self._buffer += chunk.replace(b"\r\n", b"\n")
+        while b"\n\n" in self._buffer:
+            frame, self._buffer = self._buffer.split(b"\n\n", 1)
+            self._frame(frame.decode(errors="replace"))
+
+    def _frame(self, frame: str) -> None:
+        fields: dict[str, str] = {}
+        for line in frame.split("\n"):
+            if line and not line.startswith(":"):  # a `: keepalive` comment is no event
+                name, _, value = line.partition(":")
+                fields[name] = fields.get(name, "") + value.removeprefix(" ")
+        if "event" not in fields and "data" not in fields:
+            return
+        try:
+            data = msgspec.json.decode(fields.get("data") or "{}")
+        except msgspec.DecodeError:
+            data = {"text": fields.get("data", "")}
+        event = TaskEvent(id=fields.get("id", ""), event=fields.get("event", "message"),
+                          data=data if isinstance(data, dict) else {"value": data})  # fmt: skip
+        self.last_id = event.id or self.last_id
+        self.ended = self.ended or event.final
+        self.on_event(event)
 
 
 @contextlib.contextmanager
@@ -266,21 +317,29 @@ class Protocol:
         """PUT a file to a WaitingURL: streamed from disk, with exactly the headers the URL signed.
         The Content-Type is the signed one if the URL signed one, else `content_type`, else guessed
         from the file's name."""
-        path = Path(path)
+        return (yield from self._put(waiting.put_url, waiting.headers, Path(path), f"input {waiting.edge!r}",
+                                     content_type=content_type, progress=progress))  # fmt: skip
+
+    def _put(
+        self,
+        url: str,
+        signed_headers: Mapping[str, str],
+        path: Path,
+        what: str,
+        *,
+        content_type: str | None,
+        progress: Progress | None,
+    ) -> Op[None]:
         size = _file_size(path)
-        headers = dict(waiting.headers)
+        headers = dict(signed_headers)
         signed = {k.lower(): v for k, v in headers.items()}
         if "content-length" in signed and signed["content-length"] != str(size):
-            raise InputError(
-                f"{path} has {size} bytes; input {waiting.edge!r} takes exactly {signed['content-length']}"
-            )
+            raise InputError(f"{path} has {size} bytes; {what} takes exactly {signed['content-length']}")
         if "content-type" not in signed:
             headers["Content-Type"] = content_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         if "content-length" not in signed:
             headers["Content-Length"] = str(size)  # not chunked: stores want the size up front
-        response = yield from self.transfer(
-            lambda: Send("PUT", waiting.put_url, headers, body=FileBody(path, size, progress))
-        )
+        response = yield from self.transfer(lambda: Send("PUT", url, headers, body=FileBody(path, size, progress)))
         check(response)
 
     def upload(
@@ -371,13 +430,13 @@ class Protocol:
             raise InputError(f"run {run.id} has no artifact {edge!r}")
         if art.expired or not art.get_url:
             raise TransferError(f"artifact {edge!r} of run {run.id} is past retention: it was deleted")
-        dest = Path(dest)
-        sink = FileSink(dest, art.size, progress)
+        return (yield from self._fetch(art.get_url, Path(dest), art.size, progress))
+
+    def _fetch(self, url: str, dest: Path, size: int, progress: Progress | None) -> Op[Path]:
+        sink = FileSink(dest, size, progress)
         try:
             # identity: the stored bytes themselves, which is what the listed size counts
-            response = yield from self.transfer(
-                lambda: Send("GET", art.get_url, {"Accept-Encoding": "identity"}, sink=sink)
-            )
+            response = yield from self.transfer(lambda: Send("GET", url, {"Accept-Encoding": "identity"}, sink=sink))
             check(response)
             sink.commit()
         finally:
@@ -392,6 +451,109 @@ class Protocol:
         for edge, dest in output_paths(run, Path(out)).items():
             report = (lambda done, total, edge=edge: progress(edge, done, total)) if progress else None
             saved.append((yield from self.download(run, edge, dest, progress=report)))
+        return saved
+
+    # the workflow/task API (`/api/v1/r/`)
+
+    def workflow(self, slug: str) -> Op[WorkflowInfo]:
+        """A workflow by slug (`resize`, or `resize@2` for version 2), with the parameters it takes."""
+        return (yield from self.call(self.api("GET", f"/api/v1/r/workflows/slug/{_seg(slug)}"), WorkflowInfo))
+
+    def presign(self, file_name: str, file_size: int, content_type: str) -> Op[PresignedFile]:
+        body = {"file_name": file_name, "file_size": file_size, "content_type": content_type}
+        return (yield from self.call(self.api("POST", "/api/v1/r/files/presign", json=body), PresignedFile))
+
+    def upload_file(
+        self, path: str | os.PathLike[str], *, content_type: str | None = None, progress: Progress | None = None
+    ) -> Op[str]:
+        """Presign a file and PUT it (streamed, with the signed upload_headers); its `file_key`, the
+        value of a `file` parameter. The type is `content_type`, else guessed from the file's name."""
+        path = Path(path)
+        size = _file_size(path)
+        content_type = content_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        presigned = yield from self.presign(path.name, size, content_type)
+        yield from self._put(presigned.upload_url, presigned.upload_headers, path, f"the presigned {path.name!r}",
+                             content_type=content_type, progress=progress)  # fmt: skip
+        return presigned.file_key
+
+    def run_workflow(
+        self, slug: str, parameters: Mapping[str, Any] | None = None, *, idempotency_key: str | None = None
+    ) -> Op[str]:
+        """Start a task of the workflow `slug[@version]`; its id. The Idempotency-Key (a new one unless
+        given) makes a retry of the same call answer the same task."""
+        send = self.api(
+            "POST", f"/api/v1/r/workflows/slug/{_seg(slug)}/run", json={"parameters": dict(parameters or {})}
+        )
+        send.headers["Idempotency-Key"] = idempotency_key or uuid.uuid4().hex
+        return (yield from self.call(send, _Submitted)).task_id
+
+    def task(self, task_id: str) -> Op[TaskDoc]:
+        return (yield from self.call(self.api("GET", f"/api/v1/r/tasks/{_seg(task_id)}"), TaskDoc))
+
+    def result(self, task_id: str) -> Op[TaskResult]:
+        return (yield from self.call(self.api("GET", f"/api/v1/r/tasks/{_seg(task_id)}/result"), TaskResult))
+
+    def cancel_task(self, task_id: str) -> Op[None]:
+        response = yield self.api("POST", f"/api/v1/r/tasks/{_seg(task_id)}/cancel")
+        check(response)
+
+    def follow(self, task_id: str, *, on_event: OnEvent | None = None) -> Op[TaskDoc]:
+        """Until the task ends; `on_event` sees each event of its stream. A broken stream is opened
+        again with Last-Event-ID (no event twice, none lost); one that keeps breaking (TRIES times in a
+        row with no event) gives way to polling the task's status."""
+        on_event = on_event or (lambda _event: None)
+        last_id, failures = "", 0
+        while failures < TRIES:
+            sink = EventSink(on_event)
+            send = self.api("GET", f"/api/v1/r/tasks/{_seg(task_id)}/events")
+            send.headers["Accept"] = "text/event-stream"
+            if last_id:
+                send.headers["Last-Event-ID"] = last_id
+            send.sink = sink
+            response = None
+            with contextlib.suppress(ConnectionFailed):
+                response = yield send
+            if response is not None and not response.is_success and response.status_code not in RETRY_STATUSES:
+                check(response)  # the task is not there, or not the caller's: no retry helps
+            if sink.ended or (response is not None and response.status_code == 204):  # 204: it had ended already
+                return (yield from self.task(task_id))
+            failures = 0 if sink.last_id else failures + 1
+            last_id = sink.last_id or last_id
+            yield Sleep(self.poll[0] * 2**failures)
+        return (yield from self.poll_task(task_id, on_event))
+
+    def poll_task(self, task_id: str, on_event: OnEvent) -> Op[TaskDoc]:
+        """Until the task ends, by its status: each change is told as a `status` event (without an id)."""
+        pause, last = self.poll[0], ""
+        while True:
+            doc = yield from self.task(task_id)
+            if doc.task_status != last:
+                last, pause = doc.task_status, self.poll[0]
+                name = doc.task_status if doc.done else "status"
+                on_event(TaskEvent(id="", event=name, data={"task_id": doc.id, "status": doc.task_status}))
+            if doc.done:
+                return doc
+            yield Sleep(pause)
+            pause = min(pause * 1.5, self.poll[1])
+
+    def download_result(
+        self,
+        result: TaskResult,
+        out: str | os.PathLike[str],
+        *,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> Op[list[Path]]:
+        """Every output of a completed task (its `download_urls`) into the folder `out`, named as
+        `result_paths` says."""
+        if not result.download_urls:
+            return []
+        sizes = {edge: f.size for edge, f in (result.task_output.outputs if result.task_output else {}).items()}
+        saved = []
+        for edge, dest in result_paths(result, Path(out)).items():
+            if edge not in sizes:
+                raise TransferError(f"task {result.id}: output {edge!r} has a URL but no size in task_output")
+            report = (lambda done, total, edge=edge: progress(edge, done, total)) if progress else None
+            saved.append((yield from self._fetch(result.download_urls[edge], dest, sizes[edge], report)))
         return saved
 
     def transfer(self, make: Callable[[], Send]) -> Op[httpx.Response]:
@@ -431,6 +593,10 @@ def api_error(response: httpx.Response) -> ApiError:
     if body.lstrip().startswith(b"{"):
         with contextlib.suppress(msgspec.MsgspecError):
             error = msgspec.json.decode(body, type=ErrorBody)
+        if not error.message:  # the workflow/task API's shape
+            with contextlib.suppress(msgspec.MsgspecError):
+                r = msgspec.json.decode(body, type=RErrorBody)
+                error = ErrorBody(code=r.error_code, message=r.error_message, location=r.field)
     elif body.lstrip().startswith(b"<"):  # S3: <Error><Code>AccessDenied</Code><Message>...</Message>
         found = {m[0]: m[1] for m in re.findall(rb"<(Code|Message)>([^<]*)</\1>", body[:65536])}
         error = ErrorBody(code=found.get(b"Code", b"").decode(errors="replace"),
@@ -499,18 +665,30 @@ def next_page(page: RunPage) -> dict[str, Any] | None:
 
 
 def output_paths(run: RunDoc, out: Path) -> dict[str, Path]:
-    """Where each output of the run goes in `out`: its object name's last segment, or its edge's
-    name when that segment is no plain file name; prefixed by the edge when two outputs share one.
+    """Where each output of the run goes in `out`: see `_place`."""
+    return _place([(art.edge_name, art.object_name) for art in run.outputs], out)
+
+
+def result_paths(result: TaskResult, out: Path) -> dict[str, Path]:
+    """Where each output of a completed task goes in `out`: see `_place`."""
+    outputs = result.task_output.outputs if result.task_output else {}
+    names = [(edge, outputs[edge].storage_key if edge in outputs else edge) for edge in result.download_urls or {}]
+    return _place(names, out)
+
+
+def _place(outputs: list[tuple[str, str]], out: Path) -> dict[str, Path]:
+    """(edge, object name) → a file in `out`: the object name's last segment, or the edge's name
+    when that segment is no plain file name; prefixed by the edge when two outputs share one.
     Never outside `out`."""
     paths: dict[str, Path] = {}
-    for art in run.outputs:
-        name = art.object_name.rsplit("/", 1)[-1]
+    for edge, object_name in outputs:
+        name = object_name.rsplit("/", 1)[-1]
         if not _plain_name(name):
-            name = art.edge_name if _plain_name(art.edge_name) else f"output-{len(paths) + 1}"
+            name = edge if _plain_name(edge) else f"output-{len(paths) + 1}"
         taken = {p.name for p in paths.values()}
         if name in taken:
-            name = f"{art.edge_name}-{name}" if _plain_name(art.edge_name) else f"{len(paths) + 1}-{name}"
-        paths[art.edge_name] = out / name
+            name = f"{edge}-{name}" if _plain_name(edge) else f"{len(paths) + 1}-{name}"
+        paths[edge] = out / name
     return paths
 
 
