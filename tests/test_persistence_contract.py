@@ -625,6 +625,8 @@ async def test_workflows_keep_every_version_and_teams_see_their_own_and_the_oper
     assert [w.slug for w in await db.workflows("t1", 10, 0)] == ["mine", "resize"]
     assert [w.slug for w in await db.workflows("t1", 1, 1)] == ["resize"]
     assert await db.count_workflows("t1") == 2 and await db.count_workflows("") == 1
+    assert [w.slug for w in await db.workflows(None, 10, 0)] == ["mine", "resize", "theirs"]  # the dashboard's operator
+    assert await db.count_workflows(None) == 3
     with pytest.raises(Error):  # the slug is unique
         async with db.transaction() as tx:
             await tx.insert_workflow(WorkflowRecord("w4", "t2", "mine", 1, "active", 7.0, 7.0, "api"), b"x")
@@ -702,6 +704,14 @@ async def test_tasks_list_newest_first_with_their_runs_by_team_and_status_and_ar
     assert totals == {("a", None): 5, ("a", "queued"): 3, ("a", "completed"): 2, ("a", "failed"): 0,
                       ("b", None): 5, ("b", "queued"): 5, ("b", "completed"): 0, ("b", "failed"): 0,
                       ("c", None): 0, ("c", "queued"): 0, ("c", "completed"): 0, ("c", "failed"): 0}  # fmt: skip
+    # The dashboard's: every team's (None), and one workflow's.
+    await insert_tasks(db, msgspec.structs.replace(task("T10", team="a"), workflow="w9"))
+    assert [row.task.id for row in await db.list_tasks("a", None, 10, 0, workflow="w9")] == ["T10"]
+    assert [row.task.id for row in await db.list_tasks(None, "queued", 10, 0, workflow="w9")] == ["T10"]
+    assert [row.task.id for row in await db.list_tasks("a", "completed", 10, 0, workflow="w1")] == ["T04", "T02"]
+    assert await db.list_tasks("b", None, 10, 0, workflow="w9") == []
+    assert [row.task.id for row in await db.list_tasks(None, None, 3, 1)] == ["T09", "T08", "T07"]
+    assert await db.count_tasks(None, None) == 11 and await db.count_tasks(None, "completed") == 2
 
 
 async def test_task_counts_stay_right_under_concurrent_changes(db: Database) -> None:

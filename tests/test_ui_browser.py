@@ -1,6 +1,6 @@
 """The dashboard in a real Chromium (Debian's, driven by Playwright): signing in, starting a run from
-the form with an upload, watching it finish live, downloading its output, cancelling, reading a
-failed step's log, another team's run refused; screenshots of the main pages are kept.
+the form with an upload, watching it finish live, downloading its output, cancelling a run and a
+task, reading a failed step's log, another team's run refused; screenshots of the main pages are kept.
 
 `.ci/run` installs Chromium and Playwright; where either is missing locally these tests skip.
 Screenshots go to $UI_SCREENSHOTS, else to ui-artifacts/ under pytest's base temp dir
@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from dashboard import write_flows
+from dashboard import Team, install_workflows, wait_for_workflows, write_flows
 from live import Server, make_key, wait_for_status
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
@@ -102,6 +102,7 @@ def keyed(start_server, flows_dir: Path) -> Server:
 @pytest.fixture
 def open_engine(start_server, flows_dir: Path) -> Server:
     write_flows(flows_dir)
+    install_workflows(flows_dir)
     return start_server()
 
 
@@ -178,6 +179,37 @@ def test_cancel_a_run_and_read_a_failed_steps_log(open_engine: Server, page: Any
     assert "reading the input" in page.locator("body").inner_text()
 
 
+def test_open_a_task_from_the_list_and_cancel_it(open_engine: Server, page: Any, artifacts: Path):
+    team = Team(open_engine, "alpha")
+    wait_for_workflows(team)
+    slow = team.slow()
+    page.goto(f"{open_engine.url}/ui/tasks")
+    shot(page, artifacts, "tasks")
+    page.locator(f"#task-{slow} a").click()
+    page.wait_for_url(f"{open_engine.url}/ui/tasks/{slow}")
+    status = page.locator("#task-live .status")
+    assert status.inner_text() == "running"
+    shot(page, artifacts, "task-running")
+    page.evaluate("window.notReloaded = true")
+    team.api.post(f"/r/tasks/{slow}/cancel")  # cancelled elsewhere: the open page shows it by itself
+    status.filter(has_text="cancelled").wait_for()
+    assert page.evaluate("window.notReloaded") is True
+    page.goto(f"{open_engine.url}/ui/tasks/{team.slow()}")
+    page.get_by_role("button", name="Cancel task").click()
+    status.filter(has_text="cancelled").wait_for()
+    assert page.get_by_role("button", name="Cancel task").count() == 0
+    task = page.url.rsplit("/", 1)[1]
+    assert team.status(task) == "cancelled"
+    shot(page, artifacts, "task-cancelled")
+    page.get_by_role("link", name="its run (graph, timeline, logs)").click()
+    page.locator("#run-status", has_text="STOPPED").wait_for()
+    page.goto(f"{open_engine.url}/ui/workflows")
+    shot(page, artifacts, "workflows")
+    page.get_by_role("link", name="img2img").click()
+    page.get_by_role("heading", name="Parameters").wait_for()
+    shot(page, artifacts, "workflow")
+
+
 def test_the_runs_list_refreshes_in_place_and_a_waiting_inputs_time_counts_down(open_engine: Server, page: Any):
     page.goto(f"{open_engine.url}/ui/runs")
     page.evaluate("window.notReloaded = true")
@@ -210,6 +242,9 @@ def test_a_team_cannot_open_another_teams_run(keyed: Server, page: Any, artifact
 
 def test_pages_fit_a_narrow_screen_and_label_every_field(open_engine: Server, browser: Any, artifacts: Path):
     run = started_and_uploaded(open_engine, "failing", b"x")
+    team = Team(open_engine, "alpha")
+    workflows = wait_for_workflows(team)
+    task = team.start("greet")
     context = browser.new_context(viewport={"width": 375, "height": 800})
     page = context.new_page()
     problems = watched(page)
@@ -219,6 +254,10 @@ def test_pages_fit_a_narrow_screen_and_label_every_field(open_engine: Server, br
             ("runs", "/ui/runs"),
             ("flows", "/ui/flows"),
             ("run", f"/ui/runs/{run}"),
+            ("tasks", "/ui/tasks"),
+            ("task", f"/ui/tasks/{task}"),
+            ("workflows", "/ui/workflows"),
+            ("workflow", f"/ui/workflows/{workflows['img2img']}"),
         ]:
             page.goto(f"{open_engine.url}{path}")
             page.wait_for_load_state("networkidle") if name != "run" else page.locator("#run-status").wait_for()

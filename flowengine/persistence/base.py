@@ -377,11 +377,11 @@ class Queries(Protocol):
 
     async def set_workflow_status(self, workflow: str, status: str, at: float) -> None: ...
 
-    async def workflows(self, team: str, limit: int, offset: int) -> list[WorkflowRecord]:
-        """The workflows a team sees: its own and the operator's, by slug."""
+    async def workflows(self, team: str | None, limit: int, offset: int) -> list[WorkflowRecord]:
+        """The workflows a team sees: its own and the operator's, by slug (None: every team's)."""
         ...
 
-    async def count_workflows(self, team: str) -> int: ...
+    async def count_workflows(self, team: str | None) -> int: ...
 
     # tasks: runs started through the workflow/task API, their events, and idempotency keys
     async def insert_tasks(self, tasks: list[tuple[TaskRecord, list[TaskEventRow]]]) -> None:
@@ -396,11 +396,13 @@ class Queries(Protocol):
 
     async def task(self, task: str) -> TaskRecord | None: ...
 
-    async def list_tasks(self, team: str, status: str | None, limit: int, offset: int) -> list[TaskRow]:
-        """A team's tasks (with a status, if given), newest first (by ID), each with its run."""
+    async def list_tasks(self, team: str | None, status: str | None, limit: int, offset: int,
+                         workflow: str | None = None) -> list[TaskRow]:  # fmt: skip
+        """A team's tasks (None: every team's; with a status and of a workflow, if given), newest first
+        (by ID), each with its run."""
         ...
 
-    async def count_tasks(self, team: str, status: str | None) -> int:
+    async def count_tasks(self, team: str | None, status: str | None) -> int:
         """How many tasks match, from counters: the cost does not grow with the tasks."""
         ...
 

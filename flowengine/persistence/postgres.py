@@ -693,15 +693,16 @@ class _Queries:
     async def set_workflow_status(self, workflow: str, status: str, at: float) -> None:
         await self._execute("UPDATE workflows SET status = %s, updated = %s WHERE id = %s", (status, at, workflow))
 
-    async def workflows(self, team: str, limit: int, offset: int) -> list[WorkflowRecord]:
+    async def workflows(self, team: str | None, limit: int, offset: int) -> list[WorkflowRecord]:
         rows = await self._rows(
-            f"SELECT {_WORKFLOW} FROM workflows WHERE team IN ('', %s) ORDER BY slug LIMIT %s OFFSET %s",
+            f"SELECT {_WORKFLOW} FROM workflows WHERE team IN ('', coalesce(%s, team))"  # None: every team's
+            " ORDER BY slug LIMIT %s OFFSET %s",
             (team, limit, offset),
         )
         return [WorkflowRecord(*r) for r in rows]
 
-    async def count_workflows(self, team: str) -> int:
-        return await self._value("SELECT count(*) FROM workflows WHERE team IN ('', %s)", (team,))
+    async def count_workflows(self, team: str | None) -> int:
+        return await self._value("SELECT count(*) FROM workflows WHERE team IN ('', coalesce(%s, team))", (team,))
 
     # tasks: runs started through the workflow/task API, their events, and idempotency keys
 
@@ -745,16 +746,19 @@ class _Queries:
         row = await self._row(f"SELECT {_TASK} FROM tasks WHERE id = %s", (task,))
         return _task_record(row) if row else None
 
-    async def list_tasks(self, team: str, status: str | None, limit: int, offset: int) -> list[TaskRow]:
-        where, params = ("t.team = %s AND t.status = %s", [team, status]) if status else ("t.team = %s", [team])
+    async def list_tasks(self, team: str | None, status: str | None, limit: int, offset: int,
+                         workflow: str | None = None) -> list[TaskRow]:  # fmt: skip
+        given = [(column, value) for column, value in (("t.team", team), ("t.status", status or None),
+                                                       ("t.workflow", workflow)) if value is not None]  # fmt: skip
+        where = " AND ".join([f"{column} = %s" for column, _ in given] or ["TRUE"])
         rows = await self._rows(
             f"SELECT {_TASK_OF_T}, r.doc FROM tasks t JOIN runs r ON r.id = t.id WHERE {where}"
             " ORDER BY t.id DESC LIMIT %s OFFSET %s",
-            [*params, limit, offset],
+            [*(value for _, value in given), limit, offset],
         )
         return [TaskRow(_task_record(r[:-1]), _decode_run(r[-1])) for r in rows]
 
-    async def count_tasks(self, team: str, status: str | None) -> int:
+    async def count_tasks(self, team: str | None, status: str | None) -> int:
         where, params = _filters(team, status, None)
         return await self._value(f"SELECT coalesce(sum(n), 0)::bigint FROM task_counts WHERE {' AND '.join(where)}",
                                  params)  # fmt: skip

@@ -601,15 +601,17 @@ class SqliteDatabase:
     async def set_workflow_status(self, workflow: str, status: str, at: float) -> None:
         self.conn.execute("UPDATE workflows SET status = ?, updated = ? WHERE id = ?", (status, at, workflow))
 
-    async def workflows(self, team: str, limit: int, offset: int) -> list[WorkflowRecord]:
+    async def workflows(self, team: str | None, limit: int, offset: int) -> list[WorkflowRecord]:
         rows = self.conn.execute(
-            f"SELECT {_WORKFLOW} FROM workflows WHERE team IN ('', ?) ORDER BY slug LIMIT ? OFFSET ?",
+            f"SELECT {_WORKFLOW} FROM workflows WHERE team IN ('', coalesce(?, team))"  # None: every team's
+            " ORDER BY slug LIMIT ? OFFSET ?",
             (team, limit, offset),
         )
         return [WorkflowRecord(*r) for r in rows]
 
-    async def count_workflows(self, team: str) -> int:
-        return self.conn.execute("SELECT count(*) FROM workflows WHERE team IN ('', ?)", (team,)).fetchone()[0]
+    async def count_workflows(self, team: str | None) -> int:
+        query = "SELECT count(*) FROM workflows WHERE team IN ('', coalesce(?, team))"
+        return self.conn.execute(query, (team,)).fetchone()[0]
 
     # tasks: runs started through the workflow/task API, their events, and idempotency keys
 
@@ -642,16 +644,19 @@ class SqliteDatabase:
         row = self.conn.execute(f"SELECT {_TASK} FROM tasks WHERE id = ?", (task,)).fetchone()
         return TaskRecord(*row) if row else None
 
-    async def list_tasks(self, team: str, status: str | None, limit: int, offset: int) -> list[TaskRow]:
-        where, params = ("t.team = ? AND t.status = ?", [team, status]) if status else ("t.team = ?", [team])
+    async def list_tasks(self, team: str | None, status: str | None, limit: int, offset: int,
+                         workflow: str | None = None) -> list[TaskRow]:  # fmt: skip
+        given = [(column, value) for column, value in (("t.team", team), ("t.status", status or None),
+                                                       ("t.workflow", workflow)) if value is not None]  # fmt: skip
+        where = " AND ".join([f"{column} = ?" for column, _ in given] or ["TRUE"])
         rows = self.conn.execute(
             f"SELECT {_TASK_OF_T}, r.doc FROM tasks t JOIN runs r ON r.id = t.id WHERE {where}"
             " ORDER BY t.id DESC LIMIT ? OFFSET ?",
-            [*params, limit, offset],
+            [*(value for _, value in given), limit, offset],
         )
         return [TaskRow(TaskRecord(*r[:-1]), _decode_run(r[-1])) for r in rows]
 
-    async def count_tasks(self, team: str, status: str | None) -> int:
+    async def count_tasks(self, team: str | None, status: str | None) -> int:
         where, params = _filters(team, status, None)
         return self.conn.execute(f"SELECT coalesce(sum(n), 0) FROM task_counts WHERE {' AND '.join(where)}",
                                  params).fetchone()[0]  # fmt: skip

@@ -49,9 +49,9 @@ class Workflows:
 
     # reading
 
-    async def get(self, team: str, *, id: str | None = None, slug: str | None = None) -> Stored:
-        """A workflow the team sees (its own, or the operator's), at a version: `slug@version` pins
-        one, else the current. Another team's is not found, as if it did not exist."""
+    async def get(self, team: str | None, *, id: str | None = None, slug: str | None = None) -> Stored:
+        """A workflow the team sees (its own, or the operator's; None: any), at a version: `slug@version`
+        pins one, else the current. Another team's is not found, as if it did not exist."""
         pinned = None
         if slug is not None and "@" in slug:
             slug, _, pinned = slug.rpartition("@")
@@ -60,7 +60,7 @@ class Workflows:
                 raise Error("bad_request", "invalid_version", message, "path.workflowSlug")
         what = id if id is not None else slug
         record = await self.engine.db.workflow(id=id, slug=slug)
-        if record is None or record.team not in ("", team):
+        if record is None or not _sees(team, record):
             raise not_found("workflow", str(what), "path.workflowId" if id is not None else "path.workflowSlug")
         version = record.version if pinned is None else _version(pinned)
         body = await self._body(record.id, version) if version else None
@@ -68,9 +68,9 @@ class Workflows:
             raise not_found("workflow version", f"{record.slug}@{pinned}", "path.workflowSlug")
         return Stored(record, version, body)
 
-    async def page(self, team: str, limit: int, offset: int) -> tuple[list[Stored], int]:
-        """A page of the workflows the team sees (its own and the operator's, by slug), each at its
-        current version, and how many there are."""
+    async def page(self, team: str | None, limit: int, offset: int) -> tuple[list[Stored], int]:
+        """A page of the workflows the team sees (its own and the operator's, by slug; None: every
+        team's), each at its current version, and how many there are."""
         db = self.engine.db
         found = []
         for record in await db.workflows(team, limit, offset):
@@ -130,7 +130,7 @@ class Workflows:
             raise Error("conflict", "workflow_changed", message, "path.workflowId") from exc
         return Stored(record, record.version, prepared)
 
-    async def set_status(self, team: str, id: str, status: WorkflowStatus) -> Stored:
+    async def set_status(self, team: str | None, id: str, status: WorkflowStatus) -> Stored:
         """Enable or disable the team's workflow (its versions stay: tasks name them)."""
         async with self.engine.db.transaction() as tx:
             record = await self._own(team, id, tx)
@@ -145,10 +145,11 @@ class Workflows:
         assert body is not None, "a workflow's current version is stored with it"
         return Stored(record, record.version, body)
 
-    async def _own(self, team: str, id: str, db: Queries | None = None) -> WorkflowRecord:
-        """The team's own workflow: another team's is not found; the operator's is read-only here."""
+    async def _own(self, team: str | None, id: str, db: Queries | None = None) -> WorkflowRecord:
+        """The team's own workflow (None: any team's): another team's is not found; the operator's is
+        read-only here."""
         record = await (db or self.engine.db).workflow(id=id)
-        if record is None or record.team not in ("", team):
+        if record is None or not _sees(team, record):
             raise not_found("workflow", id, "path.workflowId")
         if not record.team:
             source = record.source.removeprefix(FILE_SOURCE)
@@ -227,6 +228,11 @@ async def _save(tx: Queries, record: WorkflowRecord, body: bytes, status: Workfl
         record = msgspec.structs.replace(record, status=status, updated=now)
         await tx.set_workflow_status(record.id, status, now)
     return record
+
+
+def _sees(team: str | None, record: WorkflowRecord) -> bool:
+    """Whether a team (None: the dashboard's operator, every team's) sees a workflow."""
+    return team is None or record.team in ("", team)
 
 
 def _version(digits: str) -> int:

@@ -102,7 +102,7 @@ def _error_of(run: Run) -> str:
     return (run.error or "") if task_status(run) == "failed" else ""
 
 
-def _detail(task: TaskRecord, run: Run) -> TaskDetail:
+def task_detail(task: TaskRecord, run: Run) -> TaskDetail:
     return TaskDetail(
         id=task.id, workflow_id=task.workflow, workflow_version=task.version, task_status=task_status(run),
         created_at=datetime.fromtimestamp(task.created, UTC), started_at=_time(task.started),
@@ -113,10 +113,11 @@ def _detail(task: TaskRecord, run: Run) -> TaskDetail:
     )  # fmt: skip
 
 
-async def _task(engine: Engine, task_id: str, team: str) -> TaskRecord:
-    """The team's task; another team's is not found, as one that does not exist."""
+async def team_task(engine: Engine, task_id: str, team: str | None) -> TaskRecord:
+    """The team's task (None: any team's, the dashboard's operator); another team's is not found, as
+    one that does not exist."""
     task = await engine.db.task(task_id)
-    if task is None or task.team != team:
+    if task is None or team not in (None, task.team):
         raise not_found("task", task_id, "path.taskId")
     return task
 
@@ -159,26 +160,26 @@ async def list_tasks(request: Request) -> Response:
         raise bad_request("invalid_query", f"status must be one of {', '.join(TASK_STATUSES)}", "query.status")
     rows = await engine.db.list_tasks(principal.team, status, page.per_page, page.offset)
     total = await engine.db.count_tasks(principal.team, status)
-    return json_response(TaskList([_detail(r.task, r.run) for r in rows], page.meta(total)))
+    return json_response(TaskList([task_detail(r.task, r.run) for r in rows], page.meta(total)))
 
 
 async def get_task(request: Request) -> Response:
     principal = await authenticate(request.scope, RUNTIME_CALLERS)
     engine = engine_of(request)
-    task = await _task(engine, request.path_params["taskId"], principal.team)
+    task = await team_task(engine, request.path_params["taskId"], principal.team)
     run, _ = await engine.get_run(task.id)
-    return json_response(_detail(task, run))
+    return json_response(task_detail(task, run))
 
 
 async def get_task_result(request: Request) -> Response:
     principal = await authenticate(request.scope, RUNTIME_CALLERS)
     engine = engine_of(request)
-    task = await _task(engine, request.path_params["taskId"], principal.team)
+    task = await team_task(engine, request.path_params["taskId"], principal.team)
     run, flow = await engine.get_run(task.id)
-    return json_response(_result(engine, task, run, flow, public_base(request)))
+    return json_response(task_result(engine, task, run, flow, public_base(request)))
 
 
-def _result(engine: Engine, task: TaskRecord, run: Run, flow: Flow, base_url: str) -> TaskResult:
+def task_result(engine: Engine, task: TaskRecord, run: Run, flow: Flow, base_url: str) -> TaskResult:
     status = task_status(run)
     if status != "completed":
         return TaskResult(task.id, status, None, None, None, None, _error_of(run), _time(task.completed))
@@ -197,7 +198,7 @@ def _result(engine: Engine, task: TaskRecord, run: Run, flow: Flow, base_url: st
 async def cancel_task(request: Request) -> Response:
     principal = await authenticate(request.scope, RUNTIME_CALLERS)
     engine = engine_of(request)
-    task = await _task(engine, request.path_params["taskId"], principal.team)
+    task = await team_task(engine, request.path_params["taskId"], principal.team)
     await engine.cancel(task.id)  # a task that has ended stays as it ended
     return json_response(Cancelled(True))
 
@@ -205,7 +206,7 @@ async def cancel_task(request: Request) -> Response:
 async def task_events(request: Request) -> Response:
     principal = await authenticate(request.scope, RUNTIME_CALLERS)
     engine = engine_of(request)
-    task = await _task(engine, request.path_params["taskId"], principal.team)
+    task = await team_task(engine, request.path_params["taskId"], principal.team)
     after = sse.last_event_id(request)
     given = (request.headers.get("last-event-id"), request.query_params.get("last_event_id"))
     if not any(value and value.strip() for value in given):  # a new stream starts with the task's current status

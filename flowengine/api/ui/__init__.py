@@ -3,9 +3,10 @@
 Every page goes through `page`: it finds the viewer (sessions.py), sends a visitor to the sign-in
 page where the engine requires credentials, checks the CSRF token of every form it takes, and
 turns domain errors into an HTML page with the status api/errors.py gives their kind. A team sees
-its own runs only (another team's run is "not found", as in the API); the operator sees all.
+its own runs and tasks only, and its own workflows and the operator's (another team's is "not
+found", as in the API); the operator sees all.
 
-The pages are listed in NAV: a new page (tasks, agents, webhooks) is a route, a template and a NAV
+The pages are listed in NAV: a new page (agents, webhooks) is a route, a template and a NAV
 entry; base.html draws the navigation from it.
 """
 
@@ -31,23 +32,36 @@ from starlette.routing import Route
 from flowengine.api import documents
 from flowengine.api import flow as flow_api
 from flowengine.api.errors import STATUS, error_response
-from flowengine.api.http import base_url, whole_number
+from flowengine.api.http import base_url, query_int, whole_number
+from flowengine.api.r.common import public_base
+from flowengine.api.r.tasks import task_detail, task_result, team_task
 from flowengine.api.sse import Event, EventStream
 from flowengine.api.ui import sessions, views
 from flowengine.api.ui.sessions import CSRF_FIELD, CSRF_HEADER, SignInRequired, Viewer
 from flowengine.api.ui.stats import step_stats
 from flowengine.core import machine
 from flowengine.core.ids import uuid7_floor
+from flowengine.core.tasks import TASK_STATUSES, TERMINAL_TASK
+from flowengine.core.workflows import WorkflowStatus
 from flowengine.errors import Error, bad_request
 from flowengine.identity import tokens
 from flowengine.identity.directory import unauthorized
 from flowengine.runtime.engine import Engine
 from flowengine.runtime.notifier import run_topic
+from flowengine.runtime.tasks import TaskBody
 
 PREFIX = "/ui"
-NAV = [("Overview", "/ui"), ("Runs", "/ui/runs"), ("Flows", "/ui/flows")]
+NAV = [
+    ("Overview", "/ui"),
+    ("Runs", "/ui/runs"),
+    ("Tasks", "/ui/tasks"),
+    ("Flows", "/ui/flows"),
+    ("Workflows", "/ui/workflows"),
+]
 PAGE_SIZE = 50
-ROWS_REFRESH = 5  # seconds between refreshes of a runs list's first page
+ROWS_REFRESH = 5  # seconds between refreshes of a runs or tasks list's first page
+TASK_REFRESH = 2  # seconds between refreshes of an unfinished task's page
+MAX_LISTED = 500  # workflows at most a tasks list offers to filter by
 LIVE_POLL = 1.0  # seconds: a run page's stream looks again this often while a step works (its log grows)
 IDLE_POLL = 15.0  # otherwise, when nothing notified it (the polling fallback)
 OVERVIEW_WINDOW = 3600.0  # seconds of step history the overview sums up
@@ -420,6 +434,123 @@ async def start_run(request: Request, viewer: Viewer) -> Response:
     return Response(msgspec.json.encode(doc), 201, media_type="application/json")
 
 
+# Tasks: runs started through the workflow/task API (api/r/tasks.py reads them the same way).
+
+
+class TaskQuery(msgspec.Struct):
+    status: str | None = None  # a task status (core/tasks.TASK_STATUSES)
+    workflow: str | None = None  # a workflow's ID
+    page: int = 1
+
+    def args(self, **changes: Any) -> str:
+        """The query string of this list (as the form writes it), with changes."""
+        values = {"status": self.status, "workflow": self.workflow, "page": self.page, **changes}
+        return urlencode({k: v for k, v in values.items() if v not in (None, "") and (k, v) != ("page", 1)})
+
+
+def task_query(request: Request) -> TaskQuery:
+    params = request.query_params
+    status = params.get("status", "").strip().lower() or None
+    if status is not None and status not in TASK_STATUSES:
+        raise bad_request("invalid_query", f"status must be one of {', '.join(TASK_STATUSES)}", "query.status")
+    return TaskQuery(status, params.get("workflow", "").strip() or None, query_int(request, "page", 1, 1, 10**9))
+
+
+async def task_list(engine: Engine, viewer: Viewer, query: TaskQuery) -> dict[str, Any]:
+    rows = await engine.db.list_tasks(viewer.team, query.status, PAGE_SIZE + 1, (query.page - 1) * PAGE_SIZE,
+                                      workflow=query.workflow)  # fmt: skip
+    # The counters know a team's tasks by status only: a total by workflow would scan the tasks.
+    total = None if query.workflow else await engine.db.count_tasks(viewer.team, query.status)
+    workflows, _ = await engine.workflows.page(viewer.team, MAX_LISTED, 0)
+    return {"tasks": [(row.task, task_detail(row.task, row.run)) for row in rows[:PAGE_SIZE]],
+            "more": len(rows) > PAGE_SIZE, "total": total, "query": query,
+            "workflows": {stored.record.id: stored.record.slug for stored in workflows},
+            "teams": await _team_names(engine, viewer),
+            "refresh": ROWS_REFRESH if query.page == 1 else None}  # fmt: skip
+
+
+async def _team_names(engine: Engine, viewer: Viewer) -> dict[str, str]:
+    """The teams' names by ID, for an operator's lists (a team sees its own only: none needed)."""
+    return {t.id: t.name for t in await engine.db.teams()} if viewer.operator else {}
+
+
+async def tasks_page(request: Request, viewer: Viewer) -> Response:
+    wanted = request.query_params.get("id", "").strip()
+    if wanted:  # a search by ID opens that task (or its not-found page)
+        return RedirectResponse(f"{PREFIX}/tasks/{quote(wanted, safe='')}", 303)
+    context = await task_list(engine_of(request), viewer, task_query(request))
+    return render(request, viewer, "tasks.html", task_statuses=TASK_STATUSES, **context)
+
+
+async def task_rows(request: Request, viewer: Viewer) -> Response:
+    """The tasks list's rows alone, which the list page polls (htmx) to refresh without a reload."""
+    context = await task_list(engine_of(request), viewer, task_query(request))
+    return render(request, viewer, "tasks_rows.html", **context)
+
+
+async def _task_context(request: Request, viewer: Viewer) -> dict[str, Any]:
+    engine = engine_of(request)
+    task = await team_task(engine, request.path_params["task_id"], viewer.team)
+    run, flow = await engine.get_run(task.id)
+    detail = task_detail(task, run)
+    return {"task": task, "detail": detail, "body": msgspec.json.decode(task.body, type=TaskBody),
+            "workflow": await engine.db.workflow(id=task.workflow),
+            "result": task_result(engine, task, run, flow, public_base(request)),
+            "terminal": detail.task_status in TERMINAL_TASK, "refresh": TASK_REFRESH}  # fmt: skip
+
+
+async def task_page(request: Request, viewer: Viewer) -> Response:
+    return render(request, viewer, "task.html", **await _task_context(request, viewer))
+
+
+async def task_live(request: Request, viewer: Viewer) -> Response:
+    """The task page's changing part, which the page polls (htmx) until the task has ended."""
+    return render(request, viewer, "task_live.html", **await _task_context(request, viewer))
+
+
+async def cancel_task(request: Request, viewer: Viewer) -> Response:
+    engine = engine_of(request)
+    task = await team_task(engine, request.path_params["task_id"], viewer.team)
+    await engine.cancel(task.id)  # a task that has ended stays as it ended
+    return RedirectResponse(f"{PREFIX}/tasks/{task.id}", 303)
+
+
+# Workflows: the operator's (flow files) and the teams' own (api/r/workflows.py reads them the same way).
+
+
+async def workflows_page(request: Request, viewer: Viewer) -> Response:
+    engine = engine_of(request)
+    number = query_int(request, "page", 1, 1, 10**9)
+    found, total = await engine.workflows.page(viewer.team, PAGE_SIZE, (number - 1) * PAGE_SIZE)
+    return render(request, viewer, "workflows.html", workflows=found, total=total, page_number=number,
+                  more=number * PAGE_SIZE < total, teams=await _team_names(engine, viewer),
+                  problems=engine.workflows.problems)  # fmt: skip
+
+
+async def workflow_page(request: Request, viewer: Viewer) -> Response:
+    """A workflow at its current version, or at `?version=N`; every version stays readable."""
+    workflows = engine_of(request).workflows
+    current = await workflows.get(viewer.team, id=request.path_params["workflow_id"])
+    version = query_int(request, "version", current.version, 1, current.version)
+    shown = current if version == current.version else await workflows.get(
+        viewer.team, slug=f"{current.record.slug}@{version}")  # fmt: skip
+    return render(request, viewer, "workflow.html", stored=shown, current=current,
+                  teams=await _team_names(engine_of(request), viewer))  # fmt: skip
+
+
+async def _set_workflow_status(request: Request, viewer: Viewer, status: WorkflowStatus) -> Response:
+    stored = await engine_of(request).workflows.set_status(viewer.team, request.path_params["workflow_id"], status)
+    return RedirectResponse(f"{PREFIX}/workflows/{stored.record.id}", 303)
+
+
+async def disable_workflow(request: Request, viewer: Viewer) -> Response:
+    return await _set_workflow_status(request, viewer, "disabled")
+
+
+async def enable_workflow(request: Request, viewer: Viewer) -> Response:
+    return await _set_workflow_status(request, viewer, "active")
+
+
 # The overview.
 
 
@@ -477,8 +608,17 @@ routes = [
     Route(f"{PREFIX}/runs/{{run_id}}/logs/{{step_id}}", page(step_log)),
     Route(f"{PREFIX}/runs/{{run_id}}/cancel", page(cancel_run), methods=["POST"]),
     Route(f"{PREFIX}/runs/{{run_id}}/refresh", page(refresh_run), methods=["POST"]),
+    Route(f"{PREFIX}/tasks", page(tasks_page)),
+    Route(f"{PREFIX}/tasks/rows", page(task_rows)),
+    Route(f"{PREFIX}/tasks/{{task_id}}", page(task_page)),
+    Route(f"{PREFIX}/tasks/{{task_id}}/live", page(task_live)),
+    Route(f"{PREFIX}/tasks/{{task_id}}/cancel", page(cancel_task), methods=["POST"]),
     Route(f"{PREFIX}/flows", page(flows_page)),
     Route(f"{PREFIX}/flows/{{name}}/runs", page(start_run), methods=["POST"]),
+    Route(f"{PREFIX}/workflows", page(workflows_page)),
+    Route(f"{PREFIX}/workflows/{{workflow_id}}", page(workflow_page)),
+    Route(f"{PREFIX}/workflows/{{workflow_id}}/disable", page(disable_workflow), methods=["POST"]),
+    Route(f"{PREFIX}/workflows/{{workflow_id}}/enable", page(enable_workflow), methods=["POST"]),
     Route(f"{PREFIX}/static/{{name}}", static),
 ]
 

@@ -133,4 +133,10 @@ def percent(fraction: float) -> str:
     return f"{fraction * 100:.0f} %"
 
 
-FILTERS: dict[str, Any] = {"when": when, "iso": iso, "duration": duration, "size": size, "percent": percent}
+def value(v: Any) -> str:
+    """A parameter's value as a caller writes it in JSON (`false`, `2.5`), a string as it is."""
+    return v if isinstance(v, str) else msgspec.json.encode(v).decode()
+
+
+FILTERS: dict[str, Any] = {"when": when, "iso": iso, "duration": duration, "size": size, "percent": percent,
+                           "value": value}  # fmt: skip
