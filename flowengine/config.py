@@ -27,7 +27,7 @@ from flowengine.errors import Error, Problem
 from flowengine.logs import LogFormat
 
 PATH_SETTINGS = ("data_dir", "flows_dir", "work_dir")  # "" (work_dir's default) stays ""
-LIST_SETTINGS = ("step_read_paths",)
+LIST_SETTINGS = ("step_read_paths", "webhook_retry_delays")  # from the environment: items separated by ":"
 DURATION_SETTINGS = ("session_ttl", "upload_ttl", "download_ttl", "input_retention", "output_retention",
                      "sweep_interval", "reconcile_interval", "reconcile_max_interval",
                      "python_worker_idle", "multipart_ttl",
@@ -98,6 +98,12 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     reconcile_batch: AtLeastOne = 200  # store requests (listings and HEADs) per tick at most
     s3_access_key: str = ""  # credentials for s3 stores declared in flow files
     s3_secret_key: str = ""
+    webhook_allow_private: bool = False  # let webhooks use http:// and private or loopback addresses (tests, LANs)
+    webhook_timeout: Positive = 10.0  # seconds a webhook receiver has to answer an attempt; then it counts as failed
+    # seconds before each retry of a failed webhook delivery (non-2xx, timeout); after the last, it is failed
+    webhook_retry_delays: list[Annotated[float, msgspec.Meta(ge=0)]] = msgspec.field(
+        default_factory=lambda: [0.0, 5.0, 30.0, 120.0]
+    )
     log_format: LogFormat = "text"  # text | logfmt | json: every log line, run and step transitions included
     stores: list[Store] = []  # operator-defined stores; these may carry credentials in Params
 

@@ -23,6 +23,8 @@ from flowengine.identity.records import Credential, Pairing, Team, User
 from flowengine.persistence import open_database
 from flowengine.persistence.base import (
     Database,
+    DeliveryAttempt,
+    DeliveryRecord,
     FileRecord,
     IdempotencyKey,
     ModelRecord,
@@ -32,6 +34,7 @@ from flowengine.persistence.base import (
     TaskRecord,
     UploadRecord,
     Wait,
+    WebhookRecord,
     WorkflowRecord,
 )
 from flowengine.persistence.migrations import migrations
@@ -816,3 +819,65 @@ async def test_models_are_kept_by_storage_key_listed_by_team_and_status(db: Data
         await db.count_models("t", "disabled"),
         await db.count_models("u", None),
     ) == (2, 1, 1)
+
+
+# webhooks
+
+
+def webhook(id: str, team: str = "t1") -> WebhookRecord:
+    return WebhookRecord(id, team, "hook", "https://example.com/h", "whsec_AAAA", "task.completed task.failed",
+                         "active", 1.0, 1.0)  # fmt: skip
+
+
+def delivery(id: str, hook: str = "w1", due: float = 10.0) -> DeliveryRecord:
+    return DeliveryRecord(id, hook, "task.completed", "task-" + id, b'{"a": 1}', "pending", 0, 0, due, 1.0, 1.0)
+
+
+async def test_concurrent_claims_never_share_a_delivery_and_a_lease_hides_it_until_it_ends(db: Database):
+    async with db.transaction() as tx:
+        await tx.insert_webhook(webhook("w1"))
+        await tx.insert_deliveries([delivery(f"d{i:03}", due=10.0 + i) for i in range(60)] + [delivery("late", due=99)])
+    claims = await asyncio.gather(*(db.claim_deliveries(80.0, 200.0, 7) for _ in range(12)))
+    ids = [d.id for claim in claims for d in claim]
+    assert sorted(ids) == [f"d{i:03}" for i in range(60)]  # each once, none past `now`
+    assert await db.claim_deliveries(199.0, 300.0, 100) == [await db.delivery("late")]  # the leased ones stay hidden
+    assert {d.id for d in await db.claim_deliveries(200.0, 400.0, 100)} == set(ids)  # leases over: due again
+
+
+async def test_attempts_are_recorded_in_order_and_a_delivered_one_stamps_its_webhook(db: Database):
+    async with db.transaction() as tx:
+        await tx.insert_webhook(webhook("w1"))
+        await tx.insert_deliveries([delivery("d1")])
+    for n, (status, due) in enumerate([("pending", 20.0), ("delivered", None)], 1):
+        async with db.transaction() as tx:
+            await tx.record_delivery_attempt(
+                DeliveryAttempt("d1", n, 10.0 + n, 500 if due else 200, 0.5, ""), status, due
+            )
+    found = await db.delivery("d1")
+    assert found is not None and (found.status, found.tries, found.attempts, found.due) == ("delivered", 2, 2, None)
+    assert found.body == b'{"a": 1}' and isinstance(found.body, bytes)
+    assert [(a.n, a.status_code) for a in await db.delivery_attempts(["d1"])] == [(1, 500), (2, 200)]
+    assert (await db.webhook("w1")).last_delivered == 12.0  # type: ignore[union-attr]
+    async with db.transaction() as tx:
+        await tx.resend_delivery("d1", 50.0)
+    again = await db.delivery("d1")
+    assert again is not None and (again.status, again.tries, again.attempts, again.due) == ("pending", 0, 2, 50.0)
+
+
+async def test_a_webhook_is_changed_listed_per_team_and_deleted_with_its_deliveries(db: Database):
+    async with db.transaction() as tx:
+        await tx.insert_webhook(webhook("w1"))
+        await tx.insert_webhook(webhook("w2", team="t2"))
+        await tx.insert_deliveries([delivery("d1"), delivery("d2", hook="w2")])
+        await tx.record_delivery_attempt(DeliveryAttempt("d1", 1, 11.0, None, 1.0, "refused"), "failed", None)
+    changed = msgspec.structs.replace(webhook("w1"), secret="whsec_BBBB", status="disabled", updated=5.0)
+    async with db.transaction() as tx:
+        await tx.update_webhook(changed)
+    assert await db.webhooks("t1") == [changed]
+    assert await db.count_deliveries("w1") == 1 and [d.id for d in await db.deliveries("w2", 10, 0)] == ["d2"]
+    async with db.transaction() as tx:
+        await tx.delete_webhook("w1")
+    assert (
+        await db.webhook("w1") is None and await db.delivery("d1") is None and await db.delivery_attempts(["d1"]) == []
+    )
+    assert await db.delivery("d2") is not None

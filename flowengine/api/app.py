@@ -16,7 +16,20 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from flowengine import version
-from flowengine.api import browser, credentials, events, flow, models, openapi, pairing, ui, upload, uploads, workflows
+from flowengine.api import (
+    browser,
+    credentials,
+    events,
+    flow,
+    models,
+    openapi,
+    pairing,
+    ui,
+    upload,
+    uploads,
+    webhooks,
+    workflows,
+)
 from flowengine.api.documents import RenderedDocuments
 from flowengine.api.errors import ERROR_HANDLERS, error_response
 from flowengine.api.http import json_response, send_json
@@ -175,6 +188,7 @@ def create_app(config: Config, engine: Engine | None = None) -> HotRoutes:
             *credentials.routes,
             *models.routes,
             *pairing.routes,
+            *webhooks.routes,
             *routes,
         ],
         exception_handlers=ERROR_HANDLERS,

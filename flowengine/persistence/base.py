@@ -166,6 +166,47 @@ class IdempotencyKey(msgspec.Struct, frozen=True):
     created: float
 
 
+class WebhookRecord(msgspec.Struct, frozen=True):
+    """A team's webhook: where task events of the kinds it names are POSTed, signed with its secret."""
+
+    id: str
+    team: str
+    display_name: str
+    url: str
+    secret: str  # whsec_<base64 of the key's bytes>; a rotation replaces it at once
+    events: str  # space-separated event types (task.completed task.failed)
+    status: Literal["active", "disabled"]
+    created: float
+    updated: float
+    last_delivered: float | None = None
+
+
+class DeliveryRecord(msgspec.Struct, frozen=True):
+    """One event for one webhook: its body is fixed when made (the run change's transaction) and sent
+    as is on every attempt, under its id (the `webhook-id` header)."""
+
+    id: str
+    webhook: str
+    event: str  # task.completed | task.failed
+    task: str
+    body: bytes
+    status: Literal["pending", "delivered", "failed"]
+    tries: int  # attempts since it was made or re-sent: the retry schedule's position
+    attempts: int  # attempts ever
+    due: float | None  # when a pending one is sent next
+    created: float
+    updated: float
+
+
+class DeliveryAttempt(msgspec.Struct, frozen=True):
+    delivery: str
+    n: int  # from 1 per delivery
+    at: float
+    status_code: int | None  # none: no answer (refused, timed out, unreachable, refused by the address rules)
+    latency: float  # seconds
+    error: str
+
+
 class Queries(Protocol):
     # the engine's own state
     async def mark_clean_stop(self) -> None: ...
@@ -425,6 +466,51 @@ class Queries(Protocol):
 
     async def drop_idempotency_keys(self, before: float, limit: int) -> int:
         """Drop up to `limit` keys made before `before`, oldest first; returns how many."""
+        ...
+
+    # webhooks
+    async def insert_webhook(self, webhook: WebhookRecord) -> None: ...
+
+    async def webhook(self, id: str) -> WebhookRecord | None: ...
+
+    async def webhooks(self, team: str) -> list[WebhookRecord]:
+        """The team's webhooks, oldest first."""
+        ...
+
+    async def update_webhook(self, webhook: WebhookRecord) -> None:
+        """Replace the webhook's name, URL, secret, events and status (its id's row)."""
+        ...
+
+    async def delete_webhook(self, id: str) -> None:
+        """The webhook, its deliveries and their attempts."""
+        ...
+
+    async def insert_deliveries(self, deliveries: list[DeliveryRecord]) -> None: ...
+
+    async def claim_deliveries(self, now: float, lease_until: float, limit: int) -> list[DeliveryRecord]:
+        """Pending deliveries due by `now`, each moved to `lease_until` in the same statement, so no other
+        sender (another loop, another engine) takes one before its lease ends. Oldest due first."""
+        ...
+
+    async def record_delivery_attempt(self, attempt: DeliveryAttempt, status: str, due: float | None) -> None:
+        """An attempt's outcome: the delivery's new status and when it is due again (None: not); a
+        delivered one stamps its webhook's last_delivered."""
+        ...
+
+    async def delivery(self, id: str) -> DeliveryRecord | None: ...
+
+    async def deliveries(self, webhook: str, limit: int, offset: int) -> list[DeliveryRecord]:
+        """The webhook's deliveries, newest first."""
+        ...
+
+    async def count_deliveries(self, webhook: str) -> int: ...
+
+    async def delivery_attempts(self, deliveries: list[str]) -> list[DeliveryAttempt]:
+        """Every attempt at these deliveries, in order."""
+        ...
+
+    async def resend_delivery(self, id: str, now: float) -> None:
+        """Make the delivery pending again, due now, at the start of its retry schedule."""
         ...
 
 

@@ -38,6 +38,8 @@ from flowengine.errors import Error, conflict, insufficient_storage
 from flowengine.identity.records import Credential, Pairing, Role, Team, User
 from flowengine.persistence import redacted
 from flowengine.persistence.base import (
+    DeliveryAttempt,
+    DeliveryRecord,
     FileRecord,
     IdempotencyKey,
     ModelRecord,
@@ -49,6 +51,7 @@ from flowengine.persistence.base import (
     TaskRow,
     UploadRecord,
     Wait,
+    WebhookRecord,
     WorkflowRecord,
     prefix_end,
 )
@@ -60,6 +63,9 @@ MIGRATION_LOCK = 0x666C6F77656E67  # the advisory lock `flowengine migrate` hold
 log = logging.getLogger("flowengine.persistence")
 _encode = msgspec.json.Encoder().encode
 _decode_run = msgspec.json.Decoder(Run).decode
+_WEBHOOK = ", ".join(f.name for f in msgspec.structs.fields(WebhookRecord))
+_DELIVERY = ", ".join(f.name for f in msgspec.structs.fields(DeliveryRecord))
+_ATTEMPT = ", ".join(f.name for f in msgspec.structs.fields(DeliveryAttempt))
 _TREE = "replace(key, '/', chr(1)) COLLATE \"C\""  # a key in tree order: '/' before every character a key may hold
 
 
@@ -802,6 +808,92 @@ class _Queries:
             )
             return cur.rowcount
 
+    # webhooks
+
+    async def insert_webhook(self, webhook: WebhookRecord) -> None:
+        marks = ", ".join(["%s"] * len(msgspec.structs.fields(WebhookRecord)))
+        await self._execute(f"INSERT INTO webhooks ({_WEBHOOK}) VALUES ({marks})", msgspec.structs.astuple(webhook))
+
+    async def webhook(self, id: str) -> WebhookRecord | None:
+        row = await self._row(f"SELECT {_WEBHOOK} FROM webhooks WHERE id = %s", (id,))
+        return WebhookRecord(*row) if row else None
+
+    async def webhooks(self, team: str) -> list[WebhookRecord]:
+        rows = await self._rows(f"SELECT {_WEBHOOK} FROM webhooks WHERE team = %s ORDER BY id", (team,))
+        return [WebhookRecord(*r) for r in rows]
+
+    async def update_webhook(self, webhook: WebhookRecord) -> None:
+        w = webhook
+        await self._execute(
+            "UPDATE webhooks SET display_name = %s, url = %s, secret = %s, events = %s, status = %s, updated = %s"
+            " WHERE id = %s",
+            (w.display_name, w.url, w.secret, w.events, w.status, w.updated, w.id),
+        )
+
+    async def delete_webhook(self, id: str) -> None:
+        async with self._connection() as conn:  # one statement: whole even outside a transaction
+            await conn.execute(
+                "WITH d AS (DELETE FROM webhook_deliveries WHERE webhook = %s RETURNING id),"
+                " a AS (DELETE FROM webhook_attempts WHERE delivery IN (SELECT id FROM d))"
+                " DELETE FROM webhooks WHERE id = %s",
+                (id, id),
+            )
+
+    async def insert_deliveries(self, deliveries: list[DeliveryRecord]) -> None:
+        marks = ", ".join(["%s"] * len(msgspec.structs.fields(DeliveryRecord)))
+        async with self._connection() as conn:
+            await conn.cursor().executemany(
+                f"INSERT INTO webhook_deliveries ({_DELIVERY}) VALUES ({marks})",
+                [msgspec.structs.astuple(d) for d in deliveries],
+            )
+
+    async def claim_deliveries(self, now: float, lease_until: float, limit: int) -> list[DeliveryRecord]:
+        # SKIP LOCKED: a row another engine is claiming right now is left to it, not waited for
+        rows = await self._rows(
+            "UPDATE webhook_deliveries SET due = %s WHERE id IN (SELECT id FROM webhook_deliveries"
+            " WHERE status = 'pending' AND due <= %s ORDER BY due LIMIT %s FOR UPDATE SKIP LOCKED)"
+            f" RETURNING {_DELIVERY}",
+            (lease_until, now, limit),
+        )
+        return [_delivery(r) for r in rows]
+
+    async def record_delivery_attempt(self, attempt: DeliveryAttempt, status: str, due: float | None) -> None:
+        a = attempt
+        async with self._connection() as conn:  # one statement: whole even outside a transaction
+            await conn.execute(
+                f"WITH a AS (INSERT INTO webhook_attempts ({_ATTEMPT}) VALUES (%s, %s, %s, %s, %s, %s)),"
+                " d AS (UPDATE webhook_deliveries SET status = %s, due = %s, tries = tries + 1, attempts = %s,"
+                " updated = %s WHERE id = %s RETURNING webhook)"
+                " UPDATE webhooks SET last_delivered = %s WHERE %s AND id IN (SELECT webhook FROM d)",
+                (*msgspec.structs.astuple(a), status, due, a.n, a.at, a.delivery, a.at, status == "delivered"),
+            )
+
+    async def delivery(self, id: str) -> DeliveryRecord | None:
+        row = await self._row(f"SELECT {_DELIVERY} FROM webhook_deliveries WHERE id = %s", (id,))
+        return _delivery(row) if row else None
+
+    async def deliveries(self, webhook: str, limit: int, offset: int) -> list[DeliveryRecord]:
+        rows = await self._rows(
+            f"SELECT {_DELIVERY} FROM webhook_deliveries WHERE webhook = %s ORDER BY id DESC LIMIT %s OFFSET %s",
+            (webhook, limit, offset),
+        )
+        return [_delivery(r) for r in rows]
+
+    async def count_deliveries(self, webhook: str) -> int:
+        return await self._value("SELECT count(*) FROM webhook_deliveries WHERE webhook = %s", (webhook,))
+
+    async def delivery_attempts(self, deliveries: list[str]) -> list[DeliveryAttempt]:
+        rows = await self._rows(
+            f"SELECT {_ATTEMPT} FROM webhook_attempts WHERE delivery = ANY(%s) ORDER BY delivery, n", (deliveries,)
+        )
+        return [DeliveryAttempt(*r) for r in rows]
+
+    async def resend_delivery(self, id: str, now: float) -> None:
+        await self._execute(
+            "UPDATE webhook_deliveries SET status = 'pending', tries = 0, due = %s, updated = %s WHERE id = %s",
+            (now, now, id),
+        )
+
     async def _execute(self, query: str, params: Any = ()) -> None:
         async with self._connection() as conn:
             await conn.execute(query, params)
@@ -942,3 +1034,7 @@ def _domain_error(exc: psycopg.Error, where: str) -> Error:
 def _line(exc: psycopg.Error) -> str:
     """The driver's message on one line (the server's come with a hint or a caret under a query)."""
     return " ".join(str(exc).split())
+
+
+def _delivery(row: Any) -> DeliveryRecord:
+    return DeliveryRecord(*row[:4], bytes(row[4]), *row[5:])  # bytea may come as a memoryview

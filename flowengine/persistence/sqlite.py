@@ -25,6 +25,8 @@ from flowengine.core.machine import Run
 from flowengine.errors import Error, conflict, insufficient_storage
 from flowengine.identity.records import Credential, Pairing, Role, Team, User
 from flowengine.persistence.base import (
+    DeliveryAttempt,
+    DeliveryRecord,
     FileRecord,
     IdempotencyKey,
     ModelRecord,
@@ -36,6 +38,7 @@ from flowengine.persistence.base import (
     TaskRow,
     UploadRecord,
     Wait,
+    WebhookRecord,
     WorkflowRecord,
     prefix_end,
 )
@@ -58,6 +61,9 @@ _encode = msgspec.json.Encoder().encode
 _decode_run = msgspec.json.Decoder(Run).decode
 
 
+_WEBHOOK = ", ".join(f.name for f in msgspec.structs.fields(WebhookRecord))
+_DELIVERY = ", ".join(f.name for f in msgspec.structs.fields(DeliveryRecord))
+_ATTEMPT = ", ".join(f.name for f in msgspec.structs.fields(DeliveryAttempt))
 _TREE = "replace(key, '/', char(1))"  # a key in tree order: '/' before every character a key may hold
 
 
@@ -694,6 +700,95 @@ class SqliteDatabase:
             " (SELECT team, key FROM idempotency_keys WHERE created < ? ORDER BY created LIMIT ?)",
             (before, limit),
         ).rowcount
+
+    # webhooks
+
+    async def insert_webhook(self, webhook: WebhookRecord) -> None:
+        marks = ", ".join("?" * len(msgspec.structs.fields(WebhookRecord)))
+        self.conn.execute(f"INSERT INTO webhooks ({_WEBHOOK}) VALUES ({marks})", msgspec.structs.astuple(webhook))
+
+    async def webhook(self, id: str) -> WebhookRecord | None:
+        row = self.conn.execute(f"SELECT {_WEBHOOK} FROM webhooks WHERE id = ?", (id,)).fetchone()
+        return WebhookRecord(*row) if row else None
+
+    async def webhooks(self, team: str) -> list[WebhookRecord]:
+        rows = self.conn.execute(f"SELECT {_WEBHOOK} FROM webhooks WHERE team = ? ORDER BY id", (team,))
+        return [WebhookRecord(*r) for r in rows]
+
+    async def update_webhook(self, webhook: WebhookRecord) -> None:
+        w = webhook
+        self.conn.execute(
+            "UPDATE webhooks SET display_name = ?, url = ?, secret = ?, events = ?, status = ?, updated = ?"
+            " WHERE id = ?",
+            (w.display_name, w.url, w.secret, w.events, w.status, w.updated, w.id),
+        )
+
+    async def delete_webhook(self, id: str) -> None:
+        self.conn.execute(
+            "DELETE FROM webhook_attempts WHERE delivery IN (SELECT id FROM webhook_deliveries WHERE webhook = ?)",
+            (id,),
+        )
+        self.conn.execute("DELETE FROM webhook_deliveries WHERE webhook = ?", (id,))
+        self.conn.execute("DELETE FROM webhooks WHERE id = ?", (id,))
+
+    async def insert_deliveries(self, deliveries: list[DeliveryRecord]) -> None:
+        marks = ", ".join("?" * len(msgspec.structs.fields(DeliveryRecord)))
+        self.conn.executemany(
+            f"INSERT INTO webhook_deliveries ({_DELIVERY}) VALUES ({marks})",
+            [msgspec.structs.astuple(d) for d in deliveries],
+        )
+
+    async def claim_deliveries(self, now: float, lease_until: float, limit: int) -> list[DeliveryRecord]:
+        rows = self.conn.execute(
+            "UPDATE webhook_deliveries SET due = ? WHERE id IN (SELECT id FROM webhook_deliveries"
+            f" WHERE status = 'pending' AND due <= ? ORDER BY due LIMIT ?) RETURNING {_DELIVERY}",
+            (lease_until, now, limit),
+        ).fetchall()
+        return [DeliveryRecord(*r) for r in rows]
+
+    async def record_delivery_attempt(self, attempt: DeliveryAttempt, status: str, due: float | None) -> None:
+        a = attempt
+        self.conn.execute(
+            f"INSERT INTO webhook_attempts ({_ATTEMPT}) VALUES (?, ?, ?, ?, ?, ?)", msgspec.structs.astuple(a)
+        )
+        self.conn.execute(
+            "UPDATE webhook_deliveries SET status = ?, due = ?, tries = tries + 1, attempts = ?, updated = ?"
+            " WHERE id = ?",
+            (status, due, a.n, a.at, a.delivery),
+        )
+        if status == "delivered":
+            self.conn.execute(
+                "UPDATE webhooks SET last_delivered = ? WHERE id = (SELECT webhook FROM webhook_deliveries"
+                " WHERE id = ?)",
+                (a.at, a.delivery),
+            )
+
+    async def delivery(self, id: str) -> DeliveryRecord | None:
+        row = self.conn.execute(f"SELECT {_DELIVERY} FROM webhook_deliveries WHERE id = ?", (id,)).fetchone()
+        return DeliveryRecord(*row) if row else None
+
+    async def deliveries(self, webhook: str, limit: int, offset: int) -> list[DeliveryRecord]:
+        rows = self.conn.execute(
+            f"SELECT {_DELIVERY} FROM webhook_deliveries WHERE webhook = ? ORDER BY id DESC LIMIT ? OFFSET ?",
+            (webhook, limit, offset),
+        )
+        return [DeliveryRecord(*r) for r in rows]
+
+    async def count_deliveries(self, webhook: str) -> int:
+        return self.conn.execute("SELECT count(*) FROM webhook_deliveries WHERE webhook = ?", (webhook,)).fetchone()[0]
+
+    async def delivery_attempts(self, deliveries: list[str]) -> list[DeliveryAttempt]:
+        marks = ", ".join("?" * len(deliveries))
+        rows = self.conn.execute(
+            f"SELECT {_ATTEMPT} FROM webhook_attempts WHERE delivery IN ({marks}) ORDER BY delivery, n", deliveries
+        )
+        return [DeliveryAttempt(*r) for r in rows]
+
+    async def resend_delivery(self, id: str, now: float) -> None:
+        self.conn.execute(
+            "UPDATE webhook_deliveries SET status = 'pending', tries = 0, due = ?, updated = ? WHERE id = ?",
+            (now, now, id),
+        )
 
 
 def migrate(path: Path | str) -> list[Migration]:

@@ -42,7 +42,7 @@ from flowengine.errors import Error, conflict, not_found
 from flowengine.identity.directory import Directory
 from flowengine.persistence import open_database
 from flowengine.persistence.base import Database, NewRun, Queries, RunRow, TaskEventRow, TaskRecord, Wait
-from flowengine.runtime import datadir, landing, retention, tasks
+from flowengine.runtime import datadir, landing, retention, tasks, webhooks
 from flowengine.runtime.catalog import Catalog
 from flowengine.runtime.executors.reaper import Reaper
 from flowengine.runtime.executors.sandbox import Sandbox
@@ -125,6 +125,7 @@ class Engine:
         self.sandbox: Sandbox | None = None
         self.reaper = Reaper()
         self.workers: Workers | None = None
+        self.webhooks = webhooks.Sender(self)
         self.recovery = Recovery()
         self.started = False  # steps are dispatched only between start() and stop(); recovery takes the rest
 
@@ -151,6 +152,8 @@ class Engine:
         self.spawn_loop("sweeper", lambda: retention.sweep(self), every(self.config.sweep_interval))
         self.spawn_loop("event-loop-lag", self.metrics.sample_event_loop_lag, every(0))
         self.spawn_loop("workflows", self.workflows.sync, every(WORKFLOW_SYNC_INTERVAL))
+        self.webhooks.open()
+        self.spawn_loop("webhooks", self.webhooks.tick, self.webhooks.pause)
         self.spawn_loop("python-workers", self.workers.sweep, every(min(self.config.python_worker_idle, 10.0)))
         self.spawn(self.stores.prepare_configured())
         self.spawn(self._recover())
@@ -244,6 +247,7 @@ class Engine:
                 await task
         if self.workers is not None:
             await self.workers.close()
+        await self.webhooks.close()
         self.reaper.stop()
         with contextlib.suppress(OSError):
             self.work_root.rmdir()  # empty now: every step removed its own dir
@@ -448,10 +452,13 @@ class Engine:
                 return run
             wake = machine.next_wake(run)
             await tx.save_run(run, wake)
+            hooks = 0
             if run.task:
                 change = tasks.task_change(row.run, run, flow)
                 if change.events:
                     await tx.save_task(run.id, change)
+                if run.status in machine.TERMINAL and row.run.status not in machine.TERMINAL:
+                    hooks = await webhooks.enqueue(tx, self, run, flow)
             filled = [n for n, e in run.edges.items() if e.object and not row.run.edges[n].object]
             still = set(machine.waiting_edges(run))
             gone = [n for n in machine.waiting_edges(row.run) if n not in still]
@@ -461,6 +468,8 @@ class Engine:
                 expiries[LOGS] = self.clock() + self.config.output_retention  # the steps' logs go with the outputs
             await tx.add_expiries(run.id, expiries)
         self._runs.put(run.id, RunRow(run, row.definition))
+        if hooks:
+            self.webhooks.wake.set()
         self._after_commit(row.run, run, flow, commands, wake)
         return run
 
