@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Literal
 
 import msgspec
@@ -136,7 +137,7 @@ async def list_models(request: Request) -> Response:
 async def get_model(request: Request) -> Response:
     principal = await authenticate(request.scope, RUNTIME_CALLERS)
     return json_response(
-        _doc(await models.model_of(engine_of(request), principal.team, request.path_params["model_id"]))
+        _doc(await models.model_of(engine_of(request), principal.team, str(request.path_params["model_id"])))
     )
 
 
@@ -150,7 +151,7 @@ async def enable(request: Request) -> Response:
 
 async def _set_status(request: Request, status: Status) -> Response:
     principal = await authenticate(request.scope, RUNTIME_CALLERS)
-    model = await models.set_status(engine_of(request), principal.team, request.path_params["model_id"], status)
+    model = await models.set_status(engine_of(request), principal.team, str(request.path_params["model_id"]), status)
     return json_response(_doc(model))
 
 
@@ -172,7 +173,7 @@ async def agent_models(request: Request) -> Response:
 TAG = "models"
 SECURITY = ("bearer",)
 NO_MODEL = "no model of the team has this ID (not_found)"
-MODEL_ID = in_path("model_id", str, "the model's ID")
+MODEL_ID = in_path("model_id", uuid.UUID, "the model's ID")
 PAGE = (
     in_query("current_page", Annotated[int, msgspec.Meta(ge=1)], "the page, from 1 (default 1)"),
     in_query("per_page", Annotated[int, msgspec.Meta(ge=1, le=100)], "models a page (1-100, default 20)"),
@@ -258,8 +259,8 @@ routes = [
     ApiRoute("/api/v1/models/presign", presign, name="presign_model", post=PRESIGN),
     ApiRoute("/api/v1/models", register, name="register_model", post=REGISTER),
     ApiRoute("/api/v1/models", list_models, get=LIST),
-    ApiRoute("/api/v1/models/{model_id}", get_model, get=GET),
-    ApiRoute("/api/v1/models/{model_id}/disable", disable, name="disable_model", post=DISABLE),
-    ApiRoute("/api/v1/models/{model_id}/enable", enable, name="enable_model", post=ENABLE),
+    ApiRoute("/api/v1/models/{model_id:uuid}", get_model, get=GET),
+    ApiRoute("/api/v1/models/{model_id:uuid}/disable", disable, name="disable_model", post=DISABLE),
+    ApiRoute("/api/v1/models/{model_id:uuid}/enable", enable, name="enable_model", post=ENABLE),
     ApiRoute("/api/v1/agent/models", agent_models, get=AGENT_MODELS),
 ]
