@@ -26,7 +26,6 @@ from flowengine.persistence.migrations import Migration, latest, migrations
 from flowengine.persistence.sqlite import SqliteDatabase
 
 NAMES = [m.name for m in migrations("sqlite")]
-LATEST = latest("sqlite")
 
 
 def flowengine(*args: str, database: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -180,8 +179,7 @@ def test_a_migration_that_fails_leaves_the_schema_as_it_was(backend: str, tmp_pa
     broken = Migration(latest(backend) + 1, "0099_broken", "CREATE TABLE half_done (x integer);\nSELECT nothing_here;")
     real = migrations(backend)
     monkeypatch.setattr(
-        f"flowengine.persistence.{backend}.pending",
-        lambda _, version, _where: tuple(m for m in (*real, broken) if m.version > version),
+        f"flowengine.persistence.{backend}.pending", lambda _, version, _where: (*real, broken)[version:]
     )
     if cluster is None:
         path = tmp_path / "flowengine.db"
@@ -206,9 +204,9 @@ def test_flowengine_migrate_on_sqlite_says_what_it_did(tmp_path: Path):
     first = flowengine("migrate", "--data-dir", str(tmp_path))
     assert first.returncode == 0, first.stderr
     where = f"sqlite:///{tmp_path / 'flowengine.db'}"
-    assert first.stdout == "".join(f"applied {name}\n" for name in NAMES) + f"{where}: schema version {LATEST}\n"
+    assert first.stdout == "".join(f"applied {name}\n" for name in NAMES) + f"{where}: schema version {len(NAMES)}\n"
     again = flowengine("migrate", "--data-dir", str(tmp_path))
-    assert again.stdout == f"{where}: schema version {LATEST}, already up to date\n"
+    assert again.stdout == f"{where}: schema version {len(NAMES)}, already up to date\n"
 
 
 # PostgreSQL: only `flowengine migrate` changes a shared schema
@@ -225,18 +223,18 @@ def test_an_engine_refuses_a_postgres_database_until_flowengine_migrate_has_run(
         served = flowengine("serve", "--data-dir", str(tmp_path), "--port", "0", database=url)
         assert served.returncode == 1 and served.stderr.count("\n") == 1, served.stderr
         assert served.stderr == (
-            f"flowengine: the database {url} has schema version 0, this flowengine needs {LATEST}: "
+            f"flowengine: the database {url} has schema version 0, this flowengine needs {len(NAMES)}: "
             "run `flowengine migrate` (with this engine's settings) first\n"
         )
 
         migrated = flowengine("migrate", database=url)
         assert migrated.returncode == 0, migrated.stderr
-        assert migrated.stdout == "".join(f"applied {n}\n" for n in NAMES) + f"{url}: schema version {LATEST}\n"
+        assert migrated.stdout == "".join(f"applied {n}\n" for n in NAMES) + f"{url}: schema version {len(NAMES)}\n"
         assert postgres_rows(url, "SELECT version, name FROM schema_migrations ORDER BY version") == [
-            (m.version, m.name) for m in migrations("postgres")
+            (i + 1, name) for i, name in enumerate(NAMES)
         ]
         again = flowengine("migrate", database=url)
-        assert again.stdout == f"{url}: schema version {LATEST}, already up to date\n"
+        assert again.stdout == f"{url}: schema version {len(NAMES)}, already up to date\n"
         asyncio.run(open_database(Config(data_dir=str(tmp_path), database=url)).close())
     finally:
         postgres_cluster.drop(url)

@@ -8,9 +8,7 @@ SQLite applies them when it opens the file; PostgreSQL, shared by several engine
 `flowengine migrate` (see postgres.migrate).
 
 A change of schema is one new file in each folder, with the same number and name:
-`0002_teams.sql`. Migrations never change once released: a fix is a new migration. Numbers are
-reserved ahead for changes made side by side, so a branch may lack one before its own (0005 without
-0004): the numbers only have to increase, and a database gets every one above its version.
+`0002_teams.sql`. Migrations never change once released: a fix is a new migration.
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ class Migration(NamedTuple):
 
 @functools.cache
 def migrations(backend: Backend) -> tuple[Migration, ...]:
-    """The backend's migrations, in order of their numbers, each number used once."""
+    """The backend's migrations, in order; numbered 1, 2, 3... without a gap."""
     found = []
     for file in (resources.files(__package__) / backend).iterdir():
         match = _NAME.fullmatch(file.name)
@@ -42,26 +40,25 @@ def migrations(backend: Backend) -> tuple[Migration, ...]:
             found.append(Migration(int(match[1]), file.name.removesuffix(".sql"), file.read_text("utf-8")))
     found.sort()
     numbers = [m.version for m in found]
-    if len(set(numbers)) != len(numbers) or (numbers and numbers[0] < 1):
-        raise RuntimeError(f"the {backend} migrations are not numbered from 1, each number once: {numbers}")
+    if numbers != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"the {backend} migrations are not numbered 1 to {len(found)}: {numbers}")
     return tuple(found)
 
 
 def latest(backend: Backend) -> int:
-    known = migrations(backend)
-    return known[-1].version if known else 0
+    return len(migrations(backend))
 
 
 def pending(backend: Backend, version: int, where: str) -> tuple[Migration, ...]:
     """What a database at `version` lacks; a database newer than this engine is refused."""
     known = migrations(backend)
-    if version > latest(backend):
+    if version > len(known):
         raise Error(
             "unavailable", "schema_too_new",
             f"the database {where} has schema version {version}, newer than this flowengine knows "
-            f"({latest(backend)}): run the flowengine version that migrated it, or a newer one",
+            f"({len(known)}): run the flowengine version that migrated it, or a newer one",
         )  # fmt: skip
-    return tuple(m for m in known if m.version > version)
+    return known[version:]
 
 
 def failed(migration: Migration, where: str, exc: Exception | str) -> Error:
