@@ -115,11 +115,11 @@ def test_an_agent_with_the_labels_leases_runs_through_urls_and_completes_exactly
     assert shown["Progress"] == {"Fraction": 0.5, "Current": "KSampler", "Message": "half"}
 
     wrong = gpu.call(lease, "complete", outputs={"image": {"size": 3}})
-    assert wrong.status_code == 422 and "has not landed" in wrong.json()["error_message"]
+    assert wrong.status_code == 400 and "has not landed" in wrong.json()["error_message"]
     out = lease["outputs"]["image"]
     assert httpx.put(out["url"], content=b"PNG-bytes", headers=out["headers"]).status_code in (200, 201, 204)
     short = gpu.call(lease, "complete", outputs={"image": {"size": 3}})
-    assert short.status_code == 422 and "landed with 9 bytes, reported 3" in short.json()["error_message"]
+    assert short.status_code == 400 and "landed with 9 bytes, reported 3" in short.json()["error_message"]
     assert gpu.call(lease, "complete", outputs={"image": {"size": 9}}).status_code == 200
     assert gpu.call(lease, "complete", outputs={"image": {"size": 9}}).status_code == 200  # again: the same answer
     assert gpu.call(lease, "fail", error="late").status_code == 409  # another report: refused, nothing changes

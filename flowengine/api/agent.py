@@ -277,7 +277,8 @@ routes = [
     ApiRoute("/api/v1/agent/leases/{lease_id}/complete", complete, post=_lease_op(
         "The step succeeded: every output is uploaded to its URL", Body(Complete, "each output's size and type"),
         "Accepted once every output the step declares has landed with the reported size; reporting again is "
-        "harmless.", s422="an output is not reported, has not landed, or landed with another size")),
+        "harmless.", s400="a field is missing or of the wrong type, or an output is not reported, has not landed, or "
+        "landed with another size")),
     ApiRoute("/api/v1/agent/leases/{lease_id}/fail", fail, post=_lease_op(
         "The step failed: retried (counted against its attempts) unless not retryable",
         Body(Fail, "the error, whether another attempt may help, the log"), "")),
