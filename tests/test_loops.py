@@ -79,5 +79,5 @@ def test_timers_survive_a_database_that_refuses_writes_and_ttls_still_expire(sta
         done = wait_for_status(client, run["ID"], {"ERROR"}, timeout=30)
         assert done["Error"] == "upload for edge 'file' expired"
         ready = client.get("/readyz").json()
-        assert (ready["Status"], ready["Stores"], ready["Loops"]) == ("ready", {}, {})
+        assert (ready["Status"], ready["Stores"], ready["Loops"]) == ("ready", {}, {}), ready
     assert "loop timers failed" in server.log.read_text()

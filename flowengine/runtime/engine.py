@@ -162,7 +162,7 @@ class Engine:
         await self.local.reclaim()
         await self.agents.resume()
         self.spawn_loop("timers", self._timers, self._until_next_wake)
-        self.spawn_loop("local-executor", self.local.serve, every(0))
+        self.spawn_loop("local-executor", self.local.turn, every(0))
         self.spawn_loop("local-heartbeat", self.local.heartbeat, every(self.config.heartbeat_interval))
         self.spawn_loop("leases", self.queue.expire, every(LEASE_TICK))
         self.spawn_loop("housekeeping", self.db.housekeeping, every(HOUSEKEEPING_INTERVAL))

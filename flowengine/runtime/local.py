@@ -70,19 +70,20 @@ class LocalExecutor:
             if change is not None:
                 self.engine.committed(change)
 
-    async def serve(self) -> None:
-        """Lease while there are free slots; wait for a kick (or poll) when there is nothing to take."""
-        while True:
-            self._kicked.clear()
-            free = self.engine.config.concurrency - len(self.running)
-            offered = await self.engine.queue.offer(self.worker, free) if free > 0 else []
-            for attempt in offered:
-                self._start(attempt)
-            if offered and len(offered) == free:
-                await self._kicked.wait()  # full: the next kick is a slot freed (or new work)
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kicked.wait(), POLL)
+    async def turn(self) -> None:
+        """One look at the queue: lease while there are free slots, then wait for a kick, or poll.
+        A turn, not an endless loop, so that the supervisor sees a turn that worked after one that
+        failed (a locked database) and readiness recovers."""
+        self._kicked.clear()
+        free = self.engine.config.concurrency - len(self.running)
+        offered = await self.engine.queue.offer(self.worker, free) if free > 0 else []
+        for attempt in offered:
+            self._start(attempt)
+        if offered and len(offered) == free:
+            await self._kicked.wait()  # full: the next kick is a slot freed (or new work)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._kicked.wait(), POLL)
 
     async def heartbeat(self) -> None:
         await self.engine.queue.heartbeat(self.worker)
