@@ -64,7 +64,7 @@ NAV = [
     ("Webhooks", "/ui/webhooks"),
 ]
 PAGE_SIZE = 50
-ROWS_REFRESH = 5  # seconds between refreshes of a runs or tasks list's first page
+ROWS_REFRESH = 5  # seconds between refreshes of a list's first page (runs, tasks, agents, a webhook's deliveries)
 TASK_REFRESH = 2  # seconds between refreshes of an unfinished task's page
 MAX_LISTED = 500  # workflows at most a tasks list offers to filter by
 LIVE_POLL = 1.0  # seconds: a run page's stream looks again this often while a step works (its log grows)
@@ -348,8 +348,8 @@ async def list_page(engine: Engine, viewer: Viewer, query: RunQuery) -> dict[str
     older = flow_api.encode_cursor(runs[PAGE_SIZE - 1].id) if len(runs) > PAGE_SIZE else None
     timed = query.since is not None or query.until is not None
     total = None if timed else await engine.db.count_runs(team, query.status, query.flow)
-    return {"runs": runs[:PAGE_SIZE], "older": older, "total": total, "teams": await _team_names(engine, viewer),
-            "query": query,
+    return {"runs": runs[:PAGE_SIZE], "older": older, "total": total, "query": query,
+            "teams": await _team_names(engine, viewer),
             "refresh": ROWS_REFRESH if query.cursor is None else None}  # fmt: skip
 
 
