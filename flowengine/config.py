@@ -66,6 +66,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     allow_open: bool = False  # serve with auth: open on an address other than loopback (anyone could use it)
     jwt_secret: str = ""  # HMAC key of user session tokens; empty: generated once, kept in data_dir/jwt_secret
     session_ttl: Positive = 43_200.0  # seconds a session token (`flowengine token`) and a dashboard sign-in live (12 h)
+    operator_team: str = ""  # a team's name: its keys and members are the dashboard's operators (see every team)
     # Pairing a device (/api/v1/desktop/pair/*): how long a code waits to be confirmed, how often a device
     # may poll, the page users enter codes on ("": {public_url}/desktop/pair), and the limits that keep
     # the anonymous endpoints from being flooded (0: no limit).

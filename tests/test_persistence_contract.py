@@ -975,6 +975,7 @@ async def test_a_webhook_is_changed_listed_per_team_and_deleted_with_its_deliver
     async with db.transaction() as tx:
         await tx.update_webhook(changed)
     assert await db.webhooks("t1") == [changed]
+    assert [w.id for w in await db.webhooks(None)] == ["w1", "w2"]  # every team's: the operator's dashboard
     assert await db.count_deliveries("w1") == 1 and [d.id for d in await db.deliveries("w2", 10, 0)] == ["d2"]
     async with db.transaction() as tx:
         await tx.delete_webhook("w1")

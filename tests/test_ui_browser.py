@@ -1,6 +1,7 @@
 """The dashboard in a real Chromium (Debian's, driven by Playwright): signing in, starting a run from
 the form with an upload, watching it finish live, downloading its output, cancelling a run and a
-task, reading a failed step's log, another team's run refused; screenshots of the main pages are kept.
+task, reading a failed step's log, another team's run refused, the agents list refreshing in place, a
+failed webhook delivery re-sent by keyboard; screenshots of the main pages are kept.
 
 `.ci/run` installs Chromium and Playwright; where either is missing locally these tests skip.
 Screenshots go to $UI_SCREENSHOTS, else to ui-artifacts/ under pytest's base temp dir
@@ -19,6 +20,9 @@ import httpx
 import pytest
 from dashboard import Team, install_workflows, wait_for_workflows, write_flows
 from live import Server, make_key, wait_for_status
+from test_agent_protocol import Agent
+from test_webhooks import HELLO, Receiver, make_hook, run_task, settled
+from test_workflow_api import Team as WebhookTeam
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -273,3 +277,58 @@ def test_pages_fit_a_narrow_screen_and_label_every_field(open_engine: Server, br
     finally:
         context.close()
     assert problems == []
+
+
+def test_the_agents_and_webhooks_pages_refresh_in_place_resend_by_keyboard_and_fit_a_narrow_screen(
+    start_server, flows_dir: Path, browser: Any, page: Any, artifacts: Path
+):
+    (flows_dir / "hello.yaml").write_text(HELLO)
+    server = start_server(heartbeat_interval=5, webhook_allow_private="true", webhook_retry_delays="0:0.1:0.1:0.1",
+                          webhook_timeout=1)  # fmt: skip
+    team = WebhookTeam(server, "alpha")
+    hooked = Receiver()
+    try:
+        with server.client() as api:
+            hook = make_hook(api, team, hooked.url, display_name="lab notifier")
+            hooked.script = [500] * 5  # the first attempt and every retry fail
+            run_task(api, team)
+            settled(api, team, hook, 1)
+        Agent(server, team.ak, "gpu-box", labels=["gpu"], region="eu-west", system={"gpu": "A100", "vram_gb": 80})
+        page.goto(f"{server.url}/ui/agents")
+        page.locator("tr", has_text="gpu-box").wait_for()
+        page.evaluate("window.notReloaded = true")
+        Agent(server, team.ak, "cpu-box")
+        page.locator("tr", has_text="cpu-box").wait_for()  # htmx polled the rows in
+        assert page.evaluate("window.notReloaded") is True
+        shot(page, artifacts, "agents")
+        page.goto(f"{server.url}/ui/webhooks")
+        page.get_by_role("link", name="lab notifier").click()
+        delivery = page.locator("section.delivery")
+        assert delivery.locator(".status").inner_text() == "failed" and delivery.locator("tbody tr").count() == 5
+        shot(page, artifacts, "webhook")
+        page.evaluate("window.notReloaded = true")
+        resend = page.get_by_role("button", name="Re-send")
+        resend.focus()  # by keyboard: the button takes focus and Enter sends its form
+        assert page.evaluate("getComputedStyle(document.activeElement).outlineStyle") != "none"
+        page.keyboard.press("Enter")
+        delivery.locator(".status", has_text="delivered").wait_for()
+        assert delivery.locator("tbody tr").count() == 6 and page.get_by_role("button", name="Re-send").count() == 0
+        context = browser.new_context(viewport={"width": 375, "height": 800})
+        narrow = context.new_page()
+        problems = watched(narrow)
+        try:
+            for name, path in [("agents", "/ui/agents"), ("webhooks", "/ui/webhooks"),
+                               ("webhook", f"/ui/webhooks/{hook['id']}")]:  # fmt: skip
+                narrow.goto(f"{server.url}{path}")
+                narrow.wait_for_load_state("networkidle")
+                assert narrow.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"), name
+                unlabelled = narrow.evaluate("""[...document.querySelectorAll('input:not([type=hidden]), select')]
+                    .filter(e => !e.labels.length && !e.getAttribute('aria-label')).map(e => e.outerHTML)""")
+                assert unlabelled == [], name
+                assert narrow.evaluate(LOW_CONTRAST) == [], name
+                shot(narrow, artifacts, f"narrow-{name}")
+        finally:
+            context.close()
+        assert problems == []
+    finally:
+        hooked.close()

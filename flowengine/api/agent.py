@@ -204,13 +204,9 @@ async def list_agents(request: Request) -> Response:
     principal = await authenticate(request.scope, RUNTIME_CALLERS)
     page = page_of(request)
     engine = engine_of(request)
-    now = engine.clock()
-    running = await engine.db.attempts_running()
     items = []
-    for agent in await engine.db.agents(principal.team):
-        leases = [await engine.db.attempt(i) for i in running.get(agent.id, [])]
-        runs = [a.run_id for a in leases if a is not None]
-        status = "offline" if not engine.agents.connected(agent, now) else "busy" if runs else "idle"
+    for state in await engine.agents.states(principal.team):
+        agent, status, runs = state.record, state.status, [a.run_id for a in state.leases]
         items.append(AgentItem(agent.name, status, agent.labels, agent.tools, agent.region, agent.community,
                                rfc3339(agent.last_heartbeat), rfc3339(agent.connected_at), agent.capacity, len(runs),
                                runs, agent.tasks_completed, dict(agent.system)))  # fmt: skip

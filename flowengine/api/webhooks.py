@@ -173,12 +173,8 @@ async def deliveries(request: Request) -> Response:
     engine = engine_of(request)
     webhook = await webhooks.team_webhook(engine, principal.team, request.path_params["webhookId"])
     page = page_of(request)
-    found = await engine.db.deliveries(webhook.id, page.per_page, page.offset)
-    tried: dict[str, list[DeliveryAttempt]] = {d.id: [] for d in found}
-    for attempt in await engine.db.delivery_attempts(list(tried)) if found else ():
-        tried[attempt.delivery].append(attempt)
-    total = await engine.db.count_deliveries(webhook.id)
-    return json_response(DeliveryPage([_delivery(d, tried[d.id]) for d in found], page.meta(total)))
+    found, total = await webhooks.deliveries(engine, webhook, page.per_page, page.offset)
+    return json_response(DeliveryPage([_delivery(d, tried) for d, tried in found], page.meta(total)))
 
 
 async def resend(request: Request) -> Response:

@@ -590,8 +590,8 @@ class Queries(Protocol):
 
     async def webhook(self, id: str) -> WebhookRecord | None: ...
 
-    async def webhooks(self, team: str) -> list[WebhookRecord]:
-        """The team's webhooks, oldest first."""
+    async def webhooks(self, team: str | None) -> list[WebhookRecord]:
+        """The team's webhooks (None: every team's), oldest first."""
         ...
 
     async def update_webhook(self, webhook: WebhookRecord) -> None:

@@ -953,8 +953,11 @@ class _Queries:
         row = await self._row(f"SELECT {_WEBHOOK} FROM webhooks WHERE id = %s", (id,))
         return WebhookRecord(*row) if row else None
 
-    async def webhooks(self, team: str) -> list[WebhookRecord]:
-        rows = await self._rows(f"SELECT {_WEBHOOK} FROM webhooks WHERE team = %s ORDER BY id", (team,))
+    async def webhooks(self, team: str | None) -> list[WebhookRecord]:
+        if team is None:
+            rows = await self._rows(f"SELECT {_WEBHOOK} FROM webhooks ORDER BY id")
+        else:
+            rows = await self._rows(f"SELECT {_WEBHOOK} FROM webhooks WHERE team = %s ORDER BY id", (team,))
         return [WebhookRecord(*r) for r in rows]
 
     async def update_webhook(self, webhook: WebhookRecord) -> None:

@@ -839,8 +839,11 @@ class SqliteDatabase:
         row = self.conn.execute(f"SELECT {_WEBHOOK} FROM webhooks WHERE id = ?", (id,)).fetchone()
         return WebhookRecord(*row) if row else None
 
-    async def webhooks(self, team: str) -> list[WebhookRecord]:
-        rows = self.conn.execute(f"SELECT {_WEBHOOK} FROM webhooks WHERE team = ? ORDER BY id", (team,))
+    async def webhooks(self, team: str | None) -> list[WebhookRecord]:
+        if team is None:
+            rows = self.conn.execute(f"SELECT {_WEBHOOK} FROM webhooks ORDER BY id")
+        else:
+            rows = self.conn.execute(f"SELECT {_WEBHOOK} FROM webhooks WHERE team = ? ORDER BY id", (team,))
         return [WebhookRecord(*r) for r in rows]
 
     async def update_webhook(self, webhook: WebhookRecord) -> None:

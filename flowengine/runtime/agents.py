@@ -12,7 +12,7 @@ import math
 import secrets
 import time
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import msgspec
 
@@ -29,6 +29,18 @@ if TYPE_CHECKING:
 
 OFFLINE_AFTER = 3  # heartbeat intervals without one: the agent counts as offline
 POLL_SLICE = 1.0  # seconds a long poll waits at most between looks (a region's wait may end meanwhile)
+
+
+AgentStatus = Literal["idle", "busy", "offline"]
+AGENT_STATUSES: tuple[AgentStatus, ...] = get_args(AgentStatus)
+
+
+class AgentState(msgspec.Struct, frozen=True):
+    """An agent as its team sees it: offline after OFFLINE_AFTER heartbeat intervals without one."""
+
+    record: AgentRecord
+    status: AgentStatus
+    leases: list[Attempt]  # its running attempts
 
 
 class Registration(msgspec.Struct, kw_only=True):
@@ -95,6 +107,17 @@ class Agents:
 
     def connected(self, agent: AgentRecord, now: float) -> bool:
         return now - agent.last_heartbeat <= OFFLINE_AFTER * self.config.heartbeat_interval
+
+    async def states(self, team: str | None) -> list[AgentState]:
+        """The team's agents (None: every team's), by name, each with its status and running leases."""
+        now = self.engine.clock()
+        running = await self.engine.db.attempts_running()
+        found = []
+        for agent in await self.engine.db.agents(team):
+            leases = [a for a in [await self.engine.db.attempt(i) for i in running.get(agent.id, [])] if a is not None]
+            status: AgentStatus = "offline" if not self.connected(agent, now) else "busy" if leases else "idle"
+            found.append(AgentState(agent, status, leases))
+        return found
 
     async def resume(self) -> None:
         """At start: the engine was away, and agents could not extend their leases meanwhile. Every

@@ -65,10 +65,11 @@ async def enqueue(tx: Queries, engine: Engine, run: Run, flow: Flow) -> int:
     return len(hooks)
 
 
-async def team_webhook(engine: Engine, team: str, webhook_id: str) -> WebhookRecord:
-    """The team's webhook; another team's is not found, as one that does not exist."""
+async def team_webhook(engine: Engine, team: str | None, webhook_id: str) -> WebhookRecord:
+    """The team's webhook (None: any team's, the dashboard's operator); another team's is not found, as
+    one that does not exist."""
     webhook = await engine.db.webhook(webhook_id)
-    if webhook is None or webhook.team != team:
+    if webhook is None or team not in (None, webhook.team):
         raise not_found("webhook", webhook_id, "path.webhookId")
     return webhook
 
@@ -182,6 +183,16 @@ async def update(engine: Engine, webhook: WebhookRecord, **changes: object) -> W
 async def delete(engine: Engine, webhook: WebhookRecord) -> None:
     async with engine.db.transaction() as tx:
         await tx.delete_webhook(webhook.id)
+
+
+async def deliveries(engine: Engine, webhook: WebhookRecord, limit: int, offset: int
+                     ) -> tuple[list[tuple[DeliveryRecord, list[DeliveryAttempt]]], int]:  # fmt: skip
+    """A page of the webhook's deliveries, newest first, each with its attempts in order; and how many there are."""
+    found = await engine.db.deliveries(webhook.id, limit, offset)
+    tried: dict[str, list[DeliveryAttempt]] = {d.id: [] for d in found}
+    for attempt in await engine.db.delivery_attempts(list(tried)) if found else ():
+        tried[attempt.delivery].append(attempt)
+    return [(d, tried[d.id]) for d in found], await engine.db.count_deliveries(webhook.id)
 
 
 async def resend(engine: Engine, webhook: WebhookRecord, delivery_id: str) -> DeliveryRecord:

@@ -6,8 +6,9 @@ turns domain errors into an HTML page with the status api/errors.py gives their 
 its own runs and tasks only, and its own workflows and the operator's (another team's is "not
 found", as in the API); the operator sees all.
 
-The pages are listed in NAV: a new page (agents, webhooks) is a route, a template and a NAV
-entry; base.html draws the navigation from it.
+The pages are listed in NAV: a new page is a route, a template and a NAV entry; base.html draws
+the navigation from it. The operator's lists (runs, tasks, agents, webhooks) have a team column and
+a team filter (`?team=<id>`, `-` for no team); a team's viewer's `team` parameter is ignored.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from flowengine.core.workflows import WorkflowStatus
 from flowengine.errors import Error, bad_request
 from flowengine.identity import tokens
 from flowengine.identity.directory import unauthorized
+from flowengine.runtime import webhooks
+from flowengine.runtime.agents import AGENT_STATUSES
 from flowengine.runtime.engine import Engine
 from flowengine.runtime.notifier import run_topic
 from flowengine.runtime.tasks import TaskBody
@@ -57,9 +60,11 @@ NAV = [
     ("Tasks", "/ui/tasks"),
     ("Flows", "/ui/flows"),
     ("Workflows", "/ui/workflows"),
+    ("Agents", "/ui/agents"),
+    ("Webhooks", "/ui/webhooks"),
 ]
 PAGE_SIZE = 50
-ROWS_REFRESH = 5  # seconds between refreshes of a runs or tasks list's first page
+ROWS_REFRESH = 5  # seconds between refreshes of a list's first page (runs, tasks, agents, a webhook's deliveries)
 TASK_REFRESH = 2  # seconds between refreshes of an unfinished task's page
 MAX_LISTED = 500  # workflows at most a tasks list offers to filter by
 LIVE_POLL = 1.0  # seconds: a run page's stream looks again this often while a step works (its log grows)
@@ -67,6 +72,7 @@ IDLE_POLL = 15.0  # otherwise, when nothing notified it (the polling fallback)
 OVERVIEW_WINDOW = 3600.0  # seconds of step history the overview sums up
 OVERVIEW_SCAN = 2000  # runs at most it reads for that (the newest of the last day)
 MAX_FORM = 65_536  # bytes of a form body
+DELIVERIES_PAGE = 20  # deliveries a webhook's page shows at once, each with its attempts
 HERE = Path(__file__).parent
 # Pages may load only the engine's own scripts and styles; uploads go to presigned URLs, which may be
 # on an S3 store's host (connect-src); no page may be framed (clickjacking).
@@ -279,7 +285,7 @@ class RunQuery(msgspec.Struct):
 
     def args(self, **changes: Any) -> str:
         """The query string of this list (as the form writes it), with changes."""
-        values = {"status": self.status, "flow": self.flow, "team": self.team if self.team != "" else "-",
+        values = {"status": self.status, "flow": self.flow, "team": team_arg(self.team),
                   "since": _local(self.since), "until": _local(self.until), "cursor": self.cursor,
                   **changes}  # fmt: skip
         return urlencode({k: v for k, v in values.items() if v not in (None, "")})
@@ -306,8 +312,7 @@ def run_query(request: Request, viewer: Viewer) -> RunQuery:
     status = params.get("status", "").strip().upper() or None
     if status is not None and status not in flow_api.STATUSES:
         raise bad_request("invalid_query", f"status must be one of {', '.join(flow_api.STATUSES)}", "query.status")
-    team = params.get("team", "").strip() or None
-    team = None if not viewer.operator or team is None else "" if team == "-" else team
+    team = team_filter(request, viewer)
     cursor = params.get("cursor") or None
     if cursor:
         flow_api.decode_cursor(cursor)
@@ -315,8 +320,25 @@ def run_query(request: Request, viewer: Viewer) -> RunQuery:
                     _time(request, "until"), cursor)  # fmt: skip
 
 
+def team_filter(request: Request, viewer: Viewer) -> str | None:
+    """The team an operator's list shows (`?team=`: a team's ID, `-` for none, which is ''); None: the
+    viewer's own scope (an operator's: every team's). Only an operator may choose."""
+    team = request.query_params.get("team", "").strip() or None
+    return None if not viewer.operator or team is None else "" if team == "-" else team
+
+
+def team_arg(team: str | None) -> str | None:
+    """A team filter as the query string writes it."""
+    return "-" if team == "" else team
+
+
+def scope(viewer: Viewer, chosen: str | None) -> str | None:
+    """The team a list reads: the one an operator chose, else the viewer's (None: every team's)."""
+    return viewer.team if chosen is None else chosen
+
+
 async def list_page(engine: Engine, viewer: Viewer, query: RunQuery) -> dict[str, Any]:
-    team = viewer.team if query.team is None else query.team
+    team = scope(viewer, query.team)
     bounds = [flow_api.decode_cursor(query.cursor)] if query.cursor else []
     if query.until is not None:
         bounds.append(uuid7_floor(query.until))
@@ -326,8 +348,8 @@ async def list_page(engine: Engine, viewer: Viewer, query: RunQuery) -> dict[str
     older = flow_api.encode_cursor(runs[PAGE_SIZE - 1].id) if len(runs) > PAGE_SIZE else None
     timed = query.since is not None or query.until is not None
     total = None if timed else await engine.db.count_runs(team, query.status, query.flow)
-    teams = {t.id: t.name for t in await engine.db.teams()} if viewer.operator else {}
-    return {"runs": runs[:PAGE_SIZE], "older": older, "total": total, "teams": teams, "query": query,
+    return {"runs": runs[:PAGE_SIZE], "older": older, "total": total, "query": query,
+            "teams": await _team_names(engine, viewer),
             "refresh": ROWS_REFRESH if query.cursor is None else None}  # fmt: skip
 
 
@@ -440,27 +462,31 @@ async def start_run(request: Request, viewer: Viewer) -> Response:
 class TaskQuery(msgspec.Struct):
     status: str | None = None  # a task status (core/tasks.TASK_STATUSES)
     workflow: str | None = None  # a workflow's ID
+    team: str | None = None  # as RunQuery's
     page: int = 1
 
     def args(self, **changes: Any) -> str:
         """The query string of this list (as the form writes it), with changes."""
-        values = {"status": self.status, "workflow": self.workflow, "page": self.page, **changes}
+        values = {"status": self.status, "workflow": self.workflow, "team": team_arg(self.team), "page": self.page,
+                  **changes}  # fmt: skip
         return urlencode({k: v for k, v in values.items() if v not in (None, "") and (k, v) != ("page", 1)})
 
 
-def task_query(request: Request) -> TaskQuery:
+def task_query(request: Request, viewer: Viewer) -> TaskQuery:
     params = request.query_params
     status = params.get("status", "").strip().lower() or None
     if status is not None and status not in TASK_STATUSES:
         raise bad_request("invalid_query", f"status must be one of {', '.join(TASK_STATUSES)}", "query.status")
-    return TaskQuery(status, params.get("workflow", "").strip() or None, query_int(request, "page", 1, 1, 10**9))
+    return TaskQuery(status, params.get("workflow", "").strip() or None, team_filter(request, viewer),
+                     query_int(request, "page", 1, 1, 10**9))  # fmt: skip
 
 
 async def task_list(engine: Engine, viewer: Viewer, query: TaskQuery) -> dict[str, Any]:
-    rows = await engine.db.list_tasks(viewer.team, query.status, PAGE_SIZE + 1, (query.page - 1) * PAGE_SIZE,
+    team = scope(viewer, query.team)
+    rows = await engine.db.list_tasks(team, query.status, PAGE_SIZE + 1, (query.page - 1) * PAGE_SIZE,
                                       workflow=query.workflow)  # fmt: skip
     # The counters know a team's tasks by status only: a total by workflow would scan the tasks.
-    total = None if query.workflow else await engine.db.count_tasks(viewer.team, query.status)
+    total = None if query.workflow else await engine.db.count_tasks(team, query.status)
     workflows, _ = await engine.workflows.page(viewer.team, MAX_LISTED, 0)
     return {"tasks": [(row.task, task_detail(row.task, row.run)) for row in rows[:PAGE_SIZE]],
             "more": len(rows) > PAGE_SIZE, "total": total, "query": query,
@@ -478,13 +504,13 @@ async def tasks_page(request: Request, viewer: Viewer) -> Response:
     wanted = request.query_params.get("id", "").strip()
     if wanted:  # a search by ID opens that task (or its not-found page)
         return RedirectResponse(f"{PREFIX}/tasks/{quote(wanted, safe='')}", 303)
-    context = await task_list(engine_of(request), viewer, task_query(request))
+    context = await task_list(engine_of(request), viewer, task_query(request, viewer))
     return render(request, viewer, "tasks.html", task_statuses=TASK_STATUSES, **context)
 
 
 async def task_rows(request: Request, viewer: Viewer) -> Response:
     """The tasks list's rows alone, which the list page polls (htmx) to refresh without a reload."""
-    context = await task_list(engine_of(request), viewer, task_query(request))
+    context = await task_list(engine_of(request), viewer, task_query(request, viewer))
     return render(request, viewer, "tasks_rows.html", **context)
 
 
@@ -549,6 +575,84 @@ async def disable_workflow(request: Request, viewer: Viewer) -> Response:
 
 async def enable_workflow(request: Request, viewer: Viewer) -> Response:
     return await _set_workflow_status(request, viewer, "active")
+
+
+# Agents: the machines that lease steps (runtime/agents.py), as `GET /api/v1/agents` lists them.
+
+
+class AgentQuery(msgspec.Struct):
+    status: str | None = None  # idle | busy | offline
+    team: str | None = None  # as RunQuery's
+
+    def args(self) -> str:
+        values = {"status": self.status, "team": team_arg(self.team)}
+        return urlencode({k: v for k, v in values.items() if v not in (None, "")})
+
+
+def agent_query(request: Request, viewer: Viewer) -> AgentQuery:
+    status = request.query_params.get("status", "").strip().lower() or None
+    if status is not None and status not in AGENT_STATUSES:
+        raise bad_request("invalid_query", f"status must be one of {', '.join(AGENT_STATUSES)}", "query.status")
+    return AgentQuery(status, team_filter(request, viewer))
+
+
+async def agent_list(engine: Engine, viewer: Viewer, query: AgentQuery) -> dict[str, Any]:
+    found = [a for a in await engine.agents.states(scope(viewer, query.team)) if query.status in (None, a.status)]
+    runs = {lease.run_id for agent in found for lease in agent.leases}
+    tasks = {run for run in runs if await engine.db.task(run) is not None}  # a lease of a task links to its page
+    return {"agents": found, "tasks": tasks, "query": query, "now": engine.clock(),
+            "teams": await _team_names(engine, viewer), "refresh": ROWS_REFRESH}  # fmt: skip
+
+
+async def agents_page(request: Request, viewer: Viewer) -> Response:
+    context = await agent_list(engine_of(request), viewer, agent_query(request, viewer))
+    return render(request, viewer, "agents.html", agent_statuses=AGENT_STATUSES, **context)
+
+
+async def agent_rows(request: Request, viewer: Viewer) -> Response:
+    """The agents list's rows alone, which the page polls (htmx) to refresh without a reload."""
+    context = await agent_list(engine_of(request), viewer, agent_query(request, viewer))
+    return render(request, viewer, "agents_rows.html", **context)
+
+
+# Webhooks: the teams' (runtime/webhooks.py), their deliveries with every attempt, and re-sending one.
+
+
+async def webhooks_page(request: Request, viewer: Viewer) -> Response:
+    engine = engine_of(request)
+    team = team_filter(request, viewer)
+    found = await engine.db.webhooks(scope(viewer, team))
+    return render(request, viewer, "webhooks.html", webhooks=found, team=team,
+                  teams=await _team_names(engine, viewer))  # fmt: skip
+
+
+async def _webhook_context(request: Request, viewer: Viewer) -> dict[str, Any]:
+    engine = engine_of(request)
+    webhook = await webhooks.team_webhook(engine, viewer.team, request.path_params["webhook_id"])
+    number = query_int(request, "page", 1, 1, 10**9)
+    found, total = await webhooks.deliveries(engine, webhook, DELIVERIES_PAGE, (number - 1) * DELIVERIES_PAGE)
+    # It refreshes while a delivery is being sent: its attempts show as they come (a re-sent one's too).
+    sending = any(d.status == "pending" for d, _ in found)
+    return {"webhook": webhook, "deliveries": found, "total": total,
+            "page_number": number, "more": number * DELIVERIES_PAGE < total, "now": engine.clock(),
+            "teams": await _team_names(engine, viewer),
+            "refresh": ROWS_REFRESH if number == 1 and sending else None}  # fmt: skip
+
+
+async def webhook_page(request: Request, viewer: Viewer) -> Response:
+    return render(request, viewer, "webhook.html", **await _webhook_context(request, viewer))
+
+
+async def delivery_rows(request: Request, viewer: Viewer) -> Response:
+    """A webhook's deliveries alone, which its page polls (htmx) to show new attempts without a reload."""
+    return render(request, viewer, "deliveries_rows.html", **await _webhook_context(request, viewer))
+
+
+async def resend_delivery(request: Request, viewer: Viewer) -> Response:
+    engine = engine_of(request)
+    webhook = await webhooks.team_webhook(engine, viewer.team, request.path_params["webhook_id"])
+    await webhooks.resend(engine, webhook, request.path_params["delivery_id"])
+    return RedirectResponse(f"{PREFIX}/webhooks/{webhook.id}", 303)
 
 
 # The overview.
@@ -619,6 +723,14 @@ routes = [
     Route(f"{PREFIX}/workflows/{{workflow_id}}", page(workflow_page)),
     Route(f"{PREFIX}/workflows/{{workflow_id}}/disable", page(disable_workflow), methods=["POST"]),
     Route(f"{PREFIX}/workflows/{{workflow_id}}/enable", page(enable_workflow), methods=["POST"]),
+    Route(f"{PREFIX}/agents", page(agents_page)),
+    Route(f"{PREFIX}/agents/rows", page(agent_rows)),
+    Route(f"{PREFIX}/webhooks", page(webhooks_page)),
+    Route(f"{PREFIX}/webhooks/{{webhook_id}}", page(webhook_page)),
+    Route(f"{PREFIX}/webhooks/{{webhook_id}}/rows", page(delivery_rows)),
+    Route(
+        f"{PREFIX}/webhooks/{{webhook_id}}/deliveries/{{delivery_id}}/resend", page(resend_delivery), methods=["POST"]
+    ),
     Route(f"{PREFIX}/static/{{name}}", static),
 ]
 

@@ -10,8 +10,10 @@ it is worth nothing after it). A visitor who has not signed in gets a session of
 
 Who sees what: a signed-in key or user sees its team's runs. An engine with `auth: open` (which
 listens on loopback only, unless the operator said otherwise) serves its dashboard to whoever can
-reach it, as the operator: every team's runs. The identity records know no engine-wide operator
-role (a team's `admin` is that team's), so with `auth: keys` everyone sees their own team's only.
+reach it, as the operator: every team's runs. With `auth: keys`, the engine's operators are the keys
+and members of the team the `operator_team` setting names (a team's `admin` role is that team's
+only): signed in, they see every team's runs, tasks, agents and webhooks; everyone else sees their
+own team's.
 """
 
 from __future__ import annotations
@@ -139,7 +141,7 @@ async def viewer_of(request: Request, engine: Engine) -> Viewer:
     principal = await principal_of(engine, session) if session and session.kind else None
     if principal is not None:
         assert session is not None
-        return Viewer(principal, session, operator=False)
+        return Viewer(principal, session, operator=await is_operator(engine, principal))
     if engine.config.auth == "keys":
         raise SignInRequired
     fresh = session is None or bool(session.kind)  # a lapsed sign-in starts over as the operator
@@ -147,6 +149,16 @@ async def viewer_of(request: Request, engine: Engine) -> Viewer:
         session = new_session(engine, engine.config.session_ttl)
     assert session is not None
     return Viewer(ANONYMOUS, session, operator=True, fresh=fresh)
+
+
+async def is_operator(engine: Engine, principal: Principal) -> bool:
+    """Whether a signed-in principal is one of the engine's operators: of the `operator_team`. Looked
+    up at each request, so a key revoked or a member removed there stops being one at once."""
+    name = engine.config.operator_team
+    if not name or not principal.team:
+        return False
+    team = await engine.db.team(name=name)
+    return team is not None and team.id == principal.team
 
 
 def visitor_session(request: Request, engine: Engine) -> tuple[Session, bool]:
