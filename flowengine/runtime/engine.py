@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from flowengine.aio import wait_event
 from flowengine.config import Config, ensure_secret
 from flowengine.core import machine, queue
 from flowengine.core.ids import uuid7
@@ -572,8 +573,7 @@ class Engine:
     async def _until_next_wake(self) -> None:
         """Sleep until the next run is due, or until a commit makes one due sooner."""
         timeout = None if self._sleep_until == math.inf else max(0.0, self._sleep_until - self.clock()) + 0.001
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+        await wait_event(self._wake, timeout)
 
 
 def _refuse_shared_keys(edges: dict[str, EdgeState], plan: Plan) -> None:

@@ -10,12 +10,12 @@ to the queue, a running attempt was cut short (StepInterrupted: not counted agai
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import socket
 from typing import TYPE_CHECKING
 
+from flowengine.aio import wait_event
 from flowengine.core import machine, queue
 from flowengine.core.machine import StepFailed, StepSucceeded
 from flowengine.core.queue import Attempt, Worker
@@ -82,8 +82,7 @@ class LocalExecutor:
         if offered and len(offered) == free:
             await self._kicked.wait()  # full: the next kick is a slot freed (or new work)
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._kicked.wait(), POLL)
+        await wait_event(self._kicked, POLL)
 
     async def heartbeat(self) -> None:
         await self.engine.queue.heartbeat(self.worker)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import ipaddress
 import logging
 import secrets
@@ -29,6 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
+from flowengine.aio import wait_event
 from flowengine.core.spec import Flow
 from flowengine.core.tasks import task_output, task_status
 from flowengine.core.webhooks import SECRET_PREFIX, event_of, next_due, public, signature_headers, task_body
@@ -94,8 +94,7 @@ class Sender:
             self.client = None
 
     async def pause(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), IDLE_PAUSE)
+        await wait_event(self.wake, IDLE_PAUSE)
         self.wake.clear()
 
     async def tick(self) -> None:
