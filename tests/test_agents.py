@@ -234,7 +234,7 @@ def test_an_agent_stopped_past_its_lease_then_resumed_is_refused_and_leaves_the_
     # Resumed, it finds its step ended and goes to upload and report: refused, it gives the step up.
     log = tmp_path / "agent-frozen.log"
     until(lambda: "no longer ours" in log.read_text() or "lost" in log.read_text())
-    until(lambda: engine.agents()["frozen"]["running_count"] == 0)
+    until(lambda: engine.agents().get("frozen", {}).get("running_count") == 0)  # it heartbeats again
     done = engine.client.get(f"/api/v1/flow/status/{run_id}").json()
     [out] = [a for a in done["Artifacts"] if a["EdgeName"] == "out"]
     assert httpx.get(out["GetURL"]).content == b"written by attempt 2\n"  # not the late worker's bytes
@@ -281,7 +281,7 @@ def test_an_agent_in_the_submitters_region_is_preferred_and_after_region_wait_an
     start_server, flows_dir: Path, agents
 ):
     where(flows_dir, "where", ["remote"])
-    engine = Engine(start_server(**SETTINGS, region_wait=5))
+    engine = Engine(start_server(**SETTINGS, region_wait=8))
     agents(engine, "paris", "--region", "eu")
     agents(engine, "ohio", "--region", "us", "--concurrency", "2")
     until(lambda: len(engine.agents()) == 2)
@@ -289,7 +289,7 @@ def test_an_agent_in_the_submitters_region_is_preferred_and_after_region_wait_an
     # paris takes one, then the other once it is free: ohio, idle with two slots, waits for region_wait.
     assert [engine.ran_on(t) for t in european] == ["paris", "paris"]
     asian = engine.task("where", submitter_region="ap")  # no agent of its region
-    time.sleep(2.5)
+    time.sleep(3)
     assert not engine.started(asian)  # a preference: for region_wait, only an agent of its region...
     assert engine.ran_on(asian) in ("paris", "ohio")  # ...not a wall: then any region's
 
