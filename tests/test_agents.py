@@ -18,6 +18,8 @@ import httpx
 import pytest
 from live import Server, make_key, stop, wait_for_status
 
+# Where the routing query and the leases kept over a restart are the database's own code: on each backend.
+ON_BOTH = pytest.mark.backends("sqlite", "postgres")
 SETTINGS = {"auth": "keys", "lease": 2, "heartbeat_interval": 0.5, "offer_timeout": 2, "schedule_to_start": 60}
 
 
@@ -192,6 +194,7 @@ def test_cancel_reaches_a_step_running_on_an_agent(engine: Engine, agents, tmp_p
     assert engine.agents()["busy"]["running_count"] == 0
 
 
+@ON_BOTH
 def test_an_engine_killed_while_agents_hold_leases_loses_nothing_and_runs_each_step_once(
     start_server, agents, tmp_path: Path
 ):
@@ -245,6 +248,7 @@ def test_an_agent_stopped_past_its_lease_then_resumed_is_refused_and_leaves_the_
     assert frozen.poll() is None  # it carries on, leasing again
 
 
+@ON_BOTH
 def test_a_step_goes_only_to_an_agent_with_every_label_its_task_requires(start_server, flows_dir: Path, agents):
     where(flows_dir, "on-gpu", ["gpu"])
     engine = Engine(start_server(**SETTINGS))
@@ -258,6 +262,7 @@ def test_a_step_goes_only_to_an_agent_with_every_label_its_task_requires(start_s
     assert engine.agents()["plain"]["tasks_completed"] == 0
 
 
+@ON_BOTH
 def test_the_team_pool_keeps_a_step_in_its_team_and_the_community_pool_reaches_only_opted_in_agents(
     start_server, flows_dir: Path, agents
 ):
@@ -277,6 +282,7 @@ def test_the_team_pool_keeps_a_step_in_its_team_and_the_community_pool_reaches_o
     assert engine.agents().keys() == {"ours"}  # a team lists its own agents only
 
 
+@ON_BOTH
 def test_an_agent_in_the_submitters_region_is_preferred_and_after_region_wait_any_region_may_take_it(
     start_server, flows_dir: Path, agents
 ):
