@@ -7,6 +7,7 @@ the engine killed while agents hold leases; routing through the task API as a cl
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -221,8 +222,9 @@ def test_an_engine_killed_while_agents_hold_leases_loses_nothing_and_runs_each_s
 
 
 def test_an_agent_stopped_past_its_lease_then_resumed_is_refused_and_leaves_the_winners_output_alone(
-    engine: Engine, agents, tmp_path: Path
+    start_server, agents, tmp_path: Path
 ):
+    engine = Engine(start_server(access_log=True, **SETTINGS))  # the access log: what the late agent sent
     marks = tmp_path / "marks"
     script = f'echo "$FLOWENGINE_ATTEMPT" >> {marks}; sleep 1; echo "written by attempt $FLOWENGINE_ATTEMPT" > "$2"'
     frozen = agents(engine, "frozen")
@@ -233,11 +235,17 @@ def test_an_agent_stopped_past_its_lease_then_resumed_is_refused_and_leaves_the_
         agents(engine, "rescuer")  # takes attempt 2 once attempt 1's lease (2 s) ran out, unheard from
         assert engine.output(run_id) == b"written by attempt 2\n"
     finally:
+        resumed_at = engine.server.log.stat().st_size
         frozen.send_signal(signal.SIGCONT)
-    # Resumed, it finds its step ended and goes to upload and report: refused, it gives the step up.
-    log = tmp_path / "agent-frozen.log"
-    until(lambda: "no longer ours" in log.read_text() or "lost" in log.read_text())
+    # Resumed, it finds its step ended. Its heartbeat says the lease is lost, or its late upload and
+    # report are refused, whichever it sends first: either way, it gives the step up.
+    agent_log = tmp_path / "agent-frozen.log"
+    until(lambda: "no longer ours" in agent_log.read_text() or ": lost" in agent_log.read_text())
     until(lambda: engine.agents().get("frozen", {}).get("running_count") == 0)  # it heartbeats again
+    [lease_id] = re.findall(r"/leases/([0-9a-f-]+)/ack", agent_log.read_text())
+    late = [line for line in engine.server.log.read_text()[resumed_at:].splitlines()
+            if f"/leases/{lease_id}/" in line or f"PUT /store/default/outputs/job/{run_id}/out?" in line]  # fmt: skip
+    assert all(line.endswith("status=409") for line in late), late  # whatever it sent late was refused
     done = engine.client.get(f"/api/v1/flow/status/{run_id}").json()
     [out] = [a for a in done["Artifacts"] if a["EdgeName"] == "out"]
     assert httpx.get(out["GetURL"]).content == b"written by attempt 2\n"  # not the late worker's bytes
