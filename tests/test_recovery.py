@@ -255,3 +255,36 @@ def test_readiness_shows_recovery_which_looks_for_uploads_only_after_a_crash(sta
     server.stop()  # SIGTERM: a clean stop, after which no upload can be half landed
     server = start_server(data_dir=data, port=server.port)
     assert recovered() == {"Done": True, "Crashed": False, "Runs": 0, "Waits": 0}
+
+
+def test_a_step_the_local_executor_ran_when_the_engine_was_killed_runs_again_once_not_counted(start_server, tmp_path):
+    """kill -9 while the local executor holds a running lease: the next process reclaims it (the step was
+    interrupted: not an attempt of MaxAttempts), its process is gone with the engine, and the step runs
+    again, to one success."""
+    data = tmp_path / "kept"
+    settings = {"lease": 2, "heartbeat_interval": 0.5}
+    slow = {"Name": "slow", "MaxAttempts": 1, "Inputs": [{"Name": "i"}], "Outputs": [{"Name": "o"}],
+            "Exec": ["sh", "-c", 'echo started; sleep 3; echo finished; cp "$0" "$1"', "${i}", "${o}"]}  # fmt: skip
+    body = {"Flow": {"DataWells": [{"Edge": "in", "Source": "upload"}], "Tasks": [slow],
+                     "Steps": [{"ID": "slow", "Uses": "slow", "Inputs": [{"Slot": "i", "Edge": "in"}],
+                                "Outputs": [{"Slot": "o", "Edge": "out"}]}]}}  # fmt: skip
+    first = start_server(data_dir=data, **settings)
+    with first.client() as client:
+        run = client.post("/api/v1/flow/slow", json=body).json()
+        assert httpx.put(run["WaitingURLs"][0]["PutURL"], content=b"kept").status_code in (200, 201)
+    logs = data / "logs" / run["ID"]
+    deadline = time.monotonic() + 15
+    while not (logs / "slow.1.log").exists() or "started" not in (logs / "slow.1.log").read_text():
+        assert time.monotonic() < deadline, "the step never started"  # leased, acknowledged, running
+        time.sleep(0.05)
+    first.kill9()
+    second = start_server(data_dir=data, port=first.port, **settings)
+    with second.client() as client:
+        done = wait_for_status(client, run["ID"], {"COMPLETE", "ERROR"}, timeout=30)
+        assert done["Status"] == "COMPLETE", done  # MaxAttempts 1: the interrupted attempt was not counted
+        [out] = [a for a in done["Artifacts"] if a["EdgeName"] == "out"]
+        assert client.get(out["GetURL"]).content == b"kept"
+    time.sleep(3)  # long enough for attempt 1's process to have finished, had it outlived its engine
+    assert (logs / "slow.1.log").read_text() == "started\n"  # its process died with the engine (the reaper)
+    assert (logs / "slow.2.log").read_text() == "started\nfinished\n"
+    assert sorted(p.name for p in logs.iterdir()) == ["slow.1.log", "slow.2.log"]  # run once more, once
