@@ -135,6 +135,8 @@ def test_a_task_shows_the_agent_that_runs_it_and_walks_waiting_queued_running_wi
     with sign_in(server, team.key) as browser:  # the dashboard's run page shows what the agent said
         page = browser.get(f"/ui/runs/{task_id}")
         assert page.status_code == 200 and "35%" in page.text and "3 · sampling" in page.text
+        live = browser.get(f"/ui/tasks/{task_id}/live").text  # and the task's page, where it runs
+        assert '<span id="task-agent">gpu-01</span>' in live and "NVIDIA GeForce RTX 4090" in live
     assert agent.call(lease, "progress", message="sampling").status_code == 200  # fraction unknown now
     deliver(agent, lease)
     until(lambda: team.task(task_id)["task_status"] == "completed")

@@ -154,7 +154,7 @@ def _rows(before: Run | None, after: Run, flow: Flow, offered: Collection[str] =
 async def refresh(tx: Queries, engine: Engine, run_id: str) -> None:
     """After an offer to a worker was made or taken back (the run itself unchanged): the task's
     status follows (`queued` while offered, `waiting` again when the offer went back to the queue).
-    The run's row is locked here, first, as by every change of the run."""
+    The run's row is locked here (if the caller has not yet), as for every change of the task."""
     row = await tx.load_run(run_id)
     if row is None or not row.run.task:
         return
