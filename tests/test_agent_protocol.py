@@ -131,7 +131,11 @@ def test_an_agent_with_the_labels_leases_runs_through_urls_and_completes_exactly
     listed = {a["agent_id"]: a for a in client.get("/api/v1/agents").json()["agent_list"]}
     assert listed["gpu-box"]["tasks_completed"] == 1 and listed["gpu-box"]["agent_status"] == "idle"
     assert listed["gpu-box"]["agent_labels"] == ["a100", "gpu"]
-    assert listed["gpu-box"]["system_stats"] == {"gpu": "A100", "vram_gb": 80}
+    assert listed["gpu-box"]["system_stats"] == {
+        "comfyui_version": None, "pytorch_version": None, "os_type": None,
+        "gpu_devices": [{"device_name": "A100", "device_type": None, "vram_total": None, "vram_free": None}],
+        "facts": {"gpu": "A100", "vram_gb": 80},
+    }  # fmt: skip
     assert client.get("/api/v1/r/agents").json()["page_meta"]["total_count"] == 2
 
 

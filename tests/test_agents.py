@@ -19,8 +19,11 @@ import httpx
 import pytest
 from live import Server, make_key, stop, wait_for_status
 
+import flowengine
+
 # Where the routing query and the leases kept over a restart are the database's own code: on each backend.
 ON_BOTH = pytest.mark.backends("sqlite", "postgres")
+
 SETTINGS = {"auth": "keys", "lease": 2, "heartbeat_interval": 0.5, "offer_timeout": 2, "schedule_to_start": 60}
 
 
@@ -129,6 +132,9 @@ def test_work_spreads_across_agents_and_runs_through_presigned_urls(engine: Engi
     assert [engine.output(r) for r in runs] == [f"JOB {i}".encode() for i in range(6)]
     completed = {name: a["tasks_completed"] for name, a in engine.agents().items()}
     assert sum(completed.values()) == 6 and min(completed.values()) >= 1, completed  # both took some
+    one = engine.agents()["one"]  # what the agent says of itself, in the reference's fields
+    assert one["agent_version"] == flowengine.version() and one["platform_arch"].startswith(f"{sys.platform}/")
+    assert one["system_stats"]["os_type"] == sys.platform and one["tool"] == ["exec", "python"]
 
 
 def test_a_python_step_runs_on_an_agent_as_on_the_engine(engine: Engine, agents, tmp_path: Path):

@@ -922,6 +922,64 @@ async def test_agents_are_one_per_team_and_name_and_keep_their_heartbeats_and_co
     assert (stored.last_heartbeat, stored.tasks_completed) == (9.0, 1)
 
 
+async def test_a_runs_offered_steps_are_those_offered_and_not_acknowledged(db: Database):
+    w = Worker(id="agent-1", session="s1")
+    async with db.transaction() as tx:
+        await tx.insert_attempts([
+            queue.offer(attempt("a1", step="b"), w, "t", 1.0, 5.0),
+            queue.offer(attempt("a2", step="a"), w, "t", 1.0, 5.0),
+            queue.ack(queue.offer(attempt("a3", step="c"), w, "t", 1.0, 5.0), 2.0, 30.0),
+            attempt("a4", step="d"),
+            queue.offer(attempt("a5", step="e", run_id="other"), w, "t", 1.0, 5.0),
+        ])  # fmt: skip
+    assert await db.offered_steps("run") == ["a", "b"]
+    assert await db.offered_steps("nope") == []
+
+
+def agent(id: str, team: str = "t1", name: str = "", **fields: object) -> AgentRecord:
+    made = AgentRecord(id, team, name or id, ["gpu"], ["comfyui"], "", 2, False, {"gpu": "A100"}, "s", 5.0, 5.0, 0)
+    return msgspec.structs.replace(made, **fields)
+
+
+async def test_agents_list_a_page_by_name_with_the_runs_they_run_now(db: Database):
+    for a in (agent("ag1", name="zeta"), agent("ag2", name="alpha"), agent("ag3", name="mid"), agent("ag4", "t2")):
+        await db.put_agent(a)
+    w1, w2 = Worker(id="ag1", session="s"), Worker(id="ag2", session="s")
+    async with db.transaction() as tx:
+        await tx.insert_attempts([
+            queue.ack(queue.offer(attempt("a2", run_id="r2"), w1, "t", 1.0, 5.0), 2.0, 30.0),
+            queue.ack(queue.offer(attempt("a1", run_id="r1"), w1, "t", 1.0, 5.0), 2.0, 30.0),
+            queue.offer(attempt("a3", run_id="r3"), w2, "t", 1.0, 5.0),  # offered, not running yet
+            queue.end(queue.ack(queue.offer(attempt("a4", run_id="r4"), w2, "t", 1.0, 5.0), 2.0, 30.0), "succeeded"),
+        ])  # fmt: skip
+    rows = await db.agent_rows("t1", 10, 0)
+    assert [(r.agent.name, r.running) for r in rows] == [("alpha", []), ("mid", []), ("zeta", ["r1", "r2"])]
+    assert rows[2].agent == agent("ag1", name="zeta")
+    assert [r.agent.name for r in await db.agent_rows("t1", 2, 1)] == ["mid", "zeta"]
+    assert await db.agent_rows("t9", 10, 0) == []
+    assert (await db.count_agents("t1"), await db.count_agents("t2"), await db.count_agents("t9")) == (3, 1, 0)
+
+
+async def test_a_task_reads_with_the_agent_its_latest_taken_attempt_went_to(db: Database):
+    await insert_tasks(db, task("T1"), task("T2"), task("T3"), task("T4"))
+    await db.put_agent(agent("ag1", name="first"))
+    await db.put_agent(agent("ag2", name="second"))
+    one, two, local = Worker(id="ag1", session="s"), Worker(id="ag2", session="s"), Worker(id="local:x", session="l")
+    async with db.transaction() as tx:
+        await tx.insert_attempts([
+            queue.end(queue.ack(queue.offer(attempt("x1", run_id="T1"), one, "t", 1.0, 5.0), 2.0, 30.0), "expired"),
+            queue.ack(queue.offer(attempt("x2", run_id="T1", attempt=2), two, "t", 3.0, 5.0), 4.0, 30.0),
+            attempt("x3", run_id="T1", step="later"),  # queued: no worker took it
+            queue.offer(attempt("x4", run_id="T2"), one, "t", 1.0, 5.0),
+            queue.ack(queue.offer(attempt("x5", run_id="T3"), local, "t", 1.0, 5.0), 2.0, 30.0),  # the engine's own
+        ])  # fmt: skip
+    found = {row.task.id: row.agent.name if row.agent else None for row in await db.list_tasks("t1", None, 10, 0)}
+    assert found == {"T1": "second", "T2": "first", "T3": None, "T4": None}
+    row = await db.task_row("T1")
+    assert (row.task, row.run.id, row.agent) == (task("T1"), "T1", agent("ag2", name="second"))
+    assert (await db.task_row("T4")).agent is None and await db.task_row("nope") is None
+
+
 # webhooks
 
 

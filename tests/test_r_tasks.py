@@ -338,7 +338,7 @@ def test_cancel_stops_a_running_step_and_is_idempotent(team: Team, server: Serve
 def test_an_unfinished_tasks_result_is_all_null(team: Team):
     task_id = team.start({"input_image": team.upload(), "pause": 30})
     result = team.result(task_id)
-    assert result["task_status"] in ("queued", "running")
+    assert result["task_status"] in ("waiting", "running")
     assert {k: result[k] for k in ("task_output", "download_url", "download_urls", "expires_at", "completed_at")} == (
         dict.fromkeys(("task_output", "download_url", "download_urls", "expires_at", "completed_at")))  # fmt: skip
     team.client.post(f"/tasks/{task_id}/cancel")

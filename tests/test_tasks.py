@@ -40,6 +40,7 @@ from flowengine.core.machine import (
     Run,
     StepFailed,
     StepInterrupted,
+    StepProgressed,
     StepStarted,
     StepSucceeded,
     Tick,
@@ -122,14 +123,20 @@ STATES = [
     pytest.param(wells_one_landed, "pending", id="no-steps-one-well-of-two"),
     pytest.param(lambda: start(WELLS, "r", {"a": static(), "b": static(OTHER)}, T0)[0], "completed",
                  id="no-steps-all-static"),
-    pytest.param(lambda: advance(start_hop(), HOP, Landed("raw", OBJ), T0 + 1)[0], "queued", id="step-dispatched"),
-    pytest.param(mix_started, "queued", id="dispatched-at-start-while-a-well-waits"),
+    pytest.param(lambda: advance(start_hop(), HOP, Landed("raw", OBJ), T0 + 1)[0], "waiting", id="step-dispatched"),
+    pytest.param(mix_started, "waiting", id="dispatched-at-start-while-a-well-waits"),
     pytest.param(hop_running, "running", id="step-running"),
     pytest.param(mix_running, "running", id="running-while-a-well-waits"),
     pytest.param(hop_retrying, "running", id="between-attempts"),
-    pytest.param(hop_retry_dispatched, "queued", id="retry-dispatched"),
-    pytest.param(hop_interrupted, "queued", id="interrupted-and-dispatched-again"),
-    pytest.param(hop_second_queued, "queued", id="first-done-second-dispatched"),
+    pytest.param(hop_retry_dispatched, "waiting", id="retry-dispatched"),
+    pytest.param(hop_interrupted, "waiting", id="interrupted-and-dispatched-again"),
+    pytest.param(hop_second_queued, "waiting", id="first-done-second-dispatched"),
+    pytest.param(lambda: offered(advance(start_hop(), HOP, Landed("raw", OBJ), T0 + 1)[0], "first"), "queued",
+                 id="step-offered-to-a-worker"),
+    pytest.param(lambda: offered(hop_second_queued(), "second"), "queued", id="second-offered"),
+    pytest.param(lambda: offered(mix_started(), "elsewhere"), "waiting", id="another-runs-step-offered"),
+    pytest.param(lambda: offered(fan_one_running_one_queued(), "right", "left"), "running",
+                 id="one-running-one-offered"),
     pytest.param(fan_running, "running", id="two-running"),
     pytest.param(fan_one_running_one_queued, "running", id="one-running-one-queued"),
     pytest.param(mix_waiting, "waiting", id="begun-then-waits-for-an-upload"),
@@ -146,9 +153,22 @@ STATES = [
 ]  # fmt: skip
 
 
+class Offered(msgspec.Struct):
+    """A run, and the steps whose attempts are offered to a worker (not acknowledged yet)."""
+
+    run: Run
+    steps: tuple[str, ...]
+
+
+def offered(run: Run, *steps: str) -> Offered:
+    return Offered(run, steps)
+
+
 @pytest.mark.parametrize(("make", "status"), STATES)
 def test_task_status_of_each_state(make: Any, status: str):
-    assert task_status(make()) == status
+    made = make()
+    found = task_status(made.run, made.steps) if isinstance(made, Offered) else task_status(made)
+    assert found == status
 
 
 def test_every_status_is_reached_by_some_state():
@@ -184,10 +204,10 @@ def statuses_of(flow: Any, run: Run, events: list[tuple[Event, float]]) -> list[
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("hop", ["pending", "queued", "running", "queued", "running", "queued", "running", "completed"]),
-        ("fan", ["pending", "queued", "running", "failed"]),
-        ("mix", ["queued", "running", "queued", "running", "queued", "cancelled"]),
-        ("restarts", ["pending", "queued", "running", "queued", "running", "queued", "running", "failed"]),
+        ("hop", ["pending", "waiting", "running", "waiting", "running", "waiting", "running", "completed"]),
+        ("fan", ["pending", "waiting", "running", "failed"]),
+        ("mix", ["waiting", "running", "waiting", "running", "waiting", "cancelled"]),
+        ("restarts", ["pending", "waiting", "running", "waiting", "running", "waiting", "running", "failed"]),
         ("expiry", ["pending", "failed"]),
         ("rejected", ["pending", "failed"]),
     ],
@@ -206,8 +226,7 @@ def test_a_task_that_waits_mid_way():
         (StepStarted("combine", 1), T0 + 4),
         (StepSucceeded("combine", 1, {"out": OTHER}), T0 + 5),
     ]
-    assert statuses_of(MIX, mix_started(), events) == ["queued", "running", "waiting", "queued", "running",
-                                                        "completed"]  # fmt: skip
+    assert statuses_of(MIX, mix_started(), events) == ["waiting", "running", "waiting", "running", "completed"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +259,7 @@ def test_each_change_of_status_is_one_status_event_with_the_time_of_the_change()
     before = start_hop()
     after, _ = advance(before, HOP, Landed("raw", OBJ), T0 + 61.7)
     assert encoded(task_events(before, after)) == [
-        ("status", b'{"task_id":"run-hop","status":"queued","timestamp":"1970-01-01T00:17:41Z"}')
+        ("status", b'{"task_id":"run-hop","status":"waiting","timestamp":"1970-01-01T00:17:41Z"}')
     ]
     assert task_events(before, after)[0].at == T0 + 61.7
 
@@ -303,6 +322,36 @@ def test_event_data_is_one_line_whatever_the_error_says():
     [(_, data)] = encoded(task_events(before, after))
     assert b"\n" not in data and b"\r" not in data
     assert msgspec.json.decode(data)["error"].endswith("line one\nline two\r\n\u2028")
+
+
+def test_an_offer_and_its_acknowledgement_walk_waiting_queued_running():
+    """The queue's offers are not run changes: the task's status before is the one it had (`was`)."""
+    ready, _ = advance(start_hop(), HOP, Landed("raw", OBJ), T0 + 1)
+    assert [e.data.status for e in task_events(None, ready)] == ["waiting"]
+    assert encoded(task_events(None, ready, offered=["first"], was="waiting")) == [
+        ("status", b'{"task_id":"run-hop","status":"queued","timestamp":"1970-01-01T00:16:41Z"}')
+    ]
+    assert task_events(None, ready, offered=["first"], was="queued") == []  # offered again: no change
+    assert [e.data.status for e in task_events(None, ready, was="queued")] == ["waiting"]  # the offer went back
+    running, _ = advance(ready, HOP, StepStarted("first", 1), T0 + 2)
+    assert [e.data.status for e in task_events(ready, running, was="queued")] == ["running"]
+
+
+def test_a_workers_progress_is_a_progress_event_each_time_it_says_something_new():
+    running = hop_running()
+    said = machine.Progress(0.35, "3", "sampling")
+    after, _ = advance(running, HOP, StepProgressed("first", 1, said), T0 + 5)
+    assert encoded(task_events(running, after)) == [
+        ("progress", b'{"task_id":"run-hop","status":"running","progress":0.35,"current_node":"3",'
+                     b'"message":"sampling","step":"first","timestamp":"1970-01-01T00:16:45Z"}')
+    ]  # fmt: skip
+    again, _ = advance(after, HOP, StepProgressed("first", 1, said), T0 + 6)
+    assert task_events(after, again) == []  # the same again: nothing new
+    unknown, _ = advance(after, HOP, StepProgressed("first", 1, machine.Progress(message="saving")), T0 + 7)
+    [event] = task_events(after, unknown)
+    assert (event.kind, event.data.progress, event.data.message) == ("progress", None, "saving")
+    stale, _ = advance(after, HOP, StepProgressed("first", 9, said), T0 + 8)  # not the running attempt's
+    assert task_events(after, stale) == []
 
 
 # A random life: any event the machine knows, in any order, at increasing times. Whatever happens,

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import platform
 import shutil
 import signal
 import sys
@@ -25,6 +26,7 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 
+from flowengine import version
 from flowengine.runtime.executors import pyrun
 from flowengine.runtime.steps import STEP_PATH, expand_arg
 
@@ -366,8 +368,14 @@ async def _first(*aws: Any) -> Any:
     return first.result() if first is tasks[0] else None
 
 
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}  # platform_arch as the reference writes it (linux/amd64)
+
+
 def _system() -> dict[str, Any]:
-    return {"os_type": sys.platform, "python_version": sys.version.split()[0], "cpus": os.cpu_count() or 1}
+    machine = platform.machine().lower()
+    arch = f"{platform.system().lower()}/{_ARCH.get(machine, machine)}"
+    return {"os_type": sys.platform, "python_version": sys.version.split()[0], "cpus": os.cpu_count() or 1,
+            "agent_version": version(), "platform_arch": arch}  # fmt: skip
 
 
 def main(options: Options) -> int:

@@ -18,6 +18,7 @@ from flowengine.api.r.common import PageMeta, body_of, page_of, public_base
 from flowengine.core.keys import is_name
 from flowengine.core.times import rfc3339
 from flowengine.errors import bad_request
+from flowengine.persistence.base import AgentRow
 from flowengine.runtime.agents import Lease, LogChunk, Registration, Written
 
 Label = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -82,20 +83,47 @@ class Ok(msgspec.Struct):
     ok: Literal[True] = True
 
 
-class AgentItem(msgspec.Struct):
-    agent_id: str
-    agent_status: Literal["idle", "busy", "offline"]
+class GpuDevice(msgspec.Struct, omit_defaults=False):
+    device_name: str
+    device_type: str | None
+    vram_total: int | None  # bytes
+    vram_free: int | None
+
+
+class SystemStats(msgspec.Struct, omit_defaults=False):
+    """The reference's `system_stats`, from what the agent registered (null where it said nothing)."""
+
+    comfyui_version: str | None
+    pytorch_version: str | None
+    os_type: str | None
+    gpu_devices: list[GpuDevice]
+    facts: dict[str, Any]  # everything the agent registered, as it said it
+
+
+class AgentItem(msgspec.Struct, omit_defaults=False):
+    """An agent as `GET /agents` lists it: the reference's fields (§7.4), and `region` and `community`."""
+
+    agent_id: str  # the agent's name, unique in its team
+    agent_status: Literal["idle", "busy", "offline"]  # offline: no heartbeat for three intervals
     agent_labels: list[str]
-    tool: list[str]
+    last_heartbeat: str
+    agent_version: str | None  # the agent's `agent_version` fact, as the next ones
+    tool: list[str]  # the tools it runs (exec, python, comfyui, ...)
+    tool_version: str | None
+    comfyui_version: str | None
+    gpu_capacity: int  # steps it runs at once
+    running_count: int
+    running_tasks: list[str]  # the runs (task ids, for tasks) of the steps it runs now
+    platform_arch: str | None  # e.g. linux/amd64
+    sync_phase: str | None  # null: agents here sync no models
+    sync_detail: str | None
+    sync_percent: float | None
+    connected_at: str  # its current session's registration
+    tasks_completed: int
+    current_task_id: str | None  # the first of running_tasks
+    system_stats: SystemStats
     region: str
     community: bool
-    last_heartbeat: str
-    connected_at: str
-    gpu_capacity: int
-    running_count: int
-    running_tasks: list[str]  # run ids
-    tasks_completed: int
-    system_stats: dict[str, Any]
 
 
 class AgentList(msgspec.Struct):
@@ -200,18 +228,44 @@ async def release(request: Request) -> Response:
     return json_response(Ok())
 
 
+def _fact(system: dict[str, Any], name: str, kind: type) -> Any:
+    value = system.get(name)
+    return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+
+def _system_stats(system: dict[str, Any]) -> SystemStats:
+    devices = system.get("gpu_devices")
+    gpus = [GpuDevice(str(d.get("device_name") or ""), _fact(d, "device_type", str), _fact(d, "vram_total", int),
+                      _fact(d, "vram_free", int)) for d in devices] if isinstance(devices, list) else []  # fmt: skip
+    if not gpus and _fact(system, "gpu", str):
+        gpus = [GpuDevice(system["gpu"], None, None, None)]
+    return SystemStats(_fact(system, "comfyui_version", str), _fact(system, "pytorch_version", str),
+                       _fact(system, "os_type", str), gpus, system)  # fmt: skip
+
+
+def agent_item(row: AgentRow, connected: bool) -> AgentItem:
+    agent, runs, system = row.agent, row.running, row.agent.system
+    status = "offline" if not connected else "busy" if runs else "idle"
+    return AgentItem(
+        agent_id=agent.name, agent_status=status, agent_labels=agent.labels,
+        last_heartbeat=rfc3339(agent.last_heartbeat), agent_version=_fact(system, "agent_version", str),
+        tool=agent.tools, tool_version=_fact(system, "tool_version", str),
+        comfyui_version=_fact(system, "comfyui_version", str), gpu_capacity=agent.capacity, running_count=len(runs),
+        running_tasks=runs, platform_arch=_fact(system, "platform_arch", str), sync_phase=None, sync_detail=None,
+        sync_percent=None, connected_at=rfc3339(agent.connected_at), tasks_completed=agent.tasks_completed,
+        current_task_id=runs[0] if runs else None, system_stats=_system_stats(system), region=agent.region,
+        community=agent.community,
+    )  # fmt: skip
+
+
 async def list_agents(request: Request) -> Response:
     principal = await authenticate(request.scope, RUNTIME_CALLERS)
     page = page_of(request)
     engine = engine_of(request)
-    items = []
-    for state in await engine.agents.states(principal.team):
-        agent, status, runs = state.record, state.status, [a.run_id for a in state.leases]
-        items.append(AgentItem(agent.name, status, agent.labels, agent.tools, agent.region, agent.community,
-                               rfc3339(agent.last_heartbeat), rfc3339(agent.connected_at), agent.capacity, len(runs),
-                               runs, agent.tasks_completed, dict(agent.system)))  # fmt: skip
-    shown = items[page.offset : page.offset + page.per_page]
-    return json_response(AgentList(shown, page.meta(len(items))))
+    now = engine.clock()
+    rows = await engine.db.agent_rows(principal.team, page.per_page, page.offset)
+    items = [agent_item(row, engine.agents.connected(row.agent, now)) for row in rows]
+    return json_response(AgentList(items, page.meta(await engine.db.count_agents(principal.team))))
 
 
 _LEASE_ID = Param("lease_id", "path", str, "the lease's id, from the lease call", required=True)
@@ -228,8 +282,11 @@ LIST = Operation(
     params=(Param("current_page", "query", int, "page, from 1"), Param("per_page", "query", int, "1 to 100")),
     security=RUNTIME_SECURITY,
     errors=ReferenceErrorBody,
-    answers={200: Answer("the agents, by name; offline: no heartbeat for three intervals", AgentList), 401: "no "
-             "credential, or an ak- key"},
+    description="A page of the team's agents, by name, with the reference's fields: `agent_status` idle, busy "
+    "(running a step) or offline (no heartbeat for three intervals); `running_tasks` the runs (task ids) of the "
+    "steps it runs now; `agent_version`, `tool_version`, `comfyui_version`, `platform_arch` and `system_stats` from "
+    "the `system` facts it registered (null where it said nothing); `sync_*` null (agents here sync no models).",
+    answers={200: Answer("the agents, by name", AgentList), 401: "no credential, or an ak- key"},
 )  # fmt: skip
 
 

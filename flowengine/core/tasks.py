@@ -4,32 +4,37 @@ the workflow/task API). Pure: plain values in, plain values out.
 `task_status(run)` maps the run and its steps onto the task API's statuses. Its meanings (the
 reference's, cyberun-api.md §5.4) and what each is in a run, checked in this order:
 
-| status    | meaning                                             | the run                                         |
+| status    | meaning                                             | the run, and its attempts in the step queue     |
 | --------- | --------------------------------------------------- | ----------------------------------------------- |
 | completed | success: the outputs are there                      | `COMPLETE`                                      |
 | failed    | an error, a timeout, inputs that never came         | `ERROR`                                         |
 | cancelled | cancelled before it ended                           | `STOPPED` (a run's status after a cancel)       |
-| running   | a step is being executed                            | a step `RUNNING`, or `RETRYING` (between tries) |
-| queued    | a step is handed to a worker, not started yet       | a step `READY` (dispatched)                     |
-| waiting   | it has begun, but nothing can run until inputs come | no step active, some step dispatched before     |
+| running   | a step is being executed                            | a step `RUNNING` (its worker acknowledged it),  |
+|           |                                                     | or `RETRYING` (between tries)                   |
+| queued    | a step is offered to a worker, not acknowledged yet | a step `READY` whose attempt is `offered`       |
+| waiting   | the scheduler has it: no eligible worker took a     | a step `READY` whose attempt is still `queued`; |
+|           | step yet, or nothing can run until inputs come      | or no step active, some step dispatched before  |
 | pending   | created: nothing scheduled yet                      | no step active, none ever dispatched            |
 
 The engine dispatches a step as soon as its inputs are there, so a task nothing was ever scheduled
 for (`pending`) is one whose first steps wait for an input (a webhook, an upload), or a flow without
-steps waiting for its wells. `waiting` is the same wait after some of the task has run (a later
-step needs a webhook's data). A task with several steps is as far along as its most advanced
+steps waiting for its wells. A step the engine's own executor takes is offered and acknowledged at
+once, so such a task goes from `waiting` to `running`; an agent's step is `queued` between the offer
+and the agent's acknowledgement. A task with several steps is as far along as its most advanced
 active step: one step running and another queued is `running`.
 
 `task_events(before, after)` are the events one commit adds to the task's SSE stream (§5.7): a
 `status` event when the status changes to another that is not terminal, else the terminal event
 (`completed`, `failed` or `cancelled`), each with single-line JSON data carrying `task_id`,
 `status` and `timestamp` (RFC 3339, whole seconds, as the reference's examples); `completed` adds
-the task's `output`, `failed` its `error`.
+the task's `output`, `failed` its `error`. A `progress` event follows each report of a running
+step's worker (`progress`: the fraction done, 0 to 1, or null; `current_node`: what runs now, a
+ComfyUI node's id; `message`; `step`: the flow's step).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Literal
 
 import msgspec
@@ -48,17 +53,19 @@ TaskEventKind = Literal["status", "progress", "completed", "failed", "cancelled"
 _ENDED: dict[str, TaskStatus] = {machine.COMPLETE: "completed", machine.ERROR: "failed", machine.STOPPED: "cancelled"}
 
 
-def task_status(run: Run) -> TaskStatus:
-    """The task's status, from its run and the run's steps (the module's table)."""
+def task_status(run: Run, offered: Collection[str] = ()) -> TaskStatus:
+    """The task's status, from its run, the run's steps and `offered`, the steps whose attempt is
+    offered to a worker that has not acknowledged it yet (the module's table)."""
     ended = _ENDED.get(run.status)
     if ended is not None:
         return ended
-    steps = run.steps.values()
-    if any(s.status in (machine.RUNNING, machine.RETRYING) for s in steps):
+    steps = run.steps
+    if any(s.status in (machine.RUNNING, machine.RETRYING) for s in steps.values()):
         return "running"
-    if any(s.status == machine.READY for s in steps):
+    ready = [name for name, s in steps.items() if s.status == machine.READY]
+    if any(name in offered for name in ready):
         return "queued"
-    return "waiting" if any(s.attempts for s in steps) else "pending"
+    return "waiting" if ready or any(s.attempts for s in steps.values()) else "pending"
 
 
 class TaskEventData(msgspec.Struct, frozen=True):
@@ -71,20 +78,52 @@ class TaskEventData(msgspec.Struct, frozen=True):
     error: str | msgspec.UnsetType = msgspec.UNSET
 
 
+class ProgressData(msgspec.Struct, frozen=True):
+    """A `progress` event's `data:` line: what a running step's worker last reported."""
+
+    task_id: str
+    status: TaskStatus
+    progress: float | None  # the fraction done, 0 to 1 (null: the worker did not say)
+    current_node: str  # what runs now: a ComfyUI node's id, a phase
+    message: str
+    step: str  # the flow's step that reported it
+    timestamp: str
+
+
 class TaskEvent(msgspec.Struct, frozen=True):
     kind: TaskEventKind  # the SSE `event:` name
-    data: TaskEventData
+    data: TaskEventData | ProgressData
     at: float  # when the change was committed (the run's `updated`)
 
 
-def task_events(before: Run | None, after: Run, output: Callable[[Run], Any] = lambda run: None) -> list[TaskEvent]:
+def task_events(
+    before: Run | None,
+    after: Run,
+    output: Callable[[Run], Any] = lambda run: None,
+    *,
+    offered: Collection[str] = (),
+    was: str | None = None,
+) -> list[TaskEvent]:
     """The events the change from `before` (None: the run was just created) to `after` adds to the
-    task's stream: none when the task's status did not change. `output(after)` is asked only for a
-    `completed` event: the task's output summary (the caller's to make, from the run's artifacts)."""
-    status = task_status(after)
-    if before is not None and task_status(before) == status:
-        return []
+    task's stream: a status event when the task's status changed (from `was`, the status the task
+    had; by default `before`'s with the same offers), and a `progress` event for each running step
+    whose worker reported something new. `output(after)` is asked only for a `completed` event: the
+    task's output summary (the caller's to make, from the run's artifacts)."""
+    status = task_status(after, offered)
+    if was is None and before is not None:
+        was = task_status(before, offered)
     stamp = rfc3339(after.updated, precise=False)
+    events = [] if was == status else [_status_event(after, status, stamp, output)]
+    if before is not None and status not in TERMINAL_TASK:
+        for name, state in after.steps.items():
+            said = state.progress
+            if said is not None and state.status == machine.RUNNING and said != before.steps[name].progress:
+                data = ProgressData(after.id, status, said.fraction, said.current, said.message, name, stamp)
+                events.append(TaskEvent("progress", data, after.updated))
+    return events
+
+
+def _status_event(after: Run, status: TaskStatus, stamp: str, output: Callable[[Run], Any]) -> TaskEvent:
     if status == "completed":
         data = TaskEventData(after.id, status, stamp, output=output(after))
     elif status == "failed":
@@ -92,7 +131,7 @@ def task_events(before: Run | None, after: Run, output: Callable[[Run], Any] = l
     else:
         data = TaskEventData(after.id, status, stamp)
     kind: TaskEventKind = status if status in TERMINAL_TASK else "status"  # type: ignore[assignment]
-    return [TaskEvent(kind, data, after.updated)]
+    return TaskEvent(kind, data, after.updated)
 
 
 def output_edges(run: Run, flow: Flow) -> list[str]:

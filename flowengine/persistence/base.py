@@ -12,7 +12,7 @@ on one run never interleave (on SQLite there is one writer anyway). Failures of 
 from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -151,10 +151,12 @@ class TaskChange(msgspec.Struct, frozen=True, gc=False):
 
 
 class TaskRow(msgspec.Struct, frozen=True, gc=False):
-    """A task with its run, as a listing reads them."""
+    """A task with its run, and the agent its latest attempt that a worker took went to (None: the
+    engine's own executor, or no worker took one yet), as a listing reads them."""
 
     task: TaskRecord
     run: Run
+    agent: AgentRecord | None = None
 
 
 class IdempotencyKey(msgspec.Struct, frozen=True):
@@ -178,7 +180,7 @@ class AgentRecord(msgspec.Struct, frozen=True):
     region: str
     capacity: int
     community: bool
-    system: dict[str, str | int | float | bool | None]  # GPU model, VRAM, OS, versions: as the agent says
+    system: dict[str, Any]  # GPU model, VRAM, OS, versions: as the agent says (runtime/agents.System)
     session: str
     last_heartbeat: float
     connected_at: float
@@ -190,6 +192,14 @@ ATTEMPT_COLUMNS = ", ".join(ATTEMPT_FIELDS)
 AGENT_FIELDS = [f.name for f in msgspec.structs.fields(AgentRecord)]
 AGENT_COLUMNS = ", ".join(AGENT_FIELDS)
 _LABELS = ATTEMPT_FIELDS.index("labels")
+AGENT_COLUMNS_OF_G = ", ".join(f"g.{name}" for name in AGENT_FIELDS)
+# A task (t), its run (r) and its agent (g): the one its latest attempt that a worker took went to. One
+# query reads a page of them; each row is the task's columns, the run's document, the agent's columns.
+TASK_ROW_SELECT = (
+    f"SELECT {', '.join(f't.{f.name}' for f in msgspec.structs.fields(TaskRecord))}, r.doc, {AGENT_COLUMNS_OF_G}"
+    " FROM tasks t JOIN runs r ON r.id = t.id LEFT JOIN agents g ON g.id = (SELECT a.worker FROM attempts a"
+    " WHERE a.run_id = t.id AND a.worker != '' ORDER BY a.id DESC LIMIT 1)"
+)
 _encode = msgspec.json.Encoder().encode
 
 
@@ -215,6 +225,18 @@ def agent_from(row: tuple) -> AgentRecord:
         values[name] = msgspec.json.decode(values[name])
     values["community"] = bool(values["community"])
     return AgentRecord(**values)
+
+
+def task_agent_from(row: tuple) -> AgentRecord | None:
+    """The agent's columns of a TASK_ROW_SELECT row: None when the task has no agent."""
+    return agent_from(row) if row[0] is not None else None
+
+
+class AgentRow(msgspec.Struct, frozen=True):
+    """An agent, and the runs of the attempts it runs now (by lease id), as a listing reads them."""
+
+    agent: AgentRecord
+    running: list[str]
 
 
 class WebhookRecord(msgspec.Struct, frozen=True):
@@ -488,10 +510,14 @@ class Queries(Protocol):
 
     async def task(self, task: str) -> TaskRecord | None: ...
 
+    async def task_row(self, task: str) -> TaskRow | None:
+        """The task with its run and its agent, as `list_tasks` reads each."""
+        ...
+
     async def list_tasks(self, team: str | None, status: str | None, limit: int, offset: int,
                          workflow: str | None = None) -> list[TaskRow]:  # fmt: skip
         """A team's tasks (None: every team's; with a status and of a workflow, if given), newest first
-        (by ID), each with its run."""
+        (by ID), each with its run and its agent: one query a page."""
         ...
 
     async def count_tasks(self, team: str | None, status: str | None) -> int:
@@ -534,6 +560,10 @@ class Queries(Protocol):
 
     async def open_attempts(self, run_id: str, step: str) -> list[Attempt]:
         """The step's attempts not done yet."""
+        ...
+
+    async def offered_steps(self, run_id: str) -> list[str]:
+        """The run's steps whose attempt is offered to a worker that has not acknowledged it yet."""
         ...
 
     async def queued_attempts(
@@ -580,6 +610,12 @@ class Queries(Protocol):
     async def agents(self, team: str | None) -> list[AgentRecord]:
         """A team's agents (None: every team's), by name."""
         ...
+
+    async def agent_rows(self, team: str, limit: int, offset: int) -> list[AgentRow]:
+        """A page of a team's agents, by name, each with the runs of the attempts it runs now: one query."""
+        ...
+
+    async def count_agents(self, team: str) -> int: ...
 
     async def touch_agent(self, id: str, at: float, completed: int = 0) -> None:
         """A heartbeat at `at`; `completed` more tasks done."""

@@ -40,9 +40,12 @@ from flowengine.identity.records import Credential, Pairing, Role, Team, User
 from flowengine.persistence import redacted
 from flowengine.persistence.base import (
     AGENT_COLUMNS,
+    AGENT_COLUMNS_OF_G,
     ATTEMPT_COLUMNS,
     ATTEMPT_FIELDS,
+    TASK_ROW_SELECT,
     AgentRecord,
+    AgentRow,
     DeliveryAttempt,
     DeliveryRecord,
     FileRecord,
@@ -63,6 +66,7 @@ from flowengine.persistence.base import (
     attempt_from,
     attempt_row,
     prefix_end,
+    task_agent_from,
 )
 from flowengine.persistence.migrations import Migration, failed, latest, pending
 
@@ -155,7 +159,6 @@ _PAIRING = 'device_hash, user_code, created, expires, "interval", last_poll, tea
 _FILE = "store, key, team, name, size, content_type, created, expires"
 _WORKFLOW = "id, team, slug, version, status, created, updated, source"
 _TASK = ", ".join(f.name for f in msgspec.structs.fields(TaskRecord))  # the columns are its fields, in order
-_TASK_OF_T = ", ".join(f"t.{f.name}" for f in msgspec.structs.fields(TaskRecord))
 _UPLOAD = "id, team, store, key, native_id, file_size, part_size, part_count, created, expires"
 _MODEL = (
     "id, team, display_name, model_type, store, storage_key, file_size, file_hash, model_path, status, created, updated"
@@ -762,17 +765,23 @@ class _Queries:
         row = await self._row(f"SELECT {_TASK} FROM tasks WHERE id = %s", (task,))
         return _task_record(row) if row else None
 
+    async def task_row(self, task: str) -> TaskRow | None:
+        row = await self._row(
+            f"{TASK_ROW_SELECT} WHERE t.id = %s",
+            (task,),
+        )
+        return _task_row(row) if row else None
+
     async def list_tasks(self, team: str | None, status: str | None, limit: int, offset: int,
                          workflow: str | None = None) -> list[TaskRow]:  # fmt: skip
         given = [(column, value) for column, value in (("t.team", team), ("t.status", status or None),
                                                        ("t.workflow", workflow)) if value is not None]  # fmt: skip
         where = " AND ".join([f"{column} = %s" for column, _ in given] or ["TRUE"])
         rows = await self._rows(
-            f"SELECT {_TASK_OF_T}, r.doc FROM tasks t JOIN runs r ON r.id = t.id WHERE {where}"
-            " ORDER BY t.id DESC LIMIT %s OFFSET %s",
+            f"{TASK_ROW_SELECT} WHERE {where} ORDER BY t.id DESC LIMIT %s OFFSET %s",
             [*(value for _, value in given), limit, offset],
         )
-        return [TaskRow(_task_record(r[:-1]), _decode_run(r[-1])) for r in rows]
+        return [_task_row(r) for r in rows]
 
     async def count_tasks(self, team: str | None, status: str | None) -> int:
         where, params = _filters(team, status, None)
@@ -852,6 +861,12 @@ class _Queries:
             (run_id, step),
         )
         return [attempt_from(r) for r in rows]
+
+    async def offered_steps(self, run_id: str) -> list[str]:
+        rows = await self._rows(
+            "SELECT DISTINCT step FROM attempts WHERE run_id = %s AND state = 'offered' ORDER BY step", (run_id,)
+        )
+        return [r[0] for r in rows]
 
     async def queued_attempts(
         self,
@@ -935,6 +950,18 @@ class _Queries:
         else:
             rows = await self._rows(f"SELECT {AGENT_COLUMNS} FROM agents WHERE team = %s ORDER BY name, id", (team,))
         return [agent_from(r) for r in rows]
+
+    async def agent_rows(self, team: str, limit: int, offset: int) -> list[AgentRow]:
+        rows = await self._rows(
+            f"SELECT {AGENT_COLUMNS_OF_G}, (SELECT coalesce(array_agg(a.run_id ORDER BY a.id), '{{}}') FROM attempts a"
+            " WHERE a.worker = g.id AND a.state = 'running') FROM agents g WHERE g.team = %s"
+            " ORDER BY g.name, g.id LIMIT %s OFFSET %s",
+            (team, limit, offset),
+        )
+        return [AgentRow(agent_from(r[:-1]), list(r[-1])) for r in rows]
+
+    async def count_agents(self, team: str) -> int:
+        return await self._value("SELECT count(*) FROM agents WHERE team = %s", (team,))
 
     async def touch_agent(self, id: str, at: float, completed: int = 0) -> None:
         await self._execute(
@@ -1177,3 +1204,12 @@ def _line(exc: psycopg.Error) -> str:
 
 def _delivery(row: Any) -> DeliveryRecord:
     return DeliveryRecord(*row[:4], bytes(row[4]), *row[5:])  # bytea may come as a memoryview
+
+
+_TASK_WIDTH = len(msgspec.structs.fields(TaskRecord))
+
+
+def _task_row(row: Any) -> TaskRow:
+    """A row of TASK_ROW_SELECT."""
+    return TaskRow(_task_record(row[:_TASK_WIDTH]), _decode_run(row[_TASK_WIDTH]),
+                   task_agent_from(tuple(row[_TASK_WIDTH + 1 :])))  # fmt: skip

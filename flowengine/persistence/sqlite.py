@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -27,9 +28,12 @@ from flowengine.errors import Error, conflict, insufficient_storage
 from flowengine.identity.records import Credential, Pairing, Role, Team, User
 from flowengine.persistence.base import (
     AGENT_COLUMNS,
+    AGENT_COLUMNS_OF_G,
     ATTEMPT_COLUMNS,
     ATTEMPT_FIELDS,
+    TASK_ROW_SELECT,
     AgentRecord,
+    AgentRow,
     DeliveryAttempt,
     DeliveryRecord,
     FileRecord,
@@ -50,6 +54,7 @@ from flowengine.persistence.base import (
     attempt_from,
     attempt_row,
     prefix_end,
+    task_agent_from,
 )
 from flowengine.persistence.migrations import Migration, failed, pending
 
@@ -61,7 +66,6 @@ _PAIRING = "device_hash, user_code, created, expires, interval, last_poll, team,
 _FILE = "store, key, team, name, size, content_type, created, expires"
 _WORKFLOW = "id, team, slug, version, status, created, updated, source"
 _TASK = ", ".join(f.name for f in msgspec.structs.fields(TaskRecord))  # the columns are its fields, in order
-_TASK_OF_T = ", ".join(f"t.{f.name}" for f in msgspec.structs.fields(TaskRecord))
 _UPLOAD = "id, team, store, key, native_id, file_size, part_size, part_count, created, expires"
 _MODEL = (
     "id, team, display_name, model_type, store, storage_key, file_size, file_hash, model_path, status, created, updated"
@@ -659,17 +663,23 @@ class SqliteDatabase:
         row = self.conn.execute(f"SELECT {_TASK} FROM tasks WHERE id = ?", (task,)).fetchone()
         return TaskRecord(*row) if row else None
 
+    async def task_row(self, task: str) -> TaskRow | None:
+        row = self.conn.execute(
+            f"{TASK_ROW_SELECT} WHERE t.id = ?",
+            (task,),
+        ).fetchone()
+        return _task_row(row) if row else None
+
     async def list_tasks(self, team: str | None, status: str | None, limit: int, offset: int,
                          workflow: str | None = None) -> list[TaskRow]:  # fmt: skip
         given = [(column, value) for column, value in (("t.team", team), ("t.status", status or None),
                                                        ("t.workflow", workflow)) if value is not None]  # fmt: skip
         where = " AND ".join([f"{column} = ?" for column, _ in given] or ["TRUE"])
         rows = self.conn.execute(
-            f"SELECT {_TASK_OF_T}, r.doc FROM tasks t JOIN runs r ON r.id = t.id WHERE {where}"
-            " ORDER BY t.id DESC LIMIT ? OFFSET ?",
+            f"{TASK_ROW_SELECT} WHERE {where} ORDER BY t.id DESC LIMIT ? OFFSET ?",
             [*(value for _, value in given), limit, offset],
         )
-        return [TaskRow(TaskRecord(*r[:-1]), _decode_run(r[-1])) for r in rows]
+        return [_task_row(r) for r in rows]
 
     async def count_tasks(self, team: str | None, status: str | None) -> int:
         where, params = _filters(team, status, None)
@@ -740,6 +750,12 @@ class SqliteDatabase:
             f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = ? AND step = ? AND state != 'done'", (run_id, step)
         )
         return [attempt_from(r) for r in rows]
+
+    async def offered_steps(self, run_id: str) -> list[str]:
+        rows = self.conn.execute(
+            "SELECT DISTINCT step FROM attempts WHERE run_id = ? AND state = 'offered' ORDER BY step", (run_id,)
+        )
+        return [r[0] for r in rows]
 
     async def queued_attempts(
         self,
@@ -821,6 +837,18 @@ class SqliteDatabase:
         else:
             rows = self.conn.execute(f"SELECT {AGENT_COLUMNS} FROM agents WHERE team = ? ORDER BY name, id", (team,))
         return [agent_from(r) for r in rows]
+
+    async def agent_rows(self, team: str, limit: int, offset: int) -> list[AgentRow]:
+        rows = self.conn.execute(
+            f"SELECT {AGENT_COLUMNS_OF_G}, (SELECT json_group_array(run_id) FROM (SELECT a.run_id FROM attempts a"
+            " WHERE a.worker = g.id AND a.state = 'running' ORDER BY a.id)) FROM agents g WHERE g.team = ?"
+            " ORDER BY g.name, g.id LIMIT ? OFFSET ?",
+            (team, limit, offset),
+        )
+        return [AgentRow(agent_from(r[:-1]), msgspec.json.decode(r[-1])) for r in rows]
+
+    async def count_agents(self, team: str) -> int:
+        return self.conn.execute("SELECT count(*) FROM agents WHERE team = ?", (team,)).fetchone()[0]
 
     async def touch_agent(self, id: str, at: float, completed: int = 0) -> None:
         self.conn.execute(
@@ -989,3 +1017,12 @@ def _domain_error(exc: sqlite3.OperationalError) -> Error:
         return insufficient_storage("the database change")
     # Locked past the busy timeout (another process holds it), an I/O error, a read-only file...
     return Error("unavailable", "database_unavailable", f"the database refused the change: {exc}")
+
+
+_TASK_WIDTH = len(msgspec.structs.fields(TaskRecord))
+
+
+def _task_row(row: Any) -> TaskRow:
+    """A row of TASK_ROW_SELECT."""
+    return TaskRow(TaskRecord(*row[:_TASK_WIDTH]), _decode_run(row[_TASK_WIDTH]),
+                   task_agent_from(tuple(row[_TASK_WIDTH + 1 :])))  # fmt: skip

@@ -41,6 +41,17 @@ class AgentState(msgspec.Struct, frozen=True):
     record: AgentRecord
     status: AgentStatus
     leases: list[Attempt]  # its running attempts
+Fact = str | int | float | bool | None
+# What an agent says of its machine: facts by name, and `gpu_devices` (the reference's system_stats:
+# `[{device_name, device_type, vram_total, vram_free}]`, as ComfyUI's /system_stats lists them).
+System = dict[str, Fact | list[dict[str, Fact]]]
+
+
+def gpu_type(system: System) -> str | None:
+    """The agent's GPU model: its first GPU device's `device_name`, else its `gpu` fact; None if neither."""
+    devices = system.get("gpu_devices")
+    name = devices[0].get("device_name") if isinstance(devices, list) and devices else system.get("gpu")
+    return name if isinstance(name, str) and name else None
 
 
 class Registration(msgspec.Struct, kw_only=True):
@@ -50,7 +61,7 @@ class Registration(msgspec.Struct, kw_only=True):
     region: str = ""
     capacity: int = 1
     community: bool = False
-    system: dict[str, str | int | float | bool | None] = {}
+    system: System = {}
 
 
 class InputURL(msgspec.Struct):

@@ -484,7 +484,9 @@ class Engine:
         await tx.save_run(run, wake)
         hooks = 0
         if run.task:
-            task_change = tasks.task_change(row.run, run, flow)
+            task = await tx.task(run.id)
+            offered = await tx.offered_steps(run.id)
+            task_change = tasks.task_change(row.run, run, flow, offered, task.status if task is not None else None)
             if task_change.events:
                 await tx.save_task(run.id, task_change)
             if run.status in machine.TERMINAL and row.run.status not in machine.TERMINAL:

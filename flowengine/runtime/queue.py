@@ -20,6 +20,7 @@ from flowengine.core.queue import Attempt, Worker
 from flowengine.core.spec import Flow
 from flowengine.errors import Error, conflict, not_found
 from flowengine.persistence.base import Queries
+from flowengine.runtime import tasks
 
 if TYPE_CHECKING:
     from flowengine.runtime.engine import Change, Engine
@@ -71,6 +72,10 @@ class StepQueue:
             offered = [queue.offer(a, worker, new_token(), now, self.config.offer_timeout) for a in found]
             for attempt in offered:
                 await tx.save_attempt(attempt)
+        if not worker.local:  # the local executor acknowledges at once: its tasks go from waiting to running
+            for run_id in dict.fromkeys(a.run_id for a in offered):
+                async with self.engine.db.transaction() as tx:
+                    await tasks.refresh(tx, self.engine, run_id)  # the task is `queued` until the ack
         return offered
 
     async def pending_offers(self, worker: Worker) -> list[Attempt]:
@@ -152,6 +157,7 @@ class StepQueue:
                 change = await self.engine.advance(tx, attempt.run_id, StepReleased(attempt.step, attempt.attempt))
             else:
                 change = None
+                await tasks.refresh(tx, self.engine, attempt.run_id)
         if change is not None:
             self.engine.committed(change)
         self.woke()
@@ -220,6 +226,7 @@ class StepQueue:
         """A run change to carry out, True when the attempt went back to the queue, None when nothing was due."""
         if attempt.state == "offered" and (attempt.offer_expires or 0) <= now:
             await tx.save_attempt(queue.requeue(attempt, attempt.deadline))
+            await tasks.refresh(tx, self.engine, attempt.run_id)
             return True
         if attempt.state == "running" and (attempt.lease_expires or 0) <= now:
             await tx.save_attempt(queue.end(attempt, "expired"))
@@ -249,6 +256,7 @@ class StepQueue:
                 change = None
                 if attempt is not None and attempt.state == "offered":
                     await tx.save_attempt(queue.requeue(attempt, attempt.deadline))
+                    await tasks.refresh(tx, self.engine, attempt.run_id)
                 elif attempt is not None and attempt.state == "running":
                     await tx.save_attempt(queue.end(attempt, "lost"))
                     error = "the lease was lost: its agent registered again (a new session)"

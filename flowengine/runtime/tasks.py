@@ -16,6 +16,7 @@ take the parameters. An `Idempotency-Key` makes a retry within 24 hours return t
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -28,7 +29,7 @@ from flowengine.core.workflow_fields import Value
 from flowengine.core.workflows import FileInput, RunRequest, StoredFile, WorkflowIn, check_file, resolve_run
 from flowengine.errors import Error, bad_request
 from flowengine.identity.directory import Principal
-from flowengine.persistence.base import IdempotencyKey, TaskChange, TaskEventRow, TaskRecord
+from flowengine.persistence.base import IdempotencyKey, Queries, TaskChange, TaskEventRow, TaskRecord
 from flowengine.runtime.files import files_store
 
 if TYPE_CHECKING:
@@ -134,12 +135,33 @@ def first_rows(task: NewTask, run: Run, flow: Flow) -> tuple[TaskRecord, list[Ta
     return record, events
 
 
-def task_change(before: Run | None, after: Run, flow: Flow) -> TaskChange:
-    """What a change of a task's run does to the task (its events empty: nothing to save)."""
-    status = task_status(after)
+def task_change(before: Run | None, after: Run, flow: Flow, offered: Collection[str] = (),
+                was: str | None = None) -> TaskChange:  # fmt: skip
+    """What a change of a task's run does to the task (its events empty: nothing to save). `offered`:
+    the run's steps whose attempt is offered to a worker; `was`: the task's status before."""
+    status = task_status(after, offered)
     started = after.updated if status == "running" else None
-    return TaskChange(status, _rows(before, after, flow), started, after.updated if status in TERMINAL_TASK else None)
+    rows = _rows(before, after, flow, offered, was)
+    return TaskChange(status, rows, started, after.updated if status in TERMINAL_TASK else None)
 
 
-def _rows(before: Run | None, after: Run, flow: Flow) -> list[tuple[str, bytes, float]]:
-    return [(e.kind, _encode(e.data), e.at) for e in task_events(before, after, lambda run: task_output(run, flow))]
+def _rows(before: Run | None, after: Run, flow: Flow, offered: Collection[str] = (),
+          was: str | None = None) -> list[tuple[str, bytes, float]]:  # fmt: skip
+    events = task_events(before, after, lambda run: task_output(run, flow), offered=offered, was=was)
+    return [(e.kind, _encode(e.data), e.at) for e in events]
+
+
+async def refresh(tx: Queries, engine: Engine, run_id: str) -> None:
+    """After an offer to a worker was made or taken back (the run itself unchanged): the task's
+    status follows (`queued` while offered, `waiting` again when the offer went back to the queue).
+    The run's row is locked here (if the caller has not yet), as for every change of the task."""
+    row = await tx.load_run(run_id)
+    if row is None or not row.run.task:
+        return
+    task = await tx.task(run_id)
+    if task is None:
+        return
+    flow = await engine.flow_of(row.definition, tx)
+    change = task_change(None, row.run, flow, await tx.offered_steps(run_id), task.status)
+    if change.events:
+        await tx.save_task(run_id, change)

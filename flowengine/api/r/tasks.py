@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, cast
 
 import msgspec
 from starlette.requests import Request
@@ -36,7 +36,8 @@ from flowengine.core.tasks import (
 )
 from flowengine.core.workflows import RunRequest, TaskSubmitted
 from flowengine.errors import bad_request, not_found
-from flowengine.persistence.base import TaskRecord
+from flowengine.persistence.base import TaskRecord, TaskRow
+from flowengine.runtime.agents import gpu_type
 from flowengine.runtime.engine import Engine
 from flowengine.runtime.notifier import run_topic
 from flowengine.runtime.tasks import MAX_IDEMPOTENCY_KEY, submit
@@ -102,24 +103,43 @@ def _error_of(run: Run) -> str:
     return (run.error or "") if task_status(run) == "failed" else ""
 
 
-def task_detail(task: TaskRecord, run: Run) -> TaskDetail:
+def task_detail(row: TaskRow) -> TaskDetail:
+    task, run, agent = row.task, row.run, row.agent
     return TaskDetail(
-        id=task.id, workflow_id=task.workflow, workflow_version=task.version, task_status=task_status(run),
+        id=task.id, workflow_id=task.workflow, workflow_version=task.version, task_status=_status(task),
         created_at=datetime.fromtimestamp(task.created, UTC), started_at=_time(task.started),
-        completed_at=_time(task.completed), task_error=_error_of(run), retry_count=retry_count(run), agent_id=None,
-        agent_labels=[], gateway_id=None, gpu_type=None, dispatch_target=task.dispatch_target,
+        completed_at=_time(task.completed), task_error=_error_of(run), retry_count=retry_count(run),
+        agent_id=agent.name if agent else None, agent_labels=agent.labels if agent else [], gateway_id=None,
+        gpu_type=gpu_type(agent.system) if agent else None, dispatch_target=task.dispatch_target,
         target_pool=task.target_pool, submitter_region=task.submitter_region, tool_type=task.tool_type,
         created_via=task.created_via,
     )  # fmt: skip
+
+
+def _status(task: TaskRecord) -> TaskStatus:
+    """The task's status as its row keeps it: it follows the run and the queue's offers, in their transactions."""
+    return cast(TaskStatus, task.status)
+
+
+def _visible(task: TaskRecord | None, team: str | None) -> bool:
+    return task is not None and team in (None, task.team)
 
 
 async def team_task(engine: Engine, task_id: str, team: str | None) -> TaskRecord:
     """The team's task (None: any team's, the dashboard's operator); another team's is not found, as
     one that does not exist."""
     task = await engine.db.task(task_id)
-    if task is None or team not in (None, task.team):
+    if task is None or not _visible(task, team):
         raise not_found("task", task_id, "path.taskId")
     return task
+
+
+async def team_task_row(engine: Engine, task_id: str, team: str | None) -> TaskRow:
+    """The team's task with its run and its agent (team_task's rules)."""
+    row = await engine.db.task_row(task_id)
+    if row is None or not _visible(row.task, team):
+        raise not_found("task", task_id, "path.taskId")
+    return row
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -160,15 +180,13 @@ async def list_tasks(request: Request) -> Response:
         raise bad_request("invalid_query", f"status must be one of {', '.join(TASK_STATUSES)}", "query.status")
     rows = await engine.db.list_tasks(principal.team, status, page.per_page, page.offset)
     total = await engine.db.count_tasks(principal.team, status)
-    return json_response(TaskList([task_detail(r.task, r.run) for r in rows], page.meta(total)))
+    return json_response(TaskList([task_detail(r) for r in rows], page.meta(total)))
 
 
 async def get_task(request: Request) -> Response:
     principal = await authenticate(request.scope, RUNTIME_CALLERS)
     engine = engine_of(request)
-    task = await team_task(engine, request.path_params["taskId"], principal.team)
-    run, _ = await engine.get_run(task.id)
-    return json_response(task_detail(task, run))
+    return json_response(task_detail(await team_task_row(engine, request.path_params["taskId"], principal.team)))
 
 
 async def get_task_result(request: Request) -> Response:
@@ -180,7 +198,7 @@ async def get_task_result(request: Request) -> Response:
 
 
 def task_result(engine: Engine, task: TaskRecord, run: Run, flow: Flow, base_url: str) -> TaskResult:
-    status = task_status(run)
+    status = _status(task)
     if status != "completed":
         return TaskResult(task.id, status, None, None, None, None, _error_of(run), _time(task.completed))
     now = engine.clock()
@@ -276,6 +294,10 @@ LIST = Operation(
 )  # fmt: skip
 GET = Operation(
     summary="A task: its status (pending, waiting, queued, running, completed, failed, cancelled) and details",
+    description="`waiting`: its step is in the queue and no eligible worker took it yet (or an input is awaited); "
+    "`queued`: offered to an agent that has not acknowledged it; `running`: from the acknowledgement. `agent_id`, "
+    "`agent_labels` and `gpu_type` are those of the agent that runs or ran its step (null and [] for a step the "
+    "engine ran itself).",
     tag=TAG, params=(TASK_ID,), security=RUNTIME_SECURITY, errors=ReferenceErrorBody,
     answers={200: Answer("the task", TaskDetail), 404: NOT_FOUND},
 )  # fmt: skip
@@ -294,7 +316,9 @@ EVENTS = Operation(
     summary="A task's server-sent events, until it ends",
     description="`text/event-stream`: `status` (each change, pending to running), `progress`, then one of "
     "`completed`, `failed`, `cancelled`, after which the stream closes. Each event has an `id:` and one line of "
-    "JSON `data:` with `task_id`, `status` and `timestamp` (`output` on completed, `error` on failed). The "
+    "JSON `data:` with `task_id`, `status` and `timestamp` (`output` on completed, `error` on failed; a "
+    "`progress` event, one per new report of the agent running a step, adds `progress` (the fraction done, 0 to 1, "
+    "or null), `current_node` (what runs now: a ComfyUI node's id), `message` and `step`). The "
     "current status comes at once; a `: keepalive` comment after 15 s of silence. Reconnect with "
     "`Last-Event-ID` (or `?last_event_id=`) to resume after the last event seen, nothing lost or repeated.",
     tag=TAG, security=RUNTIME_SECURITY, errors=ReferenceErrorBody,

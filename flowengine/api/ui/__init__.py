@@ -35,7 +35,7 @@ from flowengine.api import flow as flow_api
 from flowengine.api.errors import STATUS, error_response
 from flowengine.api.http import base_url, query_int, whole_number
 from flowengine.api.r.common import public_base
-from flowengine.api.r.tasks import task_detail, task_result, team_task
+from flowengine.api.r.tasks import task_detail, task_result, team_task, team_task_row
 from flowengine.api.sse import Event, EventStream
 from flowengine.api.ui import sessions, views
 from flowengine.api.ui.sessions import CSRF_FIELD, CSRF_HEADER, SignInRequired, Viewer
@@ -488,7 +488,7 @@ async def task_list(engine: Engine, viewer: Viewer, query: TaskQuery) -> dict[st
     # The counters know a team's tasks by status only: a total by workflow would scan the tasks.
     total = None if query.workflow else await engine.db.count_tasks(team, query.status)
     workflows, _ = await engine.workflows.page(viewer.team, MAX_LISTED, 0)
-    return {"tasks": [(row.task, task_detail(row.task, row.run)) for row in rows[:PAGE_SIZE]],
+    return {"tasks": [(row.task, task_detail(row)) for row in rows[:PAGE_SIZE]],
             "more": len(rows) > PAGE_SIZE, "total": total, "query": query,
             "workflows": {stored.record.id: stored.record.slug for stored in workflows},
             "teams": await _team_names(engine, viewer),
@@ -516,9 +516,9 @@ async def task_rows(request: Request, viewer: Viewer) -> Response:
 
 async def _task_context(request: Request, viewer: Viewer) -> dict[str, Any]:
     engine = engine_of(request)
-    task = await team_task(engine, request.path_params["task_id"], viewer.team)
-    run, flow = await engine.get_run(task.id)
-    detail = task_detail(task, run)
+    row = await team_task_row(engine, request.path_params["task_id"], viewer.team)
+    task, run, flow = row.task, row.run, (await engine.get_run(row.task.id))[1]
+    detail = task_detail(row)
     return {"task": task, "detail": detail, "body": msgspec.json.decode(task.body, type=TaskBody),
             "workflow": await engine.db.workflow(id=task.workflow),
             "result": task_result(engine, task, run, flow, public_base(request)),
