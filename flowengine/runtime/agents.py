@@ -41,6 +41,8 @@ class AgentState(msgspec.Struct, frozen=True):
     record: AgentRecord
     status: AgentStatus
     leases: list[Attempt]  # its running attempts
+
+
 Fact = str | int | float | bool | None
 # What an agent says of its machine: facts by name, and `gpu_devices` (the reference's system_stats:
 # `[{device_name, device_type, vram_total, vram_free}]`, as ComfyUI's /system_stats lists them).
