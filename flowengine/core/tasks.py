@@ -42,7 +42,7 @@ from flowengine.core.times import rfc3339
 TaskStatus = Literal["pending", "waiting", "queued", "running", "completed", "failed", "cancelled"]
 TASK_STATUSES: tuple[TaskStatus, ...] = ("pending", "waiting", "queued", "running", "completed", "failed", "cancelled")
 TERMINAL_TASK: frozenset[TaskStatus] = frozenset({"completed", "failed", "cancelled"})
-# The reference's stream also has `progress` (a step reports it, no run change makes it) and `error`.
+# The reference's stream also has `error`.
 TaskEventKind = Literal["status", "progress", "completed", "failed", "cancelled"]
 
 _ENDED: dict[str, TaskStatus] = {machine.COMPLETE: "completed", machine.ERROR: "failed", machine.STOPPED: "cancelled"}
@@ -69,6 +69,12 @@ class TaskEventData(msgspec.Struct, frozen=True):
     timestamp: str
     output: Any = msgspec.UNSET
     error: str | msgspec.UnsetType = msgspec.UNSET
+    # `progress` only: what the worker last said (the reference's fields, and its message)
+    progress: float | msgspec.UnsetType | None = msgspec.UNSET
+    current_node: str | msgspec.UnsetType | None = msgspec.UNSET
+    step_current: int | msgspec.UnsetType | None = msgspec.UNSET
+    step_total: int | msgspec.UnsetType | None = msgspec.UNSET
+    message: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class TaskEvent(msgspec.Struct, frozen=True):
@@ -79,20 +85,30 @@ class TaskEvent(msgspec.Struct, frozen=True):
 
 def task_events(before: Run | None, after: Run, output: Callable[[Run], Any] = lambda run: None) -> list[TaskEvent]:
     """The events the change from `before` (None: the run was just created) to `after` adds to the
-    task's stream: none when the task's status did not change. `output(after)` is asked only for a
-    `completed` event: the task's output summary (the caller's to make, from the run's artifacts)."""
+    task's stream: its status when it changed, then a `progress` for each step whose worker said how far
+    it is. `output(after)` is asked only for a `completed` event: the task's output summary (the caller's
+    to make, from the run's artifacts)."""
     status = task_status(after)
-    if before is not None and task_status(before) == status:
-        return []
     stamp = rfc3339(after.updated, precise=False)
-    if status == "completed":
-        data = TaskEventData(after.id, status, stamp, output=output(after))
-    elif status == "failed":
-        data = TaskEventData(after.id, status, stamp, error=after.error or "")
-    else:
-        data = TaskEventData(after.id, status, stamp)
-    kind: TaskEventKind = status if status in TERMINAL_TASK else "status"  # type: ignore[assignment]
-    return [TaskEvent(kind, data, after.updated)]
+    events = []
+    if before is None or task_status(before) != status:
+        if status == "completed":
+            data = TaskEventData(after.id, status, stamp, output=output(after))
+        elif status == "failed":
+            data = TaskEventData(after.id, status, stamp, error=after.error or "")
+        else:
+            data = TaskEventData(after.id, status, stamp)
+        kind: TaskEventKind = status if status in TERMINAL_TASK else "status"  # type: ignore[assignment]
+        events.append(TaskEvent(kind, data, after.updated))
+    for step_id, step in after.steps.items():
+        said = step.progress
+        if said is None or (before is not None and step_id in before.steps and before.steps[step_id].progress == said):
+            continue
+        data = TaskEventData(after.id, status, stamp, progress=said.fraction, current_node=said.current or None,
+                             step_current=said.step_current, step_total=said.step_total,
+                             message=said.message or msgspec.UNSET)  # fmt: skip
+        events.append(TaskEvent("progress", data, after.updated))
+    return events
 
 
 def output_edges(run: Run, flow: Flow) -> list[str]:
