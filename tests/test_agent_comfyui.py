@@ -3,7 +3,7 @@ stand-in ComfyUI (tests/comfy_standin.py) on loopback ports. A task of a comfyui
 `/r/workflows/.../run` with an uploaded image, completes with `download_urls` keyed `<node>.images.<i>`
 holding ComfyUI's output; its progress streams as SSE `progress` events; a ComfyUI error fails the task
 with ComfyUI's message, without a retry; cancelling the task interrupts the prompt in ComfyUI.
-With FLOWENGINE_TEST_COMFYUI_URL set to a real ComfyUI's address, the first test also runs against it."""
+With FLOWENGINE_TEST_COMFYUI_URL set to a real ComfyUI's address, a run and a cancel also go to it."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import httpx
 import pytest
 from comfy_standin import StandIn
 from live import Server, make_key, stop
+from PIL import Image
 from test_comfyui import GRAPH, assert_inverted, picture
 from test_r_tasks import read_events
 
@@ -167,6 +168,22 @@ def test_a_comfyui_task_runs_on_a_real_comfyui(lab: Lab, agent, tmp_path: Path):
     task = lab.wait(failing, {"completed", "failed", "cancelled"}, timeout=60)
     assert "node 1 (LoadImage) failed: " in task["task_error"], task  # its PIL says "OSError: Truncated File Read"
     assert task["retry_count"] == 0
+
+
+@pytest.mark.skipif(not os.environ.get("FLOWENGINE_TEST_COMFYUI_URL"), reason="no real ComfyUI given")
+def test_cancelling_a_task_interrupts_its_prompt_in_a_real_comfyui(lab: Lab, agent, tmp_path: Path):
+    real = os.environ["FLOWENGINE_TEST_COMFYUI_URL"]
+    agent("real", real)
+    big = tmp_path / "noise.png"
+    Image.frombytes("RGB", (4000, 4000), os.urandom(4000 * 4000 * 3)).save(big, compress_level=1)
+    task_id = lab.start(big.read_bytes(), prefix=f"flowengine-test-{time.time_ns()}")
+    running = until(lambda: httpx.get(f"{real}/queue").json()["queue_running"], timeout=120)
+    prompt_id = running[0][1]
+    assert lab.client.post(f"/r/tasks/{task_id}/cancel").status_code == 200
+    entry = until(lambda: httpx.get(f"{real}/history/{prompt_id}").json().get(prompt_id), timeout=60)
+    assert entry["status"]["status_str"] == "error", entry["status"]
+    assert "execution_interrupted" in [message[0] for message in entry["status"]["messages"]]
+    assert lab.task(task_id)["task_status"] == "cancelled"
 
 
 def test_an_agent_whose_comfyui_does_not_answer_takes_no_comfyui_steps(lab: Lab, agent):
