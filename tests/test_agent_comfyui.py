@@ -25,6 +25,9 @@ from PIL import Image
 from test_comfyui import GRAPH, assert_inverted, picture
 from test_r_tasks import read_events
 
+from flowengine.agent.comfyui import Output
+from flowengine.agent.worker import StepFailed, _comfy_outputs
+
 SETTINGS = {"auth": "keys", "lease": 2, "heartbeat_interval": 0.5, "offer_timeout": 2, "schedule_to_start": 60}
 WORKFLOW: dict[str, Any] = {
     "workflow_slug": "invert",
@@ -221,3 +224,16 @@ def test_cancelling_the_task_interrupts_its_prompt_in_comfyui(lab: Lab, agent, t
     assert lab.comfy.history[prompt_id]["status"]["status_str"] == "error"  # interrupted, not finished
     assert lab.task(task_id)["task_status"] == "cancelled"
     until(lambda: lab.agents()["gpu-box"]["running_count"] == 0, timeout=10)
+
+
+def test_output_slots_take_the_file_they_name_else_the_files_no_slot_names(tmp_path: Path):
+    produced = [Output(name, tmp_path / name, "image/png", 1, f"{name}.png") for name in ("9.images.0", "9.images.1",
+                                                                                            "12.gifs.0")]  # fmt: skip
+    chosen = _comfy_outputs(["outputs", "12.gifs.0", "second"], produced)
+    assert chosen == {"outputs": tmp_path / "9.images.0", "12.gifs.0": tmp_path / "12.gifs.0",
+                      "second": tmp_path / "9.images.1"}  # fmt: skip
+    with pytest.raises(StepFailed, match=r"no file for output '9.images.3' \(it gave 9.images.0, 9.images.1, 12"):
+        _comfy_outputs(["9.images.3"], produced)
+    with pytest.raises(StepFailed, match="no file for output 'outputs'") as failed:
+        _comfy_outputs(["outputs"], [])
+    assert not failed.value.retryable
