@@ -285,7 +285,12 @@ def _agent_parser(agent: argparse.ArgumentParser) -> None:
     agent.add_argument("--region", default="", help="where this machine is: steps from this region prefer it")
     agent.add_argument("--concurrency", type=int, default=1, help="steps run at once (default 1)")
     agent.add_argument("--community", action="store_true", help="also take steps of other teams' community pool")
-    agent.add_argument("--comfyui-url", default="", metavar="URL", help="a ComfyUI server to run comfyui steps on")
+    agent.add_argument(
+        "--comfyui-url",
+        default="",
+        metavar="URL",
+        help="a ComfyUI server to run comfyui steps on (taken only if it answers at start)",
+    )
     agent.add_argument("--work-dir", type=Path, default=None, help="scratch dirs of steps (default: a temp dir)")
     agent.add_argument("--grace", type=float, default=30.0, help="seconds steps may finish after SIGTERM (30)")
     agent.set_defaults(run=_agent)
@@ -298,13 +303,14 @@ def _agent(args: argparse.Namespace) -> int:
         raise _usage("--key", "an agent key (ak-...) is required: flowengine keys create --team T --kind agent")
     if args.concurrency < 1:
         raise _usage("--concurrency", f"{args.concurrency} is not at least 1")
-    if args.comfyui_url:
-        raise _usage("--comfyui-url", "this agent does not run comfyui steps yet")
+    if args.comfyui_url and not args.comfyui_url.startswith(("http://", "https://")):
+        raise _usage("--comfyui-url", f"{args.comfyui_url!r} is not an http:// or https:// URL")
     labels = [label.strip() for label in args.labels.split(",") if label.strip()]
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="flowengine-agent-"))
     return worker.main(worker.Options(server=args.server, key=args.key, name=args.name, labels=labels,
                                       region=args.region, concurrency=args.concurrency, community=args.community,
-                                      work_dir=work_dir.resolve(), grace=args.grace))  # fmt: skip
+                                      work_dir=work_dir.resolve(), grace=args.grace,
+                                      comfyui_url=args.comfyui_url))  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

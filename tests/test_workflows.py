@@ -60,11 +60,11 @@ PROMPT, WIDTH, SAMPLER, IMAGE = range(4)
 COMFY_FLOW: dict[str, Any] = {
     "Name": "sd-portrait",
     "Description": "A portrait from a prompt and a photo.",
-    "DataWells": [{"Edge": "input_image", "Source": "upload", "Accept": ["image/*"]}, {"Edge": "outputs"}],
+    "DataWells": [{"Edge": "input_image", "Source": "upload", "Accept": ["image/*"]}, {"Edge": "9.images.0"}],
     "Steps": [{"ID": "comfyui", "Uses": "comfyui", "Inputs": [{"Slot": "input_image", "Edge": "input_image"}],
-               "Outputs": [{"Slot": "outputs", "Edge": "outputs"}]}],
+               "Outputs": [{"Slot": "9.images.0", "Edge": "9.images.0"}]}],
     "Tasks": [{"Name": "comfyui", "Tool": "comfyui", "Inputs": [{"Name": "input_image", "Accept": ["image/*"]}],
-               "Outputs": [{"Name": "outputs"}]}],
+               "Outputs": [{"Name": "9.images.0", "ContentType": "image/png"}]}],
 }  # fmt: skip
 
 # The operator's task library: `stamp` is used by RESIZE's flow without being defined in it.
@@ -571,10 +571,14 @@ def test_a_workflow_without_a_flow_takes_files_into_nodes() -> None:
     only(api_problems(body), "parameters[3].edge", "a workflow without a flow takes its files into the graph")
 
 
-def test_outputs_is_the_edge_of_a_synthesised_flows_outputs() -> None:
+def test_a_file_cannot_fill_an_edge_of_a_synthesised_flows_outputs() -> None:
     body = doc("comfy")
+    body["parameters"][IMAGE]["edge"] = "9.images.0"
+    among(api_problems(body), "parameters[3].edge", "'9.images.0' is an edge of the graph's outputs")
+    body = doc("comfy")
+    body["workflow_json"]["9"]["class_type"] = "PreviewImage"  # no node saves: one edge, `outputs`
     body["parameters"][IMAGE]["key"] = "outputs"
-    among(api_problems(body), "parameters[3].edge", "'outputs' is the edge of the graph's outputs")
+    among(api_problems(body), "parameters[3].edge", "'outputs' is an edge of the graph's outputs")
 
 
 def test_the_flow_inside_an_api_body_is_validated_with_its_paths() -> None:
@@ -712,7 +716,7 @@ def test_a_synthesised_flow_has_a_well_per_file_named_by_its_edge() -> None:
     flow = wf.check(workflow_in(body)).flow
     assert flow is not None and validate(flow) == []
     assert [(w.edge, w.source, w.accept) for w in flow.data_wells] == [
-        ("photo", "upload", ["image/*"]), ("mask", "upload", []), ("outputs", None, [])]  # fmt: skip
+        ("photo", "upload", ["image/*"]), ("mask", "upload", []), ("9.images.0", None, [])]  # fmt: skip
     assert [(b.slot, b.edge) for b in flow.steps[0].inputs] == [("photo", "photo"), ("mask", "mask")]
 
 
@@ -721,7 +725,21 @@ def test_a_comfyui_workflow_without_files_has_a_flow_with_only_its_output() -> N
     del body["parameters"][IMAGE]
     flow = wf.check(workflow_in(body)).flow
     assert flow is not None and validate(flow) == []
-    assert [w.edge for w in flow.data_wells] == ["outputs"] and flow.steps[0].inputs == []
+    assert [w.edge for w in flow.data_wells] == ["9.images.0"] and flow.steps[0].inputs == []
+
+
+def test_a_synthesised_flow_has_an_output_edge_per_node_that_saves_images() -> None:
+    body = doc("comfy")
+    body["workflow_json"] = {**GRAPH, "12": {"class_type": "SaveAnimatedWEBP", "inputs": {"images": ["3", 0]}},
+                             "13": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}}}  # fmt: skip
+    flow = wf.check(workflow_in(body)).flow
+    assert flow is not None and validate(flow) == []
+    assert [b.edge for b in flow.steps[0].outputs] == ["9.images.0", "12.images.0"]
+    assert [(s.name, s.content_type) for s in flow.tasks[0].outputs] == [
+        ("9.images.0", "image/png"), ("12.images.0", "image/webp")]  # fmt: skip
+    body["workflow_json"] = {**GRAPH, "9": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}}}
+    flow = wf.check(workflow_in(body)).flow
+    assert flow is not None and [b.edge for b in flow.steps[0].outputs] == ["outputs"]
 
 
 # --- the inputs of a run -------------------------------------------------------------------------------

@@ -39,6 +39,8 @@ from websockets.asyncio.client import connect
 
 log = logging.getLogger("flowengine.agent.comfyui")
 
+TOOL = "comfyui"  # the tool type of the steps this runs
+
 _HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 _WS_MAX_SIZE = 64 * 1024 * 1024  # previews come as binary frames: a bigger one costs the socket, not the prompt
 _WS_MAX_BACKOFF = 10.0

@@ -1,5 +1,6 @@
 """The reference agent (`flowengine agent`): registers with an engine, long-polls for leases, runs
-`exec` and `python` steps, and reports, over the protocol of `/api/v1/agent/` (README "Agents").
+`exec` and `python` steps, and `comfyui` ones on a ComfyUI server (`--comfyui-url`, through comfyui.py),
+and reports, over the protocol of `/api/v1/agent/` (README "Agents", "ComfyUI steps").
 
 It never holds store credentials: it downloads inputs from the lease's presigned GET URLs and
 uploads outputs to its presigned PUT URLs, streamed. Steps run as the engine's local executor runs
@@ -16,6 +17,7 @@ import contextlib
 import logging
 import os
 import platform
+import re
 import shutil
 import signal
 import sys
@@ -27,12 +29,14 @@ import httpx
 import msgspec
 
 from flowengine import version
+from flowengine.agent import comfyui
 from flowengine.runtime.executors import pyrun
 from flowengine.runtime.steps import STEP_PATH, expand_arg
 
 log = logging.getLogger("flowengine.agent")
 BACKOFF_FIRST, BACKOFF_MOST = 0.5, 30.0  # seconds between tries while the engine is away
 LOG_EVERY = 1.0  # seconds between log chunks sent while a step runs
+_COMFY_NAME = re.compile(r"[^.]+\.[^.]+\.[0-9]+")  # a file of a ComfyUI prompt: <node>.<kind>.<i>
 T = TypeVar("T")
 
 
@@ -47,6 +51,16 @@ class Options(msgspec.Struct, kw_only=True):
     work_dir: Path = Path(".")
     grace: float = 30.0  # seconds running steps may finish after SIGTERM before they are released
     poll: float = 25.0  # seconds a lease call waits for work
+    comfyui_url: str = ""  # the ComfyUI server comfyui steps run on; "": this agent takes none
+
+
+class StepFailed(Exception):
+    """An attempt that did not give its outputs: `retryable` says whether another attempt may."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
 
 
 class Gone(Exception):
@@ -92,9 +106,19 @@ class Agent:
                 delay = min(delay * 2, BACKOFF_MOST)
 
     async def register(self) -> None:
-        body = {"name": self.options.name, "labels": self.options.labels, "tools": ["exec", "python"],
+        tools, system = ["exec", "python"], _system()
+        if self.options.comfyui_url:
+            try:
+                comfy = await comfyui.check(self.options.comfyui_url)
+            except comfyui.ComfyUIError as exc:
+                log.warning("%s: taking no comfyui steps (until the agent registers again)", exc.message)
+            else:
+                tools.append("comfyui")
+                system.update(_comfy_facts(comfy))
+                log.info("ComfyUI %s answers: taking comfyui steps", comfy.comfyui_version)
+        body = {"name": self.options.name, "labels": self.options.labels, "tools": tools,
                 "region": self.options.region, "capacity": self.options.concurrency,
-                "community": self.options.community, "system": _system()}  # fmt: skip
+                "community": self.options.community, "system": system}  # fmt: skip
         answer = await self._patiently("/api/v1/agent/register", body)
         self.session = answer["session"]
         self.heartbeat_interval = answer["heartbeat_interval"]
@@ -204,43 +228,20 @@ class Agent:
 
     async def _attempt(self, lease: dict[str, Any], scratch: Path, reporter: _Logs) -> dict[str, Any]:
         """Download, run, upload: `{"outputs": ...}` on success, `{"error", "retryable"}` otherwise."""
-        inputs: dict[str, str] = {}
+        inputs: dict[str, Path] = {}
         try:
             for slot, given in lease["inputs"].items():
-                dest = scratch / "in" / slot / given["name"]
-                await self._download(given["url"], dest)
-                inputs[slot] = str(dest)
+                inputs[slot] = scratch / "in" / slot / given["name"]
+                await self._download(given["url"], inputs[slot])
         except httpx.HTTPError as exc:
             return {"error": f"downloading an input failed: {exc}", "retryable": True}
-        outputs = {slot: scratch / "out" / slot / given["name"] for slot, given in lease["outputs"].items()}
-        for path in [*(p.parent for p in outputs.values()), scratch / "home", scratch / "tmp"]:
-            path.mkdir(parents=True, exist_ok=True)
-        payload, flags = lease["payload"], lease["flags"]
-        answer = None
-        if "exec" in payload:
-            values = {**inputs, **{s: str(p) for s, p in outputs.items()}, **{k: str(v) for k, v in flags.items()}}
-            argv = [expand_arg(a, values) for a in payload["exec"]]
-        elif "python" in payload:
-            answer = scratch / "answer.json"
-            request = pyrun.Request(payload["python"], inputs, flags, str(scratch), str(answer))
-            (scratch / "request.json").write_bytes(msgspec.json.encode(request))
-            argv = [sys.executable, "-B", "-P", pyrun.__file__, str(scratch / "request.json")]
-        else:
-            return {"error": f"this agent does not run {lease['tool']!r} steps", "retryable": False}
-        env = {"PATH": STEP_PATH, "LANG": "C.UTF-8", "HOME": str(scratch / "home"), "TMPDIR": str(scratch / "tmp"),
-               **payload.get("env", {}), "FLOWENGINE_RUN_ID": lease["run_id"], "FLOWENGINE_STEP_ID": lease["step"],
-               "FLOWENGINE_ATTEMPT": str(lease["attempt"])}  # fmt: skip
-        if "python" in payload and os.environ.get("PYTHONPATH"):
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ["PYTHONPATH"], env.get("PYTHONPATH")) if p)
-        code = await _run(argv, scratch, env, lease["timeout"], reporter)
-        if code is None:
-            return {"error": f"timed out after {lease['timeout']:g}s", "retryable": True}
-        if code != 0:
-            return {"error": f"exited with status {code}", "retryable": True}
-        if answer is not None:
-            returned = msgspec.json.decode(answer.read_bytes(), type=dict[str, str])
-            outputs.update({s: (scratch / p if not os.path.isabs(p) else Path(p)) for s, p in returned.items()
-                            if s in outputs})  # fmt: skip
+        try:
+            if lease["tool"] == comfyui.TOOL:
+                outputs = await self._comfyui(lease, scratch, inputs, reporter)
+            else:
+                outputs = await self._process(lease, scratch, inputs, reporter)
+        except StepFailed as exc:
+            return {"error": exc.message, "retryable": exc.retryable}
         written = {}
         try:
             for slot, path in outputs.items():
@@ -254,6 +255,65 @@ class Agent:
                 raise Gone(exc.response.text) from None
             return {"error": f"uploading an output failed: {exc}", "retryable": True}
         return {"outputs": written}
+
+    async def _process(self, lease: dict[str, Any], scratch: Path, inputs: dict[str, Path],
+                       reporter: _Logs) -> dict[str, Path]:  # fmt: skip
+        """An exec or python step, run as the engine's local executor runs it: the files of its outputs."""
+        outputs = {slot: scratch / "out" / slot / given["name"] for slot, given in lease["outputs"].items()}
+        for path in [*(p.parent for p in outputs.values()), scratch / "home", scratch / "tmp"]:
+            path.mkdir(parents=True, exist_ok=True)
+        payload, flags = lease["payload"], lease["flags"]
+        answer = None
+        if "exec" in payload:
+            values = {**{s: str(p) for s, p in {**inputs, **outputs}.items()}, **{k: str(v) for k, v in flags.items()}}
+            argv = [expand_arg(a, values) for a in payload["exec"]]
+        elif "python" in payload:
+            answer = scratch / "answer.json"
+            request = pyrun.Request(payload["python"], {s: str(p) for s, p in inputs.items()}, flags, str(scratch),
+                                    str(answer))  # fmt: skip
+            (scratch / "request.json").write_bytes(msgspec.json.encode(request))
+            argv = [sys.executable, "-B", "-P", pyrun.__file__, str(scratch / "request.json")]
+        else:
+            raise StepFailed(f"this agent does not run {lease['tool']!r} steps", retryable=False)
+        env = {"PATH": STEP_PATH, "LANG": "C.UTF-8", "HOME": str(scratch / "home"), "TMPDIR": str(scratch / "tmp"),
+               **payload.get("env", {}), "FLOWENGINE_RUN_ID": lease["run_id"], "FLOWENGINE_STEP_ID": lease["step"],
+               "FLOWENGINE_ATTEMPT": str(lease["attempt"])}  # fmt: skip
+        if "python" in payload and os.environ.get("PYTHONPATH"):
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ["PYTHONPATH"], env.get("PYTHONPATH")) if p)
+        code = await _run(argv, scratch, env, lease["timeout"], reporter)
+        if code is None:
+            raise StepFailed(f"timed out after {lease['timeout']:g}s", retryable=True)
+        if code != 0:
+            raise StepFailed(f"exited with status {code}", retryable=True)
+        if answer is not None:
+            returned = msgspec.json.decode(answer.read_bytes(), type=dict[str, str])
+            outputs.update({s: (scratch / p if not os.path.isabs(p) else Path(p)) for s, p in returned.items()
+                            if s in outputs})  # fmt: skip
+        return outputs
+
+    async def _comfyui(self, lease: dict[str, Any], scratch: Path, inputs: dict[str, Path],
+                       reporter: _Logs) -> dict[str, Path]:  # fmt: skip
+        """A comfyui step: its graph run on the ComfyUI server as the prompt named by the lease id (asking
+        again for a lease already run follows the prompt ComfyUI has, rather than queueing it twice);
+        the files of its outputs."""
+        payload = lease["payload"]
+        if not self.options.comfyui_url:
+            raise StepFailed("this agent has no ComfyUI (--comfyui-url)", retryable=True)
+        if not isinstance(payload.get("graph"), dict):
+            raise StepFailed("the step carries no ComfyUI graph: run it as a task of a comfyui workflow",
+                             retryable=False)  # fmt: skip
+        files = {(node["node_id"], node["field"]): inputs[slot]
+                 for slot, node in payload.get("files", {}).items() if slot in inputs}  # fmt: skip
+        try:
+            produced = await comfyui.run_graph(self.options.comfyui_url, payload["graph"], files, lease["lease_id"],
+                                               scratch / "out", reporter.progress, lease["timeout"])  # fmt: skip
+        except comfyui.ComfyUIError as exc:
+            for line in exc.traceback.splitlines():
+                reporter.add(line)
+            raise StepFailed(exc.message, retryable=exc.retryable) from None
+        for output in produced:
+            reporter.add(f"output {output.name}: {output.filename}, {output.size} bytes")
+        return _comfy_outputs(list(lease["outputs"]), produced)
 
     async def _download(self, url: str, dest: Path) -> None:
         await _again_while_away(lambda: self._get(url, dest))
@@ -289,6 +349,7 @@ class _Logs:
         self.agent, self.calls, self.token = agent, calls, token
         self.seq = 0
         self.unsent: list[dict[str, Any]] = []
+        self.said = ""  # the last progress message, also a line of the log
 
     def add(self, line: str) -> None:
         self.seq += 1
@@ -302,6 +363,21 @@ class _Logs:
             await self.agent._post(f"{self.calls}/progress", {"token": self.token, "logs": chunks})
         except httpx.HTTPError:
             self.unsent = chunks + self.unsent  # sent again later: numbered, so never twice in the log
+
+    async def progress(self, progress: comfyui.Progress) -> None:
+        """How far the step is, with the lines logged since the last report."""
+        if progress.message and progress.message != self.said:
+            self.said = progress.message
+            self.add(progress.message)
+        chunks, self.unsent = self.unsent, []
+        body = {"token": self.token, "fraction": progress.fraction, "step": progress.current_node or "",
+                "message": progress.message, "step_current": progress.step_current, "step_total": progress.step_total,
+                "logs": chunks}  # fmt: skip
+        try:
+            await self.agent._post(f"{self.calls}/progress", body)
+        except (httpx.HTTPError, Gone) as exc:  # a lost lease is the heartbeat's to stop
+            self.unsent = chunks + self.unsent
+            log.warning("%s: progress not reported: %s", self.calls, exc)
 
     def pending(self) -> list[dict[str, Any]]:
         chunks, self.unsent = self.unsent, []
@@ -376,6 +452,30 @@ def _system() -> dict[str, Any]:
     arch = f"{platform.system().lower()}/{_ARCH.get(machine, machine)}"
     return {"os_type": sys.platform, "python_version": sys.version.split()[0], "cpus": os.cpu_count() or 1,
             "agent_version": version(), "platform_arch": arch}  # fmt: skip
+
+
+def _comfy_facts(stats: comfyui.SystemStats) -> dict[str, Any]:
+    """What an agent with ComfyUI registers besides: ComfyUI's version and its GPUs as ComfyUI lists
+    them (the reference's `gpu_devices`; the first is the task's `gpu_type`)."""
+    gpus = [msgspec.structs.asdict(d) for d in stats.gpu_devices if d.device_type != "cpu"]
+    return {"comfyui_version": stats.comfyui_version, "pytorch_version": stats.pytorch_version, "gpu_devices": gpus}
+
+
+def _comfy_outputs(slots: list[str], produced: list[comfyui.Output]) -> dict[str, Path]:
+    """The file each output slot of a comfyui step takes: a slot named like a file of the prompt
+    (`9.images.0`) that file; any other slot the files no slot names, in the prompt's order."""
+    named = {output.name: output.path for output in produced}
+    rest = [output.path for output in produced if output.name not in slots]
+    chosen = {}
+    for slot in slots:
+        if slot in named:
+            chosen[slot] = named[slot]
+        elif rest and not _COMFY_NAME.fullmatch(slot):
+            chosen[slot] = rest.pop(0)
+        else:
+            gave = ", ".join(named) or "no file"
+            raise StepFailed(f"the graph gave no file for output {slot!r} (it gave {gave})", retryable=False)
+    return chosen
 
 
 def main(options: Options) -> int:

@@ -15,6 +15,7 @@ from flowengine.api.errors import ReferenceErrorBody
 from flowengine.api.http import engine_of, json_response
 from flowengine.api.openapi import Answer, ApiRoute, Body, Operation, Param
 from flowengine.api.r.common import PageMeta, body_of, page_of, public_base
+from flowengine.core import machine
 from flowengine.core.keys import is_name
 from flowengine.core.times import rfc3339
 from flowengine.errors import bad_request
@@ -63,6 +64,8 @@ class Progress(msgspec.Struct):
     fraction: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     step: str = ""  # what runs now (a ComfyUI node, a phase)
     message: str = ""
+    step_current: Annotated[int, msgspec.Meta(ge=0)] | None = None  # within `step`, for work that counts steps
+    step_total: Annotated[int, msgspec.Meta(ge=0)] | None = None
     logs: list[LogChunk] = []
 
 
@@ -194,7 +197,8 @@ async def progress(request: Request) -> Response:
     engine, lease_id = engine_of(request), request.path_params["lease_id"]
     worker = await engine.agents.lease_worker(principal.team, lease_id)
     await engine.agents.logs(lease_id, body.token, worker, body.logs)
-    await engine.agents.progress(lease_id, body.token, worker, body.fraction, body.step, body.message)
+    said = machine.Progress(body.fraction, body.step, body.message, body.step_current, body.step_total)
+    await engine.agents.progress(lease_id, body.token, worker, said)
     return json_response(Ok())
 
 

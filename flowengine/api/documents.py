@@ -68,6 +68,8 @@ class StepProgress(_Doc):
     fraction: float | None = None  # 0 to 1
     current: str = ""  # what runs now (a ComfyUI node, a phase)
     message: str = ""
+    step_current: int | None = None  # within `current`, for work that counts its steps (a sampler)
+    step_total: int | None = None
 
 
 class StepDoc(_Doc):
@@ -161,7 +163,10 @@ def artifacts(engine: Engine, run: Run, flow: Flow, base_url: str) -> list[Artif
 
 
 def _progress(progress: Progress | None) -> StepProgress | None:
-    return None if progress is None else StepProgress(progress.fraction, progress.current, progress.message)
+    if progress is None:
+        return None
+    return StepProgress(progress.fraction, progress.current, progress.message, progress.step_current,
+                        progress.step_total)  # fmt: skip
 
 
 def run_document(engine: Engine, run: Run, flow: Flow, base_url: str) -> RunDoc:

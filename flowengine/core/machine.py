@@ -60,6 +60,8 @@ class Progress(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     fraction: float | None = None  # 0 to 1
     current: str = ""  # what runs now (a ComfyUI node, a phase)
     message: str = ""
+    step_current: int | None = None  # within `current`, for work that counts its steps (a sampler)
+    step_total: int | None = None
 
 
 class StepState(msgspec.Struct, omit_defaults=True, gc=False):

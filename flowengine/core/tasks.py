@@ -47,7 +47,7 @@ from flowengine.core.times import rfc3339
 TaskStatus = Literal["pending", "waiting", "queued", "running", "completed", "failed", "cancelled"]
 TASK_STATUSES: tuple[TaskStatus, ...] = ("pending", "waiting", "queued", "running", "completed", "failed", "cancelled")
 TERMINAL_TASK: frozenset[TaskStatus] = frozenset({"completed", "failed", "cancelled"})
-# The reference's stream also has `progress` (a step reports it, no run change makes it) and `error`.
+# The reference's stream also has `error`.
 TaskEventKind = Literal["status", "progress", "completed", "failed", "cancelled"]
 
 _ENDED: dict[str, TaskStatus] = {machine.COMPLETE: "completed", machine.ERROR: "failed", machine.STOPPED: "cancelled"}
@@ -88,6 +88,8 @@ class ProgressData(msgspec.Struct, frozen=True):
     message: str
     step: str  # the flow's step that reported it
     timestamp: str
+    step_current: int | None = None  # within the node: a sampler's step, of step_total
+    step_total: int | None = None
 
 
 class TaskEvent(msgspec.Struct, frozen=True):
@@ -118,7 +120,17 @@ def task_events(
         for name, state in after.steps.items():
             said = state.progress
             if said is not None and state.status == machine.RUNNING and said != before.steps[name].progress:
-                data = ProgressData(after.id, status, said.fraction, said.current, said.message, name, stamp)
+                data = ProgressData(
+                    after.id,
+                    status,
+                    said.fraction,
+                    said.current,
+                    said.message,
+                    name,
+                    stamp,
+                    said.step_current,
+                    said.step_total,
+                )
                 events.append(TaskEvent("progress", data, after.updated))
     return events
 

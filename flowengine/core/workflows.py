@@ -57,7 +57,10 @@ WorkflowStatus = Literal["active", "disabled"]
 TargetPool = Literal["team", "community"]
 
 COMFYUI = "comfyui"
-OUTPUTS = "outputs"  # a synthesised flow's one output edge: for now, the first image the graph saves
+OUTPUTS = "outputs"  # a synthesised flow's output edge when no node of its graph is known to save images
+# ComfyUI's own nodes that save images to its output folder (listed under `images` in a prompt's history),
+# and the type of what they save
+IMAGE_SAVERS = {"SaveImage": "image/png", "SaveAnimatedPNG": "image/png", "SaveAnimatedWEBP": "image/webp"}
 FILLED_BY_FILES = ("upload", "webhook")  # the sources of wells a file parameter fills when a task is created
 MAX_PARAMETERS = 100  # in a workflow, and in a run's `parameters`
 MAX_RETRIES = MAX_ATTEMPTS - 1  # a step tries once, then retries
@@ -352,20 +355,33 @@ def _number(seconds: float) -> int | float:
 def synthesise(workflow: WorkflowIn) -> Flow:
     """The flow of a ComfyUI workflow that comes without one: one step, run by an agent with ComfyUI
     (`Tool: comfyui`), that takes each file parameter bound to a node input through an upload well of its
-    own (named by its `edge`, by default its `key`) and writes one output edge, `outputs`.
-
-    `outputs` holds the first image the graph saves; an edge holding every output of the graph is to come."""
+    own (named by its `edge`, by default its `key`) and writes the edges `graph_outputs` names."""
     files: dict[str, list[str]] = {}  # edge -> accept; a repeated edge is `check`'s to report
     for p in workflow.parameters:
         if p.type == "file" and p.node_id is not None:
             files.setdefault(_file_edge(p) or p.key, p.accept)
+    outputs = graph_outputs(workflow.workflow_json)
     task = Task(name=COMFYUI, tool=COMFYUI, inputs=[Slot(name=edge, accept=accept) for edge, accept in files.items()],
-                outputs=[Slot(name=OUTPUTS)])  # fmt: skip
+                outputs=[Slot(name=edge, content_type=saved) for edge, saved in outputs.items()])  # fmt: skip
     step = Step(id=COMFYUI, uses=COMFYUI, inputs=[Binding(slot=edge, edge=edge) for edge in files],
-                outputs=[Binding(slot=OUTPUTS, edge=OUTPUTS)])  # fmt: skip
+                outputs=[Binding(slot=edge, edge=edge) for edge in outputs])  # fmt: skip
     wells = [DataWell(edge=edge, source="upload", accept=accept) for edge, accept in files.items()]
-    return Flow(name=workflow.workflow_slug, description=workflow.description,
-                data_wells=[*wells, DataWell(edge=OUTPUTS)], steps=[step], tasks=[task])  # fmt: skip
+    wells += [DataWell(edge=edge) for edge in outputs]
+    return Flow(name=workflow.workflow_slug, description=workflow.description, data_wells=wells, steps=[step],
+                tasks=[task])  # fmt: skip
+
+
+def graph_outputs(graph: dict[str, Any] | None) -> dict[str, str | None]:
+    """The output edges of a synthesised flow and their types, named as the reference's `download_urls` keys:
+    `<node>.images.0`, the first image of each node that saves images, in the graph's order; else `outputs`
+    (the first file the graph gives, of a type not known before). The agent fills a slot named like a file
+    of the prompt's history with that file (README, "ComfyUI steps")."""
+    saved = {
+        f"{node}.images.0": IMAGE_SAVERS[kind]
+        for node, spec in (graph or {}).items()
+        if isinstance(spec, dict) and isinstance(kind := spec.get("class_type"), str) and kind in IMAGE_SAVERS
+    }
+    return saved or {OUTPUTS: None}
 
 
 def _problems(workflow: WorkflowIn, flow: Flow | None, form: _Form) -> list[Problem]:
@@ -710,8 +726,8 @@ def _check_edge_binding(i: int, p: ParameterDef, edge: str, workflow: WorkflowIn
             yield Problem(path, f"the file fills edge {edge!r}{named}, which is not an upload or webhook well of "
                                 "the flow")  # fmt: skip
         return
-    if edge == OUTPUTS and workflow.flow is None:
-        yield Problem(path, f"{OUTPUTS!r} is the edge of the graph's outputs: give the file's edge another name")
+    if workflow.flow is None and edge in graph_outputs(workflow.workflow_json):
+        yield Problem(path, f"{edge!r} is an edge of the graph's outputs: give the file's edge another name")
     comfy = _comfy_steps(flow)
     if p.node_id is not None and comfy and edge not in {b.edge for b in comfy[0][1].inputs}:
         yield Problem(path, f"edge {edge!r} is not an input of step {comfy[0][1].id!r}, which runs the graph")

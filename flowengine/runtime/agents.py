@@ -18,10 +18,13 @@ import msgspec
 
 from flowengine.core import machine
 from flowengine.core.queue import Attempt, Worker, output_key
+from flowengine.core.spec import Step
+from flowengine.core.workflows import COMFYUI
 from flowengine.errors import Error, conflict, not_found
 from flowengine.persistence.base import AgentRecord
 from flowengine.runtime.queue import QUEUE_TOPIC
 from flowengine.runtime.steps import flag_values, output_type
+from flowengine.runtime.tasks import TaskBody
 from flowengine.stores.base import PutConditions, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -92,7 +95,8 @@ class Lease(msgspec.Struct):
     flags: dict[str, Any]
     inputs: dict[str, InputURL]
     outputs: dict[str, OutputURL]
-    payload: dict[str, Any]  # what the tool runs: exec's argv and env, python's module:function and env
+    payload: dict[str, Any]  # what the tool runs: exec's argv and env, python's module:function and env,
+    # comfyui's graph and the node input each input file goes to (`_comfyui_payload`)
     lease_expires: float  # the offer's end: acknowledge before it
 
 
@@ -220,8 +224,11 @@ class Agents:
             payload["exec"] = task.exec
         if task.python is not None:
             payload["python"] = task.python
+        record = await self.engine.db.task(run.id)
+        if record is not None and task.tool == COMFYUI:
+            payload.update(_comfyui_payload(msgspec.json.decode(record.body, type=TaskBody), step))
         flags = dict(flag_values(step, task))
-        return Lease(attempt.id, attempt.token, run.id, None, step.id, attempt.attempt, attempt.tool,
+        return Lease(attempt.id, attempt.token, run.id, record and record.id, step.id, attempt.attempt, attempt.tool,
                      attempt.timeout, flags, inputs, outputs, payload, attempt.offer_expires or math.inf)  # fmt: skip
 
     async def heartbeat(self, worker: Worker, running: list[str]) -> tuple[list[str], list[str]]:
@@ -247,13 +254,11 @@ class Agents:
         await asyncio.to_thread(_append, path, text)
         await self.engine.queue.logged(attempt, fresh[-1].seq)
 
-    async def progress(self, lease_id: str, token: str, worker: Worker, fraction: float | None, current: str,
-                       message: str) -> None:  # fmt: skip
+    async def progress(self, lease_id: str, token: str, worker: Worker, said: machine.Progress) -> None:
         """Show what the worker says in the run document (and so in the task's events)."""
-        if fraction is None and not current and not message:
+        if said == machine.Progress():
             return
         attempt = await self.engine.queue.running(lease_id, token, worker)
-        said = machine.Progress(fraction, current, message)
         await self.engine.apply(attempt.run_id, machine.StepProgressed(attempt.step, attempt.attempt, said))
 
     def tail(self, attempt: Attempt) -> list[str]:
@@ -294,6 +299,14 @@ class Agents:
             outputs[b.edge] = meta
         await self.engine.queue.complete(lease_id, token, worker, outputs, self.tail(attempt))
         await self.engine.db.touch_agent(worker.id, self.engine.clock(), completed=1)
+
+
+def _comfyui_payload(body: TaskBody, step: Step) -> dict[str, Any]:
+    """A comfyui step's: `graph`, the task's graph with its parameters patched in, and `files`, the node
+    input (`{node_id, field}`) each input slot's file goes to once the agent has uploaded it to ComfyUI."""
+    nodes = {f.edge: f.node for f in body.files if f.node is not None}
+    files = {b.slot: msgspec.to_builtins(nodes[b.edge]) for b in step.inputs if b.edge in nodes}
+    return {"graph": body.graph, "files": files}
 
 
 def _append(path: Any, text: str) -> None:
