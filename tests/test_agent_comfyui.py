@@ -198,7 +198,7 @@ def test_an_agent_whose_comfyui_does_not_answer_takes_no_comfyui_steps(lab: Lab,
     assert registered["tool"] == ["exec", "python"]
     task_id = lab.start(png(Path(lab.comfy.folders["input"]) / "photo.png"))
     time.sleep(2)
-    assert lab.task(task_id)["task_status"] == "queued" and lab.comfy.posted == []  # no agent can take it
+    assert lab.task(task_id)["task_status"] == "waiting" and lab.comfy.posted == []  # no agent can take it
 
 
 def test_a_comfyui_error_fails_the_task_with_its_message_and_no_retry(lab: Lab, agent):

@@ -151,7 +151,7 @@ def test_a_task_shows_the_agent_that_runs_it_and_walks_waiting_queued_running_wi
     progress = [data for name, data in stream if name == "progress"]
     assert {k: v for k, v in progress[0].items() if k != "timestamp"} == {
         "task_id": task_id, "status": "running", "progress": 0.35, "current_node": "3", "message": "sampling",
-        "step": "render"}  # fmt: skip
+        "step": "render", "step_current": None, "step_total": None}  # fmt: skip
     assert (progress[1]["progress"], progress[1]["current_node"], progress[1]["message"]) == (None, "", "sampling")
     idle = team.agents()["agent_list"][0]
     assert (idle["agent_status"], idle["running_count"], idle["running_tasks"], idle["tasks_completed"]) == (

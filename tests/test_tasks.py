@@ -343,7 +343,8 @@ def test_a_workers_progress_is_a_progress_event_each_time_it_says_something_new(
     after, _ = advance(running, HOP, StepProgressed("first", 1, said), T0 + 5)
     assert encoded(task_events(running, after)) == [
         ("progress", b'{"task_id":"run-hop","status":"running","progress":0.35,"current_node":"3",'
-                     b'"message":"sampling","step":"first","timestamp":"1970-01-01T00:16:45Z"}')
+                     b'"message":"sampling","step":"first","timestamp":"1970-01-01T00:16:45Z","step_current":null,'
+                     b'"step_total":null}')
     ]  # fmt: skip
     again, _ = advance(after, HOP, StepProgressed("first", 1, said), T0 + 6)
     assert task_events(after, again) == []  # the same again: nothing new
