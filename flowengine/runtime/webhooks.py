@@ -179,12 +179,13 @@ class Sender:
                 return None
             refused = "" if webhook.status == "active" else "the webhook is disabled"
             return webhook.url, webhook.secret, delivery.body, refused
-        try:
-            run, flow = await self.engine.get_run(delivery.task)
-        except Error as exc:  # the run is gone (its team deleted): nothing to tell
-            return delivery.url, self.signing_key, b"", exc.message
+        # From the database, not the engine's cache: another engine (PostgreSQL) may have ended the run.
+        row = await self.engine.db.load_run(delivery.task)
+        if row is None:
+            return delivery.url, self.signing_key, b"", f"run {delivery.task} no longer exists"
         assert self.render_run is not None, "create_app sets it before the engine starts"
-        return delivery.url, self.signing_key, self.render_run(run, flow), ""
+        flow = await self.engine.flow_of(row.definition)
+        return delivery.url, self.signing_key, self.render_run(row.run, flow), ""
 
     async def post(self, url: str, headers: dict[str, str], body: bytes) -> httpx.Response:
         """POST to `url` at an address of its host that the rules allow (module docstring)."""
