@@ -20,6 +20,9 @@ import pytest
 from live import Server, free_port, wait_for_status
 from test_webhooks import DELAYS, Receiver, verify
 
+from flowengine.config import load_config
+from flowengine.errors import Error
+
 pytestmark = pytest.mark.backends("sqlite", "postgres")
 
 KEY = "whsec_" + base64.b64encode(b"the operator's webhook key, 32 b").decode()
@@ -277,3 +280,10 @@ def test_a_run_complete_when_it_starts_is_delivered_too(start, receiver):
         (request,) = receiver.wait(1)
     body = verify(request, webhook_key(engine))
     assert body["ID"] == answer.json()["ID"] and body["Status"] == "COMPLETE"
+
+
+def test_a_signing_key_that_is_not_whsec_base64_is_refused_naming_its_variable():
+    with pytest.raises(Error) as caught:
+        load_config(None, {"FLOWENGINE_WEBHOOK_SIGNING_KEY": "not-a-key"})
+    assert caught.value.message.startswith("FLOWENGINE_WEBHOOK_SIGNING_KEY: 'not-a-key' is not"), caught.value.message
+    assert load_config(None, {"FLOWENGINE_WEBHOOK_SIGNING_KEY": KEY}).webhook_signing_key == KEY
