@@ -1,6 +1,7 @@
-"""Webhook delivery: latency from a task's end to the receiver, and deliveries per second.
+"""Webhook delivery: latency from a task's (or a flow-API run's) end to the receiver, and deliveries
+per second.
 
-    python bench/webhooks.py                  # 200 tasks, ~30 s on 2 cores
+    python bench/webhooks.py                  # 200 tasks and 200 flow runs, ~45 s on 2 cores
     python bench/webhooks.py --tasks 1000
 
 An engine (auth: keys, webhook_allow_private so it may POST to loopback) runs a one-step operator
@@ -12,6 +13,10 @@ that stamps each request's arrival. Tasks are submitted from 8 threads at once. 
 - deliveries/s: deliveries received over the span from the first to the last, beside tasks ended/s
   over the same burst (the deliveries cannot outrun the tasks they report);
 - every task delivered exactly once (webhook-id and task_id checked).
+
+Then as many flow-API runs of the same flow, each naming the receiver as its `Webhook`: the same
+figures, the latency from the run document's `Updated` (milliseconds) to the arrival. These
+deliveries render the run document (fresh download URLs) at each attempt.
 """
 
 from __future__ import annotations
@@ -53,7 +58,8 @@ def receiver(arrivals: dict[str, tuple[float, str, int]]) -> http.server.Threadi
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["content-length"]))
             at = time.time()
-            task = json.loads(body)["task_id"]
+            doc = json.loads(body)
+            task = doc.get("task_id") or doc["ID"]  # a task's delivery, or a flow-API run's document
             with lock:
                 seen = arrivals.get(task)
                 arrivals[task] = (seen[0] if seen else at, self.headers["webhook-id"], (seen[2] if seen else 0) + 1)
@@ -109,21 +115,41 @@ def main() -> None:
 
                 with ThreadPoolExecutor(8) as pool:
                     tasks = list(pool.map(submit, range(args.tasks)))
-                deadline = time.monotonic() + 120
-                while len(arrivals) < len(tasks) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                time.sleep(0.5)  # a repeat would come now
+                _wait(arrivals, tasks)
                 ended = {t: _epoch(client.get(f"/api/v1/r/tasks/{t}").json()["completed_at"]) for t in tasks}
+                report("task", tasks, arrivals, ended)
+
+                def start_run(_: int) -> str:
+                    answer = client.post("/api/v1/flow/hello", json={"Webhook": url})
+                    answer.raise_for_status()
+                    return answer.json()["ID"]
+
+                with ThreadPoolExecutor(8) as pool:
+                    runs = list(pool.map(start_run, range(args.tasks)))
+                _wait(arrivals, [*tasks, *runs])
+                ended = {r: _epoch(client.get(f"/api/v1/flow/status/{r}").json()["Updated"]) for r in runs}
+                report("flow run", runs, arrivals, ended)
     hook_server.shutdown()
-    latencies = [(arrivals[t][0] - ended[t]) * 1000 for t in tasks if t in arrivals]
+
+
+def _wait(arrivals: dict[str, tuple[float, str, int]], expected: list[str]) -> None:
+    deadline = time.monotonic() + 120
+    while len(arrivals) < len(expected) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # a repeat would come now
+
+
+def report(what: str, ids: list[str], everything: dict[str, tuple[float, str, int]], ended: dict[str, float]) -> None:
+    arrivals = {i: everything[i] for i in ids if i in everything}
+    latencies = [(arrivals[i][0] - ended[i]) * 1000 for i in arrivals]
     first, last = min(a[0] for a in arrivals.values()), max(a[0] for a in arrivals.values())
-    span_tasks = max(ended.values()) - min(ended.values())
-    print(f"tasks {len(tasks)}, delivered {len(arrivals)}, repeats {sum(a[2] - 1 for a in arrivals.values())}, "
+    span = max(ended.values()) - min(ended.values())
+    print(f"{what}s {len(ids)}, delivered {len(arrivals)}, repeats {sum(a[2] - 1 for a in arrivals.values())}, "
           f"distinct webhook-ids {len({a[1] for a in arrivals.values()})}")  # fmt: skip
-    print(f"latency task end -> receiver: p50 {percentile(latencies, 0.5):.1f} ms, "
+    print(f"latency {what} end -> receiver: p50 {percentile(latencies, 0.5):.1f} ms, "
           f"p99 {percentile(latencies, 0.99):.1f} ms, max {max(latencies):.1f} ms")  # fmt: skip
-    rate, task_rate = len(arrivals) / max(last - first, 1e-9), len(tasks) / max(span_tasks, 1e-9)
-    print(f"deliveries/s {rate:.0f} (tasks ended/s over the same burst {task_rate:.0f})")
+    rate, ended_rate = len(arrivals) / max(last - first, 1e-9), len(ids) / max(span, 1e-9)
+    print(f"deliveries/s {rate:.0f} ({what}s ended/s over the same burst {ended_rate:.0f})")
 
 
 def _epoch(stamp: str) -> float:

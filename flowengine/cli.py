@@ -1,4 +1,5 @@
-"""`flowengine serve`, `migrate`, `validate`, `run`, `task run`, `--version` (also as `python -m flowengine`).
+"""`flowengine serve`, `migrate`, `validate`, `webhook-key`, `run`, `task run`, `--version` (also as
+`python -m flowengine`).
 
 A problem with what the user typed or configured (a missing file, a bad setting) is one line
 naming it and exit status 2, never a traceback. `validate` exits 1 when a flow has problems.
@@ -96,13 +97,24 @@ def _validate(args: argparse.Namespace) -> int:
         shown = [f for f in library.files if f.path in named or folder in targets]
         results += [(f.path, f.problems) for f in shown]
         flows = [p for p in paths if p.parent == folder]
-        results += [(e.path, e.problems) for e in check_files(flows, known_stores, library)]
+        checked = check_files(flows, known_stores, library, config.webhook_allow_private)
+        results += [(e.path, e.problems) for e in checked]
     for path, problems in results:
         for problem in problems:
             print(problem.line(str(path)))
         if not problems:
             print(f"{path}: ok")
     return 1 if any(problems for _, problems in results) else 0
+
+
+def _webhook_key(args: argparse.Namespace) -> int:
+    from flowengine.config import load_config
+    from flowengine.runtime.webhooks import signing_key
+
+    config = load_config(args.config, data_dir=args.data_dir)
+    config.data_path.mkdir(mode=0o700, parents=True, exist_ok=True)  # as `serve` would make it
+    print(signing_key(config))
+    return 0
 
 
 def _flow_paths(targets: list[Path]) -> list[Path]:
@@ -190,6 +202,16 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--store", action="append", default=[], help="a store name the operator configured")
     check.add_argument("--config", type=Path, help="settings file whose stores flows may name")
     check.set_defaults(run=_validate)
+    key = sub.add_parser(
+        "webhook-key",
+        help="print the key that signs flow-API runs' webhook deliveries (whsec_...), for their receivers",
+        description="Print webhook_signing_key, or the key generated once into the data dir when it is not set "
+        "(making it if no engine has yet). Receivers verify X-Webhook-Signature-256 and the Standard Webhooks "
+        "signature with it.",
+    )
+    key.add_argument("--config", type=Path, help="YAML settings file (see config.yaml)")
+    key.add_argument("--data-dir", help="the engine's data dir (default ./data)")
+    key.set_defaults(run=_webhook_key)
     admin.add_parsers(sub)
     _agent_parser(sub.add_parser(
         "agent",

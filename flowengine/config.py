@@ -45,6 +45,7 @@ AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
 NoneOrMore = Annotated[int, msgspec.Meta(ge=0)]
 
 Positive = Annotated[float, msgspec.Meta(gt=0)]
+WEBHOOK_KEY = r"^(whsec_[A-Za-z0-9+/]{32,}={0,2})?$"
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -117,6 +118,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     webhook_retry_delays: list[Annotated[float, msgspec.Meta(ge=0)]] = msgspec.field(
         default_factory=lambda: [0.0, 5.0, 30.0, 120.0]
     )
+    # signs flow-API runs' webhook deliveries (whsec_<base64 of 24 bytes or more>, as Standard Webhooks
+    # keys are); empty: generated once, kept in data_dir/webhook_signing_key (`flowengine webhook-key` prints it)
+    webhook_signing_key: Annotated[str, msgspec.Meta(pattern=WEBHOOK_KEY)] = ""
     log_format: LogFormat = "text"  # text | logfmt | json: every log line, run and step transitions included
     stores: list[Store] = []  # operator-defined stores; these may carry credentials in Params
 
@@ -285,8 +289,12 @@ def _invalid(where: str, message: str) -> Error:
     return Error("invalid", "invalid_config", f"{where}: {message}", where, [Problem("", message)])
 
 
-def ensure_secret(config: Config, name: Literal["secret", "jwt_secret"] = "secret") -> bytes:
-    """A signing key: the setting `name`, or generated once and kept in the data dir as a file of
+def ensure_secret(
+    config: Config,
+    name: Literal["secret", "jwt_secret", "webhook_signing_key"] = "secret",
+    new: Callable[[], str] = lambda: secrets.token_hex(32),
+) -> bytes:
+    """A signing key: the setting `name`, or one `new` made once and kept in the data dir as a file of
     that name (0600), so every start (and the CLI) signs with the same one."""
     value = getattr(config, name)
     if value:
@@ -297,5 +305,5 @@ def ensure_secret(config: Config, name: Literal["secret", "jwt_secret"] = "secre
         with contextlib.suppress(FileExistsError):  # two processes at once: the first one's stays
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
+                f.write(new())
     return path.read_text().strip().encode()

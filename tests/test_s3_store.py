@@ -18,7 +18,7 @@ import pytest
 import s3server
 from minio import Minio
 
-from flowengine.stores.base import KeyPage, PutConditions, StoreUnavailable
+from flowengine.stores.base import KeyPage, Part, PartRefused, PutConditions, StoreUnavailable
 from flowengine.stores.s3 import S3Store
 
 pytestmark = pytest.mark.anyio
@@ -398,3 +398,14 @@ async def test_server_helper_wires_the_filer_webhook(
     assert created[0]["event_type"] == "create"
     assert created[0]["message"]["new_entry"]["attributes"]["file_size"] == len(BODY)
     assert {auth for auth, _ in received} == {"Bearer tok-123"}
+
+
+async def test_completing_with_an_etag_the_store_does_not_hold_is_part_refused(s3: dict[str, Any], client) -> None:
+    store = store_on(s3)
+    upload = await store.create_multipart("big", "application/octet-stream")
+    signed = store.presign_part("big", upload, 1, time.time() + 60, PutConditions(size=len(BODY)), "")
+    assert (await client.put(signed.url, content=BODY, headers=signed.headers)).status_code == 200
+    (part,) = await store.list_parts("big", upload) or []
+    with pytest.raises(PartRefused):  # S3's InvalidPart: the service checks every ETag named
+        await store.complete_multipart("big", upload, [Part(1, "0" * 32, len(BODY))])
+    assert (await store.complete_multipart("big", upload, [part])).size == len(BODY)

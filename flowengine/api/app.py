@@ -166,6 +166,7 @@ def create_app(config: Config, engine: Engine | None = None) -> HotRoutes:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.engine = dashboard.state.engine = running = engine or Engine(config)
         app.state.documents = RenderedDocuments(running)
+        running.webhooks.render_run = app.state.documents.for_webhook
         app.state.inline_plans = LRU(flow.INLINE_PLANS)
         app.state.pairing = pairing.Service(running)
         await running.start()

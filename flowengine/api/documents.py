@@ -220,6 +220,13 @@ class RenderedDocuments:
         self._docs.put(run.id, (stamp, self._valid_until(run, now), body))
         return body
 
+    def for_webhook(self, run: Run, flow: Flow) -> bytes:
+        """The document a run's webhook delivery sends: a poll's, its URLs on public_url (else on the
+        address the engine listens on: there is no request to take a base URL from)."""
+        config = self.engine.config
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        return self.get(run, flow, f"http://{host}:{config.port}")
+
     def _valid_until(self, run: Run, now: float) -> float:
         until = (now // 60 + 1) * 60
         later = [at for at in map(self.engine.expires_at, run.edges.values()) if at > now]

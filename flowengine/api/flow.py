@@ -18,6 +18,7 @@ from flowengine.api.openapi import Answer, ApiRoute, Body, Operation, in_path, i
 from flowengine.core import machine
 from flowengine.core.keys import MAX_NAME, NAME_RULE, is_name
 from flowengine.core.spec import FlagDef, Flow, FlowBody, Slot, decode_flow_body
+from flowengine.core.webhooks import url_problem
 from flowengine.errors import Error, Problem, bad_request
 from flowengine.runtime.engine import Engine
 
@@ -105,22 +106,32 @@ async def start_run(scope: Scope, receive: Receive) -> tuple[int, bytes]:
     body = await read_json(scope, receive, engine.config.max_body_size)
     # A client posting one definition again and again: no decoding or hashing it each time.
     library = await engine.catalog.library()
-    plan = state.inline_plans.get((name, body, library.stamp))
-    if plan is None:
-        flow = _inline_flow(name, body)
+    started = state.inline_plans.get((name, body, library.stamp))
+    if started is None:
+        posted = decode_flow_body(body) if body.strip() else FlowBody()
+        flow = _inline_flow(name, posted.flow)
         plan = engine.plan(flow, inline=True) if flow is not None else engine.plan(await engine.catalog.get(name))
+        started = plan, _webhook(engine, posted.webhook) if posted.webhook is not None else plan.flow.webhook
         if flow is not None and len(body) <= INLINE_PLAN_BYTES:
-            state.inline_plans.put((name, body, library.stamp), plan)
-    run = await engine.create_run(plan, principal.team)
+            state.inline_plans.put((name, body, library.stamp), started)
+    plan, webhook = started
+    run = await engine.create_run(plan, principal.team, webhook=webhook)
     return 201, run_json(scope, run, plan.flow)
 
 
-def _inline_flow(name: str, body: bytes) -> Flow | None:
+def _inline_flow(name: str, flow: Flow | None) -> Flow | None:
     """The flow a body defines (named after the URL unless it has a Name), or None to run the flow file."""
-    flow = decode_flow_body(body) if body.strip() else None
     if flow is None:
         return None
     return flow if flow.name else msgspec.structs.replace(flow, name=name)
+
+
+def _webhook(engine: Engine, url: str) -> str:
+    """A body's Webhook, which replaces the flow's for this run ("": none), checked as a flow's is."""
+    problem = url and url_problem(url, engine.config.webhook_allow_private)
+    if problem:
+        raise Error("invalid", "invalid_field", f"Webhook {problem}", "body.Webhook")
+    return url
 
 
 async def run_status(scope: Scope, receive: Receive) -> tuple[int, bytes]:
@@ -244,7 +255,12 @@ START_RUN = Operation(
     summary="Start a run: of the flow in the body, or of the flow file `flows/{name}` when there is no body",
     tag=FLOW,
     params=(in_path("name", Name, f"the flow file's name, or the inline flow's unless it has a Name: it {NAME_RULE}"),),
-    body=Body(FlowBody, '`{"Flow": {...}}`, an inline flow; no body runs the flow file', required=False),
+    body=Body(
+        FlowBody,
+        '`{"Flow": {...}}`, an inline flow; no body (or no Flow) runs the flow file. `Webhook`: '
+        'the URL notified when this run ends, over the flow\'s own ("" for none)',
+        required=False,
+    ),
     answers={
         201: Answer("the new run's document: WAITING, with an upload URL per input", RunDoc),
         400: f"the name is not valid: it {NAME_RULE} (invalid_name)",

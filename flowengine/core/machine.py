@@ -91,6 +91,7 @@ class Run(msgspec.Struct, omit_defaults=True, gc=False):
     task: bool = False  # started through the workflow/task API: its changes are the task's events too
     pool: str = "team"  # which agents may run its steps: its team's, or also the community pool's
     region: str = ""  # the region whose agents its steps prefer ('' for any)
+    webhook: str = ""  # a flow-API run's URL, notified when it ends ('' for none)
 
 
 # Events: facts.
@@ -190,13 +191,14 @@ def start(
     task: bool = False,
     pool: str = "team",
     region: str = "",
+    webhook: str = "",
 ) -> tuple[Run, list[Command]]:
     """A new run of `team`: the shell resolved every edge's store and key (static wells, and a task's
     file wells, arrive filled). `flags` override the steps' own; `task`: a task's run; `pool` and
-    `region`: which agents its steps may go to, and prefer."""
+    `region`: which agents its steps may go to, and prefer; `webhook`: the URL notified when it ends."""
     steps = {s.id: StepState() for s in flow.steps}
     run = Run(run_id, flow.name, WAITING, now, now, edges, steps, team=team, flags=flags or {}, task=task, pool=pool,
-              region=region)  # fmt: skip
+              region=region, webhook=webhook)  # fmt: skip
     commands = _settle(run, flow, now)
     return run, commands
 

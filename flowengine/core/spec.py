@@ -107,6 +107,7 @@ class Flow(_Spec, dict=True):  # dict: room for the cached lookups below
     steps: list[Step] = []
     tasks: list[Task] = []
     workflow: Workflow | None = None  # the flow's public description in the workflow/task API (workflows.py)
+    webhook: str = ""  # a URL notified when a flow-API run of it ends (its runs' default: a POST body may name another)
 
     # Lookups for a valid flow (validate.py has made IDs, names and edges unique), by dictionary:
     # every event on a run looks its step up, and a flow may have a thousand.
@@ -149,10 +150,12 @@ def with_tasks(flow: Flow, library: Mapping[str, Task]) -> Flow:
     return msgspec.structs.replace(flow, tasks=[*flow.tasks, *used.values()]) if used else flow
 
 
-class FlowBody(msgspec.Struct, rename="pascal", forbid_unknown_fields=True, kw_only=True):
-    """The body of POST /api/v1/flow/{name}: an inline flow, or nothing to run the named file."""
+class FlowBody(msgspec.Struct, rename="pascal", forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """The body of POST /api/v1/flow/{name}: an inline flow, or nothing to run the named file; either
+    way, a `Webhook` for this run, over the flow's own."""
 
     flow: Flow | None = None
+    webhook: str | None = None
 
 
 def decode_json(data: bytes, type_: Any, what: str = "body") -> Any:
@@ -173,19 +176,20 @@ def decode_json(data: bytes, type_: Any, what: str = "body") -> Any:
 _DECODERS: dict[Any, msgspec.json.Decoder] = {}
 
 
-def decode_flow_body(body: bytes) -> Flow | None:
-    """The flow an API body `{"Flow": {...}}` defines (None: no flow), or an Error listing every problem."""
+def decode_flow_body(body: bytes) -> FlowBody:
+    """An API body `{"Flow": {...}, "Webhook": "..."}` (both optional), or an Error listing every problem."""
     try:
-        return decode_json(body, FlowBody).flow
+        return decode_json(body, FlowBody)
     except Error as exc:
         if exc.code != "invalid_field":
             raise
     # Rare: msgspec stops at the first problem; decoded again as plain data, every one is found (a
     # syntax error after the first problem surfaces only now).
     plain = decode_json(body, Any)
-    if isinstance(plain, dict) and list(plain) == ["Flow"]:
-        return shape.convert(plain["Flow"], Flow, "body.Flow")  # paths relative to the flow, as validate's
-    return shape.convert(plain, FlowBody, "body").flow
+    if isinstance(plain, dict) and "Flow" in plain and set(plain) <= {"Flow", "Webhook"}:
+        flow = shape.convert(plain["Flow"], Flow, "body.Flow")  # paths relative to the flow, as validate's
+        return FlowBody(flow=flow, webhook=shape.convert(plain.get("Webhook"), str | None, "body.Webhook"))
+    return shape.convert(plain, FlowBody, "body")
 
 
 def load_flow_file(path: Path) -> Flow:

@@ -19,6 +19,7 @@ from itertools import chain, islice
 from flowengine.core import keys
 from flowengine.core.durations import Duration, parse_duration
 from flowengine.core.spec import Binding, DataWell, Flow, Slot, Step, Store, Task
+from flowengine.core.webhooks import url_problem
 from flowengine.errors import Problem
 
 Problems = Iterator[Problem]
@@ -46,9 +47,9 @@ MAX_BINDINGS = 100  # inputs and outputs of one step
 MAX_PROBLEMS = 100  # reported at once; the rest are counted
 
 
-def validate(flow: Flow, known_stores: Collection[str] = ()) -> list[Problem]:
+def validate(flow: Flow, known_stores: Collection[str] = (), *, private_webhooks: bool = False) -> list[Problem]:
     """Everything wrong with `flow` (up to MAX_PROBLEMS); empty when it can run.
-    `known_stores`: the operator's stores."""
+    `known_stores`: the operator's stores; `private_webhooks`: the operator's webhook_allow_private."""
     too_big = list(_check_size(flow))
     if too_big:
         return too_big
@@ -58,6 +59,7 @@ def validate(flow: Flow, known_stores: Collection[str] = ()) -> list[Problem]:
         islice(
             chain(
                 _check_flow_name(flow.name),
+                _check_webhook(flow.webhook, private_webhooks),
                 _check_stores(flow.stores),
                 _check_tasks(flow.tasks),
                 _check_steps(flow.steps, tasks),
@@ -169,6 +171,12 @@ def _check_identifier(path: str, what: str, value: str) -> Problems:
 
 def _check_flow_name(name: str) -> Problems:
     yield from _check_identifier("Name", "flow name", name)
+
+
+def _check_webhook(url: str, allow_private: bool) -> Problems:
+    problem = url and url_problem(url, allow_private)
+    if problem:
+        yield Problem("Webhook", f"the webhook URL {problem}")
 
 
 def _check_stores(stores: list[Store]) -> Problems:

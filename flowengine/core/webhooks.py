@@ -1,6 +1,10 @@
 """Webhooks, the pure part: what a task's end sends, how it is signed, when a failed attempt is tried
 again, and which URLs and addresses a delivery may go to.
 
+Two kinds of delivery share it: a team webhook's (the workflow/task API, signed with the webhook's
+secret) and a flow-API run's (its `Webhook` URL: the run document as `GET /api/v1/flow/status/{id}`
+shows it, signed with the operator's `webhook_signing_key`).
+
 A delivery's body is the reference's (cyberun-api.md §6.4): `event_type`, `task_id`, `task_status`,
 `task_output` (null unless completed), `task_error` ("" unless failed), `timestamp`. It is signed two
 ways, so a receiver can use either:
@@ -19,18 +23,22 @@ import base64
 import hashlib
 import hmac
 import ipaddress
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
 
-from flowengine.core.machine import Run
 from flowengine.core.times import rfc3339
 from flowengine.errors import bad_request
+
+if TYPE_CHECKING:
+    from flowengine.core.machine import Run  # validate (which machine imports) checks URLs here
 
 WebhookEvent = Literal["task.completed", "task.failed"]
 EVENTS: tuple[WebhookEvent, ...] = ("task.completed", "task.failed")
 _OF_STATUS: dict[str, WebhookEvent] = {"completed": "task.completed", "failed": "task.failed"}
+RunEvent = Literal["run.completed", "run.error", "run.stopped"]
+_OF_RUN_STATUS: dict[str, RunEvent] = {"COMPLETE": "run.completed", "ERROR": "run.error", "STOPPED": "run.stopped"}
 SECRET_PREFIX = "whsec_"
 MAX_URL = 2048
 _encode = msgspec.json.Encoder().encode
@@ -48,6 +56,11 @@ class TaskDelivery(msgspec.Struct, frozen=True):
 def event_of(task_status: str) -> WebhookEvent | None:
     """The webhook event a task's status is (None: cancelled and the other statuses send none)."""
     return _OF_STATUS.get(task_status)
+
+
+def run_event(run_status: str) -> RunEvent | None:
+    """The event a flow-API run's status is (None: it has not ended)."""
+    return _OF_RUN_STATUS.get(run_status)
 
 
 def task_body(event: WebhookEvent, run: Run, output: Any) -> bytes:
@@ -80,29 +93,39 @@ def next_due(tries: int, delays: list[float], now: float) -> float | None:
 
 
 def check_url(url: str, allow_private: bool, field: str = "webhook_url") -> str:
-    """A webhook URL as given, if it may be one: https (http too where the operator allows private
-    addresses), a host, at most MAX_URL characters; an address literal must be public unless allowed."""
+    """A webhook URL as given, if it may be one (`url_problem`); else a 400 naming `field`."""
+    problem = url_problem(url, allow_private)
+    if problem:
+        raise bad_request("invalid_field", f"{field} {problem}", field)
+    return url
+
+
+def url_problem(url: str, allow_private: bool) -> str:
+    """What is wrong with a webhook URL ("" if nothing), as the end of a sentence naming it: https
+    (http too where the operator allows private addresses), a host, at most MAX_URL characters, no
+    user or password; an address literal must be public unless allowed (a name's addresses are
+    checked when a delivery resolves it)."""
     if len(url) > MAX_URL:
-        raise bad_request("invalid_field", f"{field} is longer than {MAX_URL} characters", field)
+        return f"is longer than {MAX_URL} characters"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises on a port that is not a number)
     except ValueError as exc:
-        raise bad_request("invalid_field", f"{field} is not a URL: {exc}", field) from None
+        return f"is not a URL: {exc}"
     schemes = ("https", "http") if allow_private else ("https",)
     if parts.scheme not in schemes:
-        raise bad_request("invalid_field", f"{field} must be an {' or '.join(schemes)}:// URL", field)
+        return f"must be an {' or '.join(schemes)}:// URL"
     if not parts.hostname:
-        raise bad_request("invalid_field", f"{field} has no host", field)
+        return "has no host"
     if parts.username is not None or parts.password is not None:
-        raise bad_request("invalid_field", f"{field} must not carry a user or password", field)
+        return "must not carry a user or password"
     try:
         address = ipaddress.ip_address(parts.hostname)
     except ValueError:
-        return url  # a name: its addresses are checked when a delivery resolves it
+        return ""
     if not allow_private and not public(address):
-        raise bad_request("invalid_field", f"{field} is a private, loopback or reserved address", field)
-    return url
+        return "is a private, loopback or reserved address"
+    return ""
 
 
 def public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:

@@ -278,10 +278,10 @@ API = _Form("", _keys(WorkflowFields), _keys(ParameterDef), "flow.")
 Problems = Iterator[Problem]
 
 
-def validate_flow(flow: Flow, known_stores: Collection[str] = ()) -> list[Problem]:
+def validate_flow(flow: Flow, known_stores: Collection[str] = (), private_webhooks: bool = False) -> list[Problem]:
     """Everything wrong with a flow file: its flow (`validate`) and its `Workflow:` section, if any.
     `flow` has the library tasks it uses copied in (`with_tasks`)."""
-    problems = validate(flow, known_stores)
+    problems = validate(flow, known_stores, private_webhooks=private_webhooks)
     if flow.workflow is not None:
         workflow = from_flow_file(flow)
         problems += _problems(workflow, workflow.flow, FILE)

@@ -255,20 +255,22 @@ class WebhookRecord(msgspec.Struct, frozen=True):
 
 
 class DeliveryRecord(msgspec.Struct, frozen=True):
-    """One event for one webhook: its body is fixed when made (the run change's transaction) and sent
-    as is on every attempt, under its id (the `webhook-id` header)."""
+    """One event for one webhook, sent on every attempt under its id (the `webhook-id` header). A team
+    webhook's body is fixed when made (the run change's transaction); a flow-API run's (`url` set,
+    `webhook` '') is the run document, rendered at each attempt."""
 
     id: str
-    webhook: str
-    event: str  # task.completed | task.failed
-    task: str
-    body: bytes
+    webhook: str  # a team webhook's id; '' for a flow-API run's delivery
+    event: str  # task.completed | task.failed | run.completed | run.error | run.stopped
+    task: str  # the run's id
+    body: bytes  # empty for a run's delivery
     status: Literal["pending", "delivered", "failed"]
     tries: int  # attempts since it was made or re-sent: the retry schedule's position
     attempts: int  # attempts ever
     due: float | None  # when a pending one is sent next
     created: float
     updated: float
+    url: str | None = None  # a flow-API run's Webhook; None: the team webhook's URL
 
 
 class DeliveryAttempt(msgspec.Struct, frozen=True):

@@ -64,12 +64,16 @@ class Library(msgspec.Struct, frozen=True):
 
 
 def check_files(
-    paths: Iterable[Path], known_stores: Collection[str] = (), library: Library | None = None
+    paths: Iterable[Path],
+    known_stores: Collection[str] = (),
+    library: Library | None = None,
+    private_webhooks: bool = False,
 ) -> list[Entry]:
     """Every problem of each flow file, with the library tasks it uses; the Python tasks of all
-    files in one directory are import-checked by one child process. Blocking."""
+    files in one directory are import-checked by one child process. Blocking. `private_webhooks`:
+    the operator's webhook_allow_private, which a flow's Webhook is checked against."""
     library = library or Library((), [], {})
-    entries = [_read(path, known_stores, library.tasks) for path in paths]
+    entries = [_read(path, known_stores, library.tasks, private_webhooks) for path in paths]
     checked: list[Entry] = []
     for directory, group in groupby(sorted(entries, key=lambda e: e.path.parent), key=lambda e: e.path.parent):
         same_dir = list(group)
@@ -86,7 +90,7 @@ def check_files(
     return sorted(checked, key=lambda entry: order[entry.path])
 
 
-def _read(path: Path, known_stores: Collection[str], library: Mapping[str, Task]) -> Entry:
+def _read(path: Path, known_stores: Collection[str], library: Mapping[str, Task], private_webhooks: bool) -> Entry:
     mtime = _mtime(path)  # before reading: a change while we read makes the entry stale at once
     try:
         flow = with_tasks(load_flow_file(path), library)
@@ -94,7 +98,7 @@ def _read(path: Path, known_stores: Collection[str], library: Mapping[str, Task]
         return Entry(path.stem, path, mtime, None, [Problem("", f"cannot read it: {exc.strerror or exc}")])
     except Error as exc:
         return Entry(path.stem, path, mtime, None, exc.problems or [Problem("", exc.message)])
-    return Entry(path.stem, path, mtime, flow, validate_flow(flow, known_stores))
+    return Entry(path.stem, path, mtime, flow, validate_flow(flow, known_stores, private_webhooks))
 
 
 def library_stamp(flows_dir: Path) -> tuple:
@@ -137,9 +141,10 @@ def _mtime(path: Path) -> int:
 
 
 class Catalog:
-    def __init__(self, directory: Path, known_stores: Collection[str] = ()) -> None:
+    def __init__(self, directory: Path, known_stores: Collection[str] = (), private_webhooks: bool = False) -> None:
         self.directory = directory
         self.known_stores = known_stores
+        self.private_webhooks = private_webhooks
         self._entries: dict[Path, Entry] = {}
         self._checking = asyncio.Lock()  # one check at a time: two requests for a changed file share it
         self.installed = Library((), [], {})  # the library as last loaded (see library())
@@ -161,7 +166,9 @@ class Catalog:
             async with self._checking:
                 stale = [path for path in paths if not self._fresh(path, library)]
                 if stale:
-                    entries = await anyio.to_thread.run_sync(check_files, stale, self.known_stores, library)
+                    entries = await anyio.to_thread.run_sync(
+                        check_files, stale, self.known_stores, library, self.private_webhooks
+                    )
                     self._entries.update((entry.path, entry) for entry in entries)
         return [self._entries[path] for path in paths]
 

@@ -121,7 +121,7 @@ class Engine:
         self.stores = Stores(config, ensure_secret(config), clock)
         self.directory = Directory(self.db, ensure_secret(config, "jwt_secret"), clock, new_id)
         self.workflows = Workflows(self)
-        self.catalog = Catalog(Path(config.flows_dir), self.stores.configured.keys())
+        self.catalog = Catalog(Path(config.flows_dir), self.stores.configured.keys(), config.webhook_allow_private)
         self.work_root = config.work_path
         self.log_root = data / "logs"
         self.python_path = str(Path(config.flows_dir).resolve())  # where Python tasks import from
@@ -335,7 +335,7 @@ class Engine:
         digest = hashlib.sha256(definition).hexdigest()
         plan = self._plans.get(digest)
         if plan is None:
-            problems = validate(flow, self.stores.configured.keys())
+            problems = validate(flow, self.stores.configured.keys(), private_webhooks=self.config.webhook_allow_private)
             if problems:
                 raise Error("invalid", "invalid_flow", f"the flow has {len(problems)} problem(s)", "Flow", problems)
             plan = make_plan(flow, digest, definition, self.stores, self.config)
@@ -370,11 +370,17 @@ class Engine:
             )  # fmt: skip
 
     async def create_run(
-        self, plan: Plan, team: str = "", task: tasks.NewTask | None = None, pool: str = "team", region: str = ""
+        self,
+        plan: Plan,
+        team: str = "",
+        task: tasks.NewTask | None = None,
+        pool: str = "team",
+        region: str = "",
+        webhook: str = "",
     ) -> Run:
         """A new run of `team`; with `task`, a task's (runtime/tasks.py): its file wells arrive filled,
         its steps take its flags, and its row is inserted with the run. `pool` and `region` say which
-        agents its steps may go to, and prefer."""
+        agents its steps may go to, and prefer; `webhook` is notified when it ends."""
         now = self.clock()
         run_id = self.new_id()
         edges = {e.name: e.state(run_id, now) for e in plan.edges}
@@ -388,7 +394,7 @@ class Engine:
             _refuse_shared_keys(edges, plan)
         flags = task.flags if task is not None else None
         run, commands = machine.start(plan.flow, run_id, edges, now, team, flags=flags, task=task is not None,
-                                      pool=pool, region=region)  # fmt: skip
+                                      pool=pool, region=region, webhook=webhook)  # fmt: skip
         waiting = machine.waiting_edges(run)
         waits = [_wait(e.store, run, e.name) for e in plan.edges if e.name in waiting]
         wake = machine.next_wake(run)
@@ -414,9 +420,10 @@ class Engine:
     async def _flush_creations(self) -> None:
         batch, self._creations = self._creations, []
         refused: dict[int, Error] = {}
+        hooks = 0
         try:
             async with self.db.transaction() as tx:
-                rows, task_rows, attempts = [], [], []
+                rows, task_rows, attempts, ended = [], [], [], []
                 for i, (creation, _) in enumerate(batch):
                     try:
                         rows.append(await self._claim(tx, creation))
@@ -426,14 +433,20 @@ class Engine:
                         continue
                     if creation.task_rows is not None:
                         task_rows.append(creation.task_rows)
+                    if creation.run.status in machine.TERMINAL:  # all it needed was there (static wells)
+                        ended.append(creation)
                 await tx.insert_runs(rows)
                 if task_rows:
                     await tx.insert_tasks(task_rows)
                 await tx.insert_attempts(attempts)
+                for creation in ended:
+                    hooks += await webhooks.enqueue(tx, self, creation.run, creation.plan.flow)
         except Exception as exc:
             for _, future in batch:
                 future.set_exception(exc)
             return
+        if hooks:
+            self.webhooks.wake.set()
         for i, (_, future) in enumerate(batch):
             if i in refused:
                 future.set_exception(refused[i])
@@ -489,8 +502,8 @@ class Engine:
             task_change = tasks.task_change(row.run, run, flow, offered, task.status if task is not None else None)
             if task_change.events:
                 await tx.save_task(run.id, task_change)
-            if run.status in machine.TERMINAL and row.run.status not in machine.TERMINAL:
-                hooks = await webhooks.enqueue(tx, self, run, flow)
+        if run.status in machine.TERMINAL and row.run.status not in machine.TERMINAL:
+            hooks = await webhooks.enqueue(tx, self, run, flow)
         filled = [n for n, e in run.edges.items() if e.object and not row.run.edges[n].object]
         still = set(machine.waiting_edges(run))
         gone = [n for n in machine.waiting_edges(row.run) if n not in still]

@@ -20,7 +20,7 @@ from flowengine.core.parts import part_length, part_plan
 from flowengine.errors import Error, already_exists, bad_request, not_found
 from flowengine.persistence.base import FileRecord, UploadRecord
 from flowengine.runtime.files import files_store
-from flowengine.stores.base import Part, Presigned, PutConditions, Store, StoreUnavailable
+from flowengine.stores.base import Part, PartRefused, Presigned, PutConditions, Store, StoreUnavailable
 
 if TYPE_CHECKING:
     from flowengine.runtime.engine import Engine
@@ -104,14 +104,21 @@ async def complete(engine: Engine, upload: UploadRecord, store: Store, named: li
     if [p.number for p in named] != list(range(1, upload.part_count + 1)):
         message = f"parts must name each of this upload's {upload.part_count} parts once, in order (1, 2, ...)"
         raise bad_request("invalid_parts", message, "parts")
-    held = {p.number: p for p in await received(store, upload)}
+    # By number, every version the store holds: S3 and the embedded store keep a re-sent part's last
+    # one only; SeaweedFS keeps each, and assembles the one whose ETag the client names.
+    held: dict[int, dict[str, Part]] = {}
+    for part in await received(store, upload):
+        held.setdefault(part.number, {})[part.etag] = part
     parts = []
     for i, want in enumerate(named):
-        part = held.get(want.number)
-        if part is None or part.size != part_length(upload.file_size, upload.part_size, want.number):
+        size = part_length(upload.file_size, upload.part_size, want.number)
+        versions = {etag: p for etag, p in held.get(want.number, {}).items() if p.size == size}
+        if not versions:
             raise bad_request("part_missing", f"part {want.number} has not been received whole", f"parts[{i}]")
-        if part.etag != want.etag.strip('"'):
-            message = f"part {want.number}'s ETag is {part.etag!r}: it was sent again since, or this is another's"
+        part = versions.get(want.etag.strip('"'))
+        if part is None:
+            message = (f"part {want.number}'s ETag is {' or '.join(map(repr, versions))}, not {want.etag!r}: it was "
+                       "sent again since, or this is another's")  # fmt: skip
             raise bad_request("etag_mismatch", message, f"parts[{i}].etag")
         parts.append(part)
     if await store.stat(upload.key) is not None:
@@ -120,7 +127,7 @@ async def complete(engine: Engine, upload: UploadRecord, store: Store, named: li
         await store.complete_multipart(upload.key, upload.native_id, parts)
     except FileExistsError:
         raise already_exists(upload.key) from None
-    except FileNotFoundError:  # the embedded store: a part was sent again while this read it
+    except (FileNotFoundError, PartRefused):  # a part was sent again after the listing above
         message = "a part was sent again while the upload was completing: list its parts and complete it again"
         raise bad_request("part_missing", message, "parts") from None
     now = engine.clock()

@@ -1,6 +1,11 @@
-"""Team webhooks: their records, the deliveries a task's end makes, and the sender that POSTs them.
+"""Webhooks: teams' records, the deliveries a run's end makes, and the sender that POSTs them.
 
-Durable: `enqueue` writes a task's deliveries in the transaction of the run change that ends the task
+Two kinds of delivery: a task's end to its team's webhooks (signed with each webhook's secret, the
+body fixed when it is made), and a flow-API run's end to the run's own `Webhook` URL (signed with the
+operator's `webhook_signing_key`; the body is the run document, rendered at each attempt so that its
+download URLs are fresh when the receiver gets them).
+
+Durable: `enqueue` writes a run's deliveries in the transaction of the run change that ends it
 (`Engine.apply`), so a crash loses none. The sender (a supervised loop) claims due deliveries by moving
 their `due` past a lease in the claiming statement (PostgreSQL: `FOR UPDATE SKIP LOCKED`), so two
 loops or two engines never send one at once; every attempt is recorded with its outcome. An attempt
@@ -22,6 +27,7 @@ import logging
 import secrets
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -29,9 +35,18 @@ import httpx
 import msgspec
 
 from flowengine.aio import wait_event
+from flowengine.config import Config, ensure_secret
 from flowengine.core.spec import Flow
 from flowengine.core.tasks import task_output, task_status
-from flowengine.core.webhooks import SECRET_PREFIX, event_of, next_due, public, signature_headers, task_body
+from flowengine.core.webhooks import (
+    SECRET_PREFIX,
+    event_of,
+    next_due,
+    public,
+    run_event,
+    signature_headers,
+    task_body,
+)
 from flowengine.errors import Error, not_found
 from flowengine.persistence.base import DeliveryAttempt, DeliveryRecord, Queries, WebhookRecord
 
@@ -49,20 +64,35 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+def signing_key(config: Config) -> str:
+    """The operator's key for flow-API runs' deliveries: the setting, or one made once in the data dir
+    (`flowengine webhook-key` prints it)."""
+    return ensure_secret(config, "webhook_signing_key", new_secret).decode()
+
+
 async def enqueue(tx: Queries, engine: Engine, run: Run, flow: Flow) -> int:
-    """The deliveries of a task's end to the team's active webhooks that take its event, in `tx` (the
-    transaction of the change that ended it); returns how many."""
+    """The deliveries of a run's end, in `tx` (the transaction of the change that ended it): a task's
+    to the team's active webhooks that take its event, a flow-API run's to its Webhook; returns how many."""
+    now = engine.clock()
+    deliveries = await _task_deliveries(tx, engine, run, flow, now) if run.task else []
+    event = run_event(run.status)
+    if run.webhook and event is not None:  # its body is rendered at each attempt: none is stored
+        deliveries.append(DeliveryRecord(engine.new_id(), "", event, run.id, b"", "pending", 0, 0, now, now, now,
+                                         run.webhook))  # fmt: skip
+    if deliveries:
+        await tx.insert_deliveries(deliveries)
+    return len(deliveries)
+
+
+async def _task_deliveries(tx: Queries, engine: Engine, run: Run, flow: Flow, now: float) -> list[DeliveryRecord]:
     event = event_of(task_status(run))
     if event is None:
-        return 0
+        return []
     hooks = [w for w in await tx.webhooks(run.team) if w.status == "active" and event in w.events.split()]
     if not hooks:
-        return 0
-    now = engine.clock()
+        return []
     body = task_body(event, run, task_output(run, flow) if event == "task.completed" else None)
-    await tx.insert_deliveries([DeliveryRecord(engine.new_id(), w.id, event, run.id, body, "pending", 0, 0, now, now,
-                                               now) for w in hooks])  # fmt: skip
-    return len(hooks)
+    return [DeliveryRecord(engine.new_id(), w.id, event, run.id, body, "pending", 0, 0, now, now, now) for w in hooks]
 
 
 async def team_webhook(engine: Engine, team: str | None, webhook_id: str) -> WebhookRecord:
@@ -83,6 +113,10 @@ class Sender:
         self.engine = engine
         self.wake = asyncio.Event()  # set by a commit that made deliveries: send them now
         self.client: httpx.AsyncClient | None = None  # while the engine is started
+        self.signing_key = signing_key(engine.config)
+        # The run document a flow-API run's delivery sends, as GET /api/v1/flow/status/{id} shows it: the
+        # API's to render (api/documents.py), so create_app sets it before the engine starts.
+        self.render_run: Callable[[Run, Flow], bytes] | None = None
 
     def open(self) -> None:
         timeout = self.engine.config.webhook_timeout
@@ -109,18 +143,17 @@ class Sender:
 
     async def attempt(self, delivery: DeliveryRecord) -> None:
         engine, config = self.engine, self.engine.config
-        webhook = await engine.db.webhook(delivery.webhook)
-        if webhook is None:  # deleted meanwhile, with its deliveries
+        target = await self.target(delivery)
+        if target is None:  # its webhook was deleted meanwhile, with its deliveries
             return
+        url, secret, body, refused = target
         now, started = engine.clock(), time.monotonic()
-        code, error = None, ""
-        if webhook.status != "active":
-            error = "the webhook is disabled"
-        else:
-            headers = signature_headers(delivery.id, webhook.secret, delivery.body, now)
+        code, error = None, refused
+        if not refused:
+            headers = signature_headers(delivery.id, secret, body, now)
             try:
                 async with asyncio.timeout(config.webhook_timeout):
-                    code = (await self.post(webhook.url, headers, delivery.body)).status_code
+                    code = (await self.post(url, headers, body)).status_code
                 error = "" if 200 <= code < 300 else f"the receiver answered {code}"
             except TimeoutError:
                 error = f"no answer within {config.webhook_timeout:g} s"
@@ -128,14 +161,31 @@ class Sender:
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         latency = time.monotonic() - started
         tries = delivery.tries + 1
-        due = None if not error or webhook.status != "active" else next_due(tries, config.webhook_retry_delays, now)
+        due = None if not error or refused else next_due(tries, config.webhook_retry_delays, now)
         status = "delivered" if not error else "pending" if due is not None else "failed"
         attempt = DeliveryAttempt(delivery.id, delivery.attempts + 1, now, code, latency, error)
         async with engine.db.transaction() as tx:
             await tx.record_delivery_attempt(attempt, status, due)
         if error:
-            log.info("webhook %s: delivery %s attempt %d failed (%s)%s", webhook.id, delivery.id, attempt.n, error,
-                     "" if due is None else f"; again in {due - now:.0f} s")  # fmt: skip
+            log.info("webhook %s: delivery %s attempt %d failed (%s)%s", delivery.webhook or f"of run {delivery.task}",
+                     delivery.id, attempt.n, error, "" if due is None else f"; again in {due - now:.0f} s")  # fmt: skip
+
+    async def target(self, delivery: DeliveryRecord) -> tuple[str, str, bytes, str] | None:
+        """Where a delivery goes, the key it is signed with, its body, and why it is not sent ("": it
+        is); None: its team webhook is gone."""
+        if delivery.url is None:
+            webhook = await self.engine.db.webhook(delivery.webhook)
+            if webhook is None:
+                return None
+            refused = "" if webhook.status == "active" else "the webhook is disabled"
+            return webhook.url, webhook.secret, delivery.body, refused
+        # From the database, not the engine's cache: another engine (PostgreSQL) may have ended the run.
+        row = await self.engine.db.load_run(delivery.task)
+        if row is None:
+            return delivery.url, self.signing_key, b"", f"run {delivery.task} no longer exists"
+        assert self.render_run is not None, "create_app sets it before the engine starts"
+        flow = await self.engine.flow_of(row.definition)
+        return delivery.url, self.signing_key, self.render_run(row.run, flow), ""
 
     async def post(self, url: str, headers: dict[str, str], body: bytes) -> httpx.Response:
         """POST to `url` at an address of its host that the rules allow (module docstring)."""

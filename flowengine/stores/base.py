@@ -72,6 +72,11 @@ def multipart_etag(part_md5s: list[bytes]) -> str:
     return f"{hashlib.md5(b''.join(part_md5s), usedforsecurity=False).hexdigest()}-{len(part_md5s)}"
 
 
+class PartRefused(Exception):
+    """Completing a multipart upload, the store found a named part's ETag not among its parts' (S3's
+    InvalidPart): the part was sent again since it was listed."""
+
+
 class StoreUnavailable(Exception):
     """The store did not answer (down, unreachable, credentials refused)."""
 
@@ -124,7 +129,9 @@ class Store(Protocol):
         ...
 
     async def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> ObjectInfo:
-        """Assemble `parts` (each as `list_parts` gave it) into the object; streamed, never whole in memory."""
+        """Assemble `parts` (each as `list_parts` gave it) into the object; streamed, never whole in memory.
+        A part no longer there under its ETag: FileNotFoundError (the embedded store), PartRefused (S3,
+        whose service checks every ETag)."""
         ...
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:

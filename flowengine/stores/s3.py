@@ -31,7 +31,7 @@ from urllib3 import BaseHTTPResponse, HTTPHeaderDict
 
 from flowengine.core.keys import key_problem
 from flowengine.stores import sigv4
-from flowengine.stores.base import KeyPage, ObjectInfo, Part, Presigned, PutConditions, StoreUnavailable
+from flowengine.stores.base import KeyPage, ObjectInfo, Part, PartRefused, Presigned, PutConditions, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -287,7 +287,12 @@ class S3Store:
     async def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> ObjectInfo:
         full = self._full(key)
         listed = [MinioPart(p.number, p.etag) for p in parts]
-        await self._run(self._client._complete_multipart_upload, self.bucket, full, upload_id, listed)
+        try:
+            await self._run(self._client._complete_multipart_upload, self.bucket, full, upload_id, listed)
+        except S3Error as exc:
+            if exc.code == "InvalidPart":
+                raise PartRefused(f"{self.name}: {exc.message}") from None
+            raise
         info = await self.stat(key)
         if info is None:  # deleted by someone else in between
             raise FileNotFoundError(f"{self.name}: {key} vanished right after its multipart upload completed")
