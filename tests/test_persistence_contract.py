@@ -852,11 +852,14 @@ async def test_attempts_are_stored_whole_and_read_back_by_id_and_by_step(db: Dat
     assert (await db.attempt_of("run", "s", 2)).id == "a2"
     assert await db.attempt_of("run", "s", 3) is None
     changed = queue.end(
-        queue.ack(queue.offer(first, Worker(id="w", session="x"), "tok", 2.0, 10.0), 3.0, 30.0), "failed"
+        queue.ack(queue.offer(first, Worker(id="w", session="x"), "tok", 2.0, 10.0), 3.0, 30.0), "failed", 4.0
     )
     await db.save_attempt(changed)
     assert await db.attempt("a1") == changed
     assert sorted(a.id for a in await db.open_attempts("run", "s")) == ["a2"]
+    assert changed.ended == 4.0
+    assert [a.id for a in await db.run_attempts("run")] == ["a3", "a1", "a2"]  # by step ("other" < "s"), attempt
+    assert await db.run_attempts("another") == []
 
 
 async def test_queued_attempts_are_the_oldest_a_worker_may_take_by_tool_labels_team_pool_and_region(db: Database):
@@ -950,7 +953,8 @@ async def test_agents_list_a_page_by_name_with_the_runs_they_run_now(db: Databas
             queue.ack(queue.offer(attempt("a2", run_id="r2"), w1, "t", 1.0, 5.0), 2.0, 30.0),
             queue.ack(queue.offer(attempt("a1", run_id="r1"), w1, "t", 1.0, 5.0), 2.0, 30.0),
             queue.offer(attempt("a3", run_id="r3"), w2, "t", 1.0, 5.0),  # offered, not running yet
-            queue.end(queue.ack(queue.offer(attempt("a4", run_id="r4"), w2, "t", 1.0, 5.0), 2.0, 30.0), "succeeded"),
+            queue.end(queue.ack(queue.offer(attempt("a4", run_id="r4"), w2, "t", 1.0, 5.0), 2.0, 30.0), "succeeded",
+                      3.0),
         ])  # fmt: skip
     rows = await db.agent_rows("t1", 10, 0)
     assert [(r.agent.name, r.running) for r in rows] == [("alpha", []), ("mid", []), ("zeta", ["r1", "r2"])]
@@ -967,7 +971,8 @@ async def test_a_task_reads_with_the_agent_its_latest_taken_attempt_went_to(db: 
     one, two, local = Worker(id="ag1", session="s"), Worker(id="ag2", session="s"), Worker(id="local:x", session="l")
     async with db.transaction() as tx:
         await tx.insert_attempts([
-            queue.end(queue.ack(queue.offer(attempt("x1", run_id="T1"), one, "t", 1.0, 5.0), 2.0, 30.0), "expired"),
+            queue.end(queue.ack(queue.offer(attempt("x1", run_id="T1"), one, "t", 1.0, 5.0), 2.0, 30.0), "expired",
+                      3.0),
             queue.ack(queue.offer(attempt("x2", run_id="T1", attempt=2), two, "t", 3.0, 5.0), 4.0, 30.0),
             attempt("x3", run_id="T1", step="later"),  # queued: no worker took it
             queue.offer(attempt("x4", run_id="T2"), one, "t", 1.0, 5.0),

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
-from dashboard import csrf_of, sign_in, write_flows
+from dashboard import FAILING_FLOW, csrf_of, sign_in, write_flows
 from live import Server, admin, make_key, wait_for_status
 
 from flowengine.api.ui import graph, stats
@@ -362,3 +362,18 @@ def test_step_figures_count_what_finished_in_the_window_and_rank_failures_first(
                                 run("g", {"c": running})], since=50.0)  # fmt: skip
     assert [(s.flow, s.step, s.finished, s.failed) for s in figures] == [("f", "b", 1, 1), ("f", "a", 2, 0)]
     assert figures[0].failure_rate == 1.0 and figures[1].mean == 7.0 and figures[1].longest == 10.0
+
+
+def test_the_timeline_draws_every_attempt_of_a_step_with_how_it_ended(start_server, flows_dir: Path):
+    write_flows(flows_dir)
+    retried = FAILING_FLOW.replace("Name: failing", "Name: retried").replace(
+        "    Exec:", "    MaxAttempts: 2\n    Backoff: 0.2\n    Exec:"
+    )
+    (flows_dir / "retried.yaml").write_text(retried)
+    server = start_server()
+    run = start(server, "retried")
+    assert httpx.put(run["WaitingURLs"][0]["PutURL"], content=b"no header").status_code == 200
+    assert wait_for_status(httpx.Client(base_url=server.url), run["ID"], {"ERROR"})["Steps"][0]["Attempts"] == 2
+    page = httpx.get(f"{server.url}/ui/runs/{run['ID']}").text
+    bars = re.findall(r'<rect class="bar s-(\w+)"[^>]*><title>parse, attempt (\d)', page)
+    assert bars == [("error", "1"), ("error", "2")]

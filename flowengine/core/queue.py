@@ -47,6 +47,7 @@ class Attempt(msgspec.Struct, kw_only=True):
     deadline: float | None = None
     created: float = 0.0
     log_seq: int = 0
+    ended: float | None = None  # done: when (a run's timeline draws every attempt)
 
 
 class Worker(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,8 +103,8 @@ def requeue(attempt: Attempt, deadline: float | None) -> Attempt:
                            offer_expires=None, acked_at=None, lease_expires=None, deadline=deadline)  # fmt: skip
 
 
-def end(attempt: Attempt, outcome: Outcome) -> Attempt:
-    return structs.replace(attempt, state="done", outcome=outcome, lease_expires=None, offer_expires=None)
+def end(attempt: Attempt, outcome: Outcome, now: float) -> Attempt:
+    return structs.replace(attempt, state="done", outcome=outcome, lease_expires=None, offer_expires=None, ended=now)
 
 
 def output_key(key: str, attempt: int) -> str:

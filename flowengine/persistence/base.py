@@ -560,6 +560,10 @@ class Queries(Protocol):
         """The queue's row for that attempt of that step of that run (the latest, if there are several)."""
         ...
 
+    async def run_attempts(self, run_id: str) -> list[Attempt]:
+        """Every attempt of the run's steps, by step and attempt number (its timeline)."""
+        ...
+
     async def open_attempts(self, run_id: str, step: str) -> list[Attempt]:
         """The step's attempts not done yet."""
         ...

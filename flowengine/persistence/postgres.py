@@ -855,6 +855,12 @@ class _Queries:
         )
         return attempt_from(row) if row else None
 
+    async def run_attempts(self, run_id: str) -> list[Attempt]:
+        rows = await self._rows(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = %s ORDER BY step, attempt, created", (run_id,)
+        )
+        return [attempt_from(r) for r in rows]
+
     async def open_attempts(self, run_id: str, step: str) -> list[Attempt]:
         rows = await self._rows(
             f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = %s AND step = %s AND state != 'done'",

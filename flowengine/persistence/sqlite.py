@@ -745,6 +745,12 @@ class SqliteDatabase:
         ).fetchone()
         return attempt_from(row) if row else None
 
+    async def run_attempts(self, run_id: str) -> list[Attempt]:
+        rows = self.conn.execute(
+            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = ? ORDER BY step, attempt, created", (run_id,)
+        )
+        return [attempt_from(r) for r in rows]
+
     async def open_attempts(self, run_id: str, step: str) -> list[Attempt]:
         rows = self.conn.execute(
             f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE run_id = ? AND step = ? AND state != 'done'", (run_id, step)

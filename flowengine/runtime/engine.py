@@ -518,7 +518,7 @@ class Engine:
         for command in commands:
             if isinstance(command, Abort):
                 for attempt in await tx.open_attempts(run.id, command.step):
-                    await tx.save_attempt(queue.end(attempt, "cancelled"))
+                    await tx.save_attempt(queue.end(attempt, "cancelled", now))
         return Change(row.run, run, flow, row.definition, commands, wake, hooks)
 
     def committed(self, change: Change) -> Run:

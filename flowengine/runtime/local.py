@@ -64,7 +64,7 @@ class LocalExecutor:
                 if attempt is not None and attempt.state == "offered":
                     await tx.save_attempt(queue.requeue(attempt, attempt.deadline))
                 elif attempt is not None and attempt.state == "running":
-                    await tx.save_attempt(queue.end(attempt, "interrupted"))
+                    await tx.save_attempt(queue.end(attempt, "interrupted", self.engine.clock()))
                     event = machine.StepInterrupted(attempt.step, attempt.attempt)
                     change = await self.engine.advance(tx, attempt.run_id, event)
             if change is not None:

@@ -129,7 +129,7 @@ class StepQueue:
                 return
             if attempt.state != "running":
                 raise _stale(lease_id)
-            await tx.save_attempt(queue.end(attempt, "succeeded"))
+            await tx.save_attempt(queue.end(attempt, "succeeded", self.engine.clock()))
             event = StepSucceeded(attempt.step, attempt.attempt, outputs, logs)
             change = await self.engine.advance(tx, attempt.run_id, event)
         self.engine.committed(change)
@@ -142,7 +142,7 @@ class StepQueue:
                 return
             if attempt.state != "running":
                 raise _stale(lease_id)
-            await tx.save_attempt(queue.end(attempt, "failed"))
+            await tx.save_attempt(queue.end(attempt, "failed", self.engine.clock()))
             event = StepFailed(attempt.step, attempt.attempt, error, logs, retry=retryable)
             change = await self.engine.advance(tx, attempt.run_id, event)
         self.engine.committed(change)
@@ -229,15 +229,15 @@ class StepQueue:
             await tasks.refresh(tx, self.engine, attempt.run_id)
             return True
         if attempt.state == "running" and (attempt.lease_expires or 0) <= now:
-            await tx.save_attempt(queue.end(attempt, "expired"))
+            await tx.save_attempt(queue.end(attempt, "expired", now))
             error = f"the lease expired: worker {attempt.worker} stopped reporting for {self.config.lease:g}s"
             return await self.engine.advance(tx, attempt.run_id, StepFailed(attempt.step, attempt.attempt, error))
         if attempt.state == "running" and (attempt.deadline or 0) <= now:
-            await tx.save_attempt(queue.end(attempt, "failed"))
+            await tx.save_attempt(queue.end(attempt, "failed", now))
             error = f"timed out after {attempt.timeout:g}s (the worker did not report its end)"
             return await self.engine.advance(tx, attempt.run_id, StepFailed(attempt.step, attempt.attempt, error))
         if attempt.state == "queued" and attempt.deadline is not None and attempt.deadline <= now:
-            await tx.save_attempt(queue.end(attempt, "failed"))
+            await tx.save_attempt(queue.end(attempt, "failed", now))
             # The team's own agents only: an error shown to the team names no other team's.
             workers = [(a.name, self.engine.agents.worker_of(a)) for a in await tx.agents(attempt.team)
                        if self.engine.agents.connected(a, now)]  # fmt: skip
@@ -258,7 +258,7 @@ class StepQueue:
                     await tx.save_attempt(queue.requeue(attempt, attempt.deadline))
                     await tasks.refresh(tx, self.engine, attempt.run_id)
                 elif attempt is not None and attempt.state == "running":
-                    await tx.save_attempt(queue.end(attempt, "lost"))
+                    await tx.save_attempt(queue.end(attempt, "lost", now))
                     error = "the lease was lost: its agent registered again (a new session)"
                     change = await self.engine.advance(tx, attempt.run_id,
                                                        StepFailed(attempt.step, attempt.attempt, error))  # fmt: skip

@@ -372,7 +372,7 @@ async def run_rows(request: Request, viewer: Viewer) -> Response:
 async def _run_view(request: Request, viewer: Viewer) -> views.RunView:
     engine = engine_of(request)
     run, flow = await engine.get_run(request.path_params["run_id"], viewer.team)
-    return views.run_view(engine, run, flow, base_url(request.scope))
+    return views.run_view(engine, run, flow, await engine.db.run_attempts(run.id), base_url(request.scope))
 
 
 async def run_page(request: Request, viewer: Viewer) -> Response:

@@ -14,11 +14,26 @@ from flowengine.api import documents
 from flowengine.api.ui.graph import Graph, layout
 from flowengine.core import machine
 from flowengine.core.machine import Run
+from flowengine.core.queue import Attempt
 from flowengine.core.spec import Flow
 from flowengine.runtime.engine import Engine
 
 TAIL_BYTES = 16_384  # of a running step's log, read to show its last lines
 TIMELINE_W = 600  # the timeline's drawing width (its SVG scales to the page)
+
+
+class Bar(msgspec.Struct):
+    """One attempt on the timeline: where its bar starts and how wide it is, and how it went."""
+
+    x: float
+    width: float
+    attempt: int
+    outcome: str  # a status class: complete, error, stopped, running
+    took: float
+
+
+# How an attempt that ended is drawn: the colour of the step status it stands for.
+_OUTCOME_CLASS = {"succeeded": "complete", "cancelled": "stopped", "": "running"}
 
 
 class StepView(msgspec.Struct):
@@ -30,7 +45,7 @@ class StepView(msgspec.Struct):
     finished: float | None
     error: str
     tail: list[str]  # the last lines of its output: live from the log while it runs
-    bar: tuple[float, float] | None  # the timeline's x and width of its last attempt
+    bars: list[Bar]  # the timeline: every attempt that ran, in order
 
     @property
     def duration(self) -> float | None:
@@ -72,28 +87,38 @@ def log_tail(path: Path, lines: int) -> list[str]:
     return data.decode("utf-8", "replace").splitlines()[-lines:]
 
 
-def run_view(engine: Engine, run: Run, flow: Flow, base_url: str) -> RunView:
+def run_view(engine: Engine, run: Run, flow: Flow, attempts: list[Attempt], base_url: str) -> RunView:
     now = engine.clock()
     base = (engine.config.public_url or base_url).rstrip("/")
     uses = {s.id: s.uses for s in flow.steps}
     end = max([now if run.status not in machine.TERMINAL else run.updated,
                *(s.finished or 0 for s in run.steps.values())])  # fmt: skip
     span = max(end - run.created, 1e-3)
+    ran: dict[str, list[Attempt]] = {}
+    for attempt in attempts:
+        if attempt.acked_at is not None:  # offered but never started: nothing ran
+            ran.setdefault(attempt.step, []).append(attempt)
     steps = []
     for step_id, s in run.steps.items():
         tail = s.logs
         if s.status in machine.ACTIVE_STEP and s.attempts:
             tail = log_tail(log_path(engine, run.id, step_id, s.attempts), engine.config.log_tail)
-        bar = None
-        if s.started is not None:
-            x = (s.started - run.created) / span * TIMELINE_W
-            bar = (round(x, 1), round(max(((s.finished or end) - s.started) / span * TIMELINE_W, 2), 1))
+        bars = [_bar(a, run.created, end, span) for a in ran.get(step_id, [])]
         steps.append(StepView(step_id, uses.get(step_id, ""), s.status, s.attempts, s.started, s.finished,
-                              s.error or "", tail, bar))  # fmt: skip
+                              s.error or "", tail, bars))  # fmt: skip
     waiting = documents.waiting_urls(engine, run, flow, base) if run.status == machine.WAITING else []
     deadlines = {name: edge.deadline for name, edge in run.edges.items() if edge.deadline is not None}
     return RunView(run, flow, layout(flow), steps, documents.artifacts(engine, run, flow, base), waiting,
                    deadlines, now)  # fmt: skip
+
+
+def _bar(attempt: Attempt, created: float, end: float, span: float) -> Bar:
+    started = attempt.acked_at or created
+    ended = attempt.ended if attempt.ended is not None else end
+    x = (started - created) / span * TIMELINE_W
+    width = max((ended - started) / span * TIMELINE_W, 2.0)
+    outcome = _OUTCOME_CLASS.get(attempt.outcome, "error")
+    return Bar(round(x, 1), round(width, 1), attempt.attempt, outcome, ended - started)
 
 
 # Formatting, for the templates.
