@@ -252,6 +252,7 @@ AGENT_MODELS = Operation(
     tag=TAG,
     params=PAGE,
     security=SECURITY,
+    errors=ReferenceErrorBody,
     answers={200: Answer("a page of active models", AgentModelList), 401: UNAUTHORIZED},
 )
 

@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from flowengine.api import browser
-from flowengine.api.errors import ErrorBody
+from flowengine.api.errors import REFERENCE_PREFIXES, ErrorBody, ReferenceErrorBody
 from flowengine.api.http import base_url, json_response
 
 OPENAPI = "3.1.0"
@@ -131,6 +131,9 @@ class ApiRoute(Route):
             unknown = [s for s in op.security if s not in SECURITY_SCHEMES]
             if unknown:
                 raise ValueError(f"{method} {path}: no security scheme {unknown}")
+            if path.startswith(REFERENCE_PREFIXES) and op.errors is not ReferenceErrorBody:
+                # errors.error_response answers these paths in the reference's shape, whatever was declared
+                raise ValueError(f"{method} {path} answers errors as ReferenceErrorBody: declare errors= so")
 
 
 # Answers the server gives on any route: uvicorn's edge (server.py) answers these before the app.
