@@ -4,8 +4,13 @@ Every step attempt is a row of the `attempts` table, inserted in the same transa
 change whose `Dispatch` asked for it (engine.apply). Workers, the local executor (local.py) and
 remote agents (api/agent.py) alike, lease from it under one set of rules (core/queue.py). Each report
 about an attempt changes its row and applies its event to the run in one transaction, with the run's
-row locked first: the run lock is what serializes everything that happens to one attempt. A report
+row locked first, then the attempt's (always in that order: two transactions never wait for each
+other in a circle): the run lock is what serializes everything that happens to one attempt. A report
 whose token is not the attempt's current one is a conflict and changes nothing.
+
+With several engines on one database, any of them may handle any report, and each one's expiry
+sweep takes only the attempts whose run no other transaction holds (SKIP LOCKED): one engine
+expires an attempt, and a run being advanced elsewhere is left for the next tick.
 """
 
 from __future__ import annotations
@@ -15,7 +20,14 @@ import secrets
 from typing import TYPE_CHECKING
 
 from flowengine.core import machine, queue
-from flowengine.core.machine import ObjectMeta, StepFailed, StepReleased, StepStarted, StepSucceeded
+from flowengine.core.machine import (
+    ObjectMeta,
+    StepFailed,
+    StepInterrupted,
+    StepReleased,
+    StepStarted,
+    StepSucceeded,
+)
 from flowengine.core.queue import Attempt, Worker
 from flowengine.core.spec import Flow
 from flowengine.errors import Error, conflict, not_found
@@ -185,7 +197,7 @@ class StepQueue:
     async def _current(self, tx: Queries, lease_id: str, token: str, worker: Worker) -> Attempt:
         """The attempt, read after its run's row is locked, if `token` is its current lease token and
         `worker` holds it; otherwise a conflict (a lease id never seen is not found)."""
-        found = await tx.attempt(lease_id)
+        found = await self.engine.db.attempt(lease_id)  # outside `tx`: its run's row is locked first
         if found is None:
             raise not_found("lease", lease_id, "path.lease_id")
         await tx.load_run(found.run_id)  # the lock
@@ -199,12 +211,14 @@ class StepQueue:
     async def expire(self) -> None:
         """Offers not acknowledged in time go back to the queue; leases not extended in time, and
         attempts past their timeout, fail (retryable); queued attempts no worker took by their
-        deadline fail the step, saying what was missing."""
+        deadline fail the step, saying what was missing. An attempt whose run another transaction
+        holds (another engine's expiry, a report) is left for the next tick."""
         now = self.engine.clock()
         requeued = False
         for due in await self.engine.db.due_attempts(now, EXPIRY_BATCH):
             async with self.engine.db.transaction() as tx:
-                await tx.load_run(due.run_id)  # the lock
+                if await tx.claim_run(due.run_id) is None:
+                    continue
                 attempt = await tx.attempt(due.id)
                 if attempt is None:
                     continue
@@ -221,7 +235,15 @@ class StepQueue:
         if attempt.state == "offered" and (attempt.offer_expires or 0) <= now:
             await tx.save_attempt(queue.requeue(attempt, attempt.deadline))
             return True
-        if attempt.state == "running" and (attempt.lease_expires or 0) <= now:
+        expired = attempt.state == "running" and (attempt.lease_expires or 0) <= now
+        if expired and attempt.worker.startswith(queue.LOCAL_WORKER):
+            # Another engine's local executor stopped reporting: that engine died (its own restart
+            # would have reclaimed it). As after a crash, the attempt was cut short: not counted.
+            await tx.save_attempt(queue.end(attempt, "interrupted"))
+            log.warning("run %s: step %r, attempt %d: engine %s stopped reporting; the step runs again",
+                        attempt.run_id, attempt.step, attempt.attempt, attempt.worker)  # fmt: skip
+            return await self.engine.advance(tx, attempt.run_id, StepInterrupted(attempt.step, attempt.attempt))
+        if expired:
             await tx.save_attempt(queue.end(attempt, "expired"))
             error = f"the lease expired: worker {attempt.worker} stopped reporting for {self.config.lease:g}s"
             return await self.engine.advance(tx, attempt.run_id, StepFailed(attempt.step, attempt.attempt, error))
