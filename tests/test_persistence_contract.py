@@ -964,6 +964,21 @@ async def test_queued_attempts_are_the_oldest_a_worker_may_take_by_tool_labels_t
     assert await queued(db, {"team": None}, limit=1) == ["c-plain"]
 
 
+async def test_engines_leasing_at_once_never_take_one_attempt_twice(db: Database):
+    """Two engines' claims at once share the queue (SKIP LOCKED), and an attempt a transaction has
+    read (a report, an expiry: it is about to change) is skipped, not waited for."""
+    async with db.transaction() as tx:
+        await tx.insert_attempts([attempt(f"a{i}", created=float(i)) for i in range(4)])
+    if not db.shared:
+        return  # one engine: its transactions take turns
+    async with db.transaction() as one, db.transaction() as other:
+        assert await one.attempt("a0") is not None
+        first = await asyncio.wait_for(other.queued_attempts(["exec"], [], None, False, "", 0.0, 2), 2)
+        async with db.transaction() as third:
+            second = await asyncio.wait_for(third.queued_attempts(["exec"], [], None, False, "", 0.0, 2), 2)
+    assert [a.id for a in first] == ["a1", "a2"] and [a.id for a in second] == ["a3"]
+
+
 async def test_held_due_and_extended_attempts(db: Database):
     w = Worker(id="agent-1", session="s1")
     offered = queue.offer(attempt("a1"), w, "t", 10.0, 5.0)  # offer expires at 15
