@@ -482,12 +482,13 @@ async def test_expiries_come_due_oldest_first_claimed_for_a_lease_and_are_droppe
     assert await db.claim_expiries(200.0, 50.0, 10) == [("r1", "out")]
 
 
-async def test_concurrent_claims_of_expiries_and_files_never_share_one(db: Database):
-    """Four engines sweeping at once, in batches: every due row is claimed once in all."""
+async def test_concurrent_claims_of_expiries_files_and_uploads_never_share_one(db: Database):
+    """Four engines sweeping at once, in batches: every due row (object, file, upload) is claimed once in all."""
     async with db.transaction() as tx:
         for i in range(40):
             await tx.add_expiries(f"r{i:02}", {"in": float(i)})
             await tx.insert_file(FileRecord("default", f"k{i:02}", "t", "a", 1, "text/plain", 0.0, float(i)))
+            await tx.insert_upload(UploadRecord(f"u{i:02}", "t", "default", f"k{i:02}", "n", 10, 5, 2, 0.0, float(i)))
 
     async def sweep(claim) -> list:  # type: ignore[no-untyped-def]
         claimed = []
@@ -498,7 +499,8 @@ async def test_concurrent_claims_of_expiries_and_files_never_share_one(db: Datab
 
     expiries = await asyncio.gather(*(sweep(db.claim_expiries) for _ in range(4)))
     files = await asyncio.gather(*(sweep(db.claim_files) for _ in range(4)))
-    for claimed in (expiries, files):
+    uploads = await asyncio.gather(*(sweep(db.claim_uploads) for _ in range(4)))
+    for claimed in (expiries, files, uploads):
         every = [row for batch in claimed for row in batch]
         assert len(every) == 40 and len({repr(r) for r in every}) == 40
 
@@ -873,9 +875,10 @@ async def test_multipart_uploads_one_a_key_come_due_and_are_dropped_once(db: Dat
         async with db.transaction() as tx:
             await tx.insert_upload(msgspec.structs.replace(late, id="u3"))
     assert caught.value.kind == "conflict"
-    assert await db.due_uploads(10.0, 10) == [early]
+    assert await db.claim_uploads(10.0, 100.0, 10) == [early]
+    assert await db.claim_uploads(10.0, 100.0, 10) == []  # claimed until 110
     assert await db.drop_upload("u1") and not await db.drop_upload("u1")
-    assert await db.due_uploads(100.0, 10) == [late]
+    assert await db.claim_uploads(100.0, 100.0, 10) == [late]
 
 
 async def test_a_files_retention_can_start_again(db: Database) -> None:

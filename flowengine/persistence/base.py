@@ -445,7 +445,9 @@ class Queries(Protocol):
 
     async def upload(self, id: str) -> UploadRecord | None: ...
 
-    async def due_uploads(self, now: float, limit: int) -> list[UploadRecord]: ...
+    async def claim_uploads(self, now: float, lease: float, limit: int) -> list[UploadRecord]:
+        """Uploads left incomplete past their time by `now`, claimed as `claim_files` claims files."""
+        ...
 
     async def drop_upload(self, id: str) -> bool:
         """Whether it was there: of two callers dropping one upload, one is told it did."""

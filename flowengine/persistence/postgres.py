@@ -652,11 +652,16 @@ class _Queries:
         row = await self._row(f"SELECT {_UPLOAD} FROM multipart_uploads WHERE id = %s", (id,))
         return UploadRecord(*row) if row else None
 
-    async def due_uploads(self, now: float, limit: int) -> list[UploadRecord]:
+    async def claim_uploads(self, now: float, lease: float, limit: int) -> list[UploadRecord]:
+        """As claim_files."""
+        before = ", ".join(f"due.{c}" if c == "expires" else f"u.{c}" for c in _UPLOAD.split(", "))
         rows = await self._rows(
-            f"SELECT {_UPLOAD} FROM multipart_uploads WHERE expires <= %s ORDER BY expires LIMIT %s", (now, limit)
+            f"UPDATE multipart_uploads AS u SET expires = %s FROM (SELECT id, expires FROM multipart_uploads"
+            " WHERE expires <= %s ORDER BY expires, id LIMIT %s FOR UPDATE SKIP LOCKED) AS due"
+            f" WHERE u.id = due.id RETURNING {before}",
+            (now + lease, now, limit),
         )
-        return [UploadRecord(*r) for r in rows]
+        return sorted((UploadRecord(*r) for r in rows), key=lambda u: (u.expires, u.id))
 
     async def drop_upload(self, id: str) -> bool:
         return await self._row("DELETE FROM multipart_uploads WHERE id = %s RETURNING id", (id,)) is not None

@@ -574,11 +574,15 @@ class SqliteDatabase:
         row = self.conn.execute(f"SELECT {_UPLOAD} FROM multipart_uploads WHERE id = ?", (id,)).fetchone()
         return UploadRecord(*row) if row else None
 
-    async def due_uploads(self, now: float, limit: int) -> list[UploadRecord]:
-        rows = self.conn.execute(
-            f"SELECT {_UPLOAD} FROM multipart_uploads WHERE expires <= ? ORDER BY expires LIMIT ?", (now, limit)
-        )
-        return [UploadRecord(*r) for r in rows]
+    async def claim_uploads(self, now: float, lease: float, limit: int) -> list[UploadRecord]:
+        async with self.transaction():
+            uploads = [UploadRecord(*r) for r in self.conn.execute(
+                f"SELECT {_UPLOAD} FROM multipart_uploads WHERE expires <= ? ORDER BY expires, id LIMIT ?", (now, limit)
+            )]  # fmt: skip
+            self.conn.executemany(
+                "UPDATE multipart_uploads SET expires = ? WHERE id = ?", [(now + lease, u.id) for u in uploads]
+            )
+        return uploads
 
     async def drop_upload(self, id: str) -> bool:
         return self.conn.execute("DELETE FROM multipart_uploads WHERE id = ?", (id,)).rowcount > 0

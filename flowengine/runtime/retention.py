@@ -68,7 +68,7 @@ async def sweep(engine: Engine) -> int:
     if engine.db.shared:
         before = engine.clock() - engine.config.output_retention - SWEEP_LEASE  # after the LOGS expiry's own turn
         await anyio.to_thread.run_sync(_sweep_own_logs, engine.log_root, before)
-    deleted += await _sweep_files(engine) + await multipart.sweep(engine)
+    deleted += await _sweep_files(engine) + await multipart.sweep(engine, SWEEP_LEASE)
     await _forget_idempotency_keys(engine)
     return deleted
 
