@@ -33,7 +33,9 @@ from flowengine.core import machine
 from flowengine.core.spec import Flow
 from flowengine.runtime import retention
 from flowengine.runtime.engine import Engine
+from flowengine.runtime.local import ABORT_TOPIC
 from flowengine.runtime.notifier import run_topic
+from flowengine.runtime.queue import QUEUE_TOPIC
 
 REPLICAS = 3
 # A step: sleep, write its input and its own name to its output, then tell the counter it did.
@@ -275,6 +277,9 @@ def test_a_run_cancelled_on_another_replica_aborts_its_running_step(
 # Wakeups across replicas, in one process: two engines on one database.
 
 WAIT = msgspec.convert({"Name": "wait", "DataWells": [{"Edge": "file", "Source": "upload"}]}, Flow)
+# A step ready at once, for an agent's tool: its attempt waits in the queue.
+AGENT_STEP = msgspec.convert({"Name": "render", "Steps": [{"ID": "s", "Uses": "t"}],
+                              "Tasks": [{"Name": "t", "Tool": "render"}]}, Flow)  # fmt: skip
 
 
 @pytest.fixture
@@ -310,6 +315,20 @@ async def test_a_run_advanced_on_one_engine_wakes_its_waiters_on_another(two_eng
         await one.cancel(run.id)
         assert await changes.wait(30.0) is True
         assert (await other.get_run(run.id))[0].status in machine.TERMINAL
+
+
+@pytest.mark.anyio
+async def test_an_attempt_queued_or_aborted_on_one_engine_wakes_the_others_leasers(two_engines: list[Engine]) -> None:
+    """What waits for the queue on the other engine (its agents' long polls, its local executor) is
+    woken when this one queues an attempt; its local executor's heartbeat when this one aborts one."""
+    one, other = two_engines
+    await asyncio.sleep(0.5)  # the other engine listens by now
+    with other.notifier.subscribe(QUEUE_TOPIC) as queued, other.notifier.subscribe(ABORT_TOPIC) as aborted:
+        run = await one.create_run(one.plan(AGENT_STEP))
+        assert await queued.wait(30.0) is True
+        assert await aborted.wait(0) is False
+        await one.cancel(run.id)
+        assert await aborted.wait(30.0) is True
 
 
 def test_each_engine_deletes_its_own_step_logs_past_retention(tmp_path: Path) -> None:
