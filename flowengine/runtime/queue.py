@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from flowengine.core import machine, queue
@@ -95,8 +97,7 @@ class StepQueue:
     async def ack(self, lease_id: str, token: str, worker: Worker) -> Attempt:
         """The worker takes the offer: the attempt runs, and the step is RUNNING."""
         now = self.engine.clock()
-        async with self.engine.db.transaction() as tx:
-            attempt = await self._current(tx, lease_id, token, worker)
+        async with self._current(lease_id, token, worker) as (tx, attempt):
             if attempt.state == "running":  # the same acknowledgement again: the same answer
                 return attempt
             if attempt.state != "offered":
@@ -130,8 +131,7 @@ class StepQueue:
                        logs: list[str]) -> None:  # fmt: skip
         """The attempt succeeded, its outputs (edge -> what was written) in place. A repeated report
         of a success already recorded is answered the same."""
-        async with self.engine.db.transaction() as tx:
-            attempt = await self._current(tx, lease_id, token, worker)
+        async with self._current(lease_id, token, worker) as (tx, attempt):
             if attempt.outcome == "succeeded":
                 return
             if attempt.state != "running":
@@ -143,8 +143,7 @@ class StepQueue:
 
     async def fail(self, lease_id: str, token: str, worker: Worker, error: str, retryable: bool,
                    logs: list[str]) -> None:  # fmt: skip
-        async with self.engine.db.transaction() as tx:
-            attempt = await self._current(tx, lease_id, token, worker)
+        async with self._current(lease_id, token, worker) as (tx, attempt):
             if attempt.outcome == "failed":
                 return
             if attempt.state != "running":
@@ -157,8 +156,7 @@ class StepQueue:
     async def release(self, lease_id: str, token: str, worker: Worker) -> None:
         """A graceful stop: the attempt goes back to the queue as it was, not counted."""
         now = self.engine.clock()
-        async with self.engine.db.transaction() as tx:
-            attempt = await self._current(tx, lease_id, token, worker)
+        async with self._current(lease_id, token, worker) as (tx, attempt):
             await tx.save_attempt(queue.requeue(attempt, self.schedule_deadline(attempt, now)))
             if attempt.state == "running":
                 change = await self.engine.advance(tx, attempt.run_id, StepReleased(attempt.step, attempt.attempt))
@@ -194,17 +192,20 @@ class StepQueue:
                 current.log_seq = seq
                 await tx.save_attempt(current)
 
-    async def _current(self, tx: Queries, lease_id: str, token: str, worker: Worker) -> Attempt:
-        """The attempt, read after its run's row is locked, if `token` is its current lease token and
-        `worker` holds it; otherwise a conflict (a lease id never seen is not found)."""
-        found = await self.engine.db.attempt(lease_id)  # outside `tx`: its run's row is locked first
+    @asynccontextmanager
+    async def _current(self, lease_id: str, token: str, worker: Worker) -> AsyncIterator[tuple[Queries, Attempt]]:
+        """A transaction and the attempt in it, read after its run's row is locked, if `token` is its
+        current lease token and `worker` holds it; otherwise a conflict (a lease id never seen is not
+        found). Which run it is, is read before the transaction: inside, the run's row is locked first."""
+        found = await self.engine.db.attempt(lease_id)
         if found is None:
             raise not_found("lease", lease_id, "path.lease_id")
-        await tx.load_run(found.run_id)  # the lock
-        attempt = await tx.attempt(lease_id)
-        if attempt is None or not secrets.compare_digest(attempt.token, token) or attempt.worker != worker.id:
-            raise _stale(lease_id)
-        return attempt
+        async with self.engine.db.transaction() as tx:
+            await tx.load_run(found.run_id)  # the lock
+            attempt = await tx.attempt(lease_id)
+            if attempt is None or not secrets.compare_digest(attempt.token, token) or attempt.worker != worker.id:
+                raise _stale(lease_id)
+            yield tx, attempt
 
     # time
 
