@@ -81,18 +81,18 @@ class LocalExecutor:
                 self.engine.committed(change)
 
     async def serve(self) -> None:
-        """One turn of the executor's loop: lease what the free slots take, then wait for a kick (or
-        poll). A turn that ends lets the supervisor see the loop recover after a failure."""
-        self._kicked.clear()
-        free = self.engine.config.concurrency - len(self.running)
-        offered = await self.engine.queue.offer(self.worker, free) if free > 0 else []
-        for attempt in offered:
-            self._start(attempt)
-        if offered and len(offered) == free:
-            await self._kicked.wait()  # full: the next kick is a slot freed (or new work)
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._kicked.wait(), POLL)
+        """Lease while there are free slots; wait for a kick (or poll) when there is nothing to take."""
+        while True:
+            self._kicked.clear()
+            free = self.engine.config.concurrency - len(self.running)
+            offered = await self.engine.queue.offer(self.worker, free) if free > 0 else []
+            for attempt in offered:
+                self._start(attempt)
+            if offered and len(offered) == free:
+                await self._kicked.wait()  # full: the next kick is a slot freed (or new work)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kicked.wait(), POLL)
 
     async def heartbeat(self) -> None:
         """Extend the leases of what runs here, and kill the steps whose lease is over (see the module's doc)."""
