@@ -31,6 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     from flowengine.logs import logging_config
     from flowengine.persistence import check_database
     from flowengine.runtime import datadir
+    from flowengine.stores.registry import refuse_unshared_local
 
     config = load_config(
         args.config, host=args.host, port=args.port, data_dir=args.data_dir, flows_dir=args.flows_dir,
@@ -52,6 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     try:
         check_database(config)  # here, what the engine would refuse is one line, not a traceback
+        refuse_unshared_local(config)
     except Error as exc:
         print(f"flowengine: {exc.message}", file=sys.stderr)
         return 1

@@ -56,6 +56,9 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # engines on one database); empty: sqlite:///{data_dir}/flowengine.db
     database: str = ""
     database_pool_size: AtLeastOne = 10  # PostgreSQL: connections each engine opens at most
+    # PostgreSQL, where several engines share the work, refuses embedded (local) stores unless this says
+    # that every engine sees the same data_dir/objects and data_dir/meta (a shared mount), or only one runs
+    local_store_shared: bool = False
     flows_dir: str = "./flows"
     public_url: str = ""  # base of every URL the engine hands out; empty: the request's own base URL
     secret: str = ""  # HMAC key for embedded-store URLs; empty: generated once, kept in data_dir/secret

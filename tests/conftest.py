@@ -120,6 +120,7 @@ def start_server(
         data = data_dir or tmp_path / f"data{len(started)}"
         if "database" not in settings and (url := database_of(data)):
             settings["database"] = url
+            settings.setdefault("local_store_shared", True)  # one engine on the database, the embedded store in use
         server = Server(data, flows_dir, port, config, log_level, **settings).start()
         started.append(server)
         return server

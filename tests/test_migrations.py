@@ -291,3 +291,18 @@ def test_several_migrations_at_once_take_turns(postgres_cluster: pgserver.Cluste
         assert postgres_rows(url, "SELECT count(*) FROM schema_migrations") == [(len(NAMES),)]
     finally:
         postgres_cluster.drop(url)
+
+
+def test_serve_on_postgres_refuses_an_embedded_store_unless_it_is_declared_shared(postgres_url: str, tmp_path: Path):
+    done = flowengine("serve", "--data-dir", str(tmp_path), "--port", "0", database=postgres_url)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("flowengine: store 'default' is the embedded local store, which other engines")
+    assert "local_store_shared: true" in done.stderr
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "stores:\n  - {Name: default, Type: s3, Params: {endpoint: '127.0.0.1:1', bucket: b, secure: false}}\n"
+        "  - {Name: scratch, Type: local}\n"
+    )
+    done = flowengine("serve", "--config", str(config), "--data-dir", str(tmp_path), "--port", "0",
+                      database=postgres_url)  # fmt: skip
+    assert done.returncode == 1 and "store 'scratch' is the embedded local store" in done.stderr, done.stderr

@@ -15,7 +15,7 @@ from flowengine.config import Config
 from flowengine.core import machine
 from flowengine.core.spec import Flow
 from flowengine.runtime.engine import Engine
-from flowengine.runtime.notifier import LocalNotifier, run_topic
+from flowengine.runtime.notifier import MESSAGE_BYTES, LocalNotifier, SharedNotifier, pack, run_topic
 
 
 def run(scenario: Callable[[LocalNotifier], Awaitable[Any]]) -> Any:
@@ -250,3 +250,73 @@ def test_the_engine_notifies_a_run_after_each_commit_that_changes_it(tmp_path):
         return woken
 
     assert asyncio.run(scenario()) == [True, True, False, True]
+
+
+# Across engines: SharedNotifier over a channel (here an in-memory one; test_replicas.py has PostgreSQL's)
+
+
+class Channel:
+    """Messages between notifiers, as Database.publish and listen carry them."""
+
+    def __init__(self) -> None:
+        self.sent: list[list[str]] = []
+        self.listeners: list[Callable[[str], None]] = []
+
+    async def publish(self, messages: list[str]) -> None:
+        self.sent.append(messages)
+        for heard in self.listeners:
+            for message in messages:
+                heard(message)
+
+    async def listen(self, heard: Callable[[str], None], listening: Callable[[], None]) -> None:
+        self.listeners.append(heard)
+        listening()
+        await asyncio.Event().wait()
+
+
+def test_a_burst_of_notifications_reaches_the_other_engines_in_one_message_and_not_this_one_twice():
+    async def scenario() -> tuple[list[list[str]], list[bool], int]:
+        channel = Channel()
+        one, other = SharedNotifier(channel), SharedNotifier(channel)
+        listeners = [asyncio.create_task(n.listen()) for n in (one, other)]
+        sender = asyncio.create_task(_send_loop(one))
+        await settle()
+        with other.subscribe("run:a") as a, other.subscribe("run:b") as b, one.subscribe("run:a") as mine:
+            for topic in ("run:a", "run:b", "run:a"):
+                one.notify(topic)
+            assert await mine.wait(0) is True  # this engine's own waiters at once, before anything is sent
+            woken = [await a.wait(5), await b.wait(5), await mine.wait(0.1)]  # mine: not again from the channel
+        for task in [*listeners, sender]:
+            task.cancel()
+        return channel.sent, woken, other.local.subscriptions()
+
+    sent, woken, left = asyncio.run(scenario())
+    assert len(sent) == 1 and len(sent[0]) == 1 and sent[0][0].split("\n")[1:] == ["run:a", "run:b"]
+    assert woken == [True, True, False] and left == 0
+
+
+async def _send_loop(notifier: SharedNotifier) -> None:
+    while True:
+        await notifier.pending()
+        await notifier.send()
+
+
+def test_a_reconnected_listener_wakes_every_waiter_for_what_it_missed():
+    async def scenario() -> list[bool]:
+        channel = Channel()
+        notifier = SharedNotifier(channel)
+        with notifier.subscribe("run:a") as a, notifier.subscribe("agents") as b:
+            listener = asyncio.create_task(notifier.listen())
+            woken = [await a.wait(5), await b.wait(5)]
+            listener.cancel()
+            return woken
+
+    assert asyncio.run(scenario()) == [True, True]
+
+
+def test_topics_are_packed_into_messages_that_fit_a_notify():
+    topics = [f"run:{i:036}" for i in range(1000)]
+    messages = pack("origin", topics)
+    assert all(len(m.encode()) <= MESSAGE_BYTES for m in messages) and len(messages) == 6
+    assert [t for m in messages for t in m.split("\n")[1:]] == topics
+    assert all(m.startswith("origin\n") for m in messages)

@@ -40,6 +40,7 @@ from flowengine.persistence.base import (
     WorkflowRecord,
 )
 from flowengine.persistence.migrations import migrations
+from flowengine.persistence.postgres import _lock_key
 
 pytestmark = pytest.mark.anyio
 STATUSES = [machine.WAITING, machine.RUNNING, machine.COMPLETE, machine.ERROR, machine.STOPPED]
@@ -271,7 +272,7 @@ async def test_a_transaction_that_raises_stores_nothing(db: Database):
             raise Error("conflict", "conflict", "refused")
     assert await db.load_run("r1") is None
     assert await db.wait_for("s3:b", "k") is None
-    assert await db.due_expiries(10.0, 10) == []
+    assert await db.claim_expiries(10.0, 60.0, 10) == []
     assert await db.count_runs("", None, None) == 0 and await db.next_wake() is None
 
 
@@ -467,17 +468,101 @@ async def test_waits_at_the_keys_a_listing_found(db: Database):
 # expiries
 
 
-async def test_expiries_come_due_oldest_first_and_are_dropped_one_by_one(db: Database):
+async def test_expiries_come_due_oldest_first_claimed_for_a_lease_and_are_dropped_one_by_one(db: Database):
     async with db.transaction() as tx:
         await tx.add_expiries("r1", {"out": 30.0, "": 10.0})
         await tx.add_expiries("r2", {"in": 20.0})
         await tx.add_expiries("r1", {"out": 99.0})  # already set: kept as it was
         await tx.add_expiries("r3", {})
-    assert await db.due_expiries(25.0, 10) == [("r1", ""), ("r2", "in")]
-    assert await db.due_expiries(100.0, 2) == [("r1", ""), ("r2", "in")]
-    assert await db.due_expiries(100.0, 10) == [("r1", ""), ("r2", "in"), ("r1", "out")]
-    await db.drop_expiry("r2", "in")
-    assert await db.due_expiries(100.0, 10) == [("r1", ""), ("r1", "out")]
+    assert await db.claim_expiries(25.0, 50.0, 10) == [("r1", ""), ("r2", "in")]
+    assert await db.claim_expiries(25.0, 50.0, 10) == []  # claimed until 75
+    assert await db.claim_expiries(74.0, 50.0, 10) == [("r1", "out")]
+    await db.drop_expiry("r2", "in")  # deleted; the others were not (an engine died, a store was down)
+    assert await db.claim_expiries(200.0, 50.0, 1) == [("r1", "")]  # due again after the lease
+    assert await db.claim_expiries(200.0, 50.0, 10) == [("r1", "out")]
+
+
+async def test_concurrent_claims_of_expiries_files_and_uploads_never_share_one(db: Database):
+    """Four engines sweeping at once, in batches: every due row (object, file, upload) is claimed once in all."""
+    async with db.transaction() as tx:
+        for i in range(40):
+            await tx.add_expiries(f"r{i:02}", {"in": float(i)})
+            await tx.insert_file(FileRecord("default", f"k{i:02}", "t", "a", 1, "text/plain", 0.0, float(i)))
+            await tx.insert_upload(UploadRecord(f"u{i:02}", "t", "default", f"k{i:02}", "n", 10, 5, 2, 0.0, float(i)))
+
+    async def sweep(claim) -> list:  # type: ignore[no-untyped-def]
+        claimed = []
+        while batch := await claim(100.0, 1000.0, 3):
+            claimed += batch
+            await asyncio.sleep(0)
+        return claimed
+
+    expiries = await asyncio.gather(*(sweep(db.claim_expiries) for _ in range(4)))
+    files = await asyncio.gather(*(sweep(db.claim_files) for _ in range(4)))
+    uploads = await asyncio.gather(*(sweep(db.claim_uploads) for _ in range(4)))
+    for claimed in (expiries, files, uploads):
+        every = [row for batch in claimed for row in batch]
+        assert len(every) == 40 and len({repr(r) for r in every}) == 40
+
+
+async def test_a_run_is_claimed_by_one_transaction_the_others_skip_it(db: Database):
+    await insert(db, run("r1"), wake_at=10.0)
+    async with db.transaction() as tx:
+        assert await tx.claim_run("r1", due=5.0) is None  # not due yet
+        claimed = await tx.claim_run("r1", due=10.0)
+        assert claimed is not None and claimed.run.id == "r1"
+        if db.shared:  # another engine's transaction, meanwhile: skipped, not waited for
+            async with db.transaction() as other:
+                assert await asyncio.wait_for(other.claim_run("r1"), 2) is None
+                assert await asyncio.wait_for(other.claim_run("r1", due=10.0), 2) is None
+        await tx.save_run(claimed.run, 20.0)  # the timer was applied: the next one is later
+    async with db.transaction() as tx:
+        assert await tx.claim_run("r1", due=10.0) is None
+        assert (await tx.claim_run("r1")).run.id == "r1"  # type: ignore[union-attr]
+        assert await tx.claim_run("missing") is None
+
+
+# between engines
+
+
+async def test_the_first_engine_to_ask_leads_until_it_dies(postgres_url: str, tmp_path: Path):
+    one, other = (open_database(Config(data_dir=str(tmp_path), database=postgres_url)) for _ in range(2))
+    try:
+        assert await one.lead("reconciler") and await one.lead("reconciler")
+        assert not await other.lead("reconciler") and await other.lead("sweeper")
+        key = _lock_key("reconciler") & (2**64 - 1)
+        with psycopg.connect(postgres_url, autocommit=True) as admin:  # as if `one` died: its connection ends
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+                          " AND classid = %s AND objid = %s", (key >> 32, key & 0xFFFFFFFF))  # fmt: skip
+        for _ in range(50):  # the backend ends a moment after it is told to, and its locks with it
+            if await other.lead("reconciler"):
+                break
+            await asyncio.sleep(0.1)
+        assert await other.lead("reconciler")
+        with pytest.raises(Error) as raised:  # the one whose connection ended is told so, and no longer leads
+            await one.lead("reconciler")
+        assert raised.value.kind == "unavailable"
+        assert not await one.lead("reconciler")  # a new connection: the lead is the other's now
+    finally:
+        await one.close()
+        await other.close()
+
+
+async def test_published_messages_reach_every_listener_on_the_database(postgres_url: str, tmp_path: Path):
+    one, other = (open_database(Config(data_dir=str(tmp_path), database=postgres_url)) for _ in range(2))
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    ready = asyncio.Event()
+    listening = asyncio.create_task(other.listen(heard.put_nowait, ready.set))
+    try:
+        await asyncio.wait_for(ready.wait(), 5)
+        await one.publish(["run:1", "run:2\nrun:3"])
+        assert [await asyncio.wait_for(heard.get(), 5) for _ in range(2)] == ["run:1", "run:2\nrun:3"]
+    finally:
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
+        await one.close()
+        await other.close()
 
 
 # the schema
@@ -610,9 +695,10 @@ async def test_files_are_found_by_store_and_key_and_come_due(db: Database) -> No
         await tx.insert_file(late)
         await tx.insert_file(early)
     assert await db.file("default", early.key) == early and await db.file("other", early.key) is None
-    assert await db.due_files(10.0, 10) == [early]
+    assert await db.claim_files(10.0, 100.0, 10) == [early]
+    assert await db.claim_files(10.0, 100.0, 10) == []  # claimed until 110
     await db.drop_file("default", early.key)
-    assert await db.due_files(100.0, 10) == [late]
+    assert await db.claim_files(100.0, 100.0, 10) == [late]
 
 
 async def test_workflows_keep_every_version_and_teams_see_their_own_and_the_operators(db: Database) -> None:
@@ -789,9 +875,10 @@ async def test_multipart_uploads_one_a_key_come_due_and_are_dropped_once(db: Dat
         async with db.transaction() as tx:
             await tx.insert_upload(msgspec.structs.replace(late, id="u3"))
     assert caught.value.kind == "conflict"
-    assert await db.due_uploads(10.0, 10) == [early]
+    assert await db.claim_uploads(10.0, 100.0, 10) == [early]
+    assert await db.claim_uploads(10.0, 100.0, 10) == []  # claimed until 110
     assert await db.drop_upload("u1") and not await db.drop_upload("u1")
-    assert await db.due_uploads(100.0, 10) == [late]
+    assert await db.claim_uploads(100.0, 100.0, 10) == [late]
 
 
 async def test_a_files_retention_can_start_again(db: Database) -> None:
@@ -799,7 +886,7 @@ async def test_a_files_retention_can_start_again(db: Database) -> None:
     async with db.transaction() as tx:
         await tx.insert_file(file)
         await tx.keep_file("default", file.key, 99.0)
-    assert (await db.file("default", file.key)).expires == 99.0 and await db.due_files(50.0, 10) == []
+    assert (await db.file("default", file.key)).expires == 99.0 and await db.claim_files(50.0, 10.0, 10) == []
 
 
 async def test_models_are_kept_by_storage_key_listed_by_team_and_status(db: Database) -> None:
@@ -881,6 +968,21 @@ async def test_queued_attempts_are_the_oldest_a_worker_may_take_by_tool_labels_t
     assert await queued(db, {"team": "t1", "tools": ["comfyui"]}) == ["a-old-comfy"]
     assert await queued(db, {"team": None}) == ["c-plain", "d-other-team", "e-other-community"]  # the local executor
     assert await queued(db, {"team": None}, limit=1) == ["c-plain"]
+
+
+async def test_engines_leasing_at_once_never_take_one_attempt_twice(db: Database):
+    """Two engines' claims at once share the queue (SKIP LOCKED), and an attempt a transaction has
+    read (a report, an expiry: it is about to change) is skipped, not waited for."""
+    async with db.transaction() as tx:
+        await tx.insert_attempts([attempt(f"a{i}", created=float(i)) for i in range(4)])
+    if not db.shared:
+        return  # one engine: its transactions take turns
+    async with db.transaction() as one, db.transaction() as other:
+        assert await one.attempt("a0") is not None
+        first = await asyncio.wait_for(other.queued_attempts(["exec"], [], None, False, "", 0.0, 2), 2)
+        async with db.transaction() as third:
+            second = await asyncio.wait_for(third.queued_attempts(["exec"], [], None, False, "", 0.0, 2), 2)
+    assert [a.id for a in first] == ["a1", "a2"] and [a.id for a in second] == ["a3"]
 
 
 async def test_held_due_and_extended_attempts(db: Database):

@@ -22,6 +22,7 @@ State = Literal["queued", "offered", "running", "done"]
 Outcome = Literal["", "succeeded", "failed", "cancelled", "expired", "lost", "interrupted"]
 Pool = Literal["team", "community"]
 LOCAL_TOOLS = ("exec", "python")  # what the engine's own executor runs
+LOCAL_WORKER = "local:"  # how the worker id of an engine's own executor begins (an agent's is its id)
 
 
 class Attempt(msgspec.Struct, kw_only=True):

@@ -11,6 +11,7 @@ on one run never interleave (on SQLite there is one writer anyway). Failures of 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol
 
@@ -338,6 +339,12 @@ class Queries(Protocol):
         """Runs whose next timer (TTL, retry) is due by `now`."""
         ...
 
+    async def claim_run(self, run_id: str, due: float | None = None) -> RunRow | None:
+        """Inside a transaction: the run, locked as `load_run` locks it, unless another transaction
+        holds it (`SKIP LOCKED`: another engine is applying an event to it); with `due`, only if its
+        timer is due by then. None: leave it, another engine has it (or had it, and it is no longer due)."""
+        ...
+
     async def next_wake(self) -> float | None: ...
 
     # waits: which run's edge an object key fills
@@ -380,7 +387,12 @@ class Queries(Protocol):
     # expiries: when a run's object is past retention and is to be deleted
     async def add_expiries(self, run_id: str, expiries: dict[str, float]) -> None: ...
 
-    async def due_expiries(self, now: float, limit: int) -> list[tuple[str, str]]: ...
+    async def claim_expiries(self, now: float, lease: float, limit: int) -> list[tuple[str, str]]:
+        """Up to `limit` expiries due by `now`, oldest first, each put off until `now + lease`: the
+        claimer drops each once its object is deleted, and one it could not delete comes due again
+        after the lease (as do those of an engine that died meanwhile). Rows another transaction is
+        claiming are skipped (`SKIP LOCKED`), so two engines never claim one."""
+        ...
 
     async def drop_expiry(self, run_id: str, edge: str) -> None: ...
 
@@ -439,7 +451,10 @@ class Queries(Protocol):
 
     async def file(self, store: str, key: str) -> FileRecord | None: ...
 
-    async def due_files(self, now: float, limit: int) -> list[FileRecord]: ...
+    async def claim_files(self, now: float, lease: float, limit: int) -> list[FileRecord]:
+        """Files past their retention by `now`, claimed as `claim_expiries` claims expiries (their
+        `expires` put off until `now + lease`; they come as they were before the claim)."""
+        ...
 
     async def drop_file(self, store: str, key: str) -> None: ...
 
@@ -454,7 +469,9 @@ class Queries(Protocol):
 
     async def upload(self, id: str) -> UploadRecord | None: ...
 
-    async def due_uploads(self, now: float, limit: int) -> list[UploadRecord]: ...
+    async def claim_uploads(self, now: float, lease: float, limit: int) -> list[UploadRecord]:
+        """Uploads left incomplete past their time by `now`, claimed as `claim_files` claims files."""
+        ...
 
     async def drop_upload(self, id: str) -> bool:
         """Whether it was there: of two callers dropping one upload, one is told it did."""
@@ -674,6 +691,8 @@ class Queries(Protocol):
 
 
 class Database(Queries, Protocol):
+    shared: bool  # several engines may use this database at once (PostgreSQL), not only this one (SQLite)
+
     def transaction(self) -> AbstractAsyncContextManager[Queries]:
         """All or nothing: commits when the block ends, rolls back if it raises. No I/O other than
         the database's inside it: it holds locks (and, on SQLite, the one connection)."""
@@ -682,6 +701,24 @@ class Database(Queries, Protocol):
     async def housekeeping(self) -> None:
         """What the database needs now and then (SQLite: copy the WAL into the file); the engine
         calls it every second."""
+        ...
+
+    # between the engines on one database (on SQLite, one engine: it leads everything, nobody listens)
+    async def lead(self, name: str) -> bool:
+        """Whether this engine leads the loop `name` (the reconciler): it takes the lead if nobody has
+        it, and keeps it until it dies (its connection ends, and the database frees its lock). Asks
+        the database each time: a lost connection loses the lead, perhaps to another engine."""
+        ...
+
+    async def publish(self, messages: list[str]) -> None:
+        """Send each message (at most 7,900 bytes) to every engine listening on this database: a hint,
+        never inside a transaction, lost by those not listening at the time."""
+        ...
+
+    async def listen(self, heard: Callable[[str], None], listening: Callable[[], None]) -> None:
+        """Call `heard` with each message published from now on, `listening` once messages are heard
+        (after a reconnection too: what was published meanwhile is lost); returns or raises only
+        when the connection it listens on ends."""
         ...
 
     async def close(self) -> None: ...

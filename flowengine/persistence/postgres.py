@@ -12,6 +12,10 @@ to them). What differs is that writers are concurrent here:
   order, so two claims never wait for each other in a circle; counter rows are likewise always
   changed in one order (see the migration's trigger).
 - Keys and IDs compare byte by byte (`COLLATE "C"` on their columns), as in SQLite.
+- Periodic work any engine may do (timers, lease expiry, retention, webhook deliveries, leasing
+  the queue) is claimed with `SKIP LOCKED`: what another engine is claiming is left to it, never
+  waited for, and never done twice. The reconciler runs on one engine at a time: the one holding
+  its advisory lock (`lead`). Engines wake one another with NOTIFY (`publish`, `listen`): a hint.
 
 Every connection is in autocommit mode: a read outside a transaction is one round trip. The
 schema is versioned (migrations/postgres/); it changes only through `flowengine migrate` (migrate
@@ -22,9 +26,11 @@ starting ones must not race to change a shared schema. An engine refuses a schem
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
@@ -73,6 +79,9 @@ from flowengine.persistence.migrations import Migration, failed, latest, pending
 CONNECT_TIMEOUT = 10  # seconds to open a connection (unless the URL says otherwise)
 POOL_TIMEOUT = 10.0  # seconds a query waits for a free connection before the database counts as unavailable
 MIGRATION_LOCK = 0x666C6F77656E67  # the advisory lock `flowengine migrate` holds: one migration at a time
+CHANNEL = "flowengine"  # what engines on one database LISTEN and NOTIFY on
+# The engine's own long-lived connections (leadership, LISTEN) notice a vanished server within a minute.
+_KEEPALIVE = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 log = logging.getLogger("flowengine.persistence")
 _encode = msgspec.json.Encoder().encode
 _decode_run = msgspec.json.Decoder(Run).decode
@@ -328,6 +337,14 @@ class _Queries:
             cur = await conn.execute("SELECT id FROM runs WHERE wake_at <= %s ORDER BY wake_at LIMIT %s", (now, limit))
             return [r[0] for r in await cur.fetchall()]
 
+    async def claim_run(self, run_id: str, due: float | None = None) -> RunRow | None:
+        """Inside a transaction: the run, locked as load_run locks it, unless another transaction holds it."""
+        skip = " SKIP LOCKED" if self._lock else ""
+        when = "" if due is None else " AND wake_at <= %s"
+        params = (run_id,) if due is None else (run_id, due)
+        row = await self._row(f"SELECT doc, definition FROM runs WHERE id = %s{when}{self._lock}{skip}", params)
+        return RunRow(_decode_run(row[0]), row[1]) if row else None
+
     async def next_wake(self) -> float | None:
         return await self._value("SELECT min(wake_at) FROM runs")
 
@@ -490,12 +507,15 @@ class _Queries:
                     (run_id, list(expiries), list(expiries.values())),
                 )
 
-    async def due_expiries(self, now: float, limit: int) -> list[tuple[str, str]]:
-        async with self._connection() as conn:
-            cur = await conn.execute(
-                "SELECT run_id, edge FROM expiries WHERE expires_at <= %s ORDER BY expires_at LIMIT %s", (now, limit)
-            )
-            return [(r[0], r[1]) for r in await cur.fetchall()]
+    async def claim_expiries(self, now: float, lease: float, limit: int) -> list[tuple[str, str]]:
+        """One statement: the due rows no other transaction is claiming are locked and put off at once."""
+        rows = await self._rows(
+            "UPDATE expiries AS e SET expires_at = %s FROM (SELECT run_id, edge, expires_at FROM expiries"
+            " WHERE expires_at <= %s ORDER BY expires_at, run_id, edge LIMIT %s FOR UPDATE SKIP LOCKED) AS due"
+            " WHERE e.run_id = due.run_id AND e.edge = due.edge RETURNING e.run_id, e.edge, due.expires_at",
+            (now + lease, now, limit),
+        )
+        return [(r[0], r[1]) for r in sorted(rows, key=lambda r: (r[2], r[0], r[1]))]
 
     async def drop_expiry(self, run_id: str, edge: str) -> None:
         async with self._connection() as conn:
@@ -608,11 +628,16 @@ class _Queries:
         row = await self._row(f"SELECT {_FILE} FROM files WHERE store = %s AND key = %s", (store, key))
         return FileRecord(*row) if row else None
 
-    async def due_files(self, now: float, limit: int) -> list[FileRecord]:
+    async def claim_files(self, now: float, lease: float, limit: int) -> list[FileRecord]:
+        """As claim_expiries; the rows come as they were before the claim."""
+        before = ", ".join(f"due.{c}" if c == "expires" else f"f.{c}" for c in _FILE.split(", "))
         rows = await self._rows(
-            f"SELECT {_FILE} FROM files WHERE expires <= %s ORDER BY expires LIMIT %s", (now, limit)
+            f"UPDATE files AS f SET expires = %s FROM (SELECT store, key, expires FROM files WHERE expires <= %s"
+            " ORDER BY expires, store, key LIMIT %s FOR UPDATE SKIP LOCKED) AS due"
+            f" WHERE f.store = due.store AND f.key = due.key RETURNING {before}",
+            (now + lease, now, limit),
         )
-        return [FileRecord(*r) for r in rows]
+        return sorted((FileRecord(*r) for r in rows), key=lambda f: (f.expires, f.store, f.key))
 
     async def drop_file(self, store: str, key: str) -> None:
         await self._execute("DELETE FROM files WHERE store = %s AND key = %s", (store, key))
@@ -630,11 +655,16 @@ class _Queries:
         row = await self._row(f"SELECT {_UPLOAD} FROM multipart_uploads WHERE id = %s", (id,))
         return UploadRecord(*row) if row else None
 
-    async def due_uploads(self, now: float, limit: int) -> list[UploadRecord]:
+    async def claim_uploads(self, now: float, lease: float, limit: int) -> list[UploadRecord]:
+        """As claim_files."""
+        before = ", ".join(f"due.{c}" if c == "expires" else f"u.{c}" for c in _UPLOAD.split(", "))
         rows = await self._rows(
-            f"SELECT {_UPLOAD} FROM multipart_uploads WHERE expires <= %s ORDER BY expires LIMIT %s", (now, limit)
+            f"UPDATE multipart_uploads AS u SET expires = %s FROM (SELECT id, expires FROM multipart_uploads"
+            " WHERE expires <= %s ORDER BY expires, id LIMIT %s FOR UPDATE SKIP LOCKED) AS due"
+            f" WHERE u.id = due.id RETURNING {before}",
+            (now + lease, now, limit),
         )
-        return [UploadRecord(*r) for r in rows]
+        return sorted((UploadRecord(*r) for r in rows), key=lambda u: (u.expires, u.id))
 
     async def drop_upload(self, id: str) -> bool:
         return await self._row("DELETE FROM multipart_uploads WHERE id = %s RETURNING id", (id,)) is not None
@@ -844,7 +874,8 @@ class _Queries:
         await self._execute(f"UPDATE attempts SET {sets} WHERE id = %s", (*row[1:], row[0]))
 
     async def attempt(self, id: str) -> Attempt | None:
-        row = await self._row(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id = %s", (id,))
+        """Inside a transaction, the row stays locked until it ends (a claim of the queue skips it)."""
+        row = await self._row(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id = %s{self._lock}", (id,))
         return attempt_from(row) if row else None
 
     async def attempt_of(self, run_id: str, step: str, attempt: int) -> Attempt | None:
@@ -1101,12 +1132,61 @@ class _Transaction(_Queries):
         return self._held
 
 
+class _Leadership:
+    """The loops this engine leads: session advisory locks on a connection of its own, kept for the
+    engine's life. The database frees them when the connection ends (the engine died, or its machine:
+    the keepalives tell), and another engine takes them on its next try."""
+
+    def __init__(self, url: str, where: str) -> None:
+        self.url = url
+        self.where = where
+        self.led: set[str] = set()
+        self._conn: psycopg.AsyncConnection | None = None
+        self._turn = asyncio.Lock()
+
+    async def lead(self, name: str) -> bool:
+        async with self._turn:
+            try:
+                if self._conn is None or self._conn.closed:
+                    self.led.clear()  # what the lost connection held, another engine may hold now
+                    self._conn = await psycopg.AsyncConnection.connect(
+                        self.url, **_connect_options(self.url), **_KEEPALIVE
+                    )
+                if name in self.led:
+                    await self._conn.execute("SELECT 1")  # the lock lives as long as the connection
+                    return True
+                cur = await self._conn.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(name),))
+                row = await cur.fetchone()
+            except psycopg.Error as exc:
+                await self.close()
+                raise _domain_error(exc, self.where) from None
+            if row is not None and row[0]:
+                self.led.add(name)
+            return name in self.led
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.close()
+        self._conn = None
+        self.led.clear()
+
+
+def _lock_key(name: str) -> int:
+    """A lock's name as an advisory lock's 64-bit key."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
 class PostgresDatabase(_Queries):
     """Several engines on one PostgreSQL database, each with a pool of up to `pool_size` connections.
     The pool opens on first use (the constructor does no I/O but the schema check)."""
 
+    shared = True
+
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = url
         self.where = redacted(url)
+        self._leadership = _Leadership(url, self.where)
         check_schema(url)
         self.pool = AsyncConnectionPool(
             url, kwargs=_connect_options(url), min_size=1, max_size=pool_size, open=False, timeout=POOL_TIMEOUT,
@@ -1165,7 +1245,27 @@ class PostgresDatabase(_Queries):
     async def housekeeping(self) -> None:
         """Nothing: PostgreSQL's own autovacuum and checkpoints do what SQLite needs done by hand."""
 
+    async def lead(self, name: str) -> bool:
+        return await self._leadership.lead(name)
+
+    async def publish(self, messages: list[str]) -> None:
+        if messages:
+            await self._execute("SELECT pg_notify(%s, m) FROM unnest(%s::text[]) AS m", (CHANNEL, messages))
+
+    async def listen(self, heard: Callable[[str], None], listening: Callable[[], None]) -> None:
+        """On a connection of its own, until it ends (then a domain error)."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.url, **_connect_options(self.url), **_KEEPALIVE)
+            async with conn:
+                await conn.execute(f"LISTEN {CHANNEL}")
+                listening()
+                async for notification in conn.notifies():
+                    heard(notification.payload)
+        except psycopg.Error as exc:
+            raise _domain_error(exc, self.where) from None
+
     async def close(self) -> None:
+        await self._leadership.close()
         if self._opened:
             await self.pool.close()
 

@@ -15,7 +15,7 @@ import asyncio
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,8 @@ def _credential_filters(team: str | None, kind: str | None) -> tuple[str, list[s
 class SqliteDatabase:
     """The embedded default: one SQLite file under the data dir, one connection, written by one engine."""
 
+    shared = False  # one engine: the data dir's lock keeps a second one out
+
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         try:
@@ -130,6 +132,19 @@ class SqliteDatabase:
         except BaseException:
             conn.close()
             raise
+
+    # between engines: there is only this one
+
+    async def lead(self, name: str) -> bool:
+        return True
+
+    async def publish(self, messages: list[str]) -> None:
+        """Nobody else to tell."""
+
+    async def listen(self, heard: Callable[[str], None], listening: Callable[[], None]) -> None:
+        """Nobody else to hear from: listens for good."""
+        listening()
+        await asyncio.Event().wait()
 
     async def housekeeping(self) -> None:
         """Copy the WAL into the database, in a worker thread (see checkpoint)."""
@@ -286,6 +301,12 @@ class SqliteDatabase:
         rows = self.conn.execute("SELECT id FROM runs WHERE wake_at <= ? ORDER BY wake_at LIMIT ?", (now, limit))
         return [r[0] for r in rows]
 
+    async def claim_run(self, run_id: str, due: float | None = None) -> RunRow | None:
+        """Nobody else holds a run here: as load_run, with the timer's condition."""
+        when, params = ("", (run_id,)) if due is None else (" AND wake_at <= ?", (run_id, due))
+        row = self.conn.execute(f"SELECT doc, definition FROM runs WHERE id = ?{when}", params).fetchone()
+        return RunRow(_decode_run(row[0]), row[1]) if row else None
+
     async def next_wake(self) -> float | None:
         return self.conn.execute("SELECT min(wake_at) FROM runs").fetchone()[0]
 
@@ -407,10 +428,15 @@ class SqliteDatabase:
             [(run_id, edge, at) for edge, at in expiries.items()],
         )
 
-    async def due_expiries(self, now: float, limit: int) -> list[tuple[str, str]]:
-        rows = self.conn.execute(
-            "SELECT run_id, edge FROM expiries WHERE expires_at <= ? ORDER BY expires_at LIMIT ?", (now, limit)
-        )
+    async def claim_expiries(self, now: float, lease: float, limit: int) -> list[tuple[str, str]]:
+        async with self.transaction():
+            rows = self.conn.execute(
+                "SELECT run_id, edge FROM expiries WHERE expires_at <= ? ORDER BY expires_at, run_id, edge LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            self.conn.executemany(
+                "UPDATE expiries SET expires_at = ? WHERE run_id = ? AND edge = ?", [(now + lease, *r) for r in rows]
+            )
         return [(r[0], r[1]) for r in rows]
 
     async def drop_expiry(self, run_id: str, edge: str) -> None:
@@ -525,9 +551,16 @@ class SqliteDatabase:
         row = self.conn.execute(f"SELECT {_FILE} FROM files WHERE store = ? AND key = ?", (store, key)).fetchone()
         return FileRecord(*row) if row else None
 
-    async def due_files(self, now: float, limit: int) -> list[FileRecord]:
-        rows = self.conn.execute(f"SELECT {_FILE} FROM files WHERE expires <= ? ORDER BY expires LIMIT ?", (now, limit))
-        return [FileRecord(*r) for r in rows]
+    async def claim_files(self, now: float, lease: float, limit: int) -> list[FileRecord]:
+        async with self.transaction():
+            files = [FileRecord(*r) for r in self.conn.execute(
+                f"SELECT {_FILE} FROM files WHERE expires <= ? ORDER BY expires, store, key LIMIT ?", (now, limit)
+            )]  # fmt: skip
+            self.conn.executemany(
+                "UPDATE files SET expires = ? WHERE store = ? AND key = ?",
+                [(now + lease, f.store, f.key) for f in files],
+            )
+        return files
 
     async def drop_file(self, store: str, key: str) -> None:
         self.conn.execute("DELETE FROM files WHERE store = ? AND key = ?", (store, key))
@@ -545,11 +578,15 @@ class SqliteDatabase:
         row = self.conn.execute(f"SELECT {_UPLOAD} FROM multipart_uploads WHERE id = ?", (id,)).fetchone()
         return UploadRecord(*row) if row else None
 
-    async def due_uploads(self, now: float, limit: int) -> list[UploadRecord]:
-        rows = self.conn.execute(
-            f"SELECT {_UPLOAD} FROM multipart_uploads WHERE expires <= ? ORDER BY expires LIMIT ?", (now, limit)
-        )
-        return [UploadRecord(*r) for r in rows]
+    async def claim_uploads(self, now: float, lease: float, limit: int) -> list[UploadRecord]:
+        async with self.transaction():
+            uploads = [UploadRecord(*r) for r in self.conn.execute(
+                f"SELECT {_UPLOAD} FROM multipart_uploads WHERE expires <= ? ORDER BY expires, id LIMIT ?", (now, limit)
+            )]  # fmt: skip
+            self.conn.executemany(
+                "UPDATE multipart_uploads SET expires = ? WHERE id = ?", [(now + lease, u.id) for u in uploads]
+            )
+        return uploads
 
     async def drop_upload(self, id: str) -> bool:
         return self.conn.execute("DELETE FROM multipart_uploads WHERE id = ?", (id,)).rowcount > 0

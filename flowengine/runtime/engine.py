@@ -1,8 +1,15 @@
 """The imperative shell around the state machine.
 
-Every event is applied to its run inside one SQLite transaction; the commands the machine
-returns are carried out only after the commit. Everything here runs on the event loop's
-thread, so a transaction is never interleaved with another.
+Every event is applied to its run inside one database transaction, under a lock on the run's row;
+the commands the machine returns are carried out only after the commit. Everything here runs on
+the event loop's thread.
+
+Several engines may share one database (PostgreSQL, `db.shared`). Then nothing here keeps a run in
+memory (another engine may have changed it); step attempts are leased from the queue by each
+engine's own local executor (its worker id is its own) or by agents, and a dead engine's leases
+expire and are retried like an agent's; timers, lease expiry and retention are claimed row by row
+(SKIP LOCKED), so any engine does them and none twice; the reconciler runs on one engine at a time;
+and commits wake waiters on every engine (notifier.SharedNotifier).
 """
 
 from __future__ import annotations
@@ -48,9 +55,9 @@ from flowengine.runtime.catalog import Catalog
 from flowengine.runtime.executors.reaper import Reaper
 from flowengine.runtime.executors.sandbox import Sandbox
 from flowengine.runtime.executors.warm import Workers
-from flowengine.runtime.local import LocalExecutor
+from flowengine.runtime.local import ABORT_TOPIC, LocalExecutor
 from flowengine.runtime.metrics import Metrics
-from flowengine.runtime.notifier import LocalNotifier, Notifier, run_topic
+from flowengine.runtime.notifier import LocalNotifier, Notifier, SharedNotifier, run_topic
 from flowengine.runtime.queue import StepQueue
 from flowengine.runtime.retention import LOGS
 from flowengine.runtime.supervisor import Supervisor
@@ -62,6 +69,7 @@ from flowengine.stores.registry import Stores
 FLOW_CACHE = 1024  # decoded flow definitions kept in memory
 RUN_CACHE = 10_000  # recently used runs kept in memory
 LEASE_TICK = 1.0  # seconds between looks for offers, leases and deadlines that ran out
+TIMER_RETRY = 0.05  # seconds before a due run another engine was applying is looked at again
 HOUSEKEEPING_INTERVAL = 1.0  # seconds between the database's housekeeping (SQLite: WAL checkpoints)
 RECOVERY_BATCH = 500  # rows read at a time when resuming after a restart
 log = logging.getLogger("flowengine")
@@ -127,7 +135,8 @@ class Engine:
         self.python_path = str(Path(config.flows_dir).resolve())  # where Python tasks import from
         self._flows: LRU[str, Flow] = LRU(FLOW_CACHE)  # decoded definitions, by digest
         self._plans: LRU[str, Plan] = LRU(FLOW_CACHE)
-        self._runs: LRU[str, RunRow] = LRU(RUN_CACHE)
+        # Runs in memory only where this engine is their one writer: another may change them otherwise.
+        self._runs: LRU[str, RunRow] = LRU(0 if self.db.shared else RUN_CACHE)
         self.queue = StepQueue(self)
         self.local = LocalExecutor(self)
         self.agents = Agents(self)
@@ -135,7 +144,8 @@ class Engine:
         self._sleep_until = math.inf
         self._background: list[asyncio.Task] = []
         self.metrics = Metrics()
-        self.notifier: Notifier = LocalNotifier()  # wakes whoever waits on a run (SSE streams, long polls)
+        # wakes whoever waits on a run (SSE streams, long polls), on the other engines on the database too
+        self.notifier: Notifier = SharedNotifier(self.db) if self.db.shared else LocalNotifier()
         self.loops = Supervisor(on_failure=lambda name: self.metrics.loop_failures.labels(name).inc())
         self._creations: list[tuple[_Creation, asyncio.Future[None]]] = []
         self.sandbox: Sandbox | None = None
@@ -164,7 +174,7 @@ class Engine:
         await self.agents.resume()
         self.spawn_loop("timers", self._timers, self._until_next_wake)
         self.spawn_loop("local-executor", self.local.turn, every(0))
-        self.spawn_loop("local-heartbeat", self.local.heartbeat, every(self.config.heartbeat_interval))
+        self.spawn_loop("local-heartbeat", self.local.heartbeat, self.local.until_heartbeat)
         self.spawn_loop("leases", self.queue.expire, every(LEASE_TICK))
         self.spawn_loop("housekeeping", self.db.housekeeping, every(HOUSEKEEPING_INTERVAL))
         self.spawn_loop("reconciler", landing.Reconciler(self).tick, every(self.config.reconcile_interval))
@@ -174,6 +184,10 @@ class Engine:
         self.webhooks.open()
         self.spawn_loop("webhooks", self.webhooks.tick, self.webhooks.pause)
         self.spawn_loop("python-workers", self.workers.sweep, every(min(self.config.python_worker_idle, 10.0)))
+        if isinstance(self.notifier, SharedNotifier):
+            self.spawn_loop("notify-send", self.notifier.send, self.notifier.pending)
+            self.spawn_loop("notify-listen", self.notifier.listen, every(1.0))
+            self.spawn_loop("queue-hints", self.local.hear_queue, every(0))
         self.spawn(self.stores.prepare_configured())
         self.spawn(self._recover())
 
@@ -482,10 +496,11 @@ class Engine:
             change = await self.advance(tx, run_id, event)
         return self.committed(change)
 
-    async def advance(self, tx: Queries, run_id: str, event: Event) -> Change:
-        """Apply one event to one run inside the transaction `tx` (its row locked until the commit),
-        with the queue's rows its commands ask for; `committed` carries out the rest after the commit."""
-        row = await tx.load_run(run_id)
+    async def advance(self, tx: Queries, run_id: str, event: Event, row: RunRow | None = None) -> Change:
+        """Apply one event to one run inside the transaction `tx` (its row locked until the commit;
+        `row`: as the caller has locked it already), with the queue's rows its commands ask for;
+        `committed` carries out the rest after the commit."""
+        row = row or await tx.load_run(run_id)
         if row is None:
             raise not_found("run", run_id, "path.runID")
         flow = await self.flow_of(row.definition, tx)
@@ -546,6 +561,7 @@ class Engine:
         for command in commands:
             if isinstance(command, Abort):
                 self.local.cancel(run.id, command.step)
+                self.notifier.notify(ABORT_TOPIC)
 
     def _expiries(self, run: Run, edges: list[str]) -> dict[str, float]:
         due = {name: self.expires_at(run.edges[name]) for name in edges}
@@ -578,11 +594,22 @@ class Engine:
     # timers
 
     async def _timers(self) -> None:
-        """Apply a Tick to every run that is due, and note when the next one is."""
+        """Apply a Tick to every run that is due, and note when the next one is. Each is claimed in
+        its own transaction: one another engine is applying is skipped (and looked at again a moment
+        later), and one it has applied meanwhile is no longer due, so no timer fires twice."""
+        skipped = False
         for run_id in await self.db.due_runs(self.clock()):
-            await self.apply(run_id, machine.Tick())
+            async with self.db.transaction() as tx:
+                row = await tx.claim_run(run_id, due=self.clock())
+                change = await self.advance(tx, run_id, machine.Tick(), row) if row is not None else None
+            if change is None:
+                skipped = True
+            else:
+                self.committed(change)
         nxt = await self.db.next_wake()
         self._sleep_until = math.inf if nxt is None else nxt
+        if skipped:
+            self._sleep_until = max(self._sleep_until, self.clock() + TIMER_RETRY)
         self._wake.clear()
 
     async def _until_next_wake(self) -> None:

@@ -18,6 +18,9 @@ key order, a sweep that goes on from where the last tick stopped, and makes at m
   less often (`reconcile_max_interval`). Keys a listing answers for by the thousand are looked at
   on every sweep: there it costs next to nothing.
 
+One engine of several on a database reconciles (see Reconciler.tick); should it die, another takes
+over within a tick and starts its sweeps from the first key.
+
 Servers order a listing differently: S3 and MinIO by bytes, servers that keep directories
 (SeaweedFS) directory by directory, where 'a/b' comes before 'a-b'. A listing answers only for
 the waiting keys inside its span in both orders; the sweep asks again from the first key outside
@@ -46,6 +49,7 @@ SETTLE = 10_000  # waiting keys one listing may answer for at most (the database
 RELIST = 16  # HEADs between listings where keys are far apart
 STEPS = 64  # batches of waits read per tick and location at most (each up to `SCAN`)
 SCAN = 1_000  # waits read at once while looking for due ones
+LEADER = "reconciler"  # what the one engine that reconciles leads (Database.lead)
 
 
 async def notice(engine: Engine, wait: Wait, via: str) -> Run | None:
@@ -97,7 +101,11 @@ class Reconciler:
         self._heads: dict[str, int] = {}  # per location where keys lie apart: HEADs since the last listing
 
     async def tick(self) -> int:
-        """Go on with every location's sweep; returns how many store requests it made."""
+        """Go on with every location's sweep; returns how many store requests it made. Of several
+        engines on one database, only the one that leads the reconciler does (the first to ask, until
+        it dies): their requests do not add up."""
+        if not await self.engine.db.lead(LEADER):
+            return 0
         batch = self.engine.config.reconcile_batch
         budget = Budget(batch)
         locations = [loc for loc in await self.engine.db.wait_locations() if not loc.startswith("local:")]

@@ -5,6 +5,12 @@ reports), and running them as subprocesses (steps.py).
 Its worker id is `local:<node>`, the same across restarts of one engine (one data dir on one
 host), so that a restarted engine knows the attempts its previous process held: an offer goes back
 to the queue, a running attempt was cut short (StepInterrupted: not counted against MaxAttempts).
+
+With several engines on one database each has its own (their data dirs differ), and it learns what
+another engine decided about its leases from its heartbeat: a step cancelled there (the run was
+cancelled, or failed) is killed here, as is one whose lease was lost (it expired while this engine
+could not reach the database: the step runs again elsewhere). The Abort that cancels a step wakes
+the heartbeat on every engine (ABORT_TOPIC), so that this takes a moment, not a heartbeat interval.
 """
 
 from __future__ import annotations
@@ -20,19 +26,22 @@ from flowengine.core import machine, queue
 from flowengine.core.machine import StepFailed, StepSucceeded
 from flowengine.core.queue import Attempt, Worker
 from flowengine.errors import Error
+from flowengine.runtime.queue import QUEUE_TOPIC
 from flowengine.runtime.steps import StepJob, run_step
 
 if TYPE_CHECKING:
     from flowengine.runtime.engine import Engine
 
 POLL = 1.0  # seconds between looks at the queue when nothing wakes the executor (other replicas' attempts)
+HINT_WAIT = 60.0  # seconds a wait for another engine's hint lasts before it is made again
+ABORT_TOPIC = "aborted"  # notified after a commit that aborted a step: its lease, wherever it runs, is over
 log = logging.getLogger("flowengine")
 
 
 def node_id(engine: Engine) -> str:
     """`local:<hash of host and data dir>`: one engine's own, the same after a restart."""
     place = f"{socket.gethostname()}:{engine.config.data_path.resolve()}"
-    return "local:" + hashlib.sha256(place.encode()).hexdigest()[:16]
+    return queue.LOCAL_WORKER + hashlib.sha256(place.encode()).hexdigest()[:16]
 
 
 class LocalExecutor:
@@ -42,6 +51,7 @@ class LocalExecutor:
         self.worker = Worker(id=node_id(engine), session=engine.new_id(), labels=tuple(config.local_labels),
                              local=True)  # fmt: skip
         self.running: dict[tuple[str, str], asyncio.Task] = {}  # (run, step) -> the task running its attempt
+        self.leases: dict[str, tuple[str, str]] = {}  # lease id -> the (run, step) it runs
         self._kicked = asyncio.Event()
 
     def kick(self) -> None:
@@ -85,16 +95,37 @@ class LocalExecutor:
         await wait_event(self._kicked, POLL)
 
     async def heartbeat(self) -> None:
+        """Extend the leases of what runs here, and kill the steps whose lease is over (see the module's doc)."""
         await self.engine.queue.heartbeat(self.worker)
+        if not self.leases:
+            return
+        cancel, lost = await self.engine.queue.outcome(list(self.leases), self.worker)
+        for lease_id in [*cancel, *lost]:
+            key = self.leases.get(lease_id)
+            if key is not None and key in self.running:
+                log.info("local executor: lease %s of run %s, step %r is over elsewhere: its step is stopped",
+                         lease_id, *key)  # fmt: skip
+                self.running[key].cancel()
+
+    async def until_heartbeat(self) -> None:
+        """The heartbeat's pause: its interval, or until a step is aborted (on any engine)."""
+        await self.engine.notifier.wait(ABORT_TOPIC, self.engine.config.heartbeat_interval)
+
+    async def hear_queue(self) -> None:
+        """Another engine's hint that an attempt was queued wakes this executor (its POLL is the fallback)."""
+        if await self.engine.notifier.wait(QUEUE_TOPIC, HINT_WAIT):
+            self.kick()
 
     def _start(self, attempt: Attempt) -> None:
         key = (attempt.run_id, attempt.step)
         task = asyncio.create_task(self._run(attempt))
         self.running[key] = task
+        self.leases[attempt.id] = key
 
         def done(t: asyncio.Task) -> None:
             if self.running.get(key) is t:
                 del self.running[key]
+            self.leases.pop(attempt.id, None)
             self.kick()
 
         task.add_done_callback(done)

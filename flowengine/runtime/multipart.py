@@ -145,16 +145,22 @@ async def abort(engine: Engine, upload: UploadRecord, store: Store) -> None:
     await engine.db.drop_upload(upload.id)
 
 
-async def sweep(engine: Engine) -> int:
-    """Abort uploads left incomplete past their time; one whose store does not answer waits for the next sweep."""
+async def sweep(engine: Engine, lease: float) -> int:
+    """Abort uploads left incomplete past their time, claimed as the run objects are (retention.py):
+    engines sweeping at once never abort one twice; one not aborted comes due again after `lease`.
+    One whose store does not answer waits for a later sweep."""
     aborted = 0
-    while due := await engine.db.due_uploads(engine.clock(), BATCH):
+    down: set[str] = set()
+    while due := await engine.db.claim_uploads(engine.clock(), lease, BATCH):
         for upload in due:
+            if upload.store in down:
+                continue
             try:
                 await abort(engine, upload, engine.stores.resolve(None, upload.store))
             except StoreUnavailable as exc:
-                log.warning("sweeper: store %r unavailable, its uploads wait for the next sweep: %s", upload.store, exc)
-                return aborted
+                log.warning("sweeper: store %r unavailable, its uploads wait for a later sweep: %s", upload.store, exc)
+                down.add(upload.store)
+                continue
             except Error:  # the store is no longer configured: nothing left to abort
                 await engine.db.drop_upload(upload.id)
             aborted += 1

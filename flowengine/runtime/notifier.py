@@ -20,20 +20,26 @@ a notification may wake them for a change they have already seen, and a timeout 
 as a poll (something may have changed unnoticed). That rule is what lets a notifier that can lose
 notifications serve all the same.
 
-Across replicas (not built yet). With several engines on one PostgreSQL, a change committed by one
-must wake waiters on the others. A `Notifier` for that keeps a `LocalNotifier` for the waiters of
-its own process: its `notify` delivers locally at once and sends `NOTIFY flowengine, '<topic>'`;
-one connection per process runs `LISTEN flowengine` and delivers what it hears to the local
-notifier. NOTIFY is a hint, not a guarantee (it is lost while that connection is down), so on
-reconnecting it wakes every local waiter, and each waiter's timeout is its polling fallback (the
-interval at which it reads the database when nothing wakes it).
+Across replicas. With several engines on one PostgreSQL, a change committed by one must wake
+waiters on the others: `SharedNotifier` keeps a `LocalNotifier` for the waiters of its own process;
+its `notify` delivers locally at once and queues the topic; `send` (a loop of the engine's) sends
+what was queued a moment later (debounced: a burst of commits costs one `NOTIFY`, and no transaction
+ever waits for one) to the other engines, whose `listen` loop (one connection per engine, LISTEN)
+delivers it to their local waiters. NOTIFY is a hint, not a guarantee (it is lost while that
+connection is down), so on reconnecting it wakes every local waiter, and each waiter's timeout is its
+polling fallback (the interval at which it reads the database when nothing wakes it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
+from collections.abc import Callable
 from types import TracebackType
 from typing import Protocol
+
+DEBOUNCE = 0.002  # seconds topics are gathered before they go to the other engines in one message
+MESSAGE_BYTES = 7900  # the most a message carries (PostgreSQL's NOTIFY takes 8,000 bytes)
 
 
 def run_topic(run_id: str) -> str:
@@ -143,6 +149,12 @@ class LocalNotifier:
         with self.subscribe(topic) as subscription:
             return await subscription.wait(timeout)
 
+    def notify_all(self) -> None:
+        """Wake every subscription, whatever its topic (notifications may have been lost)."""
+        for subscribed in list(self._topics.values()):
+            for subscription in list(subscribed):
+                subscription._notify()
+
     def subscriptions(self, topic: str | None = None) -> int:
         """Open subscriptions: to `topic`, or to any topic."""
         if topic is not None:
@@ -159,3 +171,76 @@ class LocalNotifier:
             subscribed.discard(subscription)
             if not subscribed:
                 del self._topics[subscription.topic]
+
+
+class Channel(Protocol):
+    """Messages between the engines on one database (persistence: Database.publish and listen)."""
+
+    async def publish(self, messages: list[str]) -> None: ...
+
+    async def listen(self, heard: Callable[[str], None], listening: Callable[[], None]) -> None: ...
+
+
+class SharedNotifier:
+    """The notifier of one engine among several on one database (see the module's doc). A message is
+    the sending engine's origin and topics, one a line; an engine skips its own."""
+
+    def __init__(self, channel: Channel, debounce: float = DEBOUNCE) -> None:
+        self.local = LocalNotifier()
+        self.debounce = debounce
+        self.origin = uuid.uuid4().hex[:16]
+        self._channel = channel
+        self._queued: dict[str, None] = {}  # topics to send, in the order notified, once each
+        self._wanted = asyncio.Event()
+
+    def notify(self, topic: str) -> None:
+        self.local.notify(topic)
+        self._queued[topic] = None
+        self._wanted.set()
+
+    def subscribe(self, topic: str) -> Subscription:
+        return self.local.subscribe(topic)
+
+    async def wait(self, topic: str, timeout: float) -> bool:
+        return await self.local.wait(topic, timeout)
+
+    async def pending(self) -> None:
+        """Until something is queued, and a moment more (what comes meanwhile goes with it)."""
+        await self._wanted.wait()
+        await asyncio.sleep(self.debounce)
+
+    async def send(self) -> None:
+        """Send what is queued to the other engines; should the database refuse it, it is dropped (a
+        hint: their waiters poll)."""
+        topics, self._queued = list(self._queued), {}
+        self._wanted.clear()
+        if topics:
+            await self._channel.publish(pack(self.origin, topics))
+
+    async def listen(self) -> None:
+        """Deliver the other engines' topics to this one's waiters until the connection ends."""
+        await self._channel.listen(self._heard, self.local.notify_all)
+
+    def _heard(self, message: str) -> None:
+        origin, _, topics = message.partition("\n")
+        if origin != self.origin:
+            for topic in topics.split("\n"):
+                self.local.notify(topic)
+
+
+def pack(origin: str, topics: list[str]) -> list[str]:
+    """Topics in as few messages as fit (a topic longer than a message is dropped: none is)."""
+    messages: list[str] = []
+    lines: list[str] = []
+    size = len(origin.encode())
+    for topic in topics:
+        grown = size + 1 + len(topic.encode())
+        if grown > MESSAGE_BYTES and lines:
+            messages.append("\n".join([origin, *lines]))
+            lines, grown = [], len(origin.encode()) + 1 + len(topic.encode())
+        if grown <= MESSAGE_BYTES:
+            lines.append(topic)
+            size = grown
+    if lines:
+        messages.append("\n".join([origin, *lines]))
+    return messages

@@ -4,18 +4,32 @@ Every step attempt is a row of the `attempts` table, inserted in the same transa
 change whose `Dispatch` asked for it (engine.apply). Workers, the local executor (local.py) and
 remote agents (api/agent.py) alike, lease from it under one set of rules (core/queue.py). Each report
 about an attempt changes its row and applies its event to the run in one transaction, with the run's
-row locked first: the run lock is what serializes everything that happens to one attempt. A report
+row locked first, then the attempt's (always in that order: two transactions never wait for each
+other in a circle): the run lock is what serializes everything that happens to one attempt. A report
 whose token is not the attempt's current one is a conflict and changes nothing.
+
+With several engines on one database, any of them may handle any report, and each one's expiry
+sweep takes only the attempts whose run no other transaction holds (SKIP LOCKED): one engine
+expires an attempt, and a run being advanced elsewhere is left for the next tick.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from flowengine.core import machine, queue
-from flowengine.core.machine import ObjectMeta, StepFailed, StepReleased, StepStarted, StepSucceeded
+from flowengine.core.machine import (
+    ObjectMeta,
+    StepFailed,
+    StepInterrupted,
+    StepReleased,
+    StepStarted,
+    StepSucceeded,
+)
 from flowengine.core.queue import Attempt, Worker
 from flowengine.core.spec import Flow
 from flowengine.errors import Error, conflict, not_found
@@ -88,8 +102,7 @@ class StepQueue:
     async def ack(self, lease_id: str, token: str, worker: Worker) -> Attempt:
         """The worker takes the offer: the attempt runs, and the step is RUNNING."""
         now = self.engine.clock()
-        async with self.engine.db.transaction() as tx:
-            attempt = await self._current(tx, lease_id, token, worker)
+        async with self._current(lease_id, token, worker) as (tx, attempt):
             if attempt.state == "running":  # the same acknowledgement again: the same answer
                 return attempt
             if attempt.state != "offered":
@@ -123,8 +136,7 @@ class StepQueue:
                        logs: list[str]) -> None:  # fmt: skip
         """The attempt succeeded, its outputs (edge -> what was written) in place. A repeated report
         of a success already recorded is answered the same."""
-        async with self.engine.db.transaction() as tx:
-            attempt = await self._current(tx, lease_id, token, worker)
+        async with self._current(lease_id, token, worker) as (tx, attempt):
             if attempt.outcome == "succeeded":
                 return
             if attempt.state != "running":
@@ -136,8 +148,7 @@ class StepQueue:
 
     async def fail(self, lease_id: str, token: str, worker: Worker, error: str, retryable: bool,
                    logs: list[str]) -> None:  # fmt: skip
-        async with self.engine.db.transaction() as tx:
-            attempt = await self._current(tx, lease_id, token, worker)
+        async with self._current(lease_id, token, worker) as (tx, attempt):
             if attempt.outcome == "failed":
                 return
             if attempt.state != "running":
@@ -150,8 +161,7 @@ class StepQueue:
     async def release(self, lease_id: str, token: str, worker: Worker) -> None:
         """A graceful stop: the attempt goes back to the queue as it was, not counted."""
         now = self.engine.clock()
-        async with self.engine.db.transaction() as tx:
-            attempt = await self._current(tx, lease_id, token, worker)
+        async with self._current(lease_id, token, worker) as (tx, attempt):
             await tx.save_attempt(queue.requeue(attempt, self.schedule_deadline(attempt, now)))
             if attempt.state == "running":
                 change = await self.engine.advance(tx, attempt.run_id, StepReleased(attempt.step, attempt.attempt))
@@ -188,29 +198,34 @@ class StepQueue:
                 current.log_seq = seq
                 await tx.save_attempt(current)
 
-    async def _current(self, tx: Queries, lease_id: str, token: str, worker: Worker) -> Attempt:
-        """The attempt, read after its run's row is locked, if `token` is its current lease token and
-        `worker` holds it; otherwise a conflict (a lease id never seen is not found)."""
-        found = await tx.attempt(lease_id)
+    @asynccontextmanager
+    async def _current(self, lease_id: str, token: str, worker: Worker) -> AsyncIterator[tuple[Queries, Attempt]]:
+        """A transaction and the attempt in it, read after its run's row is locked, if `token` is its
+        current lease token and `worker` holds it; otherwise a conflict (a lease id never seen is not
+        found). Which run it is, is read before the transaction: inside, the run's row is locked first."""
+        found = await self.engine.db.attempt(lease_id)
         if found is None:
             raise not_found("lease", lease_id, "path.lease_id")
-        await tx.load_run(found.run_id)  # the lock
-        attempt = await tx.attempt(lease_id)
-        if attempt is None or not secrets.compare_digest(attempt.token, token) or attempt.worker != worker.id:
-            raise _stale(lease_id)
-        return attempt
+        async with self.engine.db.transaction() as tx:
+            await tx.load_run(found.run_id)  # the lock
+            attempt = await tx.attempt(lease_id)
+            if attempt is None or not secrets.compare_digest(attempt.token, token) or attempt.worker != worker.id:
+                raise _stale(lease_id)
+            yield tx, attempt
 
     # time
 
     async def expire(self) -> None:
         """Offers not acknowledged in time go back to the queue; leases not extended in time, and
         attempts past their timeout, fail (retryable); queued attempts no worker took by their
-        deadline fail the step, saying what was missing."""
+        deadline fail the step, saying what was missing. An attempt whose run another transaction
+        holds (another engine's expiry, a report) is left for the next tick."""
         now = self.engine.clock()
         requeued = False
         for due in await self.engine.db.due_attempts(now, EXPIRY_BATCH):
             async with self.engine.db.transaction() as tx:
-                await tx.load_run(due.run_id)  # the lock
+                if await tx.claim_run(due.run_id) is None:
+                    continue
                 attempt = await tx.attempt(due.id)
                 if attempt is None:
                     continue
@@ -228,7 +243,15 @@ class StepQueue:
             await tx.save_attempt(queue.requeue(attempt, attempt.deadline))
             await tasks.refresh(tx, self.engine, attempt.run_id)
             return True
-        if attempt.state == "running" and (attempt.lease_expires or 0) <= now:
+        expired = attempt.state == "running" and (attempt.lease_expires or 0) <= now
+        if expired and attempt.worker.startswith(queue.LOCAL_WORKER):
+            # Another engine's local executor stopped reporting: that engine died (its own restart
+            # would have reclaimed it). As after a crash, the attempt was cut short: not counted.
+            await tx.save_attempt(queue.end(attempt, "interrupted", now))
+            log.warning("run %s: step %r, attempt %d: engine %s stopped reporting; the step runs again",
+                        attempt.run_id, attempt.step, attempt.attempt, attempt.worker)  # fmt: skip
+            return await self.engine.advance(tx, attempt.run_id, StepInterrupted(attempt.step, attempt.attempt))
+        if expired:
             await tx.save_attempt(queue.end(attempt, "expired", now))
             error = f"the lease expired: worker {attempt.worker} stopped reporting for {self.config.lease:g}s"
             return await self.engine.advance(tx, attempt.run_id, StepFailed(attempt.step, attempt.attempt, error))

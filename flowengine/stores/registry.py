@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from flowengine.config import Config
+from flowengine.config import POSTGRES, Config
 from flowengine.core.spec import Flow
 from flowengine.core.spec import Store as StoreSpec
 from flowengine.errors import Error
@@ -20,6 +20,25 @@ from flowengine.stores.signing import Signer
 DEFAULT = "default"
 PREPARE_RETRY = 30.0  # seconds before preparing a store that was down is tried again
 log = logging.getLogger("flowengine.stores")
+
+
+def refuse_unshared_local(config: Config) -> None:
+    """Engines on one PostgreSQL database share the work: an upload that lands through one, a step
+    that runs on another. An embedded store's objects are in one engine's data dir, out of the
+    others' reach, so such a configuration is refused unless `local_store_shared` says otherwise."""
+    if not config.database_url.startswith(POSTGRES) or config.local_store_shared:
+        return
+    operators = {s.name: s for s in config.stores}
+    local = [DEFAULT] if DEFAULT not in operators else []
+    local += [s.name for s in config.stores if s.type == "local"]
+    if local:
+        raise Error(
+            "invalid", "local_store_not_shared",
+            f"store {local[0]!r} is the embedded local store, which other engines on the PostgreSQL database "
+            "cannot reach: define it (and 'default') as an s3 store, or set local_store_shared: true if every "
+            "engine shares data_dir/objects and data_dir/meta, or only one engine uses the database",
+            "local_store_shared",
+        )  # fmt: skip
 
 
 class Stores:
