@@ -313,7 +313,7 @@ def test_a_step_whose_runner_raises_is_retried_then_fails_never_left_running(eng
         raised.append(job.attempt)
         raise RuntimeError(f"bug {job.attempt}")
 
-    monkeypatch.setattr("flowengine.runtime.engine.run_step", broken)
+    monkeypatch.setattr("flowengine.runtime.local.run_step", broken)
     run = run_flow(engine_config)
     assert raised == [1, 2]  # the first failure was retried, as any failure is
     assert run.status == machine.ERROR
