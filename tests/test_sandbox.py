@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from flowengine.config import Config, load_config
 from flowengine.core import machine
 from flowengine.core.spec import Flow
 from flowengine.persistence.sqlite import SqliteDatabase
-from flowengine.runtime import datadir
+from flowengine.runtime import datadir, steps
 from flowengine.runtime.engine import Engine
 from flowengine.runtime.executors import landlock
 from flowengine.runtime.executors.reaper import Reaper
@@ -304,6 +305,39 @@ def run_flow(config: Config) -> machine.Run:
             await engine.stop()
 
     return asyncio.run(scenario())
+
+
+def test_a_steps_end_is_recorded_before_its_scratch_dir_is_removed_and_the_stop_waits(engine_config, monkeypatch):
+    completed = threading.Event()
+    seen: list[tuple[str, bool]] = []
+    remove = steps._remove_scratch
+
+    def slow(scratch: Path, in_run_dir: bool) -> None:
+        # The run's COMPLETE must be visible while the removal has not begun; were the removal before
+        # the report, the run could not complete before this gives up waiting.
+        seen.append((scratch.name, completed.wait(5)))
+        time.sleep(0.3)  # a slow filesystem: the engine's stop must wait for the removal
+        remove(scratch, in_run_dir)
+
+    async def scenario() -> machine.Run:
+        engine = Engine(engine_config)
+        await engine.start()
+        try:
+            run = await engine.create_run(engine.plan(msgspec.convert(FLOW, Flow)))
+            deadline = time.monotonic() + 10
+            while (run := (await engine.get_run(run.id))[0]).status != machine.COMPLETE:
+                assert time.monotonic() < deadline, run
+                await asyncio.sleep(0.02)
+            completed.set()
+            return run
+        finally:
+            await engine.stop()
+
+    monkeypatch.setattr(steps, "_remove_scratch", slow)
+    run = asyncio.run(scenario())
+    assert run.steps["s"].status == machine.COMPLETE
+    assert seen == [("s.1", True)]
+    assert not Path(engine_config.work_dir).exists()  # every scratch dir gone by the stop, and the root with them
 
 
 def test_a_step_whose_runner_raises_is_retried_then_fails_never_left_running(engine_config, monkeypatch, caplog):

@@ -52,6 +52,7 @@ from flowengine.runtime.metrics import Metrics
 from flowengine.runtime.notifier import LocalNotifier, Notifier, run_topic
 from flowengine.runtime.queue import StepQueue
 from flowengine.runtime.retention import LOGS
+from flowengine.runtime.steps import Sweeper
 from flowengine.runtime.supervisor import Supervisor
 from flowengine.runtime.workflows import SYNC_INTERVAL as WORKFLOW_SYNC_INTERVAL
 from flowengine.runtime.workflows import Workflows
@@ -139,6 +140,7 @@ class Engine:
         self._creations: list[tuple[_Creation, asyncio.Future[None]]] = []
         self.sandbox: Sandbox | None = None
         self.reaper = Reaper()
+        self.sweeper = Sweeper()
         self.workers: Workers | None = None
         self.webhooks = webhooks.Sender(self)
         self.recovery = Recovery()
@@ -260,6 +262,7 @@ class Engine:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.sweeper.drain()
         if self.workers is not None:
             await self.workers.close()
         await self.webhooks.close()
