@@ -340,6 +340,24 @@ def test_a_steps_end_is_recorded_before_its_scratch_dir_is_removed_and_the_stop_
     assert not Path(engine_config.work_dir).exists()  # every scratch dir gone by the stop, and the root with them
 
 
+def test_the_engine_stops_when_its_loops_are_woken_just_as_the_stop_cancels_them(engine_config):
+    # A step's end kicks the local executor just as a stop cancels it: the cancel must not be lost
+    # (asyncio.wait_for on Python 3.11 returned the wake-up instead, and the stop waited for good).
+    async def scenario() -> None:
+        engine = Engine(engine_config)
+        await engine.start()
+        await asyncio.sleep(0.3)  # every loop idle, waiting to be woken
+        engine.local.kick()
+        engine._wake.set()
+        engine.webhooks.wake.set()
+        stopping = asyncio.ensure_future(engine.stop())
+        done, _ = await asyncio.wait([stopping], timeout=5)  # not wait_for: a cancelled stop goes on regardless
+        assert done, "the stop is still waiting for a loop that was cancelled"
+        await stopping
+
+    asyncio.run(scenario())
+
+
 def test_a_step_whose_runner_raises_is_retried_then_fails_never_left_running(engine_config, monkeypatch, caplog):
     raised = []
 

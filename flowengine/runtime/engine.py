@@ -576,7 +576,8 @@ class Engine:
         """Sleep until the next run is due, or until a commit makes one due sooner."""
         timeout = None if self._sleep_until == math.inf else max(0.0, self._sleep_until - self.clock()) + 0.001
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: see LocalExecutor.serve
+                await self._wake.wait()
 
 
 def _refuse_shared_keys(edges: dict[str, EdgeState], plan: Plan) -> None:

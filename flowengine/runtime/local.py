@@ -81,8 +81,11 @@ class LocalExecutor:
             if offered and len(offered) == free:
                 await self._kicked.wait()  # full: the next kick is a slot freed (or new work)
                 continue
+            # Not wait_for: on Python 3.11 it swallows a cancel that comes as the kick does (the engine's
+            # stop cancels the executor as its steps' ends kick it), and the stop would wait for good.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kicked.wait(), POLL)
+                async with asyncio.timeout(POLL):
+                    await self._kicked.wait()
 
     async def heartbeat(self) -> None:
         await self.engine.queue.heartbeat(self.worker)

@@ -94,7 +94,8 @@ class Sender:
 
     async def pause(self) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wake.wait(), IDLE_PAUSE)
+            async with asyncio.timeout(IDLE_PAUSE):  # not wait_for: see LocalExecutor.serve
+                await self.wake.wait()
         self.wake.clear()
 
     async def tick(self) -> None:
