@@ -7,9 +7,12 @@ executor, and how long a step of a killed agent takes to run elsewhere.
   local executor takes. One run at a time is created; its step is ready when the creation commits.
   The figure is from just before the creation request is sent to a poller receiving the lease (so it
   includes the creation request itself), p50/p99/max.
-- throughput: `--steps` runs of one tiny exec step (`cp`), all created at once, until every one is
-  COMPLETE: on the local executor alone (concurrency 4), then with the step's Labels sending it to
-  1, 2 and 4 `flowengine agent` processes (concurrency 4 each).
+- throughput: `--steps` runs of one tiny exec step (`cp`), created and their input uploaded by
+  `--senders` clients at once over keep-alive connections, until every one is COMPLETE: on the local
+  executor alone (concurrency 4), then with the step's Labels sending it to 1, 2 and 4
+  `flowengine agent` processes (concurrency 4 each). Beside each, the pace at which the runs were
+  created and uploaded: the driver's own ceiling (a driver sending one run at a time, with a new
+  connection per upload, had bounded every figure at about 4 runs/s).
 - kill -9: an agent runs a long step and is killed; another agent already polls. The time from the
   kill to the step's next attempt running on the other agent: the lease (here `--lease` seconds; 30 by
   default in production) plus up to one expiry tick.
@@ -86,20 +89,34 @@ async def latency(base: str, key: str, agent_key: str, runs: int, pollers: int) 
     return found
 
 
-def throughput(base: str, key: str, count: int, labels: list[str]) -> float:
-    """Runs per second of one tiny step, from the first creation to the last COMPLETE."""
-    client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60)
-    began = time.monotonic()
-    ids = []
-    for _ in range(count):
-        run = client.post("/api/v1/flow/tp", json=copy_flow(labels)).json()
-        httpx.put(run["WaitingURLs"][0]["PutURL"], content=b"x")
-        ids.append(run["ID"])
-    for run_id in ids:
-        while (doc := client.get(f"/api/v1/flow/status/{run_id}").json())["Status"] not in ("COMPLETE", "ERROR"):
-            time.sleep(0.01)
-        assert doc["Status"] == "COMPLETE", doc
-    return count / (time.monotonic() - began)
+async def throughput(base: str, key: str, count: int, labels: list[str], senders: int) -> tuple[float, float]:
+    """Runs per second of one tiny step, from the first creation to the last COMPLETE; and runs
+    created and uploaded per second, the driver's own pace (the ceiling of the first)."""
+    headers = {"Authorization": f"Bearer {key}"}
+    limits = httpx.Limits(max_connections=senders, max_keepalive_connections=senders)
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60, limits=limits) as client, \
+            httpx.AsyncClient(timeout=60, limits=limits) as uploads:  # fmt: skip
+        ids: list[str] = []
+        left = count
+
+        async def send() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                run = (await client.post("/api/v1/flow/tp", json=copy_flow(labels))).json()
+                await uploads.put(run["WaitingURLs"][0]["PutURL"], content=b"x")
+                ids.append(run["ID"])
+
+        began = time.monotonic()
+        await asyncio.gather(*(send() for _ in range(senders)))
+        sent = time.monotonic() - began
+        for run_id in ids:
+            while (doc := (await client.get(f"/api/v1/flow/status/{run_id}")).json())["Status"] not in (
+                "COMPLETE", "ERROR"
+            ):  # fmt: skip
+                await asyncio.sleep(0.01)
+            assert doc["Status"] == "COMPLETE", doc
+        return count / (time.monotonic() - began), count / sent
 
 
 def start_agent(base: str, agent_key: str, name: str, work: Path, concurrency: int = 4) -> subprocess.Popen:
@@ -140,6 +157,7 @@ def main() -> None:
     parser.add_argument("--latency", type=int, default=200, help="runs for the lease latency")
     parser.add_argument("--pollers", type=int, default=4, help="agents long-polling meanwhile")
     parser.add_argument("--steps", type=int, default=200, help="runs per throughput figure")
+    parser.add_argument("--senders", type=int, default=8, help="runs created and uploaded at once")
     parser.add_argument("--lease", type=float, default=5.0, help="the engine's lease, seconds")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,13 +177,18 @@ def main() -> None:
             print(f"lease latency ({args.pollers} pollers, {len(found)} runs): p50 {pct(found, 0.5) * 1000:.1f} ms, "
                   f"p99 {pct(found, 0.99) * 1000:.1f} ms, max {max(found) * 1000:.1f} ms, "
                   f"mean {statistics.mean(found) * 1000:.1f} ms")  # fmt: skip
-            print(f"local executor: {throughput(base, key, args.steps, []):.1f} runs/s")
+
+            def figure(name: str, labels: list[str]) -> None:
+                done, sent = asyncio.run(throughput(base, key, args.steps, labels, args.senders))
+                print(f"{name}: {done:.1f} runs/s (created and uploaded at {sent:.1f}/s)")
+
+            figure("local executor", [])
             agents: list[subprocess.Popen] = []
             for n in (1, 2, 4):
                 while len(agents) < n:
                     agents.append(start_agent(base, agent_key, f"a{len(agents)}", work))
                 time.sleep(2)
-                print(f"{n} agent(s): {throughput(base, key, args.steps, ['remote']):.1f} runs/s")
+                figure(f"{n} agent(s)", ["remote"])
             for proc in agents:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait()

@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from flowengine.config import Config, load_config
 from flowengine.core import machine
 from flowengine.core.spec import Flow
 from flowengine.persistence.sqlite import SqliteDatabase
-from flowengine.runtime import datadir
+from flowengine.runtime import datadir, steps
 from flowengine.runtime.engine import Engine
 from flowengine.runtime.executors import landlock
 from flowengine.runtime.executors.reaper import Reaper
@@ -306,6 +307,57 @@ def run_flow(config: Config) -> machine.Run:
     return asyncio.run(scenario())
 
 
+def test_a_steps_end_is_recorded_before_its_scratch_dir_is_removed_and_the_stop_waits(engine_config, monkeypatch):
+    completed = threading.Event()
+    seen: list[tuple[str, bool]] = []
+    remove = steps._remove_scratch
+
+    def slow(scratch: Path, in_run_dir: bool) -> None:
+        # The run's COMPLETE must be visible while the removal has not begun; were the removal before
+        # the report, the run could not complete before this gives up waiting.
+        seen.append((scratch.name, completed.wait(5)))
+        time.sleep(0.3)  # a slow filesystem: the engine's stop must wait for the removal
+        remove(scratch, in_run_dir)
+
+    async def scenario() -> machine.Run:
+        engine = Engine(engine_config)
+        await engine.start()
+        try:
+            run = await engine.create_run(engine.plan(msgspec.convert(FLOW, Flow)))
+            deadline = time.monotonic() + 10
+            while (run := (await engine.get_run(run.id))[0]).status != machine.COMPLETE:
+                assert time.monotonic() < deadline, run
+                await asyncio.sleep(0.02)
+            completed.set()
+            return run
+        finally:
+            await engine.stop()
+
+    monkeypatch.setattr(steps, "_remove_scratch", slow)
+    run = asyncio.run(scenario())
+    assert run.steps["s"].status == machine.COMPLETE
+    assert seen == [("s.1", True)]
+    assert not Path(engine_config.work_dir).exists()  # every scratch dir gone by the stop, and the root with them
+
+
+def test_the_engine_stops_when_its_loops_are_woken_just_as_the_stop_cancels_them(engine_config):
+    # A step's end kicks the local executor just as a stop cancels it: the cancel must not be lost
+    # (asyncio.wait_for on Python 3.11 returned the wake-up instead, and the stop waited for good).
+    async def scenario() -> None:
+        engine = Engine(engine_config)
+        await engine.start()
+        await asyncio.sleep(0.3)  # every loop idle, waiting to be woken
+        engine.local.kick()
+        engine._wake.set()
+        engine.webhooks.wake.set()
+        stopping = asyncio.ensure_future(engine.stop())
+        done, _ = await asyncio.wait([stopping], timeout=5)  # not wait_for: a cancelled stop goes on regardless
+        assert done, "the stop is still waiting for a loop that was cancelled"
+        await stopping
+
+    asyncio.run(scenario())
+
+
 def test_a_step_whose_runner_raises_is_retried_then_fails_never_left_running(engine_config, monkeypatch, caplog):
     raised = []
 
@@ -313,7 +365,7 @@ def test_a_step_whose_runner_raises_is_retried_then_fails_never_left_running(eng
         raised.append(job.attempt)
         raise RuntimeError(f"bug {job.attempt}")
 
-    monkeypatch.setattr("flowengine.runtime.engine.run_step", broken)
+    monkeypatch.setattr("flowengine.runtime.local.run_step", broken)
     run = run_flow(engine_config)
     assert raised == [1, 2]  # the first failure was retried, as any failure is
     assert run.status == machine.ERROR

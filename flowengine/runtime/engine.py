@@ -60,6 +60,7 @@ from flowengine.runtime.metrics import Metrics
 from flowengine.runtime.notifier import LocalNotifier, Notifier, SharedNotifier, run_topic
 from flowengine.runtime.queue import StepQueue
 from flowengine.runtime.retention import LOGS
+from flowengine.runtime.steps import Sweeper
 from flowengine.runtime.supervisor import Supervisor
 from flowengine.runtime.workflows import SYNC_INTERVAL as WORKFLOW_SYNC_INTERVAL
 from flowengine.runtime.workflows import Workflows
@@ -150,6 +151,7 @@ class Engine:
         self._creations: list[tuple[_Creation, asyncio.Future[None]]] = []
         self.sandbox: Sandbox | None = None
         self.reaper = Reaper()
+        self.sweeper = Sweeper()
         self.workers: Workers | None = None
         self.webhooks = webhooks.Sender(self)
         self.recovery = Recovery()
@@ -275,6 +277,7 @@ class Engine:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.sweeper.drain()
         if self.workers is not None:
             await self.workers.close()
         await self.webhooks.close()

@@ -156,6 +156,7 @@ class LocalExecutor:
             sandbox=engine.sandbox,
             reaper=engine.reaper,
             workers=engine.workers,
+            sweeper=engine.sweeper,
             flags=run.flags.get(step.id, {}),
         )
         try:

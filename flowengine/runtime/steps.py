@@ -8,8 +8,10 @@ and no store credentials. What it writes is taken only as regular files inside t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import logging
 import mimetypes
 import os
 import shutil
@@ -37,6 +39,7 @@ from flowengine.stores.base import Store, StoreUnavailable
 STEP_PATH = os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/sbin", "/usr/local/bin", "/usr/sbin",
                              "/usr/bin", "/sbin", "/bin"])  # fmt: skip
 MAX_ANSWER = 1 << 20  # bytes: a Python task's answer names its output files, nothing more
+log = logging.getLogger("flowengine")
 
 
 class StepJob(msgspec.Struct, kw_only=True):
@@ -53,6 +56,7 @@ class StepJob(msgspec.Struct, kw_only=True):
     sandbox: Sandbox
     reaper: Reaper
     workers: Workers  # warm Python workers, when enabled
+    sweeper: Sweeper  # removes the scratch dir once the step has ended
     flags: dict[str, Scalar] = {}  # the run's values for the step's flags (a task's parameters), over the step's
 
 
@@ -111,12 +115,46 @@ async def run_step(job: StepJob) -> StepSucceeded | StepFailed:
 async def _in_scratch(job: StepJob, scratch: Path, worker: Worker | None) -> StepSucceeded | StepFailed:
     in_run_dir = worker is None  # a worker's calls' dirs are in its own directory instead
     try:
-        await anyio.to_thread.run_sync(_make_scratch, scratch, in_run_dir)
-        return await _attempt(job, scratch, worker)
+        return await _attempt(job, scratch, in_run_dir, worker)
     except (StoreUnavailable, OSError) as exc:
         return StepFailed(job.step.id, job.attempt, f"{type(exc).__name__}: {exc}")
     finally:
-        await anyio.to_thread.run_sync(_remove_scratch, scratch, in_run_dir)
+        job.sweeper.remove(scratch, in_run_dir)
+
+
+class Sweeper:
+    """Removes scratch dirs in the background, after their steps' ends: the step's result (its
+    outputs are stored by then) is recorded and its slot freed without waiting. Removing a directory
+    frees its block, and where the filesystem discards freed blocks at once (ext4 mounted with
+    `discard`) each `rmdir` takes milliseconds: a step's scratch dir is four of them. One thread at a
+    time removes what has ended meanwhile, oldest first."""
+
+    def __init__(self) -> None:
+        self._due: list[tuple[Path, bool]] = []
+        self._sweeping: asyncio.Task | None = None
+
+    def remove(self, scratch: Path, in_run_dir: bool) -> None:
+        self._due.append((scratch, in_run_dir))
+        if self._sweeping is None or self._sweeping.done():
+            self._sweeping = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def drain(self) -> None:
+        """Until every scratch dir handed over is gone (the engine stops)."""
+        while self._sweeping is not None and not self._sweeping.done():
+            await asyncio.shield(self._sweeping)
+
+    async def _sweep(self) -> None:
+        while self._due:
+            batch, self._due = self._due, []
+            try:
+                await anyio.to_thread.run_sync(_remove_scratches, batch)
+            except Exception:  # logged; the next steps' dirs are swept all the same
+                log.exception("removing %d scratch dir(s) failed", len(batch))
+
+
+def _remove_scratches(batch: list[tuple[Path, bool]]) -> None:
+    for scratch, in_run_dir in batch:
+        _remove_scratch(scratch, in_run_dir)
 
 
 def _make_scratch(scratch: Path, in_run_dir: bool) -> None:
@@ -142,8 +180,10 @@ def _remove_scratch(scratch: Path, in_run_dir: bool) -> None:
             scratch.parent.rmdir()  # the run's dir goes with its last step
 
 
-def _lay_out(scratch: Path, dirs: list[Path], files: dict[Path, bytes], user: StepUser | None, log: Path) -> None:
-    """What the step finds in its scratch dir, given to its user; its log file, empty."""
+def _lay_out(scratch: Path, in_run_dir: bool, dirs: list[Path], files: dict[Path, bytes], user: StepUser | None,
+            log: Path) -> None:  # fmt: skip
+    """The scratch dir and what the step finds in it (but its inputs), given to its user; its log file, empty."""
+    _make_scratch(scratch, in_run_dir)
     for path in dirs:
         path.mkdir(parents=True)
     for path, content in files.items():
@@ -154,14 +194,9 @@ def _lay_out(scratch: Path, dirs: list[Path], files: dict[Path, bytes], user: St
     log.write_bytes(b"")
 
 
-async def _attempt(job: StepJob, scratch: Path, worker: Worker | None) -> StepSucceeded | StepFailed:
+async def _attempt(job: StepJob, scratch: Path, in_run_dir: bool, worker: Worker | None) -> StepSucceeded | StepFailed:
     step, task = job.step, job.task
-    inputs: dict[str, str] = {}
-    for b in step.inputs:
-        edge = job.edges[b.edge]
-        dest = scratch / "in" / b.slot / PurePosixPath(edge.key).name
-        await job.store_of(edge).download(edge.key, dest)  # a copy: the stored object is out of the step's reach
-        inputs[b.slot] = str(dest)
+    inputs = {b.slot: str(scratch / "in" / b.slot / PurePosixPath(job.edges[b.edge].key).name) for b in step.inputs}
     outputs = {b.slot: scratch / "out" / b.slot / PurePosixPath(job.edges[b.edge].key).name for b in step.outputs}
     flags = flag_values(step, task, job.flags)
     files: dict[Path, bytes] = {}
@@ -182,7 +217,14 @@ async def _attempt(job: StepJob, scratch: Path, worker: Worker | None) -> StepSu
             # __pycache__ in the flows directory; -P: the shim's own directory is not a place to import from.
             argv = [sys.executable, "-B", "-P", pyrun.__file__, str(scratch / "request.json")]
     dirs = [*(p.parent for p in outputs.values()), scratch / "home", scratch / "tmp"]
-    await anyio.to_thread.run_sync(_lay_out, scratch, dirs, files, job.sandbox.user, job.log_path)
+    # One thread hop for the whole layout: on a busy machine each hop waits for a turn on a core.
+    await anyio.to_thread.run_sync(_lay_out, scratch, in_run_dir, dirs, files, job.sandbox.user, job.log_path)
+    for b in step.inputs:
+        edge = job.edges[b.edge]
+        # A copy: the stored object is out of the step's reach.
+        await job.store_of(edge).download(edge.key, Path(inputs[b.slot]))
+    if step.inputs and job.sandbox.user is not None:
+        await anyio.to_thread.run_sync(_give, scratch / "in", job.sandbox.user.uid, job.sandbox.user.gid)
     if worker is not None:
         result = await worker.run(scratch, job.log_path, task.timeout_seconds, job.log_tail)
     else:
