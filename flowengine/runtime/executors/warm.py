@@ -92,8 +92,9 @@ class Worker:
         return ProcessResult(code, last_lines(log_path, tail))
 
     async def _call(self, scratch: Path, out: IO[bytes]) -> int:
+        fresh, started = self.proc is None, None
         try:
-            if self.proc is None and not await self._start(out):
+            if fresh and not await self._start(out):
                 return 1  # the import failed; the log has its traceback
             assert self.channel is not None
             socket.send_fds(self.channel, [bytes(scratch)], [out.fileno()])
@@ -104,6 +105,11 @@ class Worker:
             ended = await self._receive()
         except (WorkerEnded, ConnectionError):  # ended during the call, or while it was idle
             status = await self._end()
+            if started is None and not fresh:
+                # It ended while idle (killed, out of memory) and was leased before its end showed (its
+                # sandbox's init outlives it a moment): the call never began, so a new worker runs it.
+                self._restart()
+                return await self._call(scratch, out)
             out.write(f"flowengine: the Python worker ended during the call (status {status})\n".encode())
             return status or 1
         self._forget_call()
@@ -163,6 +169,12 @@ class Worker:
         if self.proc.pid in self.workers.reaper.live:  # once: the number may be another step's later
             self.workers.reaper.remove(self.proc.pid)
         return self.proc.returncode
+
+    def _restart(self) -> None:
+        """Forget the ended process, so that the next call starts a new one in the same directory."""
+        if self.channel is not None:
+            self.channel.close()
+        self.proc, self.channel, self.sources = None, None, ()
 
     def _forget_call(self) -> None:
         if self._call_pid:
