@@ -186,9 +186,10 @@ def serve(fd: int, config: ServeConfig) -> int:
         channel.send(msgspec.json.encode(Reply("started", pid=pid)))
         code = _end_call(pid)
         leftover = _strays_left()
+        if leftover:  # before answering: the engine retires a worker that had strays, and were it to
+            _kill_strays()  # end first, its strays would go to init and live on
         channel.send(msgspec.json.encode(Reply("ended", code=code, leftover=leftover)))
         if leftover:
-            _kill_strays()
             return 0
 
 
