@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import msgspec
 from starlette.requests import Request
@@ -21,6 +21,12 @@ from flowengine.core.times import rfc3339
 from flowengine.errors import bad_request
 from flowengine.persistence.base import AgentRow
 from flowengine.runtime.agents import Lease, LogChunk, Registration, Written
+
+if TYPE_CHECKING:
+    from flowengine.core.queue import Worker
+    from flowengine.runtime.engine import Engine
+
+B = TypeVar("B", bound=msgspec.Struct)
 
 Label = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=60)]
@@ -182,20 +188,22 @@ async def heartbeat(request: Request) -> Response:
     return json_response(HeartbeatAnswer(cancel, lost))
 
 
-async def ack(request: Request) -> Response:
+async def _lease_call(request: Request, kind: type[B]) -> tuple[Engine, str, B, Worker]:
+    """What every report on a lease starts with: the agent's key, the body, and the worker holding it."""
     principal = await authenticate(request.scope, AGENT_CALLERS)
-    body = await body_of(request, Token)
+    body = await body_of(request, kind)
     engine, lease_id = engine_of(request), request.path_params["lease_id"]
-    worker = await engine.agents.lease_worker(principal.team, lease_id)
+    return engine, lease_id, body, await engine.agents.lease_worker(principal.team, lease_id)
+
+
+async def ack(request: Request) -> Response:
+    engine, lease_id, body, worker = await _lease_call(request, Token)
     await engine.queue.ack(lease_id, body.token, worker)
     return json_response(Ok())
 
 
 async def progress(request: Request) -> Response:
-    principal = await authenticate(request.scope, AGENT_CALLERS)
-    body = await body_of(request, Progress)
-    engine, lease_id = engine_of(request), request.path_params["lease_id"]
-    worker = await engine.agents.lease_worker(principal.team, lease_id)
+    engine, lease_id, body, worker = await _lease_call(request, Progress)
     await engine.agents.logs(lease_id, body.token, worker, body.logs)
     said = machine.Progress(body.fraction, body.step, body.message, body.step_current, body.step_total)
     await engine.agents.progress(lease_id, body.token, worker, said)
@@ -203,20 +211,14 @@ async def progress(request: Request) -> Response:
 
 
 async def complete(request: Request) -> Response:
-    principal = await authenticate(request.scope, AGENT_CALLERS)
-    body = await body_of(request, Complete)
-    engine, lease_id = engine_of(request), request.path_params["lease_id"]
-    worker = await engine.agents.lease_worker(principal.team, lease_id)
+    engine, lease_id, body, worker = await _lease_call(request, Complete)
     await engine.agents.logs(lease_id, body.token, worker, body.logs)
     await engine.agents.complete(lease_id, body.token, worker, body.outputs)
     return json_response(Ok())
 
 
 async def fail(request: Request) -> Response:
-    principal = await authenticate(request.scope, AGENT_CALLERS)
-    body = await body_of(request, Fail)
-    engine, lease_id = engine_of(request), request.path_params["lease_id"]
-    worker = await engine.agents.lease_worker(principal.team, lease_id)
+    engine, lease_id, body, worker = await _lease_call(request, Fail)
     await engine.agents.logs(lease_id, body.token, worker, body.logs)
     attempt = await engine.queue.running(lease_id, body.token, worker, done_ok=True)
     await engine.queue.fail(lease_id, body.token, worker, body.error, body.retryable, engine.agents.tail(attempt))
@@ -224,10 +226,7 @@ async def fail(request: Request) -> Response:
 
 
 async def release(request: Request) -> Response:
-    principal = await authenticate(request.scope, AGENT_CALLERS)
-    body = await body_of(request, Token)
-    engine, lease_id = engine_of(request), request.path_params["lease_id"]
-    worker = await engine.agents.lease_worker(principal.team, lease_id)
+    engine, lease_id, body, worker = await _lease_call(request, Token)
     await engine.queue.release(lease_id, body.token, worker)
     return json_response(Ok())
 
