@@ -82,12 +82,13 @@ async def waits(db: Database, location: str, *keys: str, first_check: float | No
 # the engine's own state, definitions
 
 
-async def test_a_clean_stop_is_taken_once(db: Database):
-    assert await db.take_clean_stop() is False
-    await db.mark_clean_stop()
-    await db.mark_clean_stop()  # twice: still one stop to take
-    assert await db.take_clean_stop() is True
-    assert await db.take_clean_stop() is False
+async def test_a_clean_stop_is_taken_once_by_the_engine_that_made_it(db: Database):
+    assert await db.take_clean_stop("local:a") is False
+    await db.mark_clean_stop("local:a")
+    await db.mark_clean_stop("local:a")  # twice: still one stop to take
+    assert await db.take_clean_stop("local:b") is False  # another engine on the database crashed
+    assert await db.take_clean_stop("local:a") is True
+    assert await db.take_clean_stop("local:a") is False
 
 
 async def test_a_definition_is_stored_once_by_its_digest(db: Database):
@@ -582,7 +583,8 @@ def test_both_backends_have_the_same_migrations():
 async def test_lost_connections_fail_one_query_and_the_next_gets_a_new_one(postgres_url: str, tmp_path: Path):
     db = open_database(Config(data_dir=str(tmp_path), database=postgres_url))
     try:
-        await asyncio.gather(db.mark_clean_stop(), db.count_waits(), db.count_waits())  # a few connections open
+        # a few connections open
+        await asyncio.gather(db.mark_clean_stop("local:a"), db.count_waits(), db.count_waits())
         with psycopg.connect(postgres_url, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
                           " AND pid <> pg_backend_pid()")  # fmt: skip
@@ -590,7 +592,7 @@ async def test_lost_connections_fail_one_query_and_the_next_gets_a_new_one(postg
             await db.count_waits()
         assert caught.value.kind == "unavailable" and caught.value.code == "database_unavailable"
         assert "postgresql://postgres@127.0.0.1" in caught.value.message
-        assert await db.take_clean_stop() is True
+        assert await db.take_clean_stop("local:a") is True
     finally:
         await db.close()
 

@@ -72,7 +72,7 @@ async def crash(engine: Engine) -> None:
     """Stop the engine as a kill would: without recording a clean stop."""
     await engine.stop()
     db = open_database(engine.config)
-    await db.take_clean_stop()
+    await db.take_clean_stop(engine.local.worker.id)
     await db.close()
 
 

@@ -53,6 +53,11 @@ def prefix_end(prefix: str) -> str:
     return stem[:-1] + chr(0xE000 if 0xD800 <= after <= 0xDFFF else after)  # past the surrogates: not UTF-8
 
 
+def clean_stop_name(engine: str) -> str:
+    """The `engine_state` row saying that `engine` stopped cleanly."""
+    return f"clean_stop:{engine}"
+
+
 class FileRecord(msgspec.Struct, frozen=True):
     """A file a team presigned an upload for (`POST /api/v1/r/files/presign`), by its key in the files store."""
 
@@ -285,10 +290,12 @@ class DeliveryAttempt(msgspec.Struct, frozen=True):
 
 class Queries(Protocol):
     # the engine's own state
-    async def mark_clean_stop(self) -> None: ...
+    async def mark_clean_stop(self, engine: str) -> None: ...
 
-    async def take_clean_stop(self) -> bool:
-        """Whether the last engine on this database stopped cleanly; the next start has to ask anew."""
+    async def take_clean_stop(self, engine: str) -> bool:
+        """Whether `engine` (one of the engines on this database, by its node id) stopped cleanly last
+        time; its next start has to ask anew. Each engine has its own mark: on a shared database one
+        engine's clean stop says nothing of another's crash."""
         ...
 
     # definitions: flows as stored, by the hash of their encoding

@@ -71,6 +71,7 @@ from flowengine.persistence.base import (
     agent_row,
     attempt_from,
     attempt_row,
+    clean_stop_name,
     prefix_end,
     task_agent_from,
 )
@@ -205,17 +206,18 @@ class _Queries:
 
     # the engine's own state
 
-    async def mark_clean_stop(self) -> None:
+    async def mark_clean_stop(self, engine: str) -> None:
         async with self._connection() as conn:
             await conn.execute(
-                "INSERT INTO engine_state (name, value) VALUES ('clean_stop', '1')"
-                " ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+                "INSERT INTO engine_state (name, value) VALUES (%s, '1')"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (clean_stop_name(engine),),
             )
 
-    async def take_clean_stop(self) -> bool:
-        """Whether the last engine on this database stopped cleanly; the next start has to ask anew."""
+    async def take_clean_stop(self, engine: str) -> bool:
         async with self._connection() as conn:
-            cur = await conn.execute("DELETE FROM engine_state WHERE name = 'clean_stop' RETURNING value")
+            name = clean_stop_name(engine)
+            cur = await conn.execute("DELETE FROM engine_state WHERE name = %s RETURNING value", (name,))
             return bool(await cur.fetchall())
 
     # definitions

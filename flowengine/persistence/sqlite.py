@@ -53,6 +53,7 @@ from flowengine.persistence.base import (
     agent_row,
     attempt_from,
     attempt_row,
+    clean_stop_name,
     prefix_end,
     task_agent_from,
 )
@@ -203,13 +204,13 @@ class SqliteDatabase:
 
     # the engine's own state
 
-    async def mark_clean_stop(self) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO engine_state VALUES ('clean_stop', 1)")
+    async def mark_clean_stop(self, engine: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO engine_state VALUES (?, 1)", (clean_stop_name(engine),))
 
-    async def take_clean_stop(self) -> bool:
-        """Whether the last engine on this database stopped cleanly; the next start has to ask anew."""
+    async def take_clean_stop(self, engine: str) -> bool:
         async with self.transaction():
-            taken = self.conn.execute("DELETE FROM engine_state WHERE name = 'clean_stop' RETURNING value")
+            name = clean_stop_name(engine)
+            taken = self.conn.execute("DELETE FROM engine_state WHERE name = ? RETURNING value", (name,))
             return bool(taken.fetchall())
 
     # definitions

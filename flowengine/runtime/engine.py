@@ -171,7 +171,7 @@ class Engine:
                                size=self.config.python_workers,
                                max_calls=self.config.python_worker_calls,
                                idle_timeout=self.config.python_worker_idle)  # fmt: skip
-        self.recovery.crashed = not await self.db.take_clean_stop()
+        self.recovery.crashed = not await self.db.take_clean_stop(self.local.worker.id)
         await self.local.reclaim()
         await self.agents.resume()
         self.spawn_loop("timers", self._timers, self._until_next_wake)
@@ -291,7 +291,7 @@ class Engine:
         # the next start need not look for one (should this write fail, it looks).
         if self.recovery.done:
             with contextlib.suppress(Error):
-                await self.db.mark_clean_stop()
+                await self.db.mark_clean_stop(self.local.worker.id)
         await self.db.close()
         self._lock.release()
 
