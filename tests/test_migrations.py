@@ -293,6 +293,48 @@ def test_several_migrations_at_once_take_turns(postgres_cluster: pgserver.Cluste
         postgres_cluster.drop(url)
 
 
+def test_postgres_counters_of_version_10_become_shard_0_and_stay_exact(
+    postgres_cluster: pgserver.Cluster, tmp_path: Path
+):
+    """0011 gives each connection counter rows of its own: the counts a database of version 10 holds
+    become the folded shard 0, and go on changing right."""
+    url = postgres_cluster.create(template="template0")
+    runs = runs_of_two_flows()
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+                         " applied_at timestamptz NOT NULL DEFAULT now())")  # fmt: skip
+            for migration in migrations("postgres")[:10]:
+                conn.execute(migration.sql)
+                conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (migration.version, migration.name))
+            for run in runs.values():  # as version 10's insert_runs: the runs, then their counts
+                conn.execute(
+                    "INSERT INTO runs (id, flow, status, created, updated, definition, doc)"
+                    " VALUES (%s, %s, %s, 1, 1, 'digest', %s)", (run.id, run.flow, run.status, msgspec.json.encode(run))
+                )  # fmt: skip
+            conn.execute("INSERT INTO flow_counts SELECT team, flow, status, count(*) FROM runs GROUP BY 1, 2, 3")
+            conn.execute("INSERT INTO status_counts SELECT team, status, count(*) FROM runs GROUP BY 1, 2")
+        assert [m.name for m in postgres.migrate(url)] == NAMES[10:]
+        assert postgres_rows(url, "SELECT DISTINCT shard FROM status_counts UNION SELECT shard FROM flow_counts") == [
+            (0,)
+        ]
+
+        async def counted() -> tuple[dict, dict]:
+            db = open_database(Config(data_dir=str(tmp_path), database=url))
+            before = await counts(db)  # type: ignore[arg-type]
+            async with db.transaction() as tx:
+                await tx.save_run(msgspec.structs.replace(runs["r00"], status=machine.ERROR), None)
+            after = await counts(db)  # type: ignore[arg-type]
+            await db.close()
+            return before, after
+
+        before, after = asyncio.run(counted())
+        assert before == truth(runs)
+        assert after == truth({**runs, "r00": msgspec.structs.replace(runs["r00"], status=machine.ERROR)})
+    finally:
+        postgres_cluster.drop(url)
+
+
 def test_serve_on_postgres_refuses_an_embedded_store_unless_it_is_declared_shared(postgres_url: str, tmp_path: Path):
     done = flowengine("serve", "--data-dir", str(tmp_path), "--port", "0", database=postgres_url)
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr

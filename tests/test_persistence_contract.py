@@ -260,6 +260,78 @@ async def test_counts_stay_right_under_concurrent_transactions(db: Database):
     assert await counted(db) == every_total(runs)
 
 
+async def test_creations_on_two_connections_share_no_counter_row(postgres_url: str, tmp_path: Path):
+    """PostgreSQL: each connection adds to counter rows of its own, so a creation does not wait for
+    another transaction's COMMIT (with one row per team and status, every creation on every replica
+    waited in line for it); a count is the sum of the rows."""
+    db = open_database(Config(data_dir=str(tmp_path), database=postgres_url))
+    try:
+        async with db.transaction() as first:
+            await first.insert_runs([NewRun(run("r1", "a"), "digest", None)])
+            async with db.transaction() as second:  # another connection, while the first holds its rows
+                await asyncio.wait_for(second.insert_runs([NewRun(run("r2", "a"), "digest", None)]), 10)
+            assert await db.count_runs("", machine.WAITING, "a") == 1  # the second's, committed
+        assert await db.count_runs("", machine.WAITING, "a") == 2
+        assert await db.count_by_status() == {machine.WAITING: 2}
+    finally:
+        await db.close()
+
+
+def counter_shards(url: str) -> dict[str, set[int]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return {t: {r[0] for r in conn.execute(f"SELECT shard FROM {t}")} for t in ("status_counts", "flow_counts")}
+
+
+def live_backends(url: str, pids: set[int]) -> set[int]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return {r[0] for r in conn.execute("SELECT pid FROM pg_stat_activity WHERE pid = ANY(%s)", (list(pids),))}
+
+
+async def test_the_counters_of_ended_connections_fold_into_one_row_per_key(postgres_url: str, tmp_path: Path):
+    """PostgreSQL: what connections that have ended left in their counter rows is added into shard 0
+    and their rows deleted (so the rows do not grow with every connection ever opened), by two
+    replicas' housekeeping at once; the rows of live connections stay theirs; every count stays exact."""
+    config = Config(data_dir=str(tmp_path), database=postgres_url)
+    runs: dict[str, machine.Run] = {}
+
+    async def create(db: Database, n: int) -> None:
+        new = [run(f"r{n:02d}-{j}", "abc"[(n + j) % 3], STATUSES[(n + j) % 5]) for j in range(3)]
+        await insert(db, *new)
+        runs.update((r.id, r) for r in new)
+        async with db.transaction() as tx:  # a status change: -1 and +1 on this connection's rows
+            changed = msgspec.structs.replace(new[0], status=machine.COMPLETE)
+            await tx.save_run(changed, None)
+        runs[changed.id] = changed
+
+    ended = open_database(config)
+    await asyncio.gather(*(create(ended, n) for n in range(20)))
+    await ended.close()
+    shards = counter_shards(postgres_url)
+    ended_pids = shards["status_counts"] | shards["flow_counts"]
+    assert len(ended_pids) > 1 and 0 not in ended_pids  # several connections, each with rows of its own
+    for _ in range(100):  # a closed connection's backend exits a moment later
+        if not live_backends(postgres_url, ended_pids):
+            break
+        await asyncio.sleep(0.05)
+
+    one, other = open_database(config), open_database(config)
+    try:
+        await create(one, 99)  # a live connection's rows: not folded
+        live = counter_shards(postgres_url)["status_counts"] - ended_pids
+        assert live and await counted(one) == every_total(runs)
+        await asyncio.gather(one.housekeeping(), other.housekeeping())
+        for table, found in counter_shards(postgres_url).items():
+            assert found == {0} | live, table
+        assert await counted(one) == await counted(other) == every_total(runs)
+        by_status = {s: n for (s, f), n in every_total(runs).items() if s and f is None and n}
+        assert await one.count_by_status() == by_status
+        with psycopg.connect(postgres_url, autocommit=True) as conn:  # one row per key, none holding 0
+            assert conn.execute("SELECT count(*) FROM flow_counts WHERE shard = 0 AND n = 0").fetchone() == (0,)
+    finally:
+        await one.close()
+        await other.close()
+
+
 # transactions
 
 

@@ -706,8 +706,8 @@ class Database(Queries, Protocol):
         ...
 
     async def housekeeping(self) -> None:
-        """What the database needs now and then (SQLite: copy the WAL into the file); the engine
-        calls it every second."""
+        """What the database needs now and then (SQLite: copy the WAL into the file; PostgreSQL: fold
+        the counter rows of ended connections); the engine calls it every second."""
         ...
 
     # between the engines on one database (on SQLite, one engine: it leads everything, nobody listens)

@@ -10,7 +10,8 @@ to them). What differs is that writers are concurrent here:
 - `claim_waits` inserts, and leaves the keys another transaction holds to the database: an insert
   of a key another transaction has just inserted waits for it to end. Keys are inserted in key
   order, so two claims never wait for each other in a circle; counter rows are likewise always
-  changed in one order (see the migration's trigger).
+  changed in one order (see the migration's trigger). Each connection changes counter rows of its
+  own (migration 0011), summed when read: creations on several connections share no row.
 - Keys and IDs compare byte by byte (`COLLATE "C"` on their columns), as in SQLite.
 - Periodic work any engine may do (timers, lease expiry, retention, webhook deliveries, leasing
   the queue) is claimed with `SKIP LOCKED`: what another engine is claiming is left to it, never
@@ -29,6 +30,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -81,6 +83,9 @@ CONNECT_TIMEOUT = 10  # seconds to open a connection (unless the URL says otherw
 POOL_TIMEOUT = 10.0  # seconds a query waits for a free connection before the database counts as unavailable
 MIGRATION_LOCK = 0x666C6F77656E67  # the advisory lock `flowengine migrate` holds: one migration at a time
 CHANNEL = "flowengine"  # what engines on one database LISTEN and NOTIFY on
+FOLD_INTERVAL = 60.0  # seconds between folds of ended connections' counter rows (PostgresDatabase.fold_counts)
+# The counter tables and their keys, in the one order counter rows are changed in (see migration 0002).
+_COUNTERS = (("status_counts", "team, status"), ("flow_counts", "team, flow, status"))
 # The engine's own long-lived connections (leadership, LISTEN) notice a vanished server within a minute.
 _KEEPALIVE = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 log = logging.getLogger("flowengine.persistence")
@@ -237,7 +242,8 @@ class _Queries:
 
     async def insert_runs(self, rows: list[NewRun]) -> None:
         """New runs and their counts, in one statement (so whole even outside a transaction). The
-        counter rows are changed in key order, status_counts first (see the migration's trigger)."""
+        counter rows are this connection's (their shard defaults to its backend's pid: see migration
+        0011), changed in key order, status_counts first (see the migration's trigger)."""
         if not rows:
             return
         by_status = sorted(Counter((r.run.team, r.run.status) for r in rows).items())
@@ -247,12 +253,12 @@ class _Queries:
                 """WITH by_status AS (
                     INSERT INTO status_counts AS c (team, status, n)
                     SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[])
-                    ON CONFLICT (team, status) DO UPDATE SET n = c.n + excluded.n RETURNING 1
+                    ON CONFLICT (team, status, shard) DO UPDATE SET n = c.n + excluded.n RETURNING 1
                 ), by_flow AS (
                     INSERT INTO flow_counts AS c (team, flow, status, n)
                     SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[])
                     WHERE (SELECT count(*) FROM by_status) >= 0  -- after status_counts: the one order
-                    ON CONFLICT (team, flow, status) DO UPDATE SET n = c.n + excluded.n RETURNING 1
+                    ON CONFLICT (team, flow, status, shard) DO UPDATE SET n = c.n + excluded.n RETURNING 1
                 )
                 INSERT INTO runs (id, team, flow, status, created, updated, wake_at, definition, doc)
                 SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[],
@@ -1197,6 +1203,7 @@ class PostgresDatabase(_Queries):
         self._opened = False
         self._opening = asyncio.Lock()
         self._checking: asyncio.Task[None] | None = None  # the pool's idle connections, looked at after one broke
+        self._next_fold = 0.0  # when housekeeping next folds the counters (time.monotonic)
 
     async def _open(self) -> None:
         async with self._opening:
@@ -1245,7 +1252,33 @@ class PostgresDatabase(_Queries):
             yield _Transaction(conn)
 
     async def housekeeping(self) -> None:
-        """Nothing: PostgreSQL's own autovacuum and checkpoints do what SQLite needs done by hand."""
+        """Fold the counters of ended connections, once every FOLD_INTERVAL (at once on the first
+        call: a replica that starts again folds what its former connections left). PostgreSQL's own
+        autovacuum and checkpoints do what SQLite needs done by hand."""
+        now = time.monotonic()
+        if now >= self._next_fold:
+            self._next_fold = now + FOLD_INTERVAL
+            await self.fold_counts()
+
+    async def fold_counts(self) -> None:
+        """Add the counter rows of connections that have ended (their shard, a pid no backend has
+        now) into shard 0, and delete them: the rows stay a few per live connection, however many
+        connections replicas have opened and closed. Each table in one statement, so a count read
+        meanwhile sees the rows before or after, never both. Rows locked by a transaction (a pid
+        that came back) are left to a later fold, never waited for; folds on several replicas at
+        once take disjoint rows and add to shard 0 in key order."""
+        for table, key in _COUNTERS:
+            await self._execute(
+                f"""WITH gone AS (
+                    DELETE FROM {table} WHERE ({key}, shard) IN (
+                        SELECT {key}, shard FROM {table}
+                        WHERE shard <> 0 AND shard NOT IN (SELECT pid FROM pg_stat_activity WHERE pid IS NOT NULL)
+                        FOR UPDATE SKIP LOCKED)
+                    RETURNING {key}, n)
+                INSERT INTO {table} AS c ({key}, shard, n)
+                SELECT {key}, 0, sum(n) FROM gone GROUP BY {key} HAVING sum(n) <> 0 ORDER BY {key}
+                ON CONFLICT ({key}, shard) DO UPDATE SET n = c.n + excluded.n"""
+            )
 
     async def lead(self, name: str) -> bool:
         return await self._leadership.lead(name)

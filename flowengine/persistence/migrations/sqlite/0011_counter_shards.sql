@@ -1,0 +1,3 @@
+-- Nothing to change on SQLite: one writer at a time, so one counter row per key holds up no one.
+-- On PostgreSQL, 0011 gives every connection counter rows of its own; this keeps the two backends'
+-- schema versions in step (version 11 means the same on both).
