@@ -14,7 +14,7 @@ from flowengine.api.auth import AGENT_CALLERS, RUNTIME_CALLERS, RUNTIME_SECURITY
 from flowengine.api.errors import ReferenceErrorBody
 from flowengine.api.http import engine_of, json_response
 from flowengine.api.openapi import Answer, ApiRoute, Body, Operation, Param
-from flowengine.api.r.common import PageMeta, body_of, page_of, public_base
+from flowengine.api.r.common import PageMeta, body_of, page_answer, page_params, public_base
 from flowengine.core import machine
 from flowengine.core.keys import is_name
 from flowengine.core.times import rfc3339
@@ -263,12 +263,14 @@ def agent_item(row: AgentRow, connected: bool) -> AgentItem:
 
 async def list_agents(request: Request) -> Response:
     principal = await authenticate(request.scope, RUNTIME_CALLERS)
-    page = page_of(request)
     engine = engine_of(request)
     now = engine.clock()
-    rows = await engine.db.agent_rows(principal.team, page.per_page, page.offset)
-    items = [agent_item(row, engine.agents.connected(row.agent, now)) for row in rows]
-    return json_response(AgentList(items, page.meta(await engine.db.count_agents(principal.team))))
+
+    async def rows(limit: int, offset: int) -> tuple[list[AgentRow], int]:
+        return await engine.db.agent_rows(principal.team, limit, offset), await engine.db.count_agents(principal.team)
+
+    return await page_answer(request, rows, lambda row: agent_item(row, engine.agents.connected(row.agent, now)),
+                             AgentList)  # fmt: skip
 
 
 _LEASE_ID = Param("lease_id", "path", str, "the lease's id, from the lease call", required=True)
@@ -282,7 +284,7 @@ OK = Answer("accepted", Ok)
 LIST = Operation(
     summary="The team's agents",
     tag=TAG,
-    params=(Param("current_page", "query", int, "page, from 1"), Param("per_page", "query", int, "1 to 100")),
+    params=page_params("agents"),
     security=RUNTIME_SECURITY,
     errors=ReferenceErrorBody,
     description="A page of the team's agents, by name, with the reference's fields: `agent_status` idle, busy "
