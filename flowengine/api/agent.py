@@ -19,8 +19,7 @@ from flowengine.core import machine
 from flowengine.core.keys import is_name
 from flowengine.core.times import rfc3339
 from flowengine.errors import bad_request
-from flowengine.persistence.base import AgentRow
-from flowengine.runtime.agents import Lease, LogChunk, Registration, Written
+from flowengine.runtime.agents import AgentState, Lease, LogChunk, Registration, Written
 
 if TYPE_CHECKING:
     from flowengine.core.queue import Worker
@@ -246,11 +245,10 @@ def _system_stats(system: dict[str, Any]) -> SystemStats:
                        _fact(system, "os_type", str), gpus, system)  # fmt: skip
 
 
-def agent_item(row: AgentRow, connected: bool) -> AgentItem:
-    agent, runs, system = row.agent, row.running, row.agent.system
-    status = "offline" if not connected else "busy" if runs else "idle"
+def agent_item(state: AgentState) -> AgentItem:
+    agent, runs, system = state.record, [r.run_id for r in state.running], state.record.system
     return AgentItem(
-        agent_id=agent.name, agent_status=status, agent_labels=agent.labels,
+        agent_id=agent.name, agent_status=state.status, agent_labels=agent.labels,
         last_heartbeat=rfc3339(agent.last_heartbeat), agent_version=_fact(system, "agent_version", str),
         tool=agent.tools, tool_version=_fact(system, "tool_version", str),
         comfyui_version=_fact(system, "comfyui_version", str), gpu_capacity=agent.capacity, running_count=len(runs),
@@ -264,13 +262,11 @@ def agent_item(row: AgentRow, connected: bool) -> AgentItem:
 async def list_agents(request: Request) -> Response:
     principal = await authenticate(request.scope, RUNTIME_CALLERS)
     engine = engine_of(request)
-    now = engine.clock()
 
-    async def rows(limit: int, offset: int) -> tuple[list[AgentRow], int]:
-        return await engine.db.agent_rows(principal.team, limit, offset), await engine.db.count_agents(principal.team)
+    async def states(limit: int, offset: int) -> tuple[list[AgentState], int]:
+        return await engine.agents.states(principal.team, limit, offset), await engine.db.count_agents(principal.team)
 
-    return await page_answer(request, rows, lambda row: agent_item(row, engine.agents.connected(row.agent, now)),
-                             AgentList)  # fmt: skip
+    return await page_answer(request, states, agent_item, AgentList)
 
 
 _LEASE_ID = Param("lease_id", "path", str, "the lease's id, from the lease call", required=True)

@@ -233,11 +233,19 @@ def task_agent_from(row: tuple) -> AgentRecord | None:
     return agent_from(row) if row[0] is not None else None
 
 
+class RunningStep(msgspec.Struct, frozen=True, array_like=True):
+    """An attempt an agent runs now, as its listing shows it (array-like: the queries build it as a JSON array)."""
+
+    run_id: str
+    step: str
+    attempt: int
+
+
 class AgentRow(msgspec.Struct, frozen=True):
-    """An agent, and the runs of the attempts it runs now (by lease id), as a listing reads them."""
+    """An agent, and the attempts it runs now (by lease id), as a listing reads them."""
 
     agent: AgentRecord
-    running: list[str]
+    running: list[RunningStep]
 
 
 class WebhookRecord(msgspec.Struct, frozen=True):
@@ -634,8 +642,9 @@ class Queries(Protocol):
         """A team's agents (None: every team's), by name."""
         ...
 
-    async def agent_rows(self, team: str, limit: int, offset: int) -> list[AgentRow]:
-        """A page of a team's agents, by name, each with the runs of the attempts it runs now: one query."""
+    async def agent_rows(self, team: str | None, limit: int | None = None, offset: int = 0) -> list[AgentRow]:
+        """A page of a team's agents (None: every team's; no limit: all of them from `offset`), by name, each
+        with the attempts it runs now: one query."""
         ...
 
     async def count_agents(self, team: str) -> int: ...

@@ -58,6 +58,7 @@ from flowengine.persistence.base import (
     IdempotencyKey,
     ModelRecord,
     NewRun,
+    RunningStep,
     RunRow,
     TaskChange,
     TaskEventRow,
@@ -988,14 +989,15 @@ class _Queries:
             rows = await self._rows(f"SELECT {AGENT_COLUMNS} FROM agents WHERE team = %s ORDER BY name, id", (team,))
         return [agent_from(r) for r in rows]
 
-    async def agent_rows(self, team: str, limit: int, offset: int) -> list[AgentRow]:
+    async def agent_rows(self, team: str | None, limit: int | None = None, offset: int = 0) -> list[AgentRow]:
+        of_team, params = ("", ()) if team is None else ("WHERE g.team = %s", (team,))
         rows = await self._rows(
-            f"SELECT {AGENT_COLUMNS_OF_G}, (SELECT coalesce(array_agg(a.run_id ORDER BY a.id), '{{}}') FROM attempts a"
-            " WHERE a.worker = g.id AND a.state = 'running') FROM agents g WHERE g.team = %s"
-            " ORDER BY g.name, g.id LIMIT %s OFFSET %s",
-            (team, limit, offset),
+            f"SELECT {AGENT_COLUMNS_OF_G}, (SELECT coalesce(json_agg(json_build_array(a.run_id, a.step, a.attempt)"
+            " ORDER BY a.id), '[]') FROM attempts a WHERE a.worker = g.id AND a.state = 'running') FROM agents g"
+            f" {of_team} ORDER BY g.name, g.id LIMIT %s OFFSET %s",
+            (*params, limit, offset),  # LIMIT NULL: none
         )
-        return [AgentRow(agent_from(r[:-1]), list(r[-1])) for r in rows]
+        return [AgentRow(agent_from(r[:-1]), msgspec.convert(r[-1], list[RunningStep])) for r in rows]
 
     async def count_agents(self, team: str) -> int:
         return await self._value("SELECT count(*) FROM agents WHERE team = %s", (team,))

@@ -40,6 +40,7 @@ from flowengine.persistence.base import (
     IdempotencyKey,
     ModelRecord,
     NewRun,
+    RunningStep,
     RunRow,
     TaskChange,
     TaskEventRow,
@@ -881,14 +882,15 @@ class SqliteDatabase:
             rows = self.conn.execute(f"SELECT {AGENT_COLUMNS} FROM agents WHERE team = ? ORDER BY name, id", (team,))
         return [agent_from(r) for r in rows]
 
-    async def agent_rows(self, team: str, limit: int, offset: int) -> list[AgentRow]:
+    async def agent_rows(self, team: str | None, limit: int | None = None, offset: int = 0) -> list[AgentRow]:
+        of_team, params = ("", ()) if team is None else ("WHERE g.team = ?", (team,))
         rows = self.conn.execute(
-            f"SELECT {AGENT_COLUMNS_OF_G}, (SELECT json_group_array(run_id) FROM (SELECT a.run_id FROM attempts a"
-            " WHERE a.worker = g.id AND a.state = 'running' ORDER BY a.id)) FROM agents g WHERE g.team = ?"
-            " ORDER BY g.name, g.id LIMIT ? OFFSET ?",
-            (team, limit, offset),
+            f"SELECT {AGENT_COLUMNS_OF_G}, (SELECT json_group_array(json_array(run_id, step, attempt)) FROM"
+            " (SELECT a.run_id, a.step, a.attempt FROM attempts a WHERE a.worker = g.id AND a.state = 'running'"
+            f" ORDER BY a.id)) FROM agents g {of_team} ORDER BY g.name, g.id LIMIT ? OFFSET ?",
+            (*params, -1 if limit is None else limit, offset),  # LIMIT -1: none
         )
-        return [AgentRow(agent_from(r[:-1]), msgspec.json.decode(r[-1])) for r in rows]
+        return [AgentRow(agent_from(r[:-1]), msgspec.json.decode(r[-1], type=list[RunningStep])) for r in rows]
 
     async def count_agents(self, team: str) -> int:
         return self.conn.execute("SELECT count(*) FROM agents WHERE team = ?", (team,)).fetchone()[0]
