@@ -220,6 +220,31 @@ def agent_row(agent: AgentRecord) -> tuple:
     return tuple(_encode(v).decode() if isinstance(v, list | dict) else v for v in msgspec.structs.astuple(agent))
 
 
+def queued_attempts_query(
+    p: str,
+    tool_in: str,
+    labels_within: str,
+    tools: list[str],
+    labels: list[str],
+    team: str | None,
+    community: bool,
+    region: str,
+    region_before: float,
+    limit: int,
+    claim: str = "",
+) -> tuple[str, list[object]]:
+    """The routing query of `queued_attempts` and its parameters, for both databases: `p` is the driver's
+    placeholder; `tool_in` and `labels_within` test a column against a JSON array (the tools, the labels) as
+    the database can; `claim` takes the rows (PostgreSQL's SKIP LOCKED)."""
+    where = ["state = 'queued'", tool_in, labels_within, f"(region = '' OR region = {p} OR created <= {p})"]
+    params: list[object] = [_encode(tools).decode(), _encode(labels).decode(), region, region_before]
+    if team is not None:
+        where.append(f"(team = {p} OR (pool = 'community' AND {p}))")
+        params += [team, community]
+    query = f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE {' AND '.join(where)} ORDER BY created, id LIMIT {p}{claim}"
+    return query, [*params, limit]
+
+
 def agent_from(row: tuple) -> AgentRecord:
     values = dict(zip(AGENT_FIELDS, row, strict=True))
     for name in ("labels", "tools", "system"):

@@ -73,6 +73,7 @@ from flowengine.persistence.base import (
     attempt_from,
     attempt_row,
     prefix_end,
+    queued_attempts_query,
     task_agent_from,
 )
 from flowengine.persistence.migrations import Migration, failed, latest, pending
@@ -916,22 +917,11 @@ class _Queries:
         region_before: float,
         limit: int,
     ) -> list[Attempt]:
-        where = [
-            "state = 'queued'",
-            "tool = ANY(%s)",
-            "labels::jsonb <@ %s::jsonb",
-            "(region = '' OR region = %s OR created <= %s)",
-        ]
-        params: list[object] = [tools, _encode(labels).decode(), region, region_before]
-        if team is not None:
-            where.append("(team = %s OR (pool = 'community' AND %s))")
-            params += [team, community]
-        rows = await self._rows(
-            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE {' AND '.join(where)} ORDER BY created, id LIMIT %s"
-            f"{self._claim}",
-            [*params, limit],
-        )
-        return [attempt_from(r) for r in rows]
+        query, params = queued_attempts_query(
+            "%s", "jsonb_exists(%s::jsonb, tool)", "labels::jsonb <@ %s::jsonb",
+            tools, labels, team, community, region, region_before, limit, self._claim,
+        )  # fmt: skip
+        return [attempt_from(r) for r in await self._rows(query, params)]
 
     async def held_attempts(self, worker: str, states: list[State]) -> list[Attempt]:
         rows = await self._rows(

@@ -55,6 +55,7 @@ from flowengine.persistence.base import (
     attempt_from,
     attempt_row,
     prefix_end,
+    queued_attempts_query,
     task_agent_from,
 )
 from flowengine.persistence.migrations import Migration, failed, pending
@@ -811,21 +812,13 @@ class SqliteDatabase:
         region_before: float,
         limit: int,
     ) -> list[Attempt]:
-        where = [
-            "state = 'queued'",
-            f"tool IN ({', '.join('?' * len(tools))})",
-            f"NOT EXISTS (SELECT 1 FROM json_each(labels) WHERE value NOT IN ({', '.join('?' * len(labels))}))",
-            "(region = '' OR region = ? OR created <= ?)",
-        ]
-        params: list[object] = [*tools, *labels, region, region_before]
-        if team is not None:
-            where.append("(team = ? OR (pool = 'community' AND ?))")
-            params += [team, community]
-        rows = self.conn.execute(
-            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE {' AND '.join(where)} ORDER BY created, id LIMIT ?",
-            [*params, limit],
-        )
-        return [attempt_from(r) for r in rows]
+        query, params = queued_attempts_query(
+            "?",
+            "tool IN (SELECT value FROM json_each(?))",
+            "NOT EXISTS (SELECT 1 FROM json_each(labels) WHERE value NOT IN (SELECT value FROM json_each(?)))",
+            tools, labels, team, community, region, region_before, limit,
+        )  # fmt: skip
+        return [attempt_from(r) for r in self.conn.execute(query, params)]
 
     async def held_attempts(self, worker: str, states: list[State]) -> list[Attempt]:
         rows = self.conn.execute(
