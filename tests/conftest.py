@@ -11,6 +11,7 @@ import pytest
 import s3server
 from live import Server
 from uploading import Stored, start_on
+from webhook_receiver import Receiver
 
 from flowengine.stores.s3 import S3Store
 
@@ -20,6 +21,14 @@ def s3() -> Iterator[dict[str, Any]]:
     """One throwaway SeaweedFS for the whole session: endpoint, access_key, secret_key, bucket."""
     with s3server.serve(bucket="flows", access_key="testkey", secret_key="testsecret123") as info:
         yield info
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A webhook receiver on loopback (webhook_receiver.py), closed after the test."""
+    r = Receiver()
+    yield r
+    r.close()
 
 
 @pytest.fixture

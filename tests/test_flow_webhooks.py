@@ -1,6 +1,6 @@
 """Flow-API run webhooks over real HTTP: a run (or its flow file) names a `Webhook`; when the run ends
 COMPLETE, ERROR or STOPPED, the engine POSTs the run document there, signed both ways with the
-operator's key. The receiver is test_webhooks.py's: a small HTTP server on loopback that records
+operator's key. The receiver is webhook_receiver.py's: a small HTTP server on loopback that records
 every request and answers as a test scripts it."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from live import Server, free_port, wait_for_status
-from test_webhooks import DELAYS, Receiver, verify
+from webhook_receiver import DELAYS, Receiver, verify
 
 from flowengine.config import load_config
 from flowengine.errors import Error
@@ -52,13 +52,6 @@ Tasks:
     Inputs: [{Name: in}]
     Outputs: [{Name: out}]
 """
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
 
 
 @pytest.fixture

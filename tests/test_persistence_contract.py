@@ -31,6 +31,7 @@ from flowengine.persistence.base import (
     IdempotencyKey,
     ModelRecord,
     NewRun,
+    RunningStep,
     TaskChange,
     TaskEventRow,
     TaskRecord,
@@ -1133,10 +1134,13 @@ async def test_agents_list_a_page_by_name_with_the_runs_they_run_now(db: Databas
                       3.0),
         ])  # fmt: skip
     rows = await db.agent_rows("t1", 10, 0)
-    assert [(r.agent.name, r.running) for r in rows] == [("alpha", []), ("mid", []), ("zeta", ["r1", "r2"])]
+    running = [RunningStep("r1", "s", 1), RunningStep("r2", "s", 1)]
+    assert [(r.agent.name, r.running) for r in rows] == [("alpha", []), ("mid", []), ("zeta", running)]
     assert rows[2].agent == agent("ag1", name="zeta")
     assert [r.agent.name for r in await db.agent_rows("t1", 2, 1)] == ["mid", "zeta"]
     assert await db.agent_rows("t9", 10, 0) == []
+    assert [r.agent.name for r in await db.agent_rows(None)] == ["ag4", "alpha", "mid", "zeta"]  # every team's, all
+    assert [r.agent.name for r in await db.agent_rows("t1", offset=1)] == ["mid", "zeta"]
     assert (await db.count_agents("t1"), await db.count_agents("t2"), await db.count_agents("t9")) == (3, 1, 0)
 
 

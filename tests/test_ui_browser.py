@@ -21,8 +21,9 @@ import pytest
 from dashboard import Team, install_workflows, wait_for_workflows, write_flows
 from live import Server, make_key, wait_for_status
 from test_agent_protocol import Agent
-from test_webhooks import HELLO, Receiver, make_hook, run_task, settled
+from test_webhooks import HELLO, make_hook, run_task, settled
 from test_workflow_api import Team as WebhookTeam
+from webhook_receiver import Receiver
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

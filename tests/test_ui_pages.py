@@ -15,8 +15,9 @@ import pytest
 from dashboard import csrf_of, sign_in
 from live import Server
 from test_agent_protocol import Agent, gpu_flow, start_run, until
-from test_webhooks import DELAYS, HELLO, Receiver, deliveries, make_hook, run_task, settled
+from test_webhooks import HELLO, deliveries, make_hook, run_task, settled
 from test_workflow_api import Team
+from webhook_receiver import DELAYS, Receiver
 
 pytestmark = pytest.mark.backends("sqlite", "postgres")  # every team's agents and webhooks: each backend's query
 
@@ -30,13 +31,6 @@ SETTINGS = {"auth": "keys", "operator_team": "ops", "lease": 2, "heartbeat_inter
 def engine(start_server, flows_dir: Path) -> Server:
     (flows_dir / "hello.yaml").write_text(HELLO)  # a workflow: its tasks end in webhook deliveries
     return start_server(**SETTINGS)
-
-
-@pytest.fixture
-def hooked() -> Iterator[Receiver]:
-    found = Receiver()
-    yield found
-    found.close()
 
 
 @pytest.fixture
@@ -101,18 +95,18 @@ def delivery_section(html: str, delivery: str) -> str:
 
 
 def test_the_webhooks_pages_show_every_attempt_and_resend_a_failed_delivery(
-    engine: Server, api: httpx.Client, hooked: Receiver
+    engine: Server, api: httpx.Client, receiver: Receiver
 ):
     alpha = Team(engine, "alpha")
-    hook = make_hook(api, alpha, hooked.url, display_name="to the lab")
-    hooked.script = [500, 503, 404, 302, 500]  # the first attempt and all four retries fail
+    hook = make_hook(api, alpha, receiver.url, display_name="to the lab")
+    receiver.script = [500, 503, 404, 302, 500]  # the first attempt and all four retries fail
     task = run_task(api, alpha)
     [delivery] = settled(api, alpha, hook, 1)
     assert delivery["delivery_status"] == "failed"
     with sign_in(engine, alpha.sk) as ui:
         listing = ui.get("/ui/webhooks").text
         [row] = rows(listing, "webhook").values()
-        assert "to the lab" in row and hooked.url in row and "task.completed" in row and "never" in row
+        assert "to the lab" in row and receiver.url in row and "task.completed" in row and "never" in row
         assert hook["webhook_secret"] not in listing
         page = ui.get(f"/ui/webhooks/{hook['id']}")
         assert page.status_code == 200 and hook["webhook_secret"] not in page.text
@@ -125,14 +119,14 @@ def test_the_webhooks_pages_show_every_attempt_and_resend_a_failed_delivery(
         action = f"/ui/webhooks/{hook['id']}/deliveries/{delivery['id']}/resend"
         assert f'action="{action}"' in section and ">Re-send</button>" in section
         assert ui.post(action).status_code == 403  # no CSRF token
-        hooked.hold.clear()  # the receiver holds the re-sent attempt: the delivery stays pending meanwhile
+        receiver.hold.clear()  # the receiver holds the re-sent attempt: the delivery stays pending meanwhile
         answer = ui.post(action, data={"csrf": csrf_of(page.text)})
         assert answer.status_code == 303 and answer.headers["location"] == f"/ui/webhooks/{hook['id']}"
         pending = ui.get(f"/ui/webhooks/{hook['id']}").text
         assert 'class="status s-pending">pending<' in delivery_section(pending, delivery["id"])
         assert f'hx-get="/ui/webhooks/{hook["id"]}/rows" hx-trigger="every 5s"' in pending
         assert ">Re-send</button>" not in pending
-        hooked.hold.set()
+        receiver.hold.set()
         until(lambda: deliveries(api, alpha, hook)[0]["delivery_status"] == "delivered")
         partial = ui.get(f"/ui/webhooks/{hook['id']}/rows").text
         assert partial.startswith('<div id="deliveries"') and "<html" not in partial
@@ -143,10 +137,10 @@ def test_the_webhooks_pages_show_every_attempt_and_resend_a_failed_delivery(
 
 
 def test_a_team_sees_only_its_own_and_the_operator_team_sees_every_teams(
-    engine: Server, api: httpx.Client, hooked: Receiver
+    engine: Server, api: httpx.Client, receiver: Receiver
 ):
     alpha, beta, ops = Team(engine, "alpha"), Team(engine, "beta"), Team(engine, "ops")
-    hooks = {t.id: make_hook(api, t, hooked.url)["id"] for t in (alpha, beta)}
+    hooks = {t.id: make_hook(api, t, receiver.url)["id"] for t in (alpha, beta)}
     tasks = {t.id: run_task(api, t) for t in (alpha, beta)}
     agents = {alpha.id: "alpha-box", beta.id: "beta-box"}
     for t in (alpha, beta):

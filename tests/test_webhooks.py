@@ -1,14 +1,10 @@
-"""Team webhooks over real HTTP, with a real receiver: a small HTTP server on loopback that checks
-both signatures (the reference's hex HMAC with its own code, Standard Webhooks with the
-`standardwebhooks` library), answers as each test scripts it, and records every request."""
+"""Team webhooks over real HTTP, with a real receiver (webhook_receiver.py): a small HTTP server on
+loopback that answers as each test scripts it and records every request, whose two signatures (the
+reference's hex HMAC, Standard Webhooks) each test checks."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import http.server
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +15,7 @@ import pytest
 import standardwebhooks
 from live import Server, free_port
 from test_workflow_api import Team
+from webhook_receiver import DELAYS, SLOW, Receiver, verify
 
 pytestmark = pytest.mark.backends("sqlite", "postgres")
 
@@ -39,66 +36,6 @@ Workflow:
   Parameters:
     - {Key: mode, Type: string, Step: make, Flag: mode}
 """
-DELAYS = "0:0.2:0.4:0.6"  # the retry schedule, shortened: the same four retries
-SLOW = 0  # scripted: answer 200 after 2 s (past the engine's timeout)
-
-
-class Receiver:
-    """Records each request (headers, body, the answer it got) and answers with the next scripted
-    status (200 when the script is done); `hold` keeps requests unanswered until released."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.script: list[int] = []
-        self.received = 0  # requests come in, answered or not
-        self.hold = threading.Event()
-        self.hold.set()
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                with receiver.lock:
-                    receiver.received += 1
-                receiver.hold.wait(30)
-                with receiver.lock:
-                    status = receiver.script.pop(0) if receiver.script else 200
-                    headers = {k.lower(): v for k, v in self.headers.items()}
-                    receiver.requests.append({"headers": headers, "body": body, "status": status, "at": time.time()})
-                if status == SLOW:
-                    time.sleep(2)
-                    status = 200
-                self.send_response(status)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.hold.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-    def wait(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while len(self.requests) < count:
-            assert time.monotonic() < deadline, f"{len(self.requests)} requests came, not {count}"
-            time.sleep(0.02)
-        return self.requests
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.close()
 
 
 @pytest.fixture
@@ -136,15 +73,6 @@ def run_task(client: httpx.Client, team: Team, mode: str = "ok") -> str:
                          headers=team.headers())  # fmt: skip
     assert answer.status_code in (200, 201, 202), answer.text
     return answer.json()["task_id"]
-
-
-def verify(request: dict[str, Any], secret: str) -> dict[str, Any]:
-    """Both signatures hold; the body, decoded."""
-    headers, body = request["headers"], request["body"]
-    expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    assert hmac.compare_digest(headers["x-webhook-signature-256"], expected)
-    standard = {k.lower(): v for k, v in headers.items() if k.lower().startswith("webhook-")}
-    return standardwebhooks.Webhook(secret).verify(body, standard)
 
 
 def deliveries(client: httpx.Client, team: Team, hook: dict[str, Any]) -> list[dict[str, Any]]:

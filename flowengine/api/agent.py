@@ -14,13 +14,12 @@ from flowengine.api.auth import AGENT_CALLERS, RUNTIME_CALLERS, RUNTIME_SECURITY
 from flowengine.api.errors import ReferenceErrorBody
 from flowengine.api.http import engine_of, json_response
 from flowengine.api.openapi import Answer, ApiRoute, Body, Operation, Param
-from flowengine.api.r.common import PageMeta, body_of, page_of, public_base
+from flowengine.api.r.common import PageMeta, body_of, page_answer, page_params, public_base
 from flowengine.core import machine
 from flowengine.core.keys import is_name
 from flowengine.core.times import rfc3339
 from flowengine.errors import bad_request
-from flowengine.persistence.base import AgentRow
-from flowengine.runtime.agents import Lease, LogChunk, Registration, Written
+from flowengine.runtime.agents import AgentState, Lease, LogChunk, Registration, Written
 
 if TYPE_CHECKING:
     from flowengine.core.queue import Worker
@@ -246,11 +245,10 @@ def _system_stats(system: dict[str, Any]) -> SystemStats:
                        _fact(system, "os_type", str), gpus, system)  # fmt: skip
 
 
-def agent_item(row: AgentRow, connected: bool) -> AgentItem:
-    agent, runs, system = row.agent, row.running, row.agent.system
-    status = "offline" if not connected else "busy" if runs else "idle"
+def agent_item(state: AgentState) -> AgentItem:
+    agent, runs, system = state.record, [r.run_id for r in state.running], state.record.system
     return AgentItem(
-        agent_id=agent.name, agent_status=status, agent_labels=agent.labels,
+        agent_id=agent.name, agent_status=state.status, agent_labels=agent.labels,
         last_heartbeat=rfc3339(agent.last_heartbeat), agent_version=_fact(system, "agent_version", str),
         tool=agent.tools, tool_version=_fact(system, "tool_version", str),
         comfyui_version=_fact(system, "comfyui_version", str), gpu_capacity=agent.capacity, running_count=len(runs),
@@ -263,12 +261,12 @@ def agent_item(row: AgentRow, connected: bool) -> AgentItem:
 
 async def list_agents(request: Request) -> Response:
     principal = await authenticate(request.scope, RUNTIME_CALLERS)
-    page = page_of(request)
     engine = engine_of(request)
-    now = engine.clock()
-    rows = await engine.db.agent_rows(principal.team, page.per_page, page.offset)
-    items = [agent_item(row, engine.agents.connected(row.agent, now)) for row in rows]
-    return json_response(AgentList(items, page.meta(await engine.db.count_agents(principal.team))))
+
+    async def states(limit: int, offset: int) -> tuple[list[AgentState], int]:
+        return await engine.agents.states(principal.team, limit, offset), await engine.db.count_agents(principal.team)
+
+    return await page_answer(request, states, agent_item, AgentList)
 
 
 _LEASE_ID = Param("lease_id", "path", str, "the lease's id, from the lease call", required=True)
@@ -282,7 +280,7 @@ OK = Answer("accepted", Ok)
 LIST = Operation(
     summary="The team's agents",
     tag=TAG,
-    params=(Param("current_page", "query", int, "page, from 1"), Param("per_page", "query", int, "1 to 100")),
+    params=page_params("agents"),
     security=RUNTIME_SECURITY,
     errors=ReferenceErrorBody,
     description="A page of the team's agents, by name, with the reference's fields: `agent_status` idle, busy "

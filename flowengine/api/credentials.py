@@ -9,6 +9,7 @@ made here but by pairing a device (api/pairing.py).
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Annotated, Literal
 
 import msgspec
@@ -19,7 +20,7 @@ from flowengine.api.auth import RUNTIME_SECURITY, SESSION_CALLERS, authenticate
 from flowengine.api.errors import ReferenceErrorBody
 from flowengine.api.http import engine_of, json_response
 from flowengine.api.openapi import Answer, ApiRoute, Body, Operation, in_path, in_query
-from flowengine.api.r.common import PAGE_PARAMS, PageMeta, body_of, page_of
+from flowengine.api.r.common import PageMeta, body_of, page_answer, page_params, query_choice
 from flowengine.core.times import rfc3339
 from flowengine.errors import bad_request
 from flowengine.identity.keys import PREFIXES, KeyKind
@@ -80,14 +81,11 @@ async def create(request: Request) -> Response:
 
 async def listing(request: Request) -> Response:
     principal = await authenticate(request.scope, SESSION_CALLERS)
-    kind = request.query_params.get("kind")
-    if kind is not None and kind not in KINDS:
-        raise bad_request("invalid_query", f"kind must be one of {', '.join(KINDS)}", "query.kind")
-    page = page_of(request)
+    kind = query_choice(request, "kind", KINDS)
     directory = engine_of(request).directory
-    found, total = await directory.keys_of(principal.team, kind, page.per_page, page.offset)  # type: ignore[arg-type]
     now = directory.clock()
-    return json_response(CredentialPage([item(c, now) for c in found], page.meta(total)))
+    keys = partial(directory.keys_of, principal.team, kind)  # type: ignore[arg-type]
+    return await page_answer(request, keys, lambda c: item(c, now), CredentialPage)
 
 
 async def revoke(request: Request) -> Response:
@@ -123,7 +121,7 @@ LIST = Operation(
     summary="The team's API keys, oldest first: never the keys themselves, only their prefixes",
     description=SESSION_ONLY,
     tag=TAG,
-    params=(in_query("kind", KeyKind, "only keys of this kind"), *PAGE_PARAMS),
+    params=(in_query("kind", KeyKind, "only keys of this kind"), *page_params("keys")),
     security=RUNTIME_SECURITY,
     errors=ReferenceErrorBody,
     answers={

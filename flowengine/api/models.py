@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Annotated, Literal
 
 import msgspec
@@ -13,11 +14,12 @@ from flowengine.api.auth import AGENT_CALLERS, RUNTIME_CALLERS, Accepts, authent
 from flowengine.api.errors import ReferenceErrorBody
 from flowengine.api.http import engine_of, json_response
 from flowengine.api.openapi import Answer, ApiRoute, Body, Operation, in_path, in_query
-from flowengine.api.r.common import PageMeta, body_of, page_of, public_base
+from flowengine.api.r.common import PageMeta, body_of, page_answer, page_params, public_base, query_choice
 from flowengine.core.times import rfc3339
 from flowengine.errors import bad_request
 from flowengine.persistence.base import ModelRecord
 from flowengine.runtime import models
+from flowengine.runtime.engine import Engine
 
 PRESIGN_CALLERS: Accepts = frozenset({"user", "device"})  # the reference: "Accepts JWT or dk-"
 ModelType = Annotated[str, msgspec.Meta(min_length=1, max_length=50)]
@@ -26,6 +28,7 @@ ModelPath = Annotated[
 ]
 FileSize = Annotated[int, msgspec.Meta(ge=1)]
 Status = Literal["active", "disabled"]
+STATUSES: tuple[Status, ...] = ("active", "disabled")
 
 
 class PresignModel(msgspec.Struct):
@@ -99,13 +102,6 @@ def _check_path(path: str) -> None:
         raise bad_request("invalid_model_path", f"model_path {problem}", "model_path")
 
 
-def _status_filter(request: Request) -> Status | None:
-    status = request.query_params.get("model_status")
-    if status not in (None, "active", "disabled"):
-        raise bad_request("invalid_query", "model_status must be active or disabled", "query.model_status")
-    return status  # type: ignore[return-value]
-
-
 async def presign(request: Request) -> Response:
     principal = await authenticate(request.scope, PRESIGN_CALLERS)
     body = await body_of(request, PresignModel)
@@ -127,11 +123,8 @@ async def register(request: Request) -> Response:
 
 async def list_models(request: Request) -> Response:
     principal = await authenticate(request.scope, RUNTIME_CALLERS)
-    page, status = page_of(request), _status_filter(request)
-    db = engine_of(request).db
-    found = await db.models(principal.team, status, page.per_page, page.offset)
-    total = await db.count_models(principal.team, status)
-    return json_response(ModelList([_doc(m) for m in found], page.meta(total)))
+    status = query_choice(request, "model_status", STATUSES)
+    return await page_answer(request, partial(_models, engine_of(request), principal.team, status), _doc, ModelList)
 
 
 async def get_model(request: Request) -> Response:
@@ -158,26 +151,27 @@ async def _set_status(request: Request, status: Status) -> Response:
 async def agent_models(request: Request) -> Response:
     """The active models of the agent's team, each with a fresh download URL."""
     principal = await authenticate(request.scope, AGENT_CALLERS)
-    engine, page = engine_of(request), page_of(request)
-    found = await engine.db.models(principal.team, "active", page.per_page, page.offset)
-    total = await engine.db.count_models(principal.team, "active")
+    engine = engine_of(request)
     base, expires = public_base(request), engine.clock() + engine.config.download_ttl
-    listed = []
-    for m in found:
+
+    def listed(m: ModelRecord) -> AgentModel:
         url = engine.stores.resolve(None, m.store).presign_get(m.storage_key, expires, base)
-        listed.append(AgentModel(m.id, m.display_name, m.model_type, m.model_path, m.file_size, m.file_hash,
-                                 rfc3339(m.updated), url.url, rfc3339(url.expires, False)))  # fmt: skip
-    return json_response(AgentModelList(listed, page.meta(total)))
+        return AgentModel(m.id, m.display_name, m.model_type, m.model_path, m.file_size, m.file_hash,
+                          rfc3339(m.updated), url.url, rfc3339(url.expires, False))  # fmt: skip
+
+    return await page_answer(request, partial(_models, engine, principal.team, "active"), listed, AgentModelList)
+
+
+async def _models(engine: Engine, team: str, status: Status | None, limit: int, offset: int
+                  ) -> tuple[list[ModelRecord], int]:  # fmt: skip
+    return await engine.db.models(team, status, limit, offset), await engine.db.count_models(team, status)
 
 
 TAG = "models"
 SECURITY = ("bearer",)
 NO_MODEL = "no model of the team has this ID (not_found)"
 MODEL_ID = in_path("model_id", uuid.UUID, "the model's ID")
-PAGE = (
-    in_query("current_page", Annotated[int, msgspec.Meta(ge=1)], "the page, from 1 (default 1)"),
-    in_query("per_page", Annotated[int, msgspec.Meta(ge=1, le=100)], "models a page (1-100, default 20)"),
-)
+PAGE = page_params("models")
 UNAUTHORIZED = "no credential, or one this call does not take (unauthorized)"
 PRESIGN = Operation(
     summary="A presigned PUT URL for a model file",

@@ -9,6 +9,7 @@ in the answers of create, read and rotate; a rotation replaces it at once (no ov
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Literal
 
 import msgspec
@@ -19,7 +20,7 @@ from flowengine.api.auth import RUNTIME_CALLERS, RUNTIME_SECURITY, authenticate
 from flowengine.api.errors import ReferenceErrorBody
 from flowengine.api.http import engine_of, json_response
 from flowengine.api.openapi import Answer, ApiRoute, Body, Operation, in_path
-from flowengine.api.r.common import PAGE_PARAMS, PageMeta, body_of, page_of
+from flowengine.api.r.common import PageMeta, body_of, page_answer, page_params
 from flowengine.core.times import rfc3339
 from flowengine.core.webhooks import MAX_URL, WebhookEvent, check_url
 from flowengine.errors import bad_request
@@ -172,9 +173,8 @@ async def deliveries(request: Request) -> Response:
     principal = await authenticate(request.scope, RUNTIME_CALLERS)
     engine = engine_of(request)
     webhook = await webhooks.team_webhook(engine, principal.team, request.path_params["webhookId"])
-    page = page_of(request)
-    found, total = await webhooks.deliveries(engine, webhook, page.per_page, page.offset)
-    return json_response(DeliveryPage([_delivery(d, tried) for d, tried in found], page.meta(total)))
+    found = partial(webhooks.deliveries, engine, webhook)
+    return await page_answer(request, found, lambda row: _delivery(*row), DeliveryPage)
 
 
 async def resend(request: Request) -> Response:
@@ -253,7 +253,7 @@ DELIVERIES = Operation(
     summary="A webhook's deliveries, newest first, with every attempt (status code, latency, error)",
     description=CALLERS,
     tag=TAG,
-    params=(WEBHOOK_ID, *PAGE_PARAMS),
+    params=(WEBHOOK_ID, *page_params("deliveries")),
     security=RUNTIME_SECURITY,
     errors=ReferenceErrorBody,
     answers={

@@ -13,9 +13,11 @@ import contextlib
 import json
 import signal
 import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 from flowengine.client.clients import Client
 from flowengine.client.definitions import input_edges, is_flow_file, load_definition, with_flags
@@ -26,6 +28,7 @@ from flowengine.client.protocol import check_inputs, output_paths
 
 OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
 STOP_WAIT = 10.0  # seconds to wait for a cancelled run to say STOPPED
+P = TypeVar("P")
 
 
 class Usage(Exception):
@@ -44,49 +47,103 @@ class Plan:
     timeout: float | None
 
 
-@dataclass
-class Session:
+@dataclass(kw_only=True)
+class Session(ABC):
+    """A command that follows one run of the engine (`flowengine run`) or one task (`flowengine task run`)
+    to its end: what it keeps, and how what it started is cancelled when it cannot go on."""
+
+    noun: ClassVar[str]  # what it follows: run, task
     client: Client
     display: Display
-    plan: Plan
     quiet: bool = False
-    run: RunDoc | None = None
     report: list[str] = field(default_factory=list)  # for stderr, once the live view is gone
     saved: list[Path] = field(default_factory=list)  # for stdout
 
+    @abstractmethod
+    def follow(self) -> int:
+        """The whole of it: start, upload, follow, download; the exit status."""
 
-def main(args: argparse.Namespace) -> int:
+    @abstractmethod
+    def pending(self) -> str | None:
+        """The id of what it started and has not seen end (None: nothing to cancel)."""
+
+    @abstractmethod
+    def cancel(self, id: str) -> None: ...
+
+    @abstractmethod
+    def settle(self, id: str) -> str:
+        """Once cancelled, wait a little for it to end: where it stands (`is STOPPED`)."""
+
+    def describe(self, exc: ClientError) -> str:
+        return _describe(exc)
+
+
+def drive(prog: str, args: argparse.Namespace, make_plan: Callable[[argparse.Namespace], P],
+          kind: Callable[..., Session]) -> int:  # fmt: skip
+    """Run a command that follows one run or task (a `kind` of Session, made with the plan): usage errors
+    before anything starts are 2; Ctrl-C and failures cancel what was started; the report goes to stderr,
+    the files saved to stdout."""
     try:
-        return _main(args)
-    except KeyboardInterrupt:  # before a run was started, or a second Ctrl-C: nothing to cancel
+        return _drive(prog, args, make_plan, kind)
+    except KeyboardInterrupt:  # before anything was started, or a second Ctrl-C: nothing to cancel
         return INTERRUPTED
 
 
-def _main(args: argparse.Namespace) -> int:
+def _drive(prog: str, args: argparse.Namespace, make_plan: Callable[[argparse.Namespace], P],
+           kind: Callable[..., Session]) -> int:  # fmt: skip
     try:
         plan = make_plan(args)
     except (Usage, InputError) as exc:
-        return _say(USAGE, str(exc))
+        return _say(prog, USAGE, str(exc))
     display = make_display(args.quiet)
     with Client(args.server, args.key) as client:
-        session = Session(client, display, plan, args.quiet)
+        session = kind(client=client, display=display, quiet=args.quiet, plan=plan)
         try:
-            code = follow(session)
+            code = session.follow()
         except KeyboardInterrupt:
             code = interrupted(session)
         except (Usage, InputError) as exc:
             code = _stop(session, USAGE, str(exc))
-        except WaitTimeout as exc:
-            code = _stop(session, FAILED, f"{exc} after {plan.timeout:g}s")
         except ClientError as exc:
-            code = _stop(session, FAILED, _describe(exc))
+            code = _stop(session, FAILED, session.describe(exc))
         finally:
             display.close()
     for line in map(printable, session.report):
-        print(line if line.startswith("  ") else f"flowengine run: {line}", file=sys.stderr)
+        print(line if line.startswith("  ") else f"{prog}: {line}", file=sys.stderr)
     for path in session.saved:
         print(path)
     return code
+
+
+@dataclass(kw_only=True)
+class RunSession(Session):
+    noun: ClassVar[str] = "run"
+    plan: Plan
+    run: RunDoc | None = None
+
+    def follow(self) -> int:
+        return follow(self)
+
+    def pending(self) -> str | None:
+        return None if self.run is None or self.run.done else self.run.id
+
+    def cancel(self, id: str) -> None:
+        self.client.cancel(id)
+
+    def settle(self, id: str) -> str:
+        try:
+            return f"is {self.client.wait(id, timeout=STOP_WAIT).status}"
+        except WaitTimeout as exc:
+            return f"was cancelled, and is still {exc.run.status}"
+
+    def describe(self, exc: ClientError) -> str:
+        if isinstance(exc, WaitTimeout):
+            return f"{exc} after {self.plan.timeout:g}s"
+        return _describe(exc)
+
+
+def main(args: argparse.Namespace) -> int:
+    return drive("flowengine run", args, make_plan, RunSession)
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -128,7 +185,7 @@ def apply_flags(
         raise Usage(f"--flag {exc}") from None
 
 
-def follow(session: Session) -> int:
+def follow(session: RunSession) -> int:
     """The whole run: start, upload, follow, download."""
     plan, client, display = session.plan, session.client, session.display
     check_inputs(_expected_edges(session), plan.inputs)
@@ -159,7 +216,7 @@ def follow(session: Session) -> int:
     return OK
 
 
-def _expected_edges(session: Session) -> list[str]:
+def _expected_edges(session: RunSession) -> list[str]:
     """The inputs a run of the flow will wait for, known before it is started: from the local
     file, or the engine's list of its flows (a name it does not list is a usage error)."""
     plan = session.plan
@@ -176,7 +233,7 @@ def _expected_edges(session: Session) -> list[str]:
     return flows[plan.flow].inputs
 
 
-def failed(session: Session, run: RunDoc) -> int:
+def failed(session: RunSession, run: RunDoc) -> int:
     if run.status == "STOPPED":
         session.report.append(f"run {run.id} was stopped (cancelled) before it ended")
         return FAILED
@@ -195,38 +252,36 @@ def _log_hint(client: Client, run: RunDoc, step: str) -> str:
 
 
 def interrupted(session: Session) -> int:
-    """Ctrl-C: cancel the run and wait a little for it to say STOPPED; a second Ctrl-C quits at once."""
+    """Ctrl-C: cancel what was started and wait a little for it to end; a second Ctrl-C quits at once."""
 
     def quit_now(signum: int, frame: Any) -> NoReturn:
         raise SystemExit(INTERRUPTED)
 
     signal.signal(signal.SIGINT, quit_now)
-    run = session.run
-    if run is None or run.done:
+    noun, id = session.noun, session.pending()
+    if id is None:
         session.report.append("interrupted")
         return INTERRUPTED
-    session.display.note(f"interrupted: cancelling run {run.id} (Ctrl-C again to quit at once)")
+    session.display.note(f"interrupted: cancelling {noun} {id} (Ctrl-C again to quit at once)")
     try:
-        session.client.cancel(run.id)
-        run = session.client.wait(run.id, timeout=STOP_WAIT)
-        session.report.append(f"interrupted: run {run.id} is {run.status}")
-    except WaitTimeout as exc:
-        session.report.append(f"interrupted: run {run.id} was cancelled, and is still {exc.run.status}")
+        session.cancel(id)
+        session.report.append(f"interrupted: {noun} {id} {session.settle(id)}")
     except ClientError as exc:
-        session.report.append(f"interrupted, and the run {run.id} could not be cancelled: {_describe(exc)}")
+        session.report.append(f"interrupted, and the {noun} {id} could not be cancelled: {_describe(exc)}")
     return INTERRUPTED
 
 
 def _stop(session: Session, code: int, message: str) -> int:
-    """A failure before the run ended: the run is cancelled (it would only wait out its TTL)."""
+    """A failure before the end: what was started is cancelled (it would only wait out its TTL, and nobody
+    would collect its outputs)."""
     session.report.append(message)
-    run = session.run
-    if run is not None and not run.done:
+    id = session.pending()
+    if id is not None:
         try:
-            session.client.cancel(run.id)
-            session.report.append(f"run {run.id}: cancelled")
+            session.cancel(id)
+            session.report.append(f"{session.noun} {id}: cancelled")
         except ClientError as exc:
-            session.report.append(f"run {run.id} could not be cancelled: {_describe(exc)}")
+            session.report.append(f"{session.noun} {id} could not be cancelled: {_describe(exc)}")
     return code
 
 
@@ -256,6 +311,6 @@ def _flag(spec: str) -> tuple[str, str, Any]:
     return step, flag, value
 
 
-def _say(code: int, message: str) -> int:
-    print(f"flowengine run: {message}", file=sys.stderr)
+def _say(prog: str, code: int, message: str) -> int:
+    print(f"{prog}: {message}", file=sys.stderr)
     return code

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import signal
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, ClassVar
 
-from flowengine.client.clients import Client
-from flowengine.client.command import FAILED, INTERRUPTED, OK, STOP_WAIT, USAGE, Usage, _describe
-from flowengine.client.display import Display, Transfer, make_display, printable
+from flowengine.client.command import FAILED, OK, STOP_WAIT, Session, Usage, _describe, drive
+from flowengine.client.display import Display, Transfer
 from flowengine.client.documents import ParameterInfo, TaskEvent, WorkflowInfo
-from flowengine.client.errors import BadRequest, ClientError, InputError, Invalid, NotFound
+from flowengine.client.errors import BadRequest, Invalid, NotFound
 
 PROG = "flowengine task run"
 TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
@@ -37,47 +34,31 @@ class TaskPlan:
     out: Path
 
 
-@dataclass
-class TaskSession:
-    client: Client
-    display: Display
-    quiet: bool = False
+@dataclass(kw_only=True)
+class TaskSession(Session):
+    noun: ClassVar[str] = "task"
+    plan: TaskPlan
     task_id: str | None = None
     done: bool = False
-    report: list[str] = field(default_factory=list)  # for stderr, once the live view is gone
-    saved: list[Path] = field(default_factory=list)  # for stdout
+
+    def follow(self) -> int:
+        return run_task(self, self.plan)
+
+    def pending(self) -> str | None:
+        return None if self.done else self.task_id
+
+    def cancel(self, id: str) -> None:
+        self.client.cancel_task(id)
+
+    def settle(self, id: str) -> str:
+        deadline = time.monotonic() + STOP_WAIT
+        while not (task := self.client.task(id)).done and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return f"is {task.task_status}"
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        return _main(args)
-    except KeyboardInterrupt:  # before a task was started, or a second Ctrl-C: nothing to cancel
-        return INTERRUPTED
-
-
-def _main(args: argparse.Namespace) -> int:
-    try:
-        plan = make_plan(args)
-    except Usage as exc:
-        return _say(USAGE, str(exc))
-    display = make_display(args.quiet)
-    with Client(args.server, args.key) as client:
-        session = TaskSession(client, display, args.quiet)
-        try:
-            code = run_task(session, plan)
-        except KeyboardInterrupt:
-            code = interrupted(session)
-        except (Usage, InputError) as exc:
-            code = _stop(session, USAGE, str(exc))
-        except ClientError as exc:
-            code = _stop(session, FAILED, _describe(exc))
-        finally:
-            display.close()
-    for line in map(printable, session.report):
-        print(line if line.startswith("  ") else f"{PROG}: {line}", file=sys.stderr)
-    for path in session.saved:
-        print(path)
-    return code
+    return drive(PROG, args, make_plan, TaskSession)
 
 
 def make_plan(args: argparse.Namespace) -> TaskPlan:
@@ -202,49 +183,9 @@ def _show(display: Display, task_id: str, event: TaskEvent) -> None:
     display.note(f"task {task_id}: {name}" + (f", {details}" if details else ""))
 
 
-def interrupted(session: TaskSession) -> int:
-    """Ctrl-C: cancel the task and wait a little for it to say cancelled; a second Ctrl-C quits at once."""
-
-    def quit_now(signum: int, frame: Any) -> NoReturn:
-        raise SystemExit(INTERRUPTED)
-
-    signal.signal(signal.SIGINT, quit_now)
-    task_id = session.task_id
-    if task_id is None or session.done:
-        session.report.append("interrupted")
-        return INTERRUPTED
-    session.display.note(f"interrupted: cancelling task {task_id} (Ctrl-C again to quit at once)")
-    try:
-        session.client.cancel_task(task_id)
-        deadline = time.monotonic() + STOP_WAIT
-        while not (task := session.client.task(task_id)).done and time.monotonic() < deadline:
-            time.sleep(0.2)
-        session.report.append(f"interrupted: task {task_id} is {task.task_status}")
-    except ClientError as exc:
-        session.report.append(f"interrupted, and the task {task_id} could not be cancelled: {_describe(exc)}")
-    return INTERRUPTED
-
-
-def _stop(session: TaskSession, code: int, message: str) -> int:
-    """A failure before the task ended: the task is cancelled (nobody would collect its outputs)."""
-    session.report.append(message)
-    if session.task_id is not None and not session.done:
-        try:
-            session.client.cancel_task(session.task_id)
-            session.report.append(f"task {session.task_id}: cancelled")
-        except ClientError as exc:
-            session.report.append(f"task {session.task_id} could not be cancelled: {_describe(exc)}")
-    return code
-
-
 def _pair(spec: str, option: str, form: str) -> tuple[str, str]:
     """KEY=VALUE; the value may be empty (an empty string parameter), the key may not."""
     key, sep, value = spec.partition("=")
     if not (key and sep):
         raise Usage(f"{option} {spec!r}: expected {form}")
     return key, value
-
-
-def _say(code: int, message: str) -> int:
-    print(f"{PROG}: {message}", file=sys.stderr)
-    return code

@@ -225,6 +225,31 @@ def agent_row(agent: AgentRecord) -> tuple:
     return tuple(_encode(v).decode() if isinstance(v, list | dict) else v for v in msgspec.structs.astuple(agent))
 
 
+def queued_attempts_query(
+    p: str,
+    tool_in: str,
+    labels_within: str,
+    tools: list[str],
+    labels: list[str],
+    team: str | None,
+    community: bool,
+    region: str,
+    region_before: float,
+    limit: int,
+    claim: str = "",
+) -> tuple[str, list[object]]:
+    """The routing query of `queued_attempts` and its parameters, for both databases: `p` is the driver's
+    placeholder; `tool_in` and `labels_within` test a column against a JSON array (the tools, the labels) as
+    the database can; `claim` takes the rows (PostgreSQL's SKIP LOCKED)."""
+    where = ["state = 'queued'", tool_in, labels_within, f"(region = '' OR region = {p} OR created <= {p})"]
+    params: list[object] = [_encode(tools).decode(), _encode(labels).decode(), region, region_before]
+    if team is not None:
+        where.append(f"(team = {p} OR (pool = 'community' AND {p}))")
+        params += [team, community]
+    query = f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE {' AND '.join(where)} ORDER BY created, id LIMIT {p}{claim}"
+    return query, [*params, limit]
+
+
 def agent_from(row: tuple) -> AgentRecord:
     values = dict(zip(AGENT_FIELDS, row, strict=True))
     for name in ("labels", "tools", "system"):
@@ -238,11 +263,19 @@ def task_agent_from(row: tuple) -> AgentRecord | None:
     return agent_from(row) if row[0] is not None else None
 
 
+class RunningStep(msgspec.Struct, frozen=True, array_like=True):
+    """An attempt an agent runs now, as its listing shows it (array-like: the queries build it as a JSON array)."""
+
+    run_id: str
+    step: str
+    attempt: int
+
+
 class AgentRow(msgspec.Struct, frozen=True):
-    """An agent, and the runs of the attempts it runs now (by lease id), as a listing reads them."""
+    """An agent, and the attempts it runs now (by lease id), as a listing reads them."""
 
     agent: AgentRecord
-    running: list[str]
+    running: list[RunningStep]
 
 
 class WebhookRecord(msgspec.Struct, frozen=True):
@@ -641,8 +674,9 @@ class Queries(Protocol):
         """A team's agents (None: every team's), by name."""
         ...
 
-    async def agent_rows(self, team: str, limit: int, offset: int) -> list[AgentRow]:
-        """A page of a team's agents, by name, each with the runs of the attempts it runs now: one query."""
+    async def agent_rows(self, team: str | None, limit: int | None = None, offset: int = 0) -> list[AgentRow]:
+        """A page of a team's agents (None: every team's; no limit: all of them from `offset`), by name, each
+        with the attempts it runs now: one query."""
         ...
 
     async def count_agents(self, team: str) -> int: ...

@@ -60,6 +60,7 @@ from flowengine.persistence.base import (
     IdempotencyKey,
     ModelRecord,
     NewRun,
+    RunningStep,
     RunRow,
     TaskChange,
     TaskEventRow,
@@ -75,6 +76,7 @@ from flowengine.persistence.base import (
     attempt_row,
     clean_stop_name,
     prefix_end,
+    queued_attempts_query,
     task_agent_from,
 )
 from flowengine.persistence.migrations import Migration, failed, latest, pending
@@ -923,22 +925,11 @@ class _Queries:
         region_before: float,
         limit: int,
     ) -> list[Attempt]:
-        where = [
-            "state = 'queued'",
-            "tool = ANY(%s)",
-            "labels::jsonb <@ %s::jsonb",
-            "(region = '' OR region = %s OR created <= %s)",
-        ]
-        params: list[object] = [tools, _encode(labels).decode(), region, region_before]
-        if team is not None:
-            where.append("(team = %s OR (pool = 'community' AND %s))")
-            params += [team, community]
-        rows = await self._rows(
-            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE {' AND '.join(where)} ORDER BY created, id LIMIT %s"
-            f"{self._claim}",
-            [*params, limit],
-        )
-        return [attempt_from(r) for r in rows]
+        query, params = queued_attempts_query(
+            "%s", "jsonb_exists(%s::jsonb, tool)", "labels::jsonb <@ %s::jsonb",
+            tools, labels, team, community, region, region_before, limit, self._claim,
+        )  # fmt: skip
+        return [attempt_from(r) for r in await self._rows(query, params)]
 
     async def held_attempts(self, worker: str, states: list[State]) -> list[Attempt]:
         rows = await self._rows(
@@ -996,14 +987,15 @@ class _Queries:
             rows = await self._rows(f"SELECT {AGENT_COLUMNS} FROM agents WHERE team = %s ORDER BY name, id", (team,))
         return [agent_from(r) for r in rows]
 
-    async def agent_rows(self, team: str, limit: int, offset: int) -> list[AgentRow]:
+    async def agent_rows(self, team: str | None, limit: int | None = None, offset: int = 0) -> list[AgentRow]:
+        of_team, params = ("", ()) if team is None else ("WHERE g.team = %s", (team,))
         rows = await self._rows(
-            f"SELECT {AGENT_COLUMNS_OF_G}, (SELECT coalesce(array_agg(a.run_id ORDER BY a.id), '{{}}') FROM attempts a"
-            " WHERE a.worker = g.id AND a.state = 'running') FROM agents g WHERE g.team = %s"
-            " ORDER BY g.name, g.id LIMIT %s OFFSET %s",
-            (team, limit, offset),
+            f"SELECT {AGENT_COLUMNS_OF_G}, (SELECT coalesce(json_agg(json_build_array(a.run_id, a.step, a.attempt)"
+            " ORDER BY a.id), '[]') FROM attempts a WHERE a.worker = g.id AND a.state = 'running') FROM agents g"
+            f" {of_team} ORDER BY g.name, g.id LIMIT %s OFFSET %s",
+            (*params, limit, offset),  # LIMIT NULL: none
         )
-        return [AgentRow(agent_from(r[:-1]), list(r[-1])) for r in rows]
+        return [AgentRow(agent_from(r[:-1]), msgspec.convert(r[-1], list[RunningStep])) for r in rows]
 
     async def count_agents(self, team: str) -> int:
         return await self._value("SELECT count(*) FROM agents WHERE team = %s", (team,))

@@ -40,6 +40,7 @@ from flowengine.persistence.base import (
     IdempotencyKey,
     ModelRecord,
     NewRun,
+    RunningStep,
     RunRow,
     TaskChange,
     TaskEventRow,
@@ -55,6 +56,7 @@ from flowengine.persistence.base import (
     attempt_row,
     clean_stop_name,
     prefix_end,
+    queued_attempts_query,
     task_agent_from,
 )
 from flowengine.persistence.migrations import Migration, failed, pending
@@ -811,21 +813,13 @@ class SqliteDatabase:
         region_before: float,
         limit: int,
     ) -> list[Attempt]:
-        where = [
-            "state = 'queued'",
-            f"tool IN ({', '.join('?' * len(tools))})",
-            f"NOT EXISTS (SELECT 1 FROM json_each(labels) WHERE value NOT IN ({', '.join('?' * len(labels))}))",
-            "(region = '' OR region = ? OR created <= ?)",
-        ]
-        params: list[object] = [*tools, *labels, region, region_before]
-        if team is not None:
-            where.append("(team = ? OR (pool = 'community' AND ?))")
-            params += [team, community]
-        rows = self.conn.execute(
-            f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE {' AND '.join(where)} ORDER BY created, id LIMIT ?",
-            [*params, limit],
-        )
-        return [attempt_from(r) for r in rows]
+        query, params = queued_attempts_query(
+            "?",
+            "tool IN (SELECT value FROM json_each(?))",
+            "NOT EXISTS (SELECT 1 FROM json_each(labels) WHERE value NOT IN (SELECT value FROM json_each(?)))",
+            tools, labels, team, community, region, region_before, limit,
+        )  # fmt: skip
+        return [attempt_from(r) for r in self.conn.execute(query, params)]
 
     async def held_attempts(self, worker: str, states: list[State]) -> list[Attempt]:
         rows = self.conn.execute(
@@ -882,14 +876,15 @@ class SqliteDatabase:
             rows = self.conn.execute(f"SELECT {AGENT_COLUMNS} FROM agents WHERE team = ? ORDER BY name, id", (team,))
         return [agent_from(r) for r in rows]
 
-    async def agent_rows(self, team: str, limit: int, offset: int) -> list[AgentRow]:
+    async def agent_rows(self, team: str | None, limit: int | None = None, offset: int = 0) -> list[AgentRow]:
+        of_team, params = ("", ()) if team is None else ("WHERE g.team = ?", (team,))
         rows = self.conn.execute(
-            f"SELECT {AGENT_COLUMNS_OF_G}, (SELECT json_group_array(run_id) FROM (SELECT a.run_id FROM attempts a"
-            " WHERE a.worker = g.id AND a.state = 'running' ORDER BY a.id)) FROM agents g WHERE g.team = ?"
-            " ORDER BY g.name, g.id LIMIT ? OFFSET ?",
-            (team, limit, offset),
+            f"SELECT {AGENT_COLUMNS_OF_G}, (SELECT json_group_array(json_array(run_id, step, attempt)) FROM"
+            " (SELECT a.run_id, a.step, a.attempt FROM attempts a WHERE a.worker = g.id AND a.state = 'running'"
+            f" ORDER BY a.id)) FROM agents g {of_team} ORDER BY g.name, g.id LIMIT ? OFFSET ?",
+            (*params, -1 if limit is None else limit, offset),  # LIMIT -1: none
         )
-        return [AgentRow(agent_from(r[:-1]), msgspec.json.decode(r[-1])) for r in rows]
+        return [AgentRow(agent_from(r[:-1]), msgspec.json.decode(r[-1], type=list[RunningStep])) for r in rows]
 
     async def count_agents(self, team: str) -> int:
         return self.conn.execute("SELECT count(*) FROM agents WHERE team = ?", (team,)).fetchone()[0]

@@ -21,7 +21,7 @@ from flowengine.core.queue import Attempt, Worker, output_key
 from flowengine.core.spec import Step
 from flowengine.core.workflows import COMFYUI
 from flowengine.errors import Error, conflict, not_found
-from flowengine.persistence.base import AgentRecord
+from flowengine.persistence.base import AgentRecord, AgentRow, RunningStep
 from flowengine.runtime.queue import QUEUE_TOPIC
 from flowengine.runtime.steps import flag_values, output_type
 from flowengine.runtime.tasks import TaskBody
@@ -43,7 +43,7 @@ class AgentState(msgspec.Struct, frozen=True):
 
     record: AgentRecord
     status: AgentStatus
-    leases: list[Attempt]  # its running attempts
+    running: list[RunningStep]  # its running attempts
 
 
 Fact = str | int | float | bool | None
@@ -125,16 +125,15 @@ class Agents:
     def connected(self, agent: AgentRecord, now: float) -> bool:
         return now - agent.last_heartbeat <= OFFLINE_AFTER * self.config.heartbeat_interval
 
-    async def states(self, team: str | None) -> list[AgentState]:
-        """The team's agents (None: every team's), by name, each with its status and running leases."""
+    async def states(self, team: str | None, limit: int | None = None, offset: int = 0) -> list[AgentState]:
+        """A page of the team's agents (None: every team's; no limit: all), by name, each with its status and
+        running attempts: what both the API's list and the dashboard show."""
         now = self.engine.clock()
-        running = await self.engine.db.attempts_running()
-        found = []
-        for agent in await self.engine.db.agents(team):
-            leases = [a for a in [await self.engine.db.attempt(i) for i in running.get(agent.id, [])] if a is not None]
-            status: AgentStatus = "offline" if not self.connected(agent, now) else "busy" if leases else "idle"
-            found.append(AgentState(agent, status, leases))
-        return found
+        return [AgentState(row.agent, self._status(row, now), row.running)
+                for row in await self.engine.db.agent_rows(team, limit, offset)]  # fmt: skip
+
+    def _status(self, row: AgentRow, now: float) -> AgentStatus:
+        return "offline" if not self.connected(row.agent, now) else "busy" if row.running else "idle"
 
     async def resume(self) -> None:
         """At start: the engine was away, and agents could not extend their leases meanwhile. Every

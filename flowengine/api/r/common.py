@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
 import msgspec
 from starlette.requests import Request
+from starlette.responses import Response
 
-from flowengine.api.http import base_url, engine_of, query_int, read_json
-from flowengine.api.openapi import in_query
+from flowengine.api.http import base_url, engine_of, json_response, query_int, read_json
+from flowengine.api.openapi import Param, in_query
 from flowengine.core.spec import decode_json
 from flowengine.errors import Error, bad_request
 
 T = TypeVar("T")
+R = TypeVar("R")
+I = TypeVar("I")  # noqa: E741
 MAX_PER_PAGE = 100
 
 
@@ -36,14 +40,43 @@ class Page(msgspec.Struct, frozen=True):
         return PageMeta(self.current_page, self.per_page, total)
 
 
-PAGE_PARAMS = (
-    in_query("current_page", Annotated[int, msgspec.Meta(ge=1)], "which page, from 1 (default 1)"),
-    in_query("per_page", Annotated[int, msgspec.Meta(ge=1, le=MAX_PER_PAGE)], "items a page (default 20)"),
-)
+def page_params(items: str = "items") -> tuple[Param, Param]:
+    """The two query parameters of every list call, for its OpenAPI operation."""
+    return (
+        in_query("current_page", Annotated[int, msgspec.Meta(ge=1)], "which page, from 1 (default 1)"),
+        in_query(
+            "per_page", Annotated[int, msgspec.Meta(ge=1, le=MAX_PER_PAGE)], f"{items} a page, 1 to 100 (default 20)"
+        ),
+    )
+
+
+PAGE_PARAMS = page_params()
 
 
 def page_of(request: Request) -> Page:
     return Page(query_int(request, "current_page", 1, 1, 10**9), query_int(request, "per_page", 20, 1, MAX_PER_PAGE))
+
+
+async def page_answer(
+    request: Request,
+    query: Callable[[int, int], Awaitable[tuple[Sequence[R], int]]],
+    item: Callable[[R], I],
+    envelope: Callable[[list[I], PageMeta], Any],
+) -> Response:
+    """A list call's answer: the page the query string asks for (a 400 naming `current_page` or `per_page`
+    when out of range), `query(limit, offset)`'s rows and total, each row as `item`, in the API's
+    `envelope` (its list field, named after the resource, then `page_meta`)."""
+    page = page_of(request)
+    found, total = await query(page.per_page, page.offset)
+    return json_response(envelope([item(row) for row in found], page.meta(total)))
+
+
+def query_choice(request: Request, name: str, choices: Sequence[str]) -> str | None:
+    """A query filter that takes one of `choices`, or None when left out."""
+    value = request.query_params.get(name)
+    if value is not None and value not in choices:
+        raise bad_request("invalid_query", f"{name} must be one of {', '.join(choices)}", f"query.{name}")
+    return value
 
 
 async def body_of(request: Request, type_: type[T]) -> T:

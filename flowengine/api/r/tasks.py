@@ -21,7 +21,7 @@ from flowengine.api.auth import RUNTIME_CALLERS, RUNTIME_SECURITY, authenticate
 from flowengine.api.errors import ReferenceErrorBody
 from flowengine.api.http import engine_of, json_response
 from flowengine.api.openapi import Answer, ApiRoute, Body, Operation, Param, in_header, in_path, in_query
-from flowengine.api.r.common import MAX_PER_PAGE, PageMeta, body_of, page_of, public_base
+from flowengine.api.r.common import PageMeta, body_of, page_answer, page_params, public_base, query_choice
 from flowengine.core.machine import Run
 from flowengine.core.spec import Flow
 from flowengine.core.tasks import (
@@ -174,13 +174,13 @@ async def run_workflow_by_slug(request: Request) -> Response:
 
 async def list_tasks(request: Request) -> Response:
     principal = await authenticate(request.scope, RUNTIME_CALLERS)
-    engine, page = engine_of(request), page_of(request)
-    status = request.query_params.get("status")
-    if status is not None and status not in TASK_STATUSES:
-        raise bad_request("invalid_query", f"status must be one of {', '.join(TASK_STATUSES)}", "query.status")
-    rows = await engine.db.list_tasks(principal.team, status, page.per_page, page.offset)
-    total = await engine.db.count_tasks(principal.team, status)
-    return json_response(TaskList([task_detail(r) for r in rows], page.meta(total)))
+    status = query_choice(request, "status", TASK_STATUSES)
+    db = engine_of(request).db
+
+    async def rows(limit: int, offset: int) -> tuple[list[TaskRow], int]:
+        return await db.list_tasks(principal.team, status, limit, offset), await db.count_tasks(principal.team, status)
+
+    return await page_answer(request, rows, task_detail, TaskList)
 
 
 async def get_task(request: Request) -> Response:
@@ -242,8 +242,6 @@ async def task_events(request: Request) -> Response:
 
 TASK_ID = in_path("taskId", str, "the task's ID (task_id, as the run answered)")
 NOT_FOUND = "no task of the caller's team has this ID (not_found)"
-PerPage = Annotated[int, msgspec.Meta(ge=1, le=MAX_PER_PAGE)]
-CurrentPage = Annotated[int, msgspec.Meta(ge=1)]
 IdempotencyKey = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_IDEMPOTENCY_KEY, pattern=r"^[!-~]+$")]
 _RUN_PARAMS: tuple[Param, ...] = (
     in_header(
@@ -285,9 +283,7 @@ RUN_BY_SLUG = Operation(
 )  # fmt: skip
 LIST = Operation(
     summary="The team's tasks, newest first", tag=TAG,
-    params=(in_query("current_page", CurrentPage, "the page, from 1 (default 1)"),
-            in_query("per_page", PerPage, "tasks a page, 1 to 100 (default 20)"),
-            in_query("status", TaskStatus, "only tasks with this status")),
+    params=(*page_params("tasks"), in_query("status", TaskStatus, "only tasks with this status")),
     security=RUNTIME_SECURITY, errors=ReferenceErrorBody,
     answers={200: Answer("a page of tasks, and how many there are", TaskList),
              400: "current_page, per_page or status out of its range (invalid_query)"},

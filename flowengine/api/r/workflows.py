@@ -5,7 +5,7 @@ management API (`api/workflows.py`) answers its reads with the same handlers."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from functools import partial
 
 import msgspec
 from starlette.requests import Request
@@ -14,8 +14,8 @@ from starlette.responses import Response
 from flowengine.api.auth import RUNTIME_CALLERS, RUNTIME_SECURITY, authenticate
 from flowengine.api.errors import ReferenceErrorBody
 from flowengine.api.http import engine_of, json_response
-from flowengine.api.openapi import Answer, ApiRoute, Operation, in_path, in_query
-from flowengine.api.r.common import MAX_PER_PAGE, PageMeta, page_of
+from flowengine.api.openapi import Answer, ApiRoute, Operation, in_path
+from flowengine.api.r.common import PageMeta, page_answer, page_params
 from flowengine.core.workflows import WorkflowDetail, detail
 from flowengine.identity.directory import Principal
 from flowengine.runtime.workflows import Stored
@@ -44,9 +44,8 @@ def workflow_detail(stored: Stored, principal: Principal) -> WorkflowDetail:
 
 async def list_workflows(request: Request) -> Response:
     principal = await authenticate(request.scope, RUNTIME_CALLERS)
-    page = page_of(request)
-    found, total = await engine_of(request).workflows.page(principal.team, page.per_page, page.offset)
-    return json_response(WorkflowList([workflow_detail(s, principal) for s in found], page.meta(total)))
+    found = partial(engine_of(request).workflows.page, principal.team)
+    return await page_answer(request, found, lambda s: workflow_detail(s, principal), WorkflowList)
 
 
 async def get_workflow(request: Request) -> Response:
@@ -63,16 +62,12 @@ async def get_workflow_by_slug(request: Request) -> Response:
 
 WORKFLOW_ID = in_path("workflowId", str, "the workflow's id")
 WORKFLOW_SLUG = in_path("workflowSlug", str, "the workflow's slug; `slug@version` (`resize@2`) pins that version")
-PAGE_PARAMS = (
-    in_query("current_page", Annotated[int, msgspec.Meta(ge=1)], "which page, from 1 (default 1)"),
-    in_query("per_page", Annotated[int, msgspec.Meta(ge=1, le=MAX_PER_PAGE)], "workflows a page (default 20)"),
-)
 _JSON_NOTE = "`workflow_json` is left out for `sk-` callers."
 LIST = Operation(
     summary="The workflows the team sees: the operator's and its own, by slug, each at its current version",
     description=_JSON_NOTE,
     tag=TAG,
-    params=PAGE_PARAMS,
+    params=page_params("workflows"),
     security=RUNTIME_SECURITY,
     errors=ReferenceErrorBody,
     answers={

@@ -598,7 +598,7 @@ def agent_query(request: Request, viewer: Viewer) -> AgentQuery:
 
 async def agent_list(engine: Engine, viewer: Viewer, query: AgentQuery) -> dict[str, Any]:
     found = [a for a in await engine.agents.states(scope(viewer, query.team)) if query.status in (None, a.status)]
-    runs = {lease.run_id for agent in found for lease in agent.leases}
+    runs = {step.run_id for agent in found for step in agent.running}
     tasks = {run for run in runs if await engine.db.task(run) is not None}  # a lease of a task links to its page
     return {"agents": found, "tasks": tasks, "query": query, "now": engine.clock(),
             "teams": await _team_names(engine, viewer), "refresh": ROWS_REFRESH}  # fmt: skip
