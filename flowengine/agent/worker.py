@@ -37,6 +37,7 @@ log = logging.getLogger("flowengine.agent")
 BACKOFF_FIRST, BACKOFF_MOST = 0.5, 30.0  # seconds between tries while the engine is away
 LOG_EVERY = 1.0  # seconds between log chunks sent while a step runs
 _COMFY_NAME = re.compile(r"[^.]+\.[^.]+\.[0-9]+")  # a file of a ComfyUI prompt: <node>.<kind>.<i>
+_MORE_PER_CALL = 256  # files beyond the first asked for in one call (the most the engine takes)
 T = TypeVar("T")
 
 
@@ -242,10 +243,15 @@ class Agent:
                 outputs = await self._process(lease, scratch, inputs, reporter)
         except StepFailed as exc:
             return {"error": exc.message, "retryable": exc.retryable}
+        try:
+            more = await self._more_urls(lease, [slot for slot in outputs if slot not in lease["outputs"]])
+        except httpx.HTTPStatusError as exc:  # the engine takes no such file: another attempt gives the same
+            return {"error": f"the engine refused the step's files: {exc.response.text}", "retryable": False}
+        urls = {**lease["outputs"], **more}
         written = {}
         try:
             for slot, path in outputs.items():
-                given = lease["outputs"][slot]
+                given = urls[slot]
                 written[slot] = {"size": await self._upload(given["url"], given["headers"], path),
                                  "content_type": given["content_type"]}  # fmt: skip
         except FileNotFoundError as exc:
@@ -255,6 +261,15 @@ class Agent:
                 raise Gone(exc.response.text) from None
             return {"error": f"uploading an output failed: {exc}", "retryable": True}
         return {"outputs": written}
+
+    async def _more_urls(self, lease: dict[str, Any], slots: list[str]) -> dict[str, Any]:
+        """Upload URLs for the files beyond the first of numbered outputs (`9.images.1`, ...), asked for once
+        the step has run: only then is their number known."""
+        urls: dict[str, Any] = {}
+        for i in range(0, len(slots), _MORE_PER_CALL):
+            body = {"token": lease["token"], "slots": slots[i : i + _MORE_PER_CALL]}
+            urls.update((await self._patiently(f"/api/v1/agent/leases/{lease['lease_id']}/outputs", body))["outputs"])
+        return urls
 
     async def _process(self, lease: dict[str, Any], scratch: Path, inputs: dict[str, Path],
                        reporter: _Logs) -> dict[str, Path]:  # fmt: skip
@@ -463,18 +478,21 @@ def _comfy_facts(stats: comfyui.SystemStats) -> dict[str, Any]:
 
 def _comfy_outputs(slots: list[str], produced: list[comfyui.Output]) -> dict[str, Path]:
     """The file each output slot of a comfyui step takes: a slot named like a file of the prompt
-    (`9.images.0`) that file; any other slot the files no slot names, in the prompt's order."""
+    (`9.images.0`) that file; any other slot the files no slot names, in the prompt's order. Then each
+    file left that is one more of a slot numbered `.0` (`9.images.1`), under its own name: the engine
+    gives it an upload URL and an output of its own."""
     named = {output.name: output.path for output in produced}
-    rest = [output.path for output in produced if output.name not in slots]
+    rest = [output for output in produced if output.name not in slots]
     chosen = {}
     for slot in slots:
         if slot in named:
             chosen[slot] = named[slot]
         elif rest and not _COMFY_NAME.fullmatch(slot):
-            chosen[slot] = rest.pop(0)
+            chosen[slot] = rest.pop(0).path
         else:
             gave = ", ".join(named) or "no file"
             raise StepFailed(f"the graph gave no file for output {slot!r} (it gave {gave})", retryable=False)
+    chosen.update((o.name, o.path) for o in rest if o.name.rpartition(".")[0] + ".0" in slots)
     return chosen
 
 

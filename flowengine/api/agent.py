@@ -20,7 +20,7 @@ from flowengine.core.keys import is_name
 from flowengine.core.times import rfc3339
 from flowengine.errors import bad_request
 from flowengine.persistence.base import AgentRow
-from flowengine.runtime.agents import Lease, LogChunk, Registration, Written
+from flowengine.runtime.agents import Lease, LogChunk, OutputURL, Registration, Written
 
 if TYPE_CHECKING:
     from flowengine.core.queue import Worker
@@ -75,9 +75,19 @@ class Progress(msgspec.Struct):
     logs: list[LogChunk] = []
 
 
+class MoreOutputs(msgspec.Struct):
+    token: str
+    # files beyond the first of outputs numbered `.0` (`9.images.1` for slot `9.images.0`)
+    slots: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=300)]], msgspec.Meta(max_length=256)]
+
+
+class OutputURLs(msgspec.Struct):
+    outputs: dict[str, OutputURL]  # slot -> where to upload its file, as a lease's outputs
+
+
 class Complete(msgspec.Struct):
     token: str
-    outputs: dict[str, Written]  # output slot -> what was uploaded to its URL
+    outputs: dict[str, Written]  # output slot (and each file beyond the first, asked for) -> what was uploaded
     logs: list[LogChunk] = []
 
 
@@ -210,6 +220,12 @@ async def progress(request: Request) -> Response:
     return json_response(Ok())
 
 
+async def more_outputs(request: Request) -> Response:
+    engine, lease_id, body, worker = await _lease_call(request, MoreOutputs)
+    urls = await engine.agents.more_outputs(lease_id, body.token, worker, body.slots, public_base(request))
+    return json_response(OutputURLs(urls))
+
+
 async def complete(request: Request) -> Response:
     engine, lease_id, body, worker = await _lease_call(request, Complete)
     await engine.agents.logs(lease_id, body.token, worker, body.logs)
@@ -293,7 +309,7 @@ LIST = Operation(
 )  # fmt: skip
 
 
-def _lease_op(summary: str, body: Body, description: str, **more: str) -> Operation:
+def _lease_op(summary: str, body: Body, description: str, **more: Answer | str) -> Operation:
     answers: dict[int, Answer | str] = {200: OK, 400: "a field is missing or of the wrong type", 409: _STALE, **_COMMON}
     answers.update({int(k.removeprefix("s")): v for k, v in more.items()})
     return Operation(summary=summary, tag=TAG, description=description, body=body, security=_AGENT_SECURITY,
@@ -330,11 +346,19 @@ routes = [
     ApiRoute("/api/v1/agent/leases/{lease_id}/progress", progress, post=_lease_op(
         "Progress and numbered log chunks of a running step", Body(Progress, "progress, and log chunks"),
         "A chunk whose number was accepted before is ignored: sending again never duplicates a line.")),
+    ApiRoute("/api/v1/agent/leases/{lease_id}/outputs", more_outputs, post=_lease_op(
+        "Upload URLs for more files of an output than its first: the images of a batch",
+        Body(MoreOutputs, "the lease's token and the files' slot names"),
+        "An output slot numbered `.0` (a ComfyUI node's `9.images.0`) may give more files, known only once the step "
+        "ran: `9.images.1`, `9.images.2`, ... get URLs here, are uploaded, and are reported with the others on "
+        "completion; each becomes an output of its own (`download_urls` key) after the first. At most 256 files "
+        "per output.", s200=Answer("a URL for each slot, as a lease's outputs", OutputURLs),
+        s400="a field is missing or of the wrong type, or a slot is not one more file of an output numbered `.0`")),
     ApiRoute("/api/v1/agent/leases/{lease_id}/complete", complete, post=_lease_op(
         "The step succeeded: every output is uploaded to its URL", Body(Complete, "each output's size and type"),
-        "Accepted once every output the step declares has landed with the reported size; reporting again is "
-        "harmless.", s400="a field is missing or of the wrong type, or an output is not reported, has not landed, or "
-        "landed with another size")),
+        "Accepted once every output the step declares, and every further file it reports (see `outputs`), has "
+        "landed with the reported size; reporting again is harmless.", s400="a field is missing or of the wrong "
+        "type, or an output is not reported, is not one of the step's, has not landed, or landed with another size")),
     ApiRoute("/api/v1/agent/leases/{lease_id}/fail", fail, post=_lease_op(
         "The step failed: retried (counted against its attempts) unless not retryable",
         Body(Fail, "the error, whether another attempt may help, the log"), "")),

@@ -522,7 +522,7 @@ class Engine:
                 await tx.save_task(run.id, task_change)
         if run.status in machine.TERMINAL and row.run.status not in machine.TERMINAL:
             hooks = await webhooks.enqueue(tx, self, run, flow)
-        filled = [n for n, e in run.edges.items() if e.object and not row.run.edges[n].object]
+        filled = machine.filled(row.run, run)
         still = set(machine.waiting_edges(run))
         gone = [n for n in machine.waiting_edges(row.run) if n not in still]
         await tx.drop_waits([_wait(self.store_of(flow, run.edges[n]), run, n) for n in gone])
