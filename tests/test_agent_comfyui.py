@@ -230,6 +230,27 @@ def test_an_agent_whose_comfyui_does_not_answer_takes_no_comfyui_steps(lab: Lab,
     assert lab.task(task_id)["task_status"] == "waiting" and lab.comfy.posted == []  # no agent can take it
 
 
+def test_an_agent_offers_comfyui_steps_only_while_its_comfyui_answers(lab: Lab, agent, tmp_path: Path):
+    lab.comfy.node_delay = 1  # a step still runs when ComfyUI goes away
+    agent()
+    until(lambda: "comfyui" in lab.agents().get("gpu-box", {}).get("tool", []))
+    photo = png(tmp_path / "photo.png")
+    cut_short = lab.start(photo)
+    until(lambda: lab.comfy.started)
+    lab.comfy.stop()
+    until(lambda: lab.agents()["gpu-box"]["tool"] == ["exec", "python"], timeout=10)  # its heartbeat said so
+    waiting = lab.start(photo)
+    time.sleep(2)  # long enough for a lease call to take it, were comfyui still offered
+    assert lab.task(waiting)["task_status"] == "waiting"
+    with StandIn(tmp_path / "comfyui", port=lab.comfy.port) as back:  # restarted: its queue and history are gone
+        until(lambda: "comfyui" in lab.agents()["gpu-box"]["tool"], timeout=10)
+        for task_id in (cut_short, waiting):
+            assert lab.wait(task_id, {"completed", "failed", "cancelled"}, timeout=60)["task_status"] == "completed"
+        # the prompt ComfyUI forgot failed its attempt as retryable; the retry ran on ComfyUI come back
+        assert lab.task(cut_short)["retry_count"] == 1 and lab.task(waiting)["retry_count"] == 0
+        assert len(back.posted) == 2
+
+
 def test_a_comfyui_error_fails_the_task_with_its_message_and_no_retry(lab: Lab, agent):
     agent()
     task_id = lab.start(b"\x89PNG\r\n\x1a\n but not an image")  # ComfyUI's LoadImage fails on it

@@ -48,8 +48,8 @@ class Agent:
         path = f"/api/v1/agent/leases/{lease['lease_id']}/{action}"
         return self.http.post(path, json={"token": lease["token"], **body})
 
-    def heartbeat(self, running: list[str]) -> dict:
-        answer = self.http.post("/api/v1/agent/heartbeat", json={"session": self.session, "running": running})
+    def heartbeat(self, running: list[str], **more: Any) -> dict:
+        answer = self.http.post("/api/v1/agent/heartbeat", json={"session": self.session, "running": running, **more})
         assert answer.status_code == 200, answer.text
         return answer.json()
 
@@ -300,3 +300,24 @@ def test_an_output_numbered_0_takes_as_many_files_as_the_step_gives_each_an_outp
     assert [a["EdgeName"] for a in artifacts] == ["9.images.0", "9.images.1", "9.images.2", "log"]  # after the first
     assert [httpx.get(a["GetURL"]).content for a in artifacts] == [files[a["EdgeName"]] for a in artifacts]
     assert artifacts[2]["ObjectName"].endswith(f"/{run_id}/9.images.2")
+
+
+def test_the_tools_a_heartbeat_names_are_those_offered_from_then_on_even_to_a_waiting_lease_call(engine):
+    server, client, key = engine
+    gpu = Agent(server, key, "gpu-box", labels=["gpu"])
+    bad = gpu.http.post("/api/v1/agent/heartbeat", json={"session": gpu.session, "tools": ["no tool"]})
+    assert bad.status_code == 400 and bad.json()["field"] == "tools[0]"
+    got: list[list[dict]] = []
+    polling = threading.Thread(target=lambda: got.append(gpu.lease(wait=4)))
+    polling.start()
+    time.sleep(0.5)  # the lease call waits, for a render step
+    assert gpu.heartbeat([], tools=["exec"]) == {"cancel": [], "lost": []}  # its renderer went away
+    run_id = start_run(client, gpu_flow())
+    polling.join()
+    assert got == [[]]  # the waiting call took no render step
+    listed = client.get("/api/v1/agents").json()["agent_list"]
+    assert listed[0]["tool"] == ["exec"]
+    assert gpu.heartbeat([], tools=["render", "exec"])
+    [lease] = until(lambda: gpu.lease(wait=1))
+    assert lease["run_id"] == run_id
+    assert client.get("/api/v1/agents").json()["agent_list"][0]["tool"] == ["exec", "render"]

@@ -36,6 +36,7 @@ from flowengine.runtime.steps import STEP_PATH, expand_arg
 log = logging.getLogger("flowengine.agent")
 BACKOFF_FIRST, BACKOFF_MOST = 0.5, 30.0  # seconds between tries while the engine is away
 LOG_EVERY = 1.0  # seconds between log chunks sent while a step runs
+COMFYUI_TIMEOUT = 10.0  # seconds ComfyUI has to answer /system_stats before it counts as away
 _COMFY_NAME = re.compile(r"[^.]+\.[^.]+\.[0-9]+")  # a file of a ComfyUI prompt: <node>.<kind>.<i>
 _MORE_PER_CALL = 256  # files beyond the first asked for in one call (the most the engine takes)
 T = TypeVar("T")
@@ -81,6 +82,8 @@ class Agent:
         self.tokens: dict[str, str] = {}
         self.stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        self.comfyui_up: bool | None = None  # ComfyUI answered when last asked (None: not asked yet)
+        self._beat_now = asyncio.Event()  # the tools it offers changed: say so without waiting
 
     # talking to the engine
 
@@ -106,18 +109,29 @@ class Agent:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MOST)
 
+    def tools(self) -> list[str]:
+        """The tools it offers now: comfyui only while its ComfyUI answers."""
+        return ["exec", "python", *([comfyui.TOOL] if self.comfyui_up else [])]
+
+    async def _ask_comfyui(self) -> comfyui.SystemStats | None:
+        """ComfyUI's facts, or None when it does not answer; a change is logged, and changes `tools()`."""
+        try:
+            stats = await comfyui.check(self.options.comfyui_url, COMFYUI_TIMEOUT)
+        except comfyui.ComfyUIError as exc:
+            if self.comfyui_up is not False:
+                log.warning("%s: taking no comfyui steps until it answers", exc.message)
+            self.comfyui_up = False
+            return None
+        if not self.comfyui_up:
+            log.info("ComfyUI %s answers: taking comfyui steps", stats.comfyui_version)
+        self.comfyui_up = True
+        return stats
+
     async def register(self) -> None:
-        tools, system = ["exec", "python"], _system()
-        if self.options.comfyui_url:
-            try:
-                comfy = await comfyui.check(self.options.comfyui_url)
-            except comfyui.ComfyUIError as exc:
-                log.warning("%s: taking no comfyui steps (until the agent registers again)", exc.message)
-            else:
-                tools.append("comfyui")
-                system.update(_comfy_facts(comfy))
-                log.info("ComfyUI %s answers: taking comfyui steps", comfy.comfyui_version)
-        body = {"name": self.options.name, "labels": self.options.labels, "tools": tools,
+        system = _system()
+        if self.options.comfyui_url and (stats := await self._ask_comfyui()):
+            system.update(_comfy_facts(stats))
+        body = {"name": self.options.name, "labels": self.options.labels, "tools": self.tools(),
                 "region": self.options.region, "capacity": self.options.concurrency,
                 "community": self.options.community, "system": system}  # fmt: skip
         answer = await self._patiently("/api/v1/agent/register", body)
@@ -131,14 +145,16 @@ class Agent:
         """Until SIGTERM (or `stopping` is set): lease, run, report."""
         self.options.work_dir.mkdir(parents=True, exist_ok=True)
         await self.register()
-        beats = asyncio.create_task(self._heartbeats())
+        loops = [asyncio.create_task(self._heartbeats())]
+        if self.options.comfyui_url:
+            loops.append(asyncio.create_task(self._watch_comfyui()))
         try:
             await self._lease_loop()
         finally:
             await self._wind_down()
-            beats.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beats
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
             await self.http.aclose()
             await self.plain.aclose()
 
@@ -161,10 +177,12 @@ class Agent:
 
     async def _heartbeats(self) -> None:
         while True:
-            await asyncio.sleep(self.heartbeat_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), self.heartbeat_interval)
+            self._beat_now.clear()
             try:
-                answer = await self._post("/api/v1/agent/heartbeat",
-                                          {"session": self.session, "running": list(self.running)})  # fmt: skip
+                answer = await self._post("/api/v1/agent/heartbeat", {"session": self.session,
+                                          "running": list(self.running), "tools": self.tools()})  # fmt: skip
             except (httpx.HTTPError, Gone) as exc:
                 log.warning("heartbeat failed: %s", exc)
                 continue
@@ -173,6 +191,17 @@ class Agent:
                 if task is not None:
                     log.info("lease %s: %s", lease_id, "cancelled" if lease_id in answer["cancel"] else "lost")
                     task.cancel()
+
+    async def _watch_comfyui(self) -> None:
+        """Ask ComfyUI every heartbeat interval: while it does not answer the agent offers no comfyui steps
+        (its next heartbeat, sent at once, says so), and offers them again once it does. A step it runs
+        meanwhile fails as retryable when ComfyUI stays away (comfyui.run_graph's `unreachable_grace`)."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            was = self.comfyui_up
+            await self._ask_comfyui()
+            if self.comfyui_up != was:
+                self._beat_now.set()
 
     async def _wind_down(self) -> None:
         """Running steps get `grace` seconds to finish; the rest are stopped and their leases released."""

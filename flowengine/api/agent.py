@@ -58,6 +58,7 @@ class Token(msgspec.Struct):
 class Heartbeat(msgspec.Struct):
     session: str
     running: list[str] = []  # lease ids the agent runs
+    tools: list[str] | None = None  # the tools it offers from now on (null: as before)
 
 
 class HeartbeatAnswer(msgspec.Struct):
@@ -154,17 +155,25 @@ def _check_registration(body: Registration) -> None:
     if not is_name(body.name):
         raise bad_request("invalid_field", f"name {body.name!r}: a name may only use letters, digits, '.', '_' and "
                           "'-', at most 128 characters", "name")  # fmt: skip
-    for field, values in (("labels", body.labels), ("tools", body.tools)):
-        for i, value in enumerate(values):
-            if not is_name(value) or len(value) > 64:
-                raise bad_request("invalid_field", f"{value!r} is not a {field[:-1]}: letters, digits, '.', '_', '-'",
-                                  f"{field}[{i}]")  # fmt: skip
-    if not body.tools:
-        raise bad_request("invalid_field", "an agent runs at least one tool (exec, python, comfyui, ...)", "tools")
+    _check_names("labels", body.labels)
+    _check_tools(body.tools)
     if not 1 <= body.capacity <= 1024:
         raise bad_request("invalid_field", f"capacity {body.capacity} is not between 1 and 1024", "capacity")
     if len(body.region) > 64:
         raise bad_request("invalid_field", "region is longer than 64 characters", "region")
+
+
+def _check_names(field: str, values: list[str]) -> None:
+    for i, value in enumerate(values):
+        if not is_name(value) or len(value) > 64:
+            raise bad_request("invalid_field", f"{value!r} is not a {field[:-1]}: letters, digits, '.', '_', '-'",
+                              f"{field}[{i}]")  # fmt: skip
+
+
+def _check_tools(tools: list[str]) -> None:
+    _check_names("tools", tools)
+    if not tools:
+        raise bad_request("invalid_field", "an agent runs at least one tool (exec, python, comfyui, ...)", "tools")
 
 
 async def register(request: Request) -> Response:
@@ -190,11 +199,13 @@ async def lease(request: Request) -> Response:
 async def heartbeat(request: Request) -> Response:
     principal = await authenticate(request.scope, AGENT_CALLERS)
     body = await body_of(request, Heartbeat)
+    if body.tools is not None:
+        _check_tools(body.tools)
     engine = engine_of(request)
     agent = await engine.db.agent(id=body.session.partition(".")[0])
     if agent is None or agent.team != principal.team or agent.session != body.session:
         return json_response(HeartbeatAnswer([], list(body.running)))  # a fenced session: all of it is lost
-    cancel, lost = await engine.agents.heartbeat(engine.agents.worker_of(agent), body.running)
+    cancel, lost = await engine.agents.heartbeat(engine.agents.worker_of(agent), body.running, body.tools)
     return json_response(HeartbeatAnswer(cancel, lost))
 
 
@@ -336,7 +347,10 @@ routes = [
     )),
     ApiRoute("/api/v1/agent/heartbeat", heartbeat, post=Operation(
         summary="One heartbeat for all the agent's leases: extends them, and says which to cancel and which are lost",
-        tag=TAG, body=Body(Heartbeat, "the session and the leases it runs"), security=_AGENT_SECURITY,
+        description="With `tools`, the agent offers those tools from now on (its ComfyUI went away, or came back): "
+        "its lease calls, the one waiting now included, take only steps of those tools.",
+        tag=TAG, body=Body(Heartbeat, "the session, the leases it runs, the tools it offers now"),
+        security=_AGENT_SECURITY,
         errors=ReferenceErrorBody,
         answers={200: Answer("the leases to cancel and those lost", HeartbeatAnswer),
                  400: "a field is missing or of the wrong type", 401: _COMMON[401]},

@@ -198,6 +198,12 @@ class Agents:
                 if left <= 0:
                     return []
                 await changes.wait(min(left, POLL_SLICE))
+                worker = await self._now(worker)
+
+    async def _now(self, worker: Worker) -> Worker:
+        """The worker as its agent is now: its heartbeats change the tools it offers while it polls."""
+        agent = await self.engine.db.agent(id=worker.id)
+        return self.worker_of(agent) if agent is not None and agent.session == worker.session else worker
 
     async def lease_of(self, attempt: Attempt, base_url: str) -> Lease:
         """What an agent needs to run an attempt anywhere: URLs for its inputs and outputs, valid for
@@ -249,9 +255,14 @@ class Agents:
         return {slot: self._output_url(run, flow, attempt, _more_place(run, task, step, slot), expires, base_url)
                 for slot in slots}  # fmt: skip
 
-    async def heartbeat(self, worker: Worker, running: list[str]) -> tuple[list[str], list[str]]:
+    async def heartbeat(self, worker: Worker, running: list[str],
+                        tools: list[str] | None) -> tuple[list[str], list[str]]:  # fmt: skip
+        """Extend the worker's leases; `tools`, when given, are the tools it offers from now on (a ComfyUI
+        that went away, or came back). The leases to cancel, and those lost."""
         now = self.engine.clock()
         await self.engine.db.touch_agent(worker.id, now)
+        if tools is not None and sorted(set(tools)) != list(worker.tools):
+            await self.engine.db.set_agent_tools(worker.id, worker.session, sorted(set(tools)))
         await self.engine.queue.heartbeat(worker, running)
         return await self.engine.queue.outcome(running, worker)
 
