@@ -196,6 +196,13 @@ def test_a_comfyui_task_runs_on_a_real_comfyui(lab: Lab, agent, tmp_path: Path):
     assert_inverted(source, tmp_path / "result.png")
     progress = [e["data"] for e in events if e.get("event") == "progress"]  # nodes may go by between two reports
     assert progress and progress[-1]["progress"] == 1.0, progress
+    batch = lab.start(png(source), "invert-batch", prefix=f"flowengine-test-{time.time_ns()}", copies=2)
+    assert lab.wait(batch, {"completed", "failed", "cancelled"}, timeout=60)["task_status"] == "completed"
+    urls = lab.client.get(f"/r/tasks/{batch}/result").json()["download_urls"]
+    assert list(urls) == ["3.images.0", "3.images.1"]  # ComfyUI's SaveImage gave both images of the batch
+    for i, url in enumerate(urls.values()):
+        (tmp_path / f"batch-{i}.png").write_bytes(httpx.get(url).content)
+        assert_inverted(source, tmp_path / f"batch-{i}.png")
     failing = lab.start(b"\x89PNG\r\n\x1a\n but not an image")
     task = lab.wait(failing, {"completed", "failed", "cancelled"}, timeout=60)
     assert "node 1 (LoadImage) failed: " in task["task_error"], task  # its PIL says "OSError: Truncated File Read"
