@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from comfy_standin import StandIn
+from dashboard import sign_in
 from live import Server, make_key, stop
 from PIL import Image
 from test_comfyui import GRAPH, assert_inverted, picture
@@ -59,8 +60,9 @@ class Lab:
 
     def __init__(self, server: Server, comfy: StandIn) -> None:
         self.server, self.comfy = server, comfy
+        self.key = make_key(server, "lab")
         self.client = httpx.Client(base_url=server.url + "/api/v1", timeout=10,
-                                   headers={"Authorization": f"Bearer {make_key(server, 'lab')}"})  # fmt: skip
+                                   headers={"Authorization": f"Bearer {self.key}"})  # fmt: skip
         self.agent_key = make_key(server, "lab", "agent")
         for workflow in (WORKFLOW, BATCH):
             created = self.client.post("/workflows", json=workflow)
@@ -180,6 +182,9 @@ def test_every_image_a_saver_node_makes_is_an_output_of_its_own(lab: Lab, agent,
             assert_inverted(source, tmp_path / f"result-{i}.png")
         saved = lab.comfy.history[lab.comfy.posted[-1]]["outputs"]["3"]["images"]
         assert len({image["filename"] for image in saved}) == copies  # ComfyUI's files, each kept
+    with sign_in(lab.server, lab.key) as ui:  # the dashboard shows the last one's files, each
+        page = ui.get(f"/ui/runs/{task_id}")
+        assert page.status_code == 200 and all(f"3.images.{i}" in page.text for i in range(3)), page.text
 
 
 @pytest.mark.skipif(not os.environ.get("FLOWENGINE_TEST_COMFYUI_URL"), reason="no real ComfyUI given")
