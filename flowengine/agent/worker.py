@@ -30,6 +30,7 @@ import msgspec
 
 from flowengine import version
 from flowengine.agent import comfyui
+from flowengine.core.machine import MAX_FILES
 from flowengine.runtime.executors import pyrun
 from flowengine.runtime.steps import STEP_PATH, expand_arg
 
@@ -38,7 +39,7 @@ BACKOFF_FIRST, BACKOFF_MOST = 0.5, 30.0  # seconds between tries while the engin
 LOG_EVERY = 1.0  # seconds between log chunks sent while a step runs
 COMFYUI_TIMEOUT = 10.0  # seconds ComfyUI has to answer /system_stats before it counts as away
 _COMFY_NAME = re.compile(r"[^.]+\.[^.]+\.[0-9]+")  # a file of a ComfyUI prompt: <node>.<kind>.<i>
-_MORE_PER_CALL = 256  # files beyond the first asked for in one call (the most the engine takes)
+_MORE_PER_CALL = MAX_FILES  # files beyond the first asked for in one call (the most the engine takes)
 T = TypeVar("T")
 
 

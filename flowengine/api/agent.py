@@ -79,7 +79,8 @@ class Progress(msgspec.Struct):
 class MoreOutputs(msgspec.Struct):
     token: str
     # files beyond the first of outputs numbered `.0` (`9.images.1` for slot `9.images.0`)
-    slots: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=300)]], msgspec.Meta(max_length=256)]
+    slots: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=300)]],
+                     msgspec.Meta(max_length=machine.MAX_FILES)]  # fmt: skip
 
 
 class OutputURLs(msgspec.Struct):
