@@ -313,7 +313,7 @@ def _agent_parser(agent: argparse.ArgumentParser) -> None:
         "--comfyui-url",
         default="",
         metavar="URL",
-        help="a ComfyUI server to run comfyui steps on (taken only if it answers at start)",
+        help="a ComfyUI server to run comfyui steps on (taken only while it answers)",
     )
     agent.add_argument("--work-dir", type=Path, default=None, help="scratch dirs of steps (default: a temp dir)")
     agent.add_argument("--grace", type=float, default=30.0, help="seconds steps may finish after SIGTERM (30)")

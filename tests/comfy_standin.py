@@ -1,7 +1,7 @@
 """A stand-in ComfyUI for the tests: a real HTTP and websocket server on a loopback port that answers as
 ComfyUI 0.3.64 does (its routes, JSON shapes, status codes, upload form, queue, history entries and
-websocket messages in their order), and executes the model-free nodes LoadImage, ImageInvert, SaveImage
-and PreviewImage for real, on image files. Written from reading ComfyUI's server.py, execution.py and
+websocket messages in their order), and executes the model-free nodes LoadImage, ImageInvert, RepeatImageBatch,
+SaveImage and PreviewImage for real, on image files. Written from reading ComfyUI's server.py, execution.py and
 main.py and checked by hand against a running ComfyUI 0.3.64 (README, "ComfyUI steps"); it holds none of
 ComfyUI's code.
 
@@ -111,21 +111,30 @@ class Node:
     is_changed: Callable[..., str] | None = None
 
 
+Batch = list[Picture]  # an IMAGE is a batch of images, as ComfyUI's [B, H, W, C] tensor
+
+
 def load_image(server: StandIn, prompt: dict[str, Any], node_id: str, image: str) -> tuple[tuple[Any, ...], None]:
     with Image.open(server.annotated_path(image)) as opened:
         picture = ImageOps.exif_transpose(opened).convert("RGB")
-    return (Picture(picture), None), None
+    return ([Picture(picture)], None), None
 
 
-def invert(server: StandIn, prompt: dict[str, Any], node_id: str, image: Picture) -> tuple[tuple[Any, ...], None]:
-    return (Picture(image.image, [f32(1.0 - v) for v in image.values]),), None
+def invert(server: StandIn, prompt: dict[str, Any], node_id: str, image: Batch) -> tuple[tuple[Any, ...], None]:
+    return ([Picture(p.image, [f32(1.0 - v) for v in p.values]) for p in image],), None
+
+
+def repeat_batch(
+    server: StandIn, prompt: dict[str, Any], node_id: str, image: Batch, amount: int
+) -> tuple[tuple[Any, ...], None]:
+    return (image * int(amount),), None
 
 
 def save_images(
     folder: str, prefix_extra: str, compress_level: int
 ) -> Callable[..., tuple[tuple[Any, ...], dict[str, Any]]]:
     def run(
-        server: StandIn, prompt: dict[str, Any], node_id: str, images: Picture, filename_prefix: str = "ComfyUI"
+        server: StandIn, prompt: dict[str, Any], node_id: str, images: Batch, filename_prefix: str = "ComfyUI"
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         root = server.folders[folder]
         prefix = os.path.normpath(filename_prefix + prefix_extra)
@@ -135,11 +144,15 @@ def save_images(
             raise Exception("**** ERROR: Saving image outside the output folder is not allowed.")
         os.makedirs(directory, exist_ok=True)
         numbers = [int(m.group(1)) for f in os.listdir(directory) if (m := re.match(rf"{re.escape(base)}_(\d+)_", f))]
-        name = f"{base}_{max(numbers, default=0) + 1:05}_.png"
+        counter = max(numbers, default=0) + 1
         info = PngInfo()
         info.add_text("prompt", server.json_text(prompt))
-        images.pixels().save(os.path.join(directory, name), pnginfo=info, compress_level=compress_level)
-        return (), {"images": [{"filename": name, "subfolder": subfolder, "type": folder}]}
+        saved = []
+        for i, picture in enumerate(images):  # one file each, numbered on, as ComfyUI's SaveImage does
+            name = f"{base.replace('%batch_num%', str(i))}_{counter + i:05}_.png"
+            picture.pixels().save(os.path.join(directory, name), pnginfo=info, compress_level=compress_level)
+            saved.append({"filename": name, "subfolder": subfolder, "type": folder})
+        return (), {"images": saved}
 
     return run
 
@@ -165,6 +178,10 @@ NODES: dict[str, Node] = {
         validate=validate_load_image, is_changed=image_hash,
     ),
     "ImageInvert": Node("Invert Image", {"image": ("IMAGE",)}, ("IMAGE",), invert),
+    "RepeatImageBatch": Node(
+        "RepeatImageBatch", {"image": ("IMAGE",), "amount": ("INT", {"default": 1, "min": 1, "max": 4096})},
+        ("IMAGE",), repeat_batch,
+    ),
     "SaveImage": Node(
         "Save Image",
         {"images": ("IMAGE", {"tooltip": "The images to save."}),

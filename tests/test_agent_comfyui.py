@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 from comfy_standin import StandIn
+from dashboard import sign_in
 from live import Server, make_key, stop
 from PIL import Image
 from test_comfyui import GRAPH, assert_inverted, picture
@@ -43,6 +44,15 @@ WORKFLOW: dict[str, Any] = {
          "default": "inverted"},
     ],
 }  # fmt: skip
+# A batch of `copies` inverted photos, saved by one SaveImage: it gives `3.images.0`, `3.images.1`, ...
+BATCH: dict[str, Any] = {
+    **WORKFLOW,
+    "workflow_slug": "invert-batch",
+    "workflow_json": {**GRAPH, "4": {"class_type": "RepeatImageBatch", "inputs": {"image": ["2", 0], "amount": 2}},
+                      "3": {**GRAPH["3"], "inputs": {**GRAPH["3"]["inputs"], "images": ["4", 0]}}},
+    "parameters": [*WORKFLOW["parameters"], {"key": "copies", "node_id": "4", "field": "amount", "type": "number",
+                                              "label": "Copies", "default": 2}],
+}  # fmt: skip
 
 
 class Lab:
@@ -50,18 +60,20 @@ class Lab:
 
     def __init__(self, server: Server, comfy: StandIn) -> None:
         self.server, self.comfy = server, comfy
+        self.key = make_key(server, "lab")
         self.client = httpx.Client(base_url=server.url + "/api/v1", timeout=10,
-                                   headers={"Authorization": f"Bearer {make_key(server, 'lab')}"})  # fmt: skip
+                                   headers={"Authorization": f"Bearer {self.key}"})  # fmt: skip
         self.agent_key = make_key(server, "lab", "agent")
-        created = self.client.post("/workflows", json=WORKFLOW)
-        assert created.status_code == 201, created.text
+        for workflow in (WORKFLOW, BATCH):
+            created = self.client.post("/workflows", json=workflow)
+            assert created.status_code == 201, created.text
 
-    def start(self, data: bytes, **parameters: Any) -> str:
+    def start(self, data: bytes, slug: str = "invert", **parameters: Any) -> str:
         presigned = self.client.post("/r/files/presign", json={"file_name": "photo.png", "file_size": len(data),
                                                                "content_type": "image/png"}).json()  # fmt: skip
         assert httpx.put(presigned["upload_url"], content=data, headers=presigned["upload_headers"]).status_code == 200
         body = {"parameters": {"photo": presigned["file_key"], **parameters}}
-        answer = self.client.post("/r/workflows/slug/invert/run", json=body)
+        answer = self.client.post(f"/r/workflows/slug/{slug}/run", json=body)
         assert answer.status_code == 202, answer.text
         return answer.json()["task_id"]
 
@@ -153,6 +165,28 @@ def test_a_comfyui_task_runs_on_the_agents_comfyui_and_gives_its_images_by_node(
     assert events[-1]["event"] == "completed"
 
 
+def test_every_image_a_saver_node_makes_is_an_output_of_its_own(lab: Lab, agent, tmp_path: Path):
+    agent()
+    source = tmp_path / "photo.png"
+    for copies in (2, 3):  # how many there are is known only once the graph ran
+        task_id = lab.start(png(source), "invert-batch", copies=copies)
+        task = lab.wait(task_id, {"completed", "failed", "cancelled"})
+        assert task["task_status"] == "completed", task
+        result = lab.client.get(f"/r/tasks/{task_id}/result").json()
+        assert list(result["download_urls"]) == [f"3.images.{i}" for i in range(copies)]
+        assert list(result["task_output"]["outputs"]) == list(result["download_urls"])
+        for i, url in enumerate(result["download_urls"].values()):
+            got = httpx.get(url)
+            assert got.headers["content-type"] == "image/png"
+            (tmp_path / f"result-{i}.png").write_bytes(got.content)
+            assert_inverted(source, tmp_path / f"result-{i}.png")
+        saved = lab.comfy.history[lab.comfy.posted[-1]]["outputs"]["3"]["images"]
+        assert len({image["filename"] for image in saved}) == copies  # ComfyUI's files, each kept
+    with sign_in(lab.server, lab.key) as ui:  # the dashboard shows the last one's files, each
+        page = ui.get(f"/ui/runs/{task_id}")
+        assert page.status_code == 200 and all(f"3.images.{i}" in page.text for i in range(3)), page.text
+
+
 @pytest.mark.skipif(not os.environ.get("FLOWENGINE_TEST_COMFYUI_URL"), reason="no real ComfyUI given")
 def test_a_comfyui_task_runs_on_a_real_comfyui(lab: Lab, agent, tmp_path: Path):
     real = os.environ["FLOWENGINE_TEST_COMFYUI_URL"]
@@ -167,6 +201,13 @@ def test_a_comfyui_task_runs_on_a_real_comfyui(lab: Lab, agent, tmp_path: Path):
     assert_inverted(source, tmp_path / "result.png")
     progress = [e["data"] for e in events if e.get("event") == "progress"]  # nodes may go by between two reports
     assert progress and progress[-1]["progress"] == 1.0, progress
+    batch = lab.start(png(source), "invert-batch", prefix=f"flowengine-test-{time.time_ns()}", copies=2)
+    assert lab.wait(batch, {"completed", "failed", "cancelled"}, timeout=60)["task_status"] == "completed"
+    urls = lab.client.get(f"/r/tasks/{batch}/result").json()["download_urls"]
+    assert list(urls) == ["3.images.0", "3.images.1"]  # ComfyUI's SaveImage gave both images of the batch
+    for i, url in enumerate(urls.values()):
+        (tmp_path / f"batch-{i}.png").write_bytes(httpx.get(url).content)
+        assert_inverted(source, tmp_path / f"batch-{i}.png")
     failing = lab.start(b"\x89PNG\r\n\x1a\n but not an image")
     task = lab.wait(failing, {"completed", "failed", "cancelled"}, timeout=60)
     assert "node 1 (LoadImage) failed: " in task["task_error"], task  # its PIL says "OSError: Truncated File Read"
@@ -201,6 +242,27 @@ def test_an_agent_whose_comfyui_does_not_answer_takes_no_comfyui_steps(lab: Lab,
     assert lab.task(task_id)["task_status"] == "waiting" and lab.comfy.posted == []  # no agent can take it
 
 
+def test_an_agent_offers_comfyui_steps_only_while_its_comfyui_answers(lab: Lab, agent, tmp_path: Path):
+    lab.comfy.node_delay = 1  # a step still runs when ComfyUI goes away
+    agent()
+    until(lambda: "comfyui" in lab.agents().get("gpu-box", {}).get("tool", []))
+    photo = png(tmp_path / "photo.png")
+    cut_short = lab.start(photo)
+    until(lambda: lab.comfy.started)
+    lab.comfy.stop()
+    until(lambda: lab.agents()["gpu-box"]["tool"] == ["exec", "python"], timeout=10)  # its heartbeat said so
+    waiting = lab.start(photo)
+    time.sleep(2)  # long enough for a lease call to take it, were comfyui still offered
+    assert lab.task(waiting)["task_status"] == "waiting"
+    with StandIn(tmp_path / "comfyui", port=lab.comfy.port) as back:  # restarted: its queue and history are gone
+        until(lambda: "comfyui" in lab.agents()["gpu-box"]["tool"], timeout=10)
+        for task_id in (cut_short, waiting):
+            assert lab.wait(task_id, {"completed", "failed", "cancelled"}, timeout=60)["task_status"] == "completed"
+        # the prompt ComfyUI forgot failed its attempt as retryable; the retry ran on ComfyUI come back
+        assert lab.task(cut_short)["retry_count"] == 1 and lab.task(waiting)["retry_count"] == 0
+        assert len(back.posted) == 2
+
+
 def test_a_comfyui_error_fails_the_task_with_its_message_and_no_retry(lab: Lab, agent):
     agent()
     task_id = lab.start(b"\x89PNG\r\n\x1a\n but not an image")  # ComfyUI's LoadImage fails on it
@@ -232,6 +294,8 @@ def test_output_slots_take_the_file_they_name_else_the_files_no_slot_names(tmp_p
     chosen = _comfy_outputs(["outputs", "12.gifs.0", "second"], produced)
     assert chosen == {"outputs": tmp_path / "9.images.0", "12.gifs.0": tmp_path / "12.gifs.0",
                       "second": tmp_path / "9.images.1"}  # fmt: skip
+    more = _comfy_outputs(["9.images.0"], produced)  # the rest of a numbered output's files, by their names
+    assert more == {"9.images.0": tmp_path / "9.images.0", "9.images.1": tmp_path / "9.images.1"}
     with pytest.raises(StepFailed, match=r"no file for output '9.images.3' \(it gave 9.images.0, 9.images.1, 12"):
         _comfy_outputs(["9.images.3"], produced)
     with pytest.raises(StepFailed, match="no file for output 'outputs'") as failed:

@@ -48,8 +48,8 @@ class Agent:
         path = f"/api/v1/agent/leases/{lease['lease_id']}/{action}"
         return self.http.post(path, json={"token": lease["token"], **body})
 
-    def heartbeat(self, running: list[str]) -> dict:
-        answer = self.http.post("/api/v1/agent/heartbeat", json={"session": self.session, "running": running})
+    def heartbeat(self, running: list[str], **more: Any) -> dict:
+        answer = self.http.post("/api/v1/agent/heartbeat", json={"session": self.session, "running": running, **more})
         assert answer.status_code == 200, answer.text
         return answer.json()
 
@@ -268,3 +268,56 @@ def test_agents_of_another_team_see_nothing_and_other_keys_are_refused(engine):
     bad = Agent(server, key, "ok", labels=["gpu"])
     answer = bad.http.post("/api/v1/agent/register", json={"name": "no spaces please", "tools": ["render"]})
     assert answer.status_code == 400 and answer.json()["field"] == "name"
+
+
+def test_an_output_numbered_0_takes_as_many_files_as_the_step_gives_each_an_output_of_its_own(engine):
+    server, client, key = engine
+    flow = gpu_flow(attempts=2)
+    flow["Flow"]["Tasks"][0]["Outputs"] = [{"Name": "9.images.0", "ContentType": "image/png"}, {"Name": "log"}]
+    flow["Flow"]["Steps"][0]["Outputs"] = [{"Slot": "9.images.0", "Edge": "9.images.0"}, {"Slot": "log", "Edge": "log"}]
+    gpu = Agent(server, key, "gpu-box", labels=["gpu"])
+    run_id = start_run(client, flow)
+    [lease] = until(lambda: gpu.lease(wait=1))
+    assert gpu.call(lease, "ack").status_code == 200
+    for slot in ("log.1", "9.images.0x", "9.images.01", "9.images.256", "8.images.1"):
+        refused = gpu.call(lease, "outputs", slots=[slot])
+        assert refused.status_code == 400 and refused.json()["field"] == f"outputs.{slot}", refused.text
+        assert "one more file of" in refused.json()["error_message"]
+    assert gpu.call({**lease, "token": "forged"}, "outputs", slots=["9.images.1"]).status_code == 409
+    answer = gpu.call(lease, "outputs", slots=["9.images.2", "9.images.1"])
+    assert answer.status_code == 200, answer.text
+    urls = {**lease["outputs"], **answer.json()["outputs"]}
+    assert urls["9.images.2"]["name"] == "9.images.2" and urls["9.images.2"]["content_type"] == "image/png"
+    files = {"9.images.0": b"first", "9.images.1": b"second", "9.images.2": b"third!", "log": b"said"}
+    for slot, data in files.items():
+        assert httpx.put(urls[slot]["url"], content=data, headers=urls[slot]["headers"]).status_code in (200, 201)
+    reported = {slot: {"size": len(data)} for slot, data in files.items()}
+    unknown = gpu.call(lease, "complete", outputs={**reported, "9.images.3": {"size": 1}})
+    assert unknown.status_code == 400 and "has not landed" in unknown.json()["error_message"]
+    assert gpu.call(lease, "complete", outputs=reported).status_code == 200
+    done = wait_for_status(client, run_id, {"COMPLETE"})
+    artifacts = [a for a in done["Artifacts"] if a["EdgeName"] != "scene"]
+    assert [a["EdgeName"] for a in artifacts] == ["9.images.0", "9.images.1", "9.images.2", "log"]  # after the first
+    assert [httpx.get(a["GetURL"]).content for a in artifacts] == [files[a["EdgeName"]] for a in artifacts]
+    assert artifacts[2]["ObjectName"].endswith(f"/{run_id}/9.images.2")
+
+
+def test_the_tools_a_heartbeat_names_are_those_offered_from_then_on_even_to_a_waiting_lease_call(engine):
+    server, client, key = engine
+    gpu = Agent(server, key, "gpu-box", labels=["gpu"])
+    bad = gpu.http.post("/api/v1/agent/heartbeat", json={"session": gpu.session, "tools": ["no tool"]})
+    assert bad.status_code == 400 and bad.json()["field"] == "tools[0]"
+    got: list[list[dict]] = []
+    polling = threading.Thread(target=lambda: got.append(gpu.lease(wait=4)))
+    polling.start()
+    time.sleep(0.5)  # the lease call waits, for a render step
+    assert gpu.heartbeat([], tools=["exec"]) == {"cancel": [], "lost": []}  # its renderer went away
+    run_id = start_run(client, gpu_flow())
+    polling.join()
+    assert got == [[]]  # the waiting call took no render step
+    listed = client.get("/api/v1/agents").json()["agent_list"]
+    assert listed[0]["tool"] == ["exec"]
+    assert gpu.heartbeat([], tools=["render", "exec"])
+    [lease] = until(lambda: gpu.lease(wait=1))
+    assert lease["run_id"] == run_id
+    assert client.get("/api/v1/agents").json()["agent_list"][0]["tool"] == ["exec", "render"]

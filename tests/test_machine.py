@@ -516,6 +516,26 @@ def test_success_fills_outputs_and_dispatches_the_next_hop():
     assert new.status == RUNNING
 
 
+def test_success_adds_an_edge_for_each_file_beyond_the_first_of_an_output_numbered_0():
+    wells = [{"Edge": "raw", "Source": "upload", "TTL": 60}, {"Edge": "9.images.0"}, {"Edge": "log"}]
+    batch = make_flow("batch", wells,
+                      [step("paint", "paint", {"in": "raw"}, {"9.images.0": "9.images.0", "log": "log"})],
+                      [task("paint", ("in",), ("9.images.0", "log"))])  # fmt: skip
+    edges = {"raw": well(), "9.images.0": produced(), "log": produced()}
+    run, _ = start(batch, "r1", edges, T0)
+    run, _ = advance(run, batch, Landed("raw", OBJ), T0 + 1)
+    more = {f"9.images.{i}": ObjectMeta(i, "image/png", f"e{i}", f"out/9.images.{i}") for i in (1, 2, 4)}
+    foreign = {"raw.1": OBJ, "log.1": ObjectMeta(1, "", "", "out/log.1"), "9.images.5": ObjectMeta(1, "", "")}
+    new, _ = advance(run, batch, StepSucceeded("paint", 1, {"9.images.0": OBJ, "log": OBJ, **more, **foreign}), T0 + 2)
+    # after the first, numbered on while unbroken (4 after a missing 3 is not one); nothing else is added
+    assert list(new.edges) == ["raw", "9.images.0", "9.images.1", "9.images.2", "log"]
+    second = new.edges["9.images.1"]
+    assert (second.key, second.source, second.object, second.filled_at) == ("out/9.images.1", FROM_STEP,
+                                                                            more["9.images.1"], T0 + 2)  # fmt: skip
+    assert new.status == COMPLETE
+    assert [t.edge for t in transitions(run, new) if t.kind == "edge.filled"] == list(new.edges)[1:]
+
+
 def test_success_without_a_start_report_is_accepted():
     run, _ = advance(start_hop(), HOP, Landed("raw", OBJ), T0 + 1)
     new, commands = advance(run, HOP, StepSucceeded("first", 1, {"mid": OBJ}), T0 + 2)

@@ -1100,6 +1100,9 @@ async def test_agents_are_one_per_team_and_name_and_keep_their_heartbeats_and_co
     await db.touch_agent("ag1", 7.0)  # an older heartbeat arriving late does not move it back
     stored = await db.agent(id="ag1")
     assert (stored.last_heartbeat, stored.tasks_completed) == (9.0, 1)
+    await db.set_agent_tools("ag1", "s2", ["exec", "python"])
+    await db.set_agent_tools("ag1", "s1", ["nothing"])  # a fenced session's heartbeat: no change
+    assert (await db.agent(id="ag1")).tools == ["exec", "python"]
 
 
 async def test_a_runs_offered_steps_are_those_offered_and_not_acknowledged(db: Database):

@@ -104,6 +104,10 @@ def test_the_pure_rules() -> None:
     assert queue.output_key("outputs/f/run/out.png", 1) == "outputs/f/run/out.png"
     assert queue.output_key("outputs/f/run/out.png", 3) == "outputs/f/run/attempt-3/out.png"
     assert queue.output_key("out.png", 2) == "attempt-2/out.png"
+    # the keys of the files beyond the first of an output numbered .0 (a ComfyUI node's batch)
+    assert queue.more_key("outputs/f/run/9.images.0", 3) == "outputs/f/run/9.images.3"
+    assert queue.more_key("out/a.png", 1) == "out/a.1.png"
+    assert queue.more_key("out/.hidden", 2) == "out/.hidden.2" and queue.more_key("plain", 2) == "plain.2"
     offered = queue.offer(attempt, agent("x"), "tok", 200.0, 10.0)
     running = queue.ack(offered, 205.0, 30.0)
     assert (running.state, running.lease_expires, running.deadline) == ("running", 235.0, 205.0 + 60 + 30)

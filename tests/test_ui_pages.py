@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from dashboard import csrf_of, sign_in
-from live import Server
+from live import Server, make_key
 from test_agent_protocol import Agent, gpu_flow, start_run, until
 from test_webhooks import HELLO, deliveries, make_hook, run_task, settled
 from test_workflow_api import Team
@@ -168,6 +168,8 @@ def test_a_team_sees_only_its_own_and_the_operator_team_sees_every_teams(
                      f"/ui/webhooks/{hooks[beta.id]}/rows"]:  # fmt: skip
             answer = ui.get(path)
             assert answer.status_code == 404 and "Not found" in answer.text, path
+            assert f"Where: <code>{path}</code>" in answer.text, answer.text  # the page's address, not the API's field
+            assert not re.search(r"path\.(runID|taskId|webhookId)", answer.text), answer.text
         resend = ui.post(f"/ui/webhooks/{hooks[beta.id]}/deliveries/x/resend", data={"csrf": token})
         assert resend.status_code == 404
     # The operator team's key, and its member with a session token, see every team's.
@@ -182,3 +184,14 @@ def test_a_team_sees_only_its_own_and_the_operator_team_sees_every_teams(
                 assert "<strong" in page and ">operator</strong>" in page
             for path in [f"/ui/runs/{tasks[beta.id]}", f"/ui/tasks/{tasks[beta.id]}", f"/ui/webhooks/{hooks[beta.id]}"]:
                 assert ui.get(path).status_code == 200, path
+
+
+def test_an_operator_team_that_names_no_team_is_warned_of_at_start(start_server):
+    warning = "operator_team 'ops' names no team: no one signed in is the dashboard's operator until a team"
+    server = start_server(auth="keys", operator_team="ops")
+    until(lambda: warning in server.log.read_text())  # it starts all the same: no one is an operator (fails closed)
+    make_key(server, "ops")
+    server.stop()
+    again = start_server(data_dir=server.data_dir, auth="keys", operator_team="ops")
+    assert again.client().get("/healthz").status_code == 200
+    assert "operator_team" not in again.log.read_text()

@@ -148,9 +148,10 @@ async def run_graph(
             ) from None
 
 
-async def check(base_url: str) -> SystemStats:
-    """The facts of the ComfyUI at `base_url` an agent registers with; ComfyUIError if it does not answer."""
-    async with httpx.AsyncClient(base_url=base_url, timeout=_HTTP_TIMEOUT) as client:
+async def check(base_url: str, timeout: float = 10.0) -> SystemStats:
+    """The facts of the ComfyUI at `base_url` an agent registers with; ComfyUIError if it does not answer
+    within `timeout` seconds."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout) as client:
         body = await _Api(client, base_url).call("GET", "/system_stats")
     try:
         stats = msgspec.convert(body, _RawStats)

@@ -30,13 +30,16 @@ import msgspec
 
 from flowengine import version
 from flowengine.agent import comfyui
+from flowengine.core.machine import MAX_FILES
 from flowengine.runtime.executors import pyrun
 from flowengine.runtime.steps import STEP_PATH, expand_arg
 
 log = logging.getLogger("flowengine.agent")
 BACKOFF_FIRST, BACKOFF_MOST = 0.5, 30.0  # seconds between tries while the engine is away
 LOG_EVERY = 1.0  # seconds between log chunks sent while a step runs
+COMFYUI_TIMEOUT = 10.0  # seconds ComfyUI has to answer /system_stats before it counts as away
 _COMFY_NAME = re.compile(r"[^.]+\.[^.]+\.[0-9]+")  # a file of a ComfyUI prompt: <node>.<kind>.<i>
+_MORE_PER_CALL = MAX_FILES  # files beyond the first asked for in one call (the most the engine takes)
 T = TypeVar("T")
 
 
@@ -80,6 +83,8 @@ class Agent:
         self.tokens: dict[str, str] = {}
         self.stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        self.comfyui_up: bool | None = None  # ComfyUI answered when last asked (None: not asked yet)
+        self._beat_now = asyncio.Event()  # the tools it offers changed: say so without waiting
 
     # talking to the engine
 
@@ -105,18 +110,29 @@ class Agent:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_MOST)
 
+    def tools(self) -> list[str]:
+        """The tools it offers now: comfyui only while its ComfyUI answers."""
+        return ["exec", "python", *([comfyui.TOOL] if self.comfyui_up else [])]
+
+    async def _ask_comfyui(self) -> comfyui.SystemStats | None:
+        """ComfyUI's facts, or None when it does not answer; a change is logged, and changes `tools()`."""
+        try:
+            stats = await comfyui.check(self.options.comfyui_url, COMFYUI_TIMEOUT)
+        except comfyui.ComfyUIError as exc:
+            if self.comfyui_up is not False:
+                log.warning("%s: taking no comfyui steps until it answers", exc.message)
+            self.comfyui_up = False
+            return None
+        if not self.comfyui_up:
+            log.info("ComfyUI %s answers: taking comfyui steps", stats.comfyui_version)
+        self.comfyui_up = True
+        return stats
+
     async def register(self) -> None:
-        tools, system = ["exec", "python"], _system()
-        if self.options.comfyui_url:
-            try:
-                comfy = await comfyui.check(self.options.comfyui_url)
-            except comfyui.ComfyUIError as exc:
-                log.warning("%s: taking no comfyui steps (until the agent registers again)", exc.message)
-            else:
-                tools.append("comfyui")
-                system.update(_comfy_facts(comfy))
-                log.info("ComfyUI %s answers: taking comfyui steps", comfy.comfyui_version)
-        body = {"name": self.options.name, "labels": self.options.labels, "tools": tools,
+        system = _system()
+        if self.options.comfyui_url and (stats := await self._ask_comfyui()):
+            system.update(_comfy_facts(stats))
+        body = {"name": self.options.name, "labels": self.options.labels, "tools": self.tools(),
                 "region": self.options.region, "capacity": self.options.concurrency,
                 "community": self.options.community, "system": system}  # fmt: skip
         answer = await self._patiently("/api/v1/agent/register", body)
@@ -130,14 +146,16 @@ class Agent:
         """Until SIGTERM (or `stopping` is set): lease, run, report."""
         self.options.work_dir.mkdir(parents=True, exist_ok=True)
         await self.register()
-        beats = asyncio.create_task(self._heartbeats())
+        loops = [asyncio.create_task(self._heartbeats())]
+        if self.options.comfyui_url:
+            loops.append(asyncio.create_task(self._watch_comfyui()))
         try:
             await self._lease_loop()
         finally:
             await self._wind_down()
-            beats.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beats
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
             await self.http.aclose()
             await self.plain.aclose()
 
@@ -160,10 +178,12 @@ class Agent:
 
     async def _heartbeats(self) -> None:
         while True:
-            await asyncio.sleep(self.heartbeat_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), self.heartbeat_interval)
+            self._beat_now.clear()
             try:
-                answer = await self._post("/api/v1/agent/heartbeat",
-                                          {"session": self.session, "running": list(self.running)})  # fmt: skip
+                answer = await self._post("/api/v1/agent/heartbeat", {"session": self.session,
+                                          "running": list(self.running), "tools": self.tools()})  # fmt: skip
             except (httpx.HTTPError, Gone) as exc:
                 log.warning("heartbeat failed: %s", exc)
                 continue
@@ -172,6 +192,17 @@ class Agent:
                 if task is not None:
                     log.info("lease %s: %s", lease_id, "cancelled" if lease_id in answer["cancel"] else "lost")
                     task.cancel()
+
+    async def _watch_comfyui(self) -> None:
+        """Ask ComfyUI every heartbeat interval: while it does not answer the agent offers no comfyui steps
+        (its next heartbeat, sent at once, says so), and offers them again once it does. A step it runs
+        meanwhile fails as retryable when ComfyUI stays away (comfyui.run_graph's `unreachable_grace`)."""
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            was = self.comfyui_up
+            await self._ask_comfyui()
+            if self.comfyui_up != was:
+                self._beat_now.set()
 
     async def _wind_down(self) -> None:
         """Running steps get `grace` seconds to finish; the rest are stopped and their leases released."""
@@ -242,10 +273,15 @@ class Agent:
                 outputs = await self._process(lease, scratch, inputs, reporter)
         except StepFailed as exc:
             return {"error": exc.message, "retryable": exc.retryable}
+        try:
+            more = await self._more_urls(lease, [slot for slot in outputs if slot not in lease["outputs"]])
+        except httpx.HTTPStatusError as exc:  # the engine takes no such file: another attempt gives the same
+            return {"error": f"the engine refused the step's files: {exc.response.text}", "retryable": False}
+        urls = {**lease["outputs"], **more}
         written = {}
         try:
             for slot, path in outputs.items():
-                given = lease["outputs"][slot]
+                given = urls[slot]
                 written[slot] = {"size": await self._upload(given["url"], given["headers"], path),
                                  "content_type": given["content_type"]}  # fmt: skip
         except FileNotFoundError as exc:
@@ -255,6 +291,15 @@ class Agent:
                 raise Gone(exc.response.text) from None
             return {"error": f"uploading an output failed: {exc}", "retryable": True}
         return {"outputs": written}
+
+    async def _more_urls(self, lease: dict[str, Any], slots: list[str]) -> dict[str, Any]:
+        """Upload URLs for the files beyond the first of numbered outputs (`9.images.1`, ...), asked for once
+        the step has run: only then is their number known."""
+        urls: dict[str, Any] = {}
+        for i in range(0, len(slots), _MORE_PER_CALL):
+            body = {"token": lease["token"], "slots": slots[i : i + _MORE_PER_CALL]}
+            urls.update((await self._patiently(f"/api/v1/agent/leases/{lease['lease_id']}/outputs", body))["outputs"])
+        return urls
 
     async def _process(self, lease: dict[str, Any], scratch: Path, inputs: dict[str, Path],
                        reporter: _Logs) -> dict[str, Path]:  # fmt: skip
@@ -463,18 +508,21 @@ def _comfy_facts(stats: comfyui.SystemStats) -> dict[str, Any]:
 
 def _comfy_outputs(slots: list[str], produced: list[comfyui.Output]) -> dict[str, Path]:
     """The file each output slot of a comfyui step takes: a slot named like a file of the prompt
-    (`9.images.0`) that file; any other slot the files no slot names, in the prompt's order."""
+    (`9.images.0`) that file; any other slot the files no slot names, in the prompt's order. Then each
+    file left that is one more of a slot numbered `.0` (`9.images.1`), under its own name: the engine
+    gives it an upload URL and an output of its own."""
     named = {output.name: output.path for output in produced}
-    rest = [output.path for output in produced if output.name not in slots]
+    rest = [output for output in produced if output.name not in slots]
     chosen = {}
     for slot in slots:
         if slot in named:
             chosen[slot] = named[slot]
         elif rest and not _COMFY_NAME.fullmatch(slot):
-            chosen[slot] = rest.pop(0)
+            chosen[slot] = rest.pop(0).path
         else:
             gave = ", ".join(named) or "no file"
             raise StepFailed(f"the graph gave no file for output {slot!r} (it gave {gave})", retryable=False)
+    chosen.update((o.name, o.path) for o in rest if o.name.rpartition(".")[0] + ".0" in slots)
     return chosen
 
 

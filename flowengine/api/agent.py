@@ -19,7 +19,7 @@ from flowengine.core import machine
 from flowengine.core.keys import is_name
 from flowengine.core.times import rfc3339
 from flowengine.errors import bad_request
-from flowengine.runtime.agents import AgentState, Lease, LogChunk, Registration, Written
+from flowengine.runtime.agents import AgentState, Lease, LogChunk, OutputURL, Registration, Written
 
 if TYPE_CHECKING:
     from flowengine.core.queue import Worker
@@ -57,6 +57,7 @@ class Token(msgspec.Struct):
 class Heartbeat(msgspec.Struct):
     session: str
     running: list[str] = []  # lease ids the agent runs
+    tools: list[str] | None = None  # the tools it offers from now on (null: as before)
 
 
 class HeartbeatAnswer(msgspec.Struct):
@@ -74,9 +75,20 @@ class Progress(msgspec.Struct):
     logs: list[LogChunk] = []
 
 
+class MoreOutputs(msgspec.Struct):
+    token: str
+    # files beyond the first of outputs numbered `.0` (`9.images.1` for slot `9.images.0`)
+    slots: Annotated[list[Annotated[str, msgspec.Meta(min_length=1, max_length=300)]],
+                     msgspec.Meta(max_length=machine.MAX_FILES)]  # fmt: skip
+
+
+class OutputURLs(msgspec.Struct):
+    outputs: dict[str, OutputURL]  # slot -> where to upload its file, as a lease's outputs
+
+
 class Complete(msgspec.Struct):
     token: str
-    outputs: dict[str, Written]  # output slot -> what was uploaded to its URL
+    outputs: dict[str, Written]  # output slot (and each file beyond the first, asked for) -> what was uploaded
     logs: list[LogChunk] = []
 
 
@@ -143,17 +155,25 @@ def _check_registration(body: Registration) -> None:
     if not is_name(body.name):
         raise bad_request("invalid_field", f"name {body.name!r}: a name may only use letters, digits, '.', '_' and "
                           "'-', at most 128 characters", "name")  # fmt: skip
-    for field, values in (("labels", body.labels), ("tools", body.tools)):
-        for i, value in enumerate(values):
-            if not is_name(value) or len(value) > 64:
-                raise bad_request("invalid_field", f"{value!r} is not a {field[:-1]}: letters, digits, '.', '_', '-'",
-                                  f"{field}[{i}]")  # fmt: skip
-    if not body.tools:
-        raise bad_request("invalid_field", "an agent runs at least one tool (exec, python, comfyui, ...)", "tools")
+    _check_names("labels", body.labels)
+    _check_tools(body.tools)
     if not 1 <= body.capacity <= 1024:
         raise bad_request("invalid_field", f"capacity {body.capacity} is not between 1 and 1024", "capacity")
     if len(body.region) > 64:
         raise bad_request("invalid_field", "region is longer than 64 characters", "region")
+
+
+def _check_names(field: str, values: list[str]) -> None:
+    for i, value in enumerate(values):
+        if not is_name(value) or len(value) > 64:
+            raise bad_request("invalid_field", f"{value!r} is not a {field[:-1]}: letters, digits, '.', '_', '-'",
+                              f"{field}[{i}]")  # fmt: skip
+
+
+def _check_tools(tools: list[str]) -> None:
+    _check_names("tools", tools)
+    if not tools:
+        raise bad_request("invalid_field", "an agent runs at least one tool (exec, python, comfyui, ...)", "tools")
 
 
 async def register(request: Request) -> Response:
@@ -179,11 +199,13 @@ async def lease(request: Request) -> Response:
 async def heartbeat(request: Request) -> Response:
     principal = await authenticate(request.scope, AGENT_CALLERS)
     body = await body_of(request, Heartbeat)
+    if body.tools is not None:
+        _check_tools(body.tools)
     engine = engine_of(request)
     agent = await engine.db.agent(id=body.session.partition(".")[0])
     if agent is None or agent.team != principal.team or agent.session != body.session:
         return json_response(HeartbeatAnswer([], list(body.running)))  # a fenced session: all of it is lost
-    cancel, lost = await engine.agents.heartbeat(engine.agents.worker_of(agent), body.running)
+    cancel, lost = await engine.agents.heartbeat(engine.agents.worker_of(agent), body.running, body.tools)
     return json_response(HeartbeatAnswer(cancel, lost))
 
 
@@ -207,6 +229,12 @@ async def progress(request: Request) -> Response:
     said = machine.Progress(body.fraction, body.step, body.message, body.step_current, body.step_total)
     await engine.agents.progress(lease_id, body.token, worker, said)
     return json_response(Ok())
+
+
+async def more_outputs(request: Request) -> Response:
+    engine, lease_id, body, worker = await _lease_call(request, MoreOutputs)
+    urls = await engine.agents.more_outputs(lease_id, body.token, worker, body.slots, public_base(request))
+    return json_response(OutputURLs(urls))
 
 
 async def complete(request: Request) -> Response:
@@ -291,7 +319,7 @@ LIST = Operation(
 )  # fmt: skip
 
 
-def _lease_op(summary: str, body: Body, description: str, **more: str) -> Operation:
+def _lease_op(summary: str, body: Body, description: str, **more: Answer | str) -> Operation:
     answers: dict[int, Answer | str] = {200: OK, 400: "a field is missing or of the wrong type", 409: _STALE, **_COMMON}
     answers.update({int(k.removeprefix("s")): v for k, v in more.items()})
     return Operation(summary=summary, tag=TAG, description=description, body=body, security=_AGENT_SECURITY,
@@ -318,7 +346,10 @@ routes = [
     )),
     ApiRoute("/api/v1/agent/heartbeat", heartbeat, post=Operation(
         summary="One heartbeat for all the agent's leases: extends them, and says which to cancel and which are lost",
-        tag=TAG, body=Body(Heartbeat, "the session and the leases it runs"), security=_AGENT_SECURITY,
+        description="With `tools`, the agent offers those tools from now on (its ComfyUI went away, or came back): "
+        "its lease calls, the one waiting now included, take only steps of those tools.",
+        tag=TAG, body=Body(Heartbeat, "the session, the leases it runs, the tools it offers now"),
+        security=_AGENT_SECURITY,
         errors=ReferenceErrorBody,
         answers={200: Answer("the leases to cancel and those lost", HeartbeatAnswer),
                  400: "a field is missing or of the wrong type", 401: _COMMON[401]},
@@ -328,11 +359,19 @@ routes = [
     ApiRoute("/api/v1/agent/leases/{lease_id}/progress", progress, post=_lease_op(
         "Progress and numbered log chunks of a running step", Body(Progress, "progress, and log chunks"),
         "A chunk whose number was accepted before is ignored: sending again never duplicates a line.")),
+    ApiRoute("/api/v1/agent/leases/{lease_id}/outputs", more_outputs, post=_lease_op(
+        "Upload URLs for more files of an output than its first: the images of a batch",
+        Body(MoreOutputs, "the lease's token and the files' slot names"),
+        "An output slot numbered `.0` (a ComfyUI node's `9.images.0`) may give more files, known only once the step "
+        "ran: `9.images.1`, `9.images.2`, ... get URLs here, are uploaded, and are reported with the others on "
+        "completion; each becomes an output of its own (`download_urls` key) after the first. At most 256 files "
+        "per output.", s200=Answer("a URL for each slot, as a lease's outputs", OutputURLs),
+        s400="a field is missing or of the wrong type, or a slot is not one more file of an output numbered `.0`")),
     ApiRoute("/api/v1/agent/leases/{lease_id}/complete", complete, post=_lease_op(
         "The step succeeded: every output is uploaded to its URL", Body(Complete, "each output's size and type"),
-        "Accepted once every output the step declares has landed with the reported size; reporting again is "
-        "harmless.", s400="a field is missing or of the wrong type, or an output is not reported, has not landed, or "
-        "landed with another size")),
+        "Accepted once every output the step declares, and every further file it reports (see `outputs`), has "
+        "landed with the reported size; reporting again is harmless.", s400="a field is missing or of the wrong "
+        "type, or an output is not reported, is not one of the step's, has not landed, or landed with another size")),
     ApiRoute("/api/v1/agent/leases/{lease_id}/fail", fail, post=_lease_op(
         "The step failed: retried (counted against its attempts) unless not retryable",
         Body(Fail, "the error, whether another attempt may help, the log"), "")),

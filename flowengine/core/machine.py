@@ -9,12 +9,13 @@ makes redelivery harmless.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import msgspec
 from msgspec import structs
 
-from flowengine.core.spec import Flow, Scalar
+from flowengine.core.spec import Binding, Flow, Scalar, Step
 from flowengine.core.validate import mime_matches
 
 # Run status, as in the flow API reference.
@@ -30,6 +31,8 @@ FROM_FILE = "file"  # a task's well, filled when the task is created with a file
 # (an engine that dies each time it runs a step would otherwise run it forever).
 MAX_INTERRUPTIONS = 5
 WAITING_SOURCES = ("upload", "webhook")  # sources a client fills: the run waits for them
+MAX_FILES = 256  # files an output numbered `.0` may give in all (its first and those `more_output` names)
+_MORE = re.compile(r"[1-9][0-9]*")
 
 
 # gc=False: runs are kept in memory by the thousand and never hold a reference back to anything, so
@@ -324,7 +327,47 @@ def _on_succeeded(run: Run, flow: Flow, event: StepSucceeded, now: float) -> lis
     for binding in step.outputs:  # only its own outputs: a report cannot fill someone else's edge
         if run.edges[binding.edge].object is None:
             _fill(run, binding.edge, event.outputs[binding.edge], now)
+    _add_more(run, step, event.outputs, now)
     return []
+
+
+def more_output(step: Step, name: str) -> tuple[Binding, int] | None:
+    """`(binding, i)` when `name` names file `i` (from 1) of an output slot of `step` numbered `.0`: a ComfyUI
+    node's images, whose number is known only once it ran (`9.images.3` is the fourth file of slot
+    `9.images.0`, and fills edge `more_edge(<its edge>, 3)`). None for any other name."""
+    head, _, index = name.rpartition(".")
+    if _MORE.fullmatch(index) and int(index) < MAX_FILES:
+        for b in step.outputs:
+            if b.slot == f"{head}.0":
+                return b, int(index)
+    return None
+
+
+def more_edge(edge: str, i: int) -> str:
+    """The edge of the file numbered `i` of an output whose first file fills `edge` (`9.images.0`: `9.images.i`)."""
+    return f"{edge.removesuffix('.0')}.{i}"
+
+
+def _add_more(run: Run, step: Step, outputs: dict[str, ObjectMeta], now: float) -> None:
+    """Edges for the files beyond the first of the step's outputs numbered `.0`, each after the edge of
+    its first, on its store, where the report says it was written (numbered on from 1, as produced)."""
+    edges: dict[str, EdgeState] = {}
+    added = []
+    for name, edge in run.edges.items():
+        edges[name] = edge
+        if not any(b.edge == name and b.slot.endswith(".0") for b in step.outputs):
+            continue
+        for i in range(1, MAX_FILES):
+            more = more_edge(name, i)
+            obj = outputs.get(more)
+            if obj is None or not obj.key or more in run.edges:
+                break
+            edges[more] = EdgeState(edge.store, obj.key, FROM_STEP, content_type=edge.content_type)
+            added.append(more)
+    if added:
+        run.edges = edges
+        for name in added:
+            _fill(run, name, outputs[name], now)
 
 
 def _on_failed(run: Run, flow: Flow, event: StepFailed, now: float) -> list[Command]:
@@ -475,13 +518,20 @@ class Transition(msgspec.Struct, frozen=True, omit_defaults=True):
     error: str | None = None
 
 
+def filled(before: Run | None, after: Run) -> list[str]:
+    """The edges filled between `before` (None for a new run) and `after`, those a step added among them."""
+    return [name for name, edge in after.edges.items() if edge.object is not None and (
+        before is None or name not in before.edges or before.edges[name].object is None)]  # fmt: skip
+
+
 def transitions(before: Run | None, after: Run) -> list[Transition]:
     """What happened between `before` (None for a new run) and `after`, in a sensible order:
     edges filled, steps that ended, steps that started, then the run's own status."""
     found: list[Transition] = []
-    for name, edge in after.edges.items():
-        if edge.object is not None and (before is None or before.edges[name].object is None):
-            found.append(_t("edge.filled", after, edge=name, source=edge.source, size=edge.object.size))
+    for name in filled(before, after):
+        edge = after.edges[name]
+        assert edge.object is not None
+        found.append(_t("edge.filled", after, edge=name, source=edge.source, size=edge.object.size))
     for name, step in after.steps.items():
         old = before.steps[name] if before is not None else StepState()
         if (step.status, step.attempts) == (old.status, old.attempts):

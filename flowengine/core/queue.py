@@ -117,6 +117,16 @@ def output_key(key: str, attempt: int) -> str:
     return f"{head}/attempt-{attempt}/{name}" if head else f"attempt-{attempt}/{name}"
 
 
+def more_key(key: str, i: int) -> str:
+    """The key of file `i` of an output whose first file's key is `key`: its name's `.0` numbered `.i`
+    (`.../9.images.0`: `.../9.images.3`), else `.i` before its extension (`out/a.png`: `out/a.3.png`)."""
+    head, slash, name = key.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    if name.endswith(".0"):
+        return f"{head}{slash}{stem}.{i}"
+    return f"{head}{slash}{stem}.{i}.{ext}" if dot and stem else f"{key}.{i}"
+
+
 class Lack(msgspec.Struct, frozen=True):
     worker: str  # an agent's name
     missing: str  # what it lacks: "label 'gpu'", "tool 'comfyui'", "team"

@@ -373,9 +373,10 @@ def synthesise(workflow: WorkflowIn) -> Flow:
 
 def graph_outputs(graph: dict[str, Any] | None) -> dict[str, str | None]:
     """The output edges of a synthesised flow and their types, named as the reference's `download_urls` keys:
-    `<node>.images.0`, the first image of each node that saves images, in the graph's order; else `outputs`
-    (the first file the graph gives, of a type not known before). The agent fills a slot named like a file
-    of the prompt's history with that file (README, "ComfyUI steps")."""
+    `<node>.images.0`, the first image of each node that saves images, in the graph's order (its further
+    images, known only once the graph ran, become `<node>.images.1`, ...: machine.more_output); else
+    `outputs` (the first file the graph gives, of a type not known before). The agent fills a slot named
+    like a file of the prompt's history with that file (README, "ComfyUI steps")."""
     saved = {
         f"{node}.images.0": IMAGE_SAVERS[kind]
         for node, spec in (graph or {}).items()

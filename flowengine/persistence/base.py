@@ -222,7 +222,12 @@ def attempt_from(row: tuple) -> Attempt:
 
 
 def agent_row(agent: AgentRecord) -> tuple:
-    return tuple(_encode(v).decode() if isinstance(v, list | dict) else v for v in msgspec.structs.astuple(agent))
+    return tuple(agent_json(v) if isinstance(v, list | dict) else v for v in msgspec.structs.astuple(agent))
+
+
+def agent_json(value: list | dict) -> str:
+    """An agent's list or dict column (labels, tools, system): JSON text."""
+    return _encode(value).decode()
 
 
 def queued_attempts_query(
@@ -683,6 +688,11 @@ class Queries(Protocol):
 
     async def touch_agent(self, id: str, at: float, completed: int = 0) -> None:
         """A heartbeat at `at`; `completed` more tasks done."""
+        ...
+
+    async def set_agent_tools(self, id: str, session: str, tools: list[str]) -> None:
+        """The tools the agent offers now, if `session` is still its current one (a fenced session's
+        heartbeat changes nothing)."""
         ...
 
     # webhooks

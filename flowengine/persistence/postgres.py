@@ -71,6 +71,7 @@ from flowengine.persistence.base import (
     WebhookRecord,
     WorkflowRecord,
     agent_from,
+    agent_json,
     agent_row,
     attempt_from,
     attempt_row,
@@ -1005,6 +1006,11 @@ class _Queries:
             "UPDATE agents SET last_heartbeat = greatest(last_heartbeat, %s),"
             " tasks_completed = tasks_completed + %s WHERE id = %s",
             (at, completed, id),
+        )
+
+    async def set_agent_tools(self, id: str, session: str, tools: list[str]) -> None:
+        await self._execute(
+            "UPDATE agents SET tools = %s WHERE id = %s AND session = %s", (agent_json(tools), id, session)
         )
 
     # webhooks

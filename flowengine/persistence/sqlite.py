@@ -51,6 +51,7 @@ from flowengine.persistence.base import (
     WebhookRecord,
     WorkflowRecord,
     agent_from,
+    agent_json,
     agent_row,
     attempt_from,
     attempt_row,
@@ -895,6 +896,9 @@ class SqliteDatabase:
             " WHERE id = ?",
             (at, completed, id),
         )
+
+    async def set_agent_tools(self, id: str, session: str, tools: list[str]) -> None:
+        self.conn.execute("UPDATE agents SET tools = ? WHERE id = ? AND session = ?", (agent_json(tools), id, session))
 
     # webhooks
 

@@ -12,13 +12,14 @@ import math
 import secrets
 import time
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
 import msgspec
 
 from flowengine.core import machine
-from flowengine.core.queue import Attempt, Worker, output_key
-from flowengine.core.spec import Step
+from flowengine.core.machine import EdgeState, Run
+from flowengine.core.queue import Attempt, Worker, more_key, output_key
+from flowengine.core.spec import Flow, Step, Task
 from flowengine.core.workflows import COMFYUI
 from flowengine.errors import Error, conflict, not_found
 from flowengine.persistence.base import AgentRecord, AgentRow, RunningStep
@@ -196,6 +197,12 @@ class Agents:
                 if left <= 0:
                     return []
                 await changes.wait(min(left, POLL_SLICE))
+                worker = await self._now(worker)
+
+    async def _now(self, worker: Worker) -> Worker:
+        """The worker as its agent is now: its heartbeats change the tools it offers while it polls."""
+        agent = await self.engine.db.agent(id=worker.id)
+        return self.worker_of(agent) if agent is not None and agent.session == worker.session else worker
 
     async def lease_of(self, attempt: Attempt, base_url: str) -> Lease:
         """What an agent needs to run an attempt anywhere: URLs for its inputs and outputs, valid for
@@ -203,21 +210,15 @@ class Agents:
         run, flow = await self.engine.get_run(attempt.run_id)
         step = flow.step(attempt.step)
         task = flow.task_of(step)
-        expires = self.engine.clock() + self.config.offer_timeout + attempt.timeout + 2 * self.config.lease
+        expires = self._expires(attempt)
         inputs = {}
         for b in step.inputs:
             edge = run.edges[b.edge]
             obj = edge.object or machine.ObjectMeta(0, "application/octet-stream", "")
             url = self.engine.store_of(flow, edge).presign_get(edge.key, expires, base_url).url
             inputs[b.slot] = InputURL(url, obj.size, obj.content_type, PurePosixPath(edge.key).name)
-        outputs = {}
-        for b in step.outputs:
-            edge = run.edges[b.edge]
-            content_type = output_type(task, b.slot, edge)
-            key = output_key(edge.key, attempt.attempt)
-            conditions = PutConditions(content_type=content_type, lease=attempt.id)
-            signed = self.engine.store_of(flow, edge).presign_put(key, expires, conditions, base_url)
-            outputs[b.slot] = OutputURL(signed.url, signed.headers, PurePosixPath(key).name, content_type)
+        outputs = {b.slot: self._output_url(run, flow, attempt, _place(run, task, step, b.slot), expires, base_url)
+                   for b in step.outputs}  # fmt: skip
         payload: dict[str, Any] = {"env": task.env}
         if task.exec is not None:
             payload["exec"] = task.exec
@@ -230,9 +231,37 @@ class Agents:
         return Lease(attempt.id, attempt.token, run.id, record and record.id, step.id, attempt.attempt, attempt.tool,
                      attempt.timeout, flags, inputs, outputs, payload, attempt.offer_expires or math.inf)  # fmt: skip
 
-    async def heartbeat(self, worker: Worker, running: list[str]) -> tuple[list[str], list[str]]:
+    def _expires(self, attempt: Attempt) -> float:
+        """When an attempt's URLs stop working: after the longest it may be offered, run and extended."""
+        return self.engine.clock() + self.config.offer_timeout + attempt.timeout + 2 * self.config.lease
+
+    def _output_url(self, run: Run, flow: Flow, attempt: Attempt, place: _Place, expires: float,
+                    base_url: str) -> OutputURL:  # fmt: skip
+        key = output_key(place.key, attempt.attempt)
+        conditions = PutConditions(content_type=place.content_type, lease=attempt.id)
+        signed = self.engine.store_of(flow, place.state).presign_put(key, expires, conditions, base_url)
+        return OutputURL(signed.url, signed.headers, PurePosixPath(key).name, place.content_type)
+
+    async def more_outputs(self, lease_id: str, token: str, worker: Worker, slots: list[str],
+                           base_url: str) -> dict[str, OutputURL]:  # fmt: skip
+        """URLs for the files beyond the first of the running step's outputs numbered `.0` (`9.images.1`
+        for slot `9.images.0`): how many files such an output gives is known only once it ran."""
+        attempt = await self.engine.queue.running(lease_id, token, worker)
+        run, flow = await self.engine.get_run(attempt.run_id)
+        step = flow.step(attempt.step)
+        task = flow.task_of(step)
+        expires = self._expires(attempt)
+        return {slot: self._output_url(run, flow, attempt, _more_place(run, task, step, slot), expires, base_url)
+                for slot in slots}  # fmt: skip
+
+    async def heartbeat(self, worker: Worker, running: list[str],
+                        tools: list[str] | None) -> tuple[list[str], list[str]]:  # fmt: skip
+        """Extend the worker's leases; `tools`, when given, are the tools it offers from now on (a ComfyUI
+        that went away, or came back). The leases to cancel, and those lost."""
         now = self.engine.clock()
         await self.engine.db.touch_agent(worker.id, now)
+        if tools is not None and sorted(set(tools)) != list(worker.tools):
+            await self.engine.db.set_agent_tools(worker.id, worker.session, sorted(set(tools)))
         await self.engine.queue.heartbeat(worker, running)
         return await self.engine.queue.outcome(running, worker)
 
@@ -277,27 +306,66 @@ class Agents:
             return
         run, flow = await self.engine.get_run(attempt.run_id)
         step = flow.step(attempt.step)
+        task = flow.task_of(step)
+        declared = [b.slot for b in step.outputs]
+        for slot in declared:
+            if slot not in written:
+                raise Error("invalid", "output_missing", f"output {slot!r} is not reported", f"outputs.{slot}")
+        places = [_place(run, task, step, slot) for slot in declared]
+        places += [_more_place(run, task, step, slot) for slot in written if slot not in declared]
         outputs = {}
-        for b in step.outputs:
-            edge = run.edges[b.edge]
-            key = output_key(edge.key, attempt.attempt)
-            reported = written.get(b.slot)
-            if reported is None:
-                raise Error("invalid", "output_missing", f"output {b.slot!r} is not reported", f"outputs.{b.slot}")
+        for place in places:
+            key = output_key(place.key, attempt.attempt)
+            reported = written[place.slot]
             try:
-                info = await self.engine.store_of(flow, edge).stat(key)
+                info = await self.engine.store_of(flow, place.state).stat(key)
             except StoreUnavailable as exc:
-                raise Error("unavailable", "store_unavailable", f"store {edge.store!r} did not answer: {exc}") from None
+                raise Error("unavailable", "store_unavailable", f"store {place.state.store!r} did not answer: "
+                            f"{exc}") from None  # fmt: skip
             if info is None:
-                raise Error("invalid", "output_missing", f"output {b.slot!r} has not landed: upload it to its URL",
-                            f"outputs.{b.slot}")  # fmt: skip
+                raise Error("invalid", "output_missing", f"output {place.slot!r} has not landed: upload it to its "
+                            "URL", f"outputs.{place.slot}")  # fmt: skip
             if info.size != reported.size:
-                raise Error("invalid", "output_size", f"output {b.slot!r} landed with {info.size} bytes, reported "
-                            f"{reported.size}", f"outputs.{b.slot}.size")  # fmt: skip
-            meta = machine.ObjectMeta(info.size, info.content_type, info.etag, "" if key == edge.key else key)
-            outputs[b.edge] = meta
+                raise Error("invalid", "output_size", f"output {place.slot!r} landed with {info.size} bytes, "
+                            f"reported {reported.size}", f"outputs.{place.slot}.size")  # fmt: skip
+            # a file beyond the first always says where it is: its edge is made from the report
+            where = "" if key == place.state.key and place.edge in run.edges else key
+            outputs[place.edge] = machine.ObjectMeta(info.size, info.content_type, info.etag, where)
         await self.engine.queue.complete(lease_id, token, worker, outputs, self.tail(attempt))
         await self.engine.db.touch_agent(worker.id, self.engine.clock(), completed=1)
+
+
+class _Place(NamedTuple):
+    """Where an output slot of a step writes: the edge it fills, the edge whose store (and, for a
+    declared slot, whose key) it takes, the key before the attempt's own, its content type."""
+
+    slot: str
+    edge: str
+    state: EdgeState
+    key: str
+    content_type: str
+
+
+def _place(run: Run, task: Task, step: Step, slot: str) -> _Place:
+    binding = next(b for b in step.outputs if b.slot == slot)
+    edge = run.edges[binding.edge]
+    return _Place(slot, binding.edge, edge, edge.key, output_type(task, slot, edge))
+
+
+def _more_place(run: Run, task: Task, step: Step, slot: str) -> _Place:
+    """The place of a file beyond the first of an output numbered `.0`; 400 for a slot that is none."""
+    more = machine.more_output(step, slot)
+    if more is None:
+        raise Error("invalid", "unknown_output", f"step {step.id!r} has no output {slot!r}, nor one numbered "
+                    f"'.0' that {slot!r} would be one more file of", f"outputs.{slot}")  # fmt: skip
+    binding, i = more
+    edge_name = machine.more_edge(binding.edge, i)
+    first = run.edges[binding.edge]
+    key = more_key(first.key, i)
+    if edge_name in run.edges or any(e.key == key for e in run.edges.values()):
+        raise Error("invalid", "unknown_output", f"output {slot!r} would fill edge {edge_name!r} or key {key!r}, "
+                    "which the run has already", f"outputs.{slot}")  # fmt: skip
+    return _Place(slot, edge_name, first, key, output_type(task, binding.slot, first))
 
 
 def _comfyui_payload(body: TaskBody, step: Step) -> dict[str, Any]:

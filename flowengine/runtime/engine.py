@@ -172,6 +172,7 @@ class Engine:
                                max_calls=self.config.python_worker_calls,
                                idle_timeout=self.config.python_worker_idle)  # fmt: skip
         self.recovery.crashed = not await self.db.take_clean_stop(self.local.worker.id)
+        await self._check_operator_team()
         await self.local.reclaim()
         await self.agents.resume()
         self.spawn_loop("timers", self._timers, self._until_next_wake)
@@ -192,6 +193,15 @@ class Engine:
             self.spawn_loop("queue-hints", self.local.hear_queue, every(0))
         self.spawn(self.stores.prepare_configured())
         self.spawn(self._recover())
+
+    async def _check_operator_team(self) -> None:
+        """Warn of an `operator_team` that names no team. Not fatal: it fails closed (no one is the
+        dashboard's operator), and the team is looked up at each request, so one created later counts."""
+        name = self.config.operator_team
+        if name and await self.db.team(name=name) is None:
+            log.warning("operator_team %r names no team: no one signed in is the dashboard's operator until a "
+                        "team of that name exists (flowengine teams create %s), or correct the setting",
+                        name, name)  # fmt: skip
 
     async def _recover(self) -> None:
         """Carry on with the runs a stop or a crash interrupted, then advance the runs whose embedded
@@ -522,7 +532,7 @@ class Engine:
                 await tx.save_task(run.id, task_change)
         if run.status in machine.TERMINAL and row.run.status not in machine.TERMINAL:
             hooks = await webhooks.enqueue(tx, self, run, flow)
-        filled = [n for n, e in run.edges.items() if e.object and not row.run.edges[n].object]
+        filled = machine.filled(row.run, run)
         still = set(machine.waiting_edges(run))
         gone = [n for n in machine.waiting_edges(row.run) if n not in still]
         await tx.drop_waits([_wait(self.store_of(flow, run.edges[n]), run, n) for n in gone])

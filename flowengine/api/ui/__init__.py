@@ -165,6 +165,8 @@ def _to_sign_in(request: Request) -> Response:
 
 def error_page(request: Request, viewer: Viewer | None, error: Error, session: Any = None) -> Response:
     context = {"session": session} if viewer is None else {}
+    if error.location.partition(".")[0] == "path":  # to the viewer, the page's address (not the API's field name)
+        error = Error(error.kind, error.code, error.message, request.url.path)
     return render(request, viewer, "error.html", STATUS[error.kind], error=error, **context)
 
 
