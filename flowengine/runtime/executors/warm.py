@@ -79,7 +79,8 @@ class Worker:
         self.calls += 1
         code: int | None = 1
         try:
-            with open(log_path, "wb", buffering=0) as out:  # made, with its dir, with the scratch dir  # the call writes to it too
+            # Made, with its dir, with the scratch dir; the call writes to it too.
+            with open(log_path, "wb", buffering=0) as out:
                 try:
                     async with asyncio.timeout(timeout):
                         code = await self._call(scratch, out)
