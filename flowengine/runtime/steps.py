@@ -132,8 +132,8 @@ class Sweeper:
     """Removes scratch dirs in the background, after their steps' ends: the step's result (its
     outputs are stored by then) is recorded and its slot freed without waiting. Removing a directory
     frees its block, and where the filesystem discards freed blocks at once (ext4 mounted with
-    `discard`) each `rmdir` takes milliseconds. One thread at a
-    time removes what has ended meanwhile, oldest first."""
+    `discard`) each `rmdir` takes milliseconds. One thread at a time removes what has ended
+    meanwhile, oldest first."""
 
     def __init__(self) -> None:
         self._due: list[Path] = []
