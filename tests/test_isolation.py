@@ -58,8 +58,8 @@ def test_a_step_sees_only_its_own_environment_never_the_engines_secrets(start_se
                         "FLOWENGINE_ATTEMPT"}  # fmt: skip
     assert (env["GREETING"], env["LANG"]) == ("hello", "en_US.UTF-8")  # what the task declares wins over defaults
     assert (env["FLOWENGINE_RUN_ID"], env["FLOWENGINE_STEP_ID"], env["FLOWENGINE_ATTEMPT"]) == (run["ID"], "s", "1")
-    scratch = Path(env["HOME"]).parent
-    assert Path(env["TMPDIR"]).parent == scratch and scratch.name == "s.1"
+    scratch = Path(env["HOME"])  # the scratch dir, the one place the step may write, is its HOME and TMPDIR
+    assert env["TMPDIR"] == env["HOME"] and scratch.name == f"{run['ID']}.s.1"
     assert not scratch.is_relative_to(server.data_dir)  # scratch dirs live outside the data dir
     for value in SECRETS.values():
         assert value not in text
@@ -194,7 +194,7 @@ def test_no_step_process_outlives_a_killed_engine_and_the_rerun_is_a_new_attempt
     server = start_server(data_dir=data, work_dir=work)
     with server.client() as client:
         run = start(client, "ticker", one_step(task, [{"Edge": "result"}], outputs={"out": "result"}))
-        ticks = work / run["ID"] / "s.1" / "ticks"
+        ticks = work / f"{run['ID']}.s.1" / "ticks"
         log1 = data / "logs" / run["ID"] / "s.1.log"
         deadline = time.monotonic() + 10
         while not (ticks.exists() and ticks.stat().st_size > 20) and time.monotonic() < deadline:

@@ -91,6 +91,36 @@ def test_a_step_only_agents_can_run_gets_a_schedule_to_start_deadline_and_a_loca
     asyncio.run(scenario())
 
 
+def test_the_local_executor_takes_a_step_in_one_commit_and_runs_made_in_a_burst_all_complete(database_of, tmp_path):
+    # The local executor's offer and acknowledgement are one transaction: it may start a run's step
+    # in the very turn its creation commits, before the creator resumes. The creator's copy of the
+    # run (its step READY) must not then replace the executor's (RUNNING) in the engine's cache:
+    # the executor, finding the step not RUNNING, would drop it, and the run would never end.
+    exec_flow = msgspec.convert({"Name": "local", "Steps": [{"ID": "s", "Uses": "t"}],
+                                 "Tasks": [{"Name": "t", "Exec": ["true"]}]}, Flow)  # fmt: skip
+
+    async def scenario() -> None:
+        config = Config(data_dir=str(tmp_path / "data"), flows_dir=str(tmp_path), work_dir=str(tmp_path / "work"),
+                        database=database_of(tmp_path))  # fmt: skip
+        engine = Engine(config)
+        await engine.start()
+        try:
+            plan = engine.plan(exec_flow)
+            ids = [(await engine.create_run(plan)).id for _ in range(80)]
+            async with asyncio.timeout(30):
+                for run_id in ids:
+                    while (run := (await engine.get_run(run_id))[0]).status != "COMPLETE":
+                        assert run.status not in ("ERROR", "CANCELLED"), run
+                        await asyncio.sleep(0.01)
+            attempts = [await engine.db.attempt_of(run_id, "s", 1) for run_id in ids]
+            assert {(a.state, a.outcome, a.worker) for a in attempts} == {("done", "succeeded", engine.local.worker.id)}
+            assert all(a.offered_at == a.acked_at for a in attempts)  # offered and acknowledged in one commit
+        finally:
+            await engine.stop()
+
+    asyncio.run(scenario())
+
+
 def test_the_pure_rules() -> None:
     attempt = Attempt(id="a", run_id="r", step="s", attempt=1, team="t1", tool="render", labels=["gpu"],
                       pool="team", region="eu", timeout=60, created=100.0)  # fmt: skip

@@ -309,15 +309,15 @@ def run_flow(config: Config) -> machine.Run:
 
 def test_a_steps_end_is_recorded_before_its_scratch_dir_is_removed_and_the_stop_waits(engine_config, monkeypatch):
     completed = threading.Event()
-    seen: list[tuple[str, bool]] = []
-    remove = steps._remove_scratch
+    seen: list[tuple[list[str], bool]] = []
+    remove = steps._remove_scratches
 
-    def slow(scratch: Path, in_run_dir: bool) -> None:
+    def slow(batch: list[Path]) -> None:
         # The run's COMPLETE must be visible while the removal has not begun; were the removal before
         # the report, the run could not complete before this gives up waiting.
-        seen.append((scratch.name, completed.wait(5)))
+        seen.append(([scratch.name for scratch in batch], completed.wait(5)))
         time.sleep(0.3)  # a slow filesystem: the engine's stop must wait for the removal
-        remove(scratch, in_run_dir)
+        remove(batch)
 
     async def scenario() -> machine.Run:
         engine = Engine(engine_config)
@@ -333,10 +333,10 @@ def test_a_steps_end_is_recorded_before_its_scratch_dir_is_removed_and_the_stop_
         finally:
             await engine.stop()
 
-    monkeypatch.setattr(steps, "_remove_scratch", slow)
+    monkeypatch.setattr(steps, "_remove_scratches", slow)
     run = asyncio.run(scenario())
     assert run.steps["s"].status == machine.COMPLETE
-    assert seen == [("s.1", True)]
+    assert seen == [([f"{run.id}.s.1"], True)]
     assert not Path(engine_config.work_dir).exists()  # every scratch dir gone by the stop, and the root with them
 
 

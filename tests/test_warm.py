@@ -49,7 +49,7 @@ def hello(inputs, flags, workdir):
 def snoop(inputs, flags, workdir):
     print("cwd", os.getcwd() == workdir)
     print("env", os.environ.get("PLANTED"), "global", len(CALLS), "path", "/planted" in sys.path)
-    print("home", os.environ["HOME"] == os.path.join(workdir, "home"))
+    print("home", os.environ["HOME"] == os.environ["TMPDIR"] == workdir)
     CALLS.append(1)
     os.environ["PLANTED"] = "yes"
     sys.path.append("/planted")

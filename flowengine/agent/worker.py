@@ -305,7 +305,7 @@ class Agent:
                        reporter: _Logs) -> dict[str, Path]:  # fmt: skip
         """An exec or python step, run as the engine's local executor runs it: the files of its outputs."""
         outputs = {slot: scratch / "out" / slot / given["name"] for slot, given in lease["outputs"].items()}
-        for path in [*(p.parent for p in outputs.values()), scratch / "home", scratch / "tmp"]:
+        for path in [p.parent for p in outputs.values()]:
             path.mkdir(parents=True, exist_ok=True)
         payload, flags = lease["payload"], lease["flags"]
         answer = None
@@ -320,7 +320,7 @@ class Agent:
             argv = [sys.executable, "-B", "-P", pyrun.__file__, str(scratch / "request.json")]
         else:
             raise StepFailed(f"this agent does not run {lease['tool']!r} steps", retryable=False)
-        env = {"PATH": STEP_PATH, "LANG": "C.UTF-8", "HOME": str(scratch / "home"), "TMPDIR": str(scratch / "tmp"),
+        env = {"PATH": STEP_PATH, "LANG": "C.UTF-8", "HOME": str(scratch), "TMPDIR": str(scratch),
                **payload.get("env", {}), "FLOWENGINE_RUN_ID": lease["run_id"], "FLOWENGINE_STEP_ID": lease["step"],
                "FLOWENGINE_ATTEMPT": str(lease["attempt"])}  # fmt: skip
         if "python" in payload and os.environ.get("PYTHONPATH"):

@@ -79,6 +79,11 @@ _decode_run = msgspec.json.Decoder(Run).decode
 
 
 _WEBHOOK = ", ".join(f.name for f in msgspec.structs.fields(WebhookRecord))
+# An attempt's columns that its lease changes (the others are set once, when it is queued).
+_FIXED = {"id", "run_id", "step", "attempt", "team", "tool", "labels", "pool", "region", "timeout", "created"}
+_LEASE_COLUMNS = [i for i, name in enumerate(ATTEMPT_FIELDS) if name not in _FIXED]
+_SAVE_ATTEMPT = (f"UPDATE attempts SET {', '.join(f'{ATTEMPT_FIELDS[i]} = ?' for i in _LEASE_COLUMNS)}"
+                 " WHERE id = ?")  # fmt: skip
 _DELIVERY = ", ".join(f.name for f in msgspec.structs.fields(DeliveryRecord))
 _ATTEMPT = ", ".join(f.name for f in msgspec.structs.fields(DeliveryAttempt))
 _TREE = "replace(key, '/', char(1))"  # a key in tree order: '/' before every character a key may hold
@@ -770,9 +775,10 @@ class SqliteDatabase:
         )
 
     async def save_attempt(self, attempt: Attempt) -> None:
-        sets = ", ".join(f"{name} = ?" for name in ATTEMPT_FIELDS[1:])
+        """Only the columns a lease changes: SQLite rewrites an index whenever one of its columns is
+        SET, changed or not, and (run_id, step, attempt) never changes."""
         row = attempt_row(attempt)
-        self.conn.execute(f"UPDATE attempts SET {sets} WHERE id = ?", (*row[1:], row[0]))
+        self.conn.execute(_SAVE_ATTEMPT, (*(row[i] for i in _LEASE_COLUMNS), attempt.id))
 
     async def attempt(self, id: str) -> Attempt | None:
         row = self.conn.execute(f"SELECT {ATTEMPT_COLUMNS} FROM attempts WHERE id = ?", (id,)).fetchone()

@@ -428,9 +428,7 @@ class Engine:
         rows = tasks.first_rows(task, run, plan.flow) if task is not None else None
         attempts = self.queue.attempts_for(run, plan.flow, commands, now)
         creation = _Creation(run, plan, waits, wake, now + self.config.reconcile_interval, attempts, task, rows)
-        await self._commit_creation(creation)
-        self._flows.put(plan.digest, plan.flow)
-        self._runs.put(run.id, RunRow(run, plan.digest))
+        await self._commit_creation(creation)  # cached by the commit (see _flush_creations)
         self._after_commit(None, run, plan.flow, commands, wake)
         return run
 
@@ -474,11 +472,15 @@ class Engine:
             return
         if hooks:
             self.webhooks.wake.set()
-        for i, (_, future) in enumerate(batch):
+        for i, (creation, future) in enumerate(batch):
             if i in refused:
                 future.set_exception(refused[i])
-            else:
-                future.set_result(None)
+                continue
+            # Cached here, in the commit's turn: by the time its creator resumes, the local executor may
+            # have started a step of the run already, and that newer copy must not be overwritten.
+            self._flows.put(creation.plan.digest, creation.plan.flow)
+            self._runs.put(creation.run.id, RunRow(creation.run, creation.plan.digest))
+            future.set_result(None)
 
     async def _claim(self, tx: Queries, c: _Creation) -> NewRun:
         """Claim a creation's waits and store its definition, or refuse it before it writes anything;

@@ -1,6 +1,7 @@
 """The local executor: a worker inside the engine process, leasing exec and python steps from the
-step queue under the same rules as a remote agent (offer, acknowledgement, heartbeat, token-fenced
-reports), and running them as subprocesses (steps.py).
+step queue under the same rules as a remote agent (leases, heartbeats, token-fenced reports), and
+running them as subprocesses (steps.py). Being in-process, it takes an attempt with its offer and
+acknowledgement in one transaction (Queue.take): no answer can be lost between them.
 
 Its worker id is `local:<node>`, the same across restarts of one engine (one data dir on one
 host), so that a restarted engine knows the attempts its previous process held: an offer goes back
@@ -86,10 +87,10 @@ class LocalExecutor:
         failed (a locked database) and readiness recovers."""
         self._kicked.clear()
         free = self.engine.config.concurrency - len(self.running)
-        offered = await self.engine.queue.offer(self.worker, free) if free > 0 else []
-        for attempt in offered:
+        taken = await self.engine.queue.take(self.worker, free) if free > 0 else []
+        for attempt in taken:
             self._start(attempt)
-        if offered and len(offered) == free:
+        if taken and len(taken) == free:
             await self._kicked.wait()  # full: the next kick is a slot freed (or new work)
             return
         await wait_event(self._kicked, POLL)
@@ -130,12 +131,7 @@ class LocalExecutor:
 
         task.add_done_callback(done)
 
-    async def _run(self, offered: Attempt) -> None:
-        try:
-            attempt = await self.engine.queue.ack(offered.id, offered.token, self.worker)
-        except Error as exc:  # cancelled meanwhile, or the offer expired: no longer ours
-            log.info("local executor: lease %s not taken: %s", offered.id, exc.message)
-            return
+    async def _run(self, attempt: Attempt) -> None:
         run, flow = await self.engine.get_run(attempt.run_id)
         state = run.steps.get(attempt.step)
         if state is None or state.attempts != attempt.attempt or state.status != machine.RUNNING:

@@ -77,20 +77,46 @@ class StepQueue:
     # leasing
 
     async def offer(self, worker: Worker, slots: int) -> list[Attempt]:
-        """Offer `worker` up to `slots` of the oldest attempts it may take (its region's first)."""
+        """Offer `worker` (an agent) up to `slots` of the oldest attempts it may take (its region's first)."""
         now = self.engine.clock()
         async with self.engine.db.transaction() as tx:
-            found = await tx.queued_attempts(list(worker.tools), list(worker.labels),
-                                             None if worker.local else worker.team, worker.community, worker.region,
-                                             now - self.config.region_wait, slots)  # fmt: skip
+            found = await self._queued(tx, worker, slots, now)
             offered = [queue.offer(a, worker, new_token(), now, self.config.offer_timeout) for a in found]
             for attempt in offered:
                 await tx.save_attempt(attempt)
-        if not worker.local:  # the local executor acknowledges at once: its tasks go from waiting to running
-            for run_id in dict.fromkeys(a.run_id for a in offered):
-                async with self.engine.db.transaction() as tx:
-                    await tasks.refresh(tx, self.engine, run_id)  # the task is `queued` until the ack
+        for run_id in dict.fromkeys(a.run_id for a in offered):
+            async with self.engine.db.transaction() as tx:
+                await tasks.refresh(tx, self.engine, run_id)  # the task is `queued` until the ack
         return offered
+
+    async def take(self, worker: Worker, slots: int) -> list[Attempt]:
+        """The local executor's lease: up to `slots` attempts offered and acknowledged in one
+        transaction, their steps RUNNING. It is in this process, so no answer can be lost on the way
+        and an offer would only be a second commit per step. An attempt whose run another transaction
+        holds (another engine's, on a shared database) is left queued for the executor's next look:
+        waiting for it while holding the attempt's claim could deadlock with that transaction."""
+        now = self.engine.clock()
+        taken, changes = [], []
+        async with self.engine.db.transaction() as tx:
+            for attempt in await self._queued(tx, worker, slots, now):
+                row = await tx.claim_run(attempt.run_id)
+                if row is None:
+                    continue
+                started = queue.ack(queue.offer(attempt, worker, new_token(), now, self.config.offer_timeout), now,
+                                    self.config.lease)  # fmt: skip
+                await tx.save_attempt(started)
+                event = StepStarted(attempt.step, attempt.attempt)
+                changes.append(await self.engine.advance(tx, attempt.run_id, event, row))
+                taken.append(started)
+        for change in changes:
+            self.engine.committed(change)
+        return taken
+
+    async def _queued(self, tx: Queries, worker: Worker, slots: int, now: float) -> list[Attempt]:
+        """Up to `slots` of the oldest queued attempts `worker` may take (its region's first), claimed."""
+        return await tx.queued_attempts(list(worker.tools), list(worker.labels), None if worker.local else worker.team,
+                                        worker.community, worker.region, now - self.config.region_wait,
+                                        slots)  # fmt: skip
 
     async def pending_offers(self, worker: Worker) -> list[Attempt]:
         """Offers this session has not acknowledged and that still stand: an answer the agent did not

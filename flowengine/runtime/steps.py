@@ -9,7 +9,6 @@ and no store credentials. What it writes is taken only as regular files inside t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import mimetypes
@@ -49,7 +48,7 @@ class StepJob(msgspec.Struct, kw_only=True):
     attempt: int
     edges: dict[str, EdgeState]
     store_of: Callable[[EdgeState], Store]
-    work_root: Path  # scratch dirs go beneath: work_root/run/step.attempt
+    work_root: Path  # scratch dirs go right beneath: work_root/run.step.attempt
     log_path: Path
     log_tail: int
     python_path: str  # where a Python task's module is found: the flows directory
@@ -82,9 +81,12 @@ def expand_arg(arg: str, values: dict[str, str]) -> str:
     return VAR.sub(lambda m: values.get(m.group(1), m.group(0)), arg)
 
 
-def task_env(task: Task, python_path: str, scratch: Path) -> dict[str, str]:
-    """A task's environment in `scratch`: nothing of the engine's (its secrets live there)."""
-    env = {"PATH": STEP_PATH, "LANG": "C.UTF-8", "HOME": str(scratch / "home"), "TMPDIR": str(scratch / "tmp")}
+def task_env(task: Task, python_path: str, home: Path) -> dict[str, str]:
+    """A task's environment, `home` its HOME and TMPDIR: nothing of the engine's (its secrets live there).
+    A step's home is its scratch dir, the one place it may write: dirs of their own for HOME and TMPDIR
+    would be two more inodes made and removed per step, which on some filesystems costs more than
+    the rest of its scratch dir (README, "How steps run")."""
+    env = {"PATH": STEP_PATH, "LANG": "C.UTF-8", "HOME": str(home), "TMPDIR": str(home)}
     env.update(task.env)
     if task.python is not None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (python_path, task.env.get("PYTHONPATH")) if p)
@@ -103,9 +105,14 @@ async def run_step(job: StepJob) -> StepSucceeded | StepFailed:
         # A warm worker imported the module (or will, at its first call); the scratch dir goes
         # beneath its own directory, the only part of the work dir it can reach.
         key = WorkerKey(job.task.python.partition(":")[0], tuple(sorted(job.task.env.items())))
-        async with job.workers.lease(key, lambda area: task_env(job.task, job.python_path, area)) as worker:
-            return await _in_scratch(job, worker.area / f"{job.run_id}.{job.step.id}.{job.attempt}", worker)
-    return await _in_scratch(job, job.work_root / job.run_id / f"{job.step.id}.{job.attempt}", None)
+        async with job.workers.lease(key, lambda home: task_env(job.task, job.python_path, home)) as worker:
+            return await _in_scratch(job, worker.area / scratch_name(job), worker)
+    return await _in_scratch(job, job.work_root / scratch_name(job), None)
+
+
+def scratch_name(job: StepJob) -> str:
+    """One flat directory per attempt, no run's dir above it: fewer inodes made and removed per step."""
+    return f"{job.run_id}.{job.step.id}.{job.attempt}"
 
 
 # Making and removing directories and files takes milliseconds each on some filesystems (ext4 on a
@@ -113,28 +120,27 @@ async def run_step(job: StepJob) -> StepSucceeded | StepFailed:
 
 
 async def _in_scratch(job: StepJob, scratch: Path, worker: Worker | None) -> StepSucceeded | StepFailed:
-    in_run_dir = worker is None  # a worker's calls' dirs are in its own directory instead
     try:
-        return await _attempt(job, scratch, in_run_dir, worker)
+        return await _attempt(job, scratch, worker)
     except (StoreUnavailable, OSError) as exc:
         return StepFailed(job.step.id, job.attempt, f"{type(exc).__name__}: {exc}")
     finally:
-        job.sweeper.remove(scratch, in_run_dir)
+        job.sweeper.remove(scratch)
 
 
 class Sweeper:
     """Removes scratch dirs in the background, after their steps' ends: the step's result (its
     outputs are stored by then) is recorded and its slot freed without waiting. Removing a directory
     frees its block, and where the filesystem discards freed blocks at once (ext4 mounted with
-    `discard`) each `rmdir` takes milliseconds: a step's scratch dir is four of them. One thread at a
-    time removes what has ended meanwhile, oldest first."""
+    `discard`) each `rmdir` takes milliseconds. One thread at a time removes what has ended
+    meanwhile, oldest first."""
 
     def __init__(self) -> None:
-        self._due: list[tuple[Path, bool]] = []
+        self._due: list[Path] = []
         self._sweeping: asyncio.Task | None = None
 
-    def remove(self, scratch: Path, in_run_dir: bool) -> None:
-        self._due.append((scratch, in_run_dir))
+    def remove(self, scratch: Path) -> None:
+        self._due.append(scratch)
         if self._sweeping is None or self._sweeping.done():
             self._sweeping = asyncio.get_running_loop().create_task(self._sweep())
 
@@ -152,38 +158,24 @@ class Sweeper:
                 log.exception("removing %d scratch dir(s) failed", len(batch))
 
 
-def _remove_scratches(batch: list[tuple[Path, bool]]) -> None:
-    for scratch, in_run_dir in batch:
-        _remove_scratch(scratch, in_run_dir)
+def _remove_scratches(batch: list[Path]) -> None:
+    for scratch in batch:
+        shutil.rmtree(scratch, True)
 
 
-def _make_scratch(scratch: Path, in_run_dir: bool) -> None:
-    shutil.rmtree(scratch, True)  # a dispatch again of an attempt that never ran
-    for _ in range(100):
-        try:
-            if in_run_dir:
-                scratch.parent.mkdir(exist_ok=True)
-                scratch.parent.chmod(0o711)  # passable, not listable: other steps' dirs stay unknown
-            scratch.mkdir(mode=0o700)
-            return
-        except FileNotFoundError:
-            if not in_run_dir:
-                raise
-            # The run's other step, ending, removed the run's dir between the two mkdirs: again.
-    raise OSError(f"cannot make the scratch dir {scratch}: its parent keeps disappearing")
+def _make_scratch(scratch: Path) -> None:
+    """The attempt's dir, new and empty (its parent, the work root, is passable but not listable:
+    other steps' dirs stay unknown)."""
+    try:
+        scratch.mkdir(mode=0o700)
+    except FileExistsError:  # a dispatch again of an attempt that never ran
+        shutil.rmtree(scratch)
+        scratch.mkdir(mode=0o700)
 
 
-def _remove_scratch(scratch: Path, in_run_dir: bool) -> None:
-    shutil.rmtree(scratch, True)
-    if in_run_dir:
-        with contextlib.suppress(OSError):  # another step of the run still has its dir in it
-            scratch.parent.rmdir()  # the run's dir goes with its last step
-
-
-def _lay_out(scratch: Path, in_run_dir: bool, dirs: list[Path], files: dict[Path, bytes], user: StepUser | None,
-            log: Path) -> None:  # fmt: skip
+def _lay_out(scratch: Path, dirs: list[Path], files: dict[Path, bytes], user: StepUser | None, log: Path) -> None:
     """The scratch dir and what the step finds in it (but its inputs), given to its user; its log file, empty."""
-    _make_scratch(scratch, in_run_dir)
+    _make_scratch(scratch)
     for path in dirs:
         path.mkdir(parents=True)
     for path, content in files.items():
@@ -194,7 +186,7 @@ def _lay_out(scratch: Path, in_run_dir: bool, dirs: list[Path], files: dict[Path
     log.write_bytes(b"")
 
 
-async def _attempt(job: StepJob, scratch: Path, in_run_dir: bool, worker: Worker | None) -> StepSucceeded | StepFailed:
+async def _attempt(job: StepJob, scratch: Path, worker: Worker | None) -> StepSucceeded | StepFailed:
     step, task = job.step, job.task
     inputs = {b.slot: str(scratch / "in" / b.slot / PurePosixPath(job.edges[b.edge].key).name) for b in step.inputs}
     outputs = {b.slot: scratch / "out" / b.slot / PurePosixPath(job.edges[b.edge].key).name for b in step.outputs}
@@ -216,9 +208,9 @@ async def _attempt(job: StepJob, scratch: Path, in_run_dir: bool, worker: Worker
             # Python may not find where the engine's did. -B: importing the task's module leaves no
             # __pycache__ in the flows directory; -P: the shim's own directory is not a place to import from.
             argv = [sys.executable, "-B", "-P", pyrun.__file__, str(scratch / "request.json")]
-    dirs = [*(p.parent for p in outputs.values()), scratch / "home", scratch / "tmp"]
+    dirs = [p.parent for p in outputs.values()]
     # One thread hop for the whole layout: on a busy machine each hop waits for a turn on a core.
-    await anyio.to_thread.run_sync(_lay_out, scratch, in_run_dir, dirs, files, job.sandbox.user, job.log_path)
+    await anyio.to_thread.run_sync(_lay_out, scratch, dirs, files, job.sandbox.user, job.log_path)
     for b in step.inputs:
         edge = job.edges[b.edge]
         # A copy: the stored object is out of the step's reach.

@@ -29,8 +29,7 @@ async def run_process(
     sandbox: Sandbox,
     reaper: Reaper,
 ) -> ProcessResult:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log:
+    with open(log_path, "wb") as log:  # made, with its dir, with the scratch dir
         starting = asyncio.wrap_future(sandbox.start(argv, env, scratch, log.fileno()))
         try:
             proc = await asyncio.shield(starting)

@@ -78,9 +78,9 @@ class Worker:
         the import counts against the call's timeout, as it would in a process of its own."""
         self.calls += 1
         code: int | None = 1
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with open(log_path, "wb", buffering=0) as out:  # the call writes to it too
+            # Made, with its dir, with the scratch dir; the call writes to it too.
+            with open(log_path, "wb", buffering=0) as out:
                 try:
                     async with asyncio.timeout(timeout):
                         code = await self._call(scratch, out)
@@ -242,11 +242,11 @@ class Workers:
         self.root.mkdir(mode=0o711, exist_ok=True)
         area = self.root / str(next(self._numbers))
         area.mkdir(mode=0o711)  # passable, not listable, and the worker may not write in it: the engine's
-        for own in (area / "home", area / "tmp"):
-            own.mkdir(mode=0o700)
-            if self.sandbox.user is not None:
-                os.chown(own, self.sandbox.user.uid, self.sandbox.user.gid)
-        return Worker(self, key, area, env_of(area))
+        home = area / "home"  # the worker's HOME and TMPDIR (its calls have their scratch dirs instead)
+        home.mkdir(mode=0o700)
+        if self.sandbox.user is not None:
+            os.chown(home, self.sandbox.user.uid, self.sandbox.user.gid)
+        return Worker(self, key, area, env_of(home))
 
     async def _give_back(self, worker: Worker) -> None:
         if worker.broken or worker.proc is None or worker.calls >= self.max_calls:
