@@ -21,7 +21,6 @@ running 0.3.64):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
 import mimetypes
@@ -36,6 +35,8 @@ import httpx
 import msgspec
 import websockets
 from websockets.asyncio.client import connect
+
+from flowengine.aio import wait_event
 
 log = logging.getLogger("flowengine.agent.comfyui")
 
@@ -305,8 +306,7 @@ class _Prompt:
             if self.id in await self.api.queue() or await self.api.history(self.id) is not None:
                 log.info("prompt %s: ComfyUI already has it, following it instead of submitting it again", self.id)
             else:
-                with contextlib.suppress(TimeoutError):  # not worth holding the prompt back for
-                    await asyncio.wait_for(self.socket_tried.wait(), 5.0)
+                await wait_event(self.socket_tried, 5.0)  # not worth holding the prompt back for
                 await self._submit(files)
                 if not self.message:  # the socket may have told more already
                     self._update(message="queued")
@@ -356,8 +356,7 @@ class _Prompt:
                 answered, away = loop.time(), False
             if entry is not None:
                 return _outcome(self.id, entry)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.ended.wait(), self.poll_interval)
+            await wait_event(self.ended, self.poll_interval)
 
     async def _still_there(self) -> dict[str, Any] | None:
         """None while the prompt is queued or running; its history entry if it ended meanwhile."""

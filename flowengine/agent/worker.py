@@ -30,6 +30,7 @@ import msgspec
 
 from flowengine import version
 from flowengine.agent import comfyui
+from flowengine.aio import wait_event
 from flowengine.core.machine import MAX_FILES
 from flowengine.runtime.executors import pyrun
 from flowengine.runtime.steps import STEP_PATH, expand_arg
@@ -178,8 +179,7 @@ class Agent:
 
     async def _heartbeats(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._beat_now.wait(), self.heartbeat_interval)
+            await wait_event(self._beat_now, self.heartbeat_interval)
             self._beat_now.clear()
             try:
                 answer = await self._post("/api/v1/agent/heartbeat", {"session": self.session,
