@@ -207,9 +207,7 @@ class Agents:
     async def lease_of(self, attempt: Attempt, base_url: str) -> Lease:
         """What an agent needs to run an attempt anywhere: URLs for its inputs and outputs, valid for
         the whole attempt, its flags and its tool's payload."""
-        run, flow = await self.engine.get_run(attempt.run_id)
-        step = flow.step(attempt.step)
-        task = flow.task_of(step)
+        run, flow, step, task = await self._of(attempt)
         expires = self._expires(attempt)
         inputs = {}
         for b in step.inputs:
@@ -231,6 +229,12 @@ class Agents:
         return Lease(attempt.id, attempt.token, run.id, record and record.id, step.id, attempt.attempt, attempt.tool,
                      attempt.timeout, flags, inputs, outputs, payload, attempt.offer_expires or math.inf)  # fmt: skip
 
+    async def _of(self, attempt: Attempt) -> tuple[Run, Flow, Step, Task]:
+        """The attempt's run, its flow, and the step and task it runs."""
+        run, flow = await self.engine.get_run(attempt.run_id)
+        step = flow.step(attempt.step)
+        return run, flow, step, flow.task_of(step)
+
     def _expires(self, attempt: Attempt) -> float:
         """When an attempt's URLs stop working: after the longest it may be offered, run and extended."""
         return self.engine.clock() + self.config.offer_timeout + attempt.timeout + 2 * self.config.lease
@@ -247,9 +251,7 @@ class Agents:
         """URLs for the files beyond the first of the running step's outputs numbered `.0` (`9.images.1`
         for slot `9.images.0`): how many files such an output gives is known only once it ran."""
         attempt = await self.engine.queue.running(lease_id, token, worker)
-        run, flow = await self.engine.get_run(attempt.run_id)
-        step = flow.step(attempt.step)
-        task = flow.task_of(step)
+        run, flow, step, task = await self._of(attempt)
         expires = self._expires(attempt)
         return {slot: self._output_url(run, flow, attempt, _more_place(run, task, step, slot), expires, base_url)
                 for slot in slots}  # fmt: skip
@@ -304,9 +306,7 @@ class Agents:
         if attempt.state == "done":
             await self.engine.queue.complete(lease_id, token, worker, {}, [])  # the same answer again, or 409
             return
-        run, flow = await self.engine.get_run(attempt.run_id)
-        step = flow.step(attempt.step)
-        task = flow.task_of(step)
+        run, flow, step, task = await self._of(attempt)
         declared = [b.slot for b in step.outputs]
         for slot in declared:
             if slot not in written:
