@@ -351,11 +351,14 @@ def more_edge(edge: str, i: int) -> str:
 def _add_more(run: Run, step: Step, outputs: dict[str, ObjectMeta], now: float) -> None:
     """Edges for the files beyond the first of the step's outputs numbered `.0`, each after the edge of
     its first, on its store, where the report says it was written (numbered on from 1, as produced)."""
+    numbered = {b.edge for b in step.outputs if b.slot.endswith(".0")}
+    if not numbered:  # nearly every step: no pass over the run's edges
+        return
     edges: dict[str, EdgeState] = {}
     added = []
     for name, edge in run.edges.items():
         edges[name] = edge
-        if not any(b.edge == name and b.slot.endswith(".0") for b in step.outputs):
+        if name not in numbered:
             continue
         for i in range(1, MAX_FILES):
             more = more_edge(name, i)
